@@ -1,0 +1,54 @@
+"""Shared defaults: the paper's (Sun et al., MuSe-Wild 2020) hyperparameters.
+
+Every other config starts from this one and changes only what differs. Any field can be overridden
+on the command line, e.g. `--config.feature_sets=egemaps,fasttext --config.seed=315`.
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+
+  # Data: a MuSe-layout release root and where its tfds build lives ('' = $TFDS_DATA_DIR or
+  # ~/tensorflow_datasets). Built on first use, rebuilt per feature set when the tree changes.
+  c.data_root = ''
+  c.data_dir = ''
+  c.feature_sets = ('egemaps',)   # early fusion: joined per frame, in this order
+  c.normalize = 'all'             # z-normalise with train stats: 'all', 'none' or 'set1,set2'
+  c.add_segment_id = False        # append segment_id as an extra input column
+  c.nan_policy = 'zero'           # NaN feature cells: 'zero' (0 after z-norm = train mean) | 'error'
+  c.targets = ('valence',)        # one model predicts these jointly
+  c.win_len = 200                 # train windows (frames at 4 Hz)
+  c.hop_len = 100
+  c.batch_size = 1024             # train windows per step (padded with empty rows, never dropped)
+
+  # Model (muse_jax.models.Regressor): proj -> self-attention -> (bi)RNN -> MLP head.
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'regressor'
+  c.model.d_rnn = 64
+  c.model.rnn_type = 'lstm'
+  c.model.rnn_n_layers = 1
+  c.model.rnn_bi = True
+  c.model.rnn_dropout = 0.0
+  c.model.attn_n_layers = 1
+  c.model.n_heads = 8
+  c.model.attn_dropout = 0.0
+  c.model.pos_encoding = False
+  c.model.d_out_fc = 64
+  c.model.out_dropout = 0.0
+  c.model.out_bias = (0.0,)
+
+  # Optimisation: Adam + ReduceLROnPlateau on (1 - mean devel CCC), early stopping.
+  c.loss = 'ccc'                  # 'ccc' | 'mse' | 'l1'
+  c.loss_weights = ()             # per target; () = equal
+  c.learning_rate = 5e-3
+  c.plateau_patience = 5
+  c.plateau_factor = 0.5
+  c.min_learning_rate = 1e-5
+  c.num_epochs = 100
+  c.early_stopping_patience = 15
+  c.seed = 314
+
+  # Outputs.
+  c.num_plot_videos = 3           # devel videos plotted (prediction vs label) at the end
+  return c

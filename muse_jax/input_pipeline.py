@@ -1,0 +1,309 @@
+"""From the built tfds dataset to fixed-shape, masked batches.
+
+Stages, in order: load the configured feature sets (building them on first use) -> join them per
+video on the label grid (early fusion) -> z-normalise with train-partition statistics (kept in the
+workdir so evaluate/predict reuse exactly the training normalisation) -> NaN policy -> cut train
+videos into windows / pad devel and test videos whole into a few length buckets.
+
+Every batch has a fixed shape so the jitted step compiles once: train batches are always
+`batch_size` windows (the last one is filled with empty, fully masked rows) and evaluation batches
+come from a short ladder of bucket lengths.
+"""
+import dataclasses
+import json
+import os
+from typing import Iterator
+
+from absl import logging
+import numpy as np
+
+from muse_jax.data import build
+from muse_jax.errors import MuseError
+
+SPLITS = ('train', 'devel', 'test')
+TARGETS = ('arousal', 'valence')
+EPS = 1e-6  # added to the train std, as the authors' code does
+SEGMENT_ID = 'segment_id'
+
+
+@dataclasses.dataclass
+class Video:
+  """One video on its label grid, features joined and normalised."""
+  id: str
+  timestamp: np.ndarray   # [T] int64, ms
+  segment_id: np.ndarray  # [T] int32
+  x: np.ndarray           # [T, D] float32
+  y: np.ndarray           # [T, K] float32, NaN where there is no label
+  has_labels: bool        # all targets labelled (test videos may not be)
+
+
+@dataclasses.dataclass
+class NormStats:
+  """Per-column mean/std from the train partition; columns follow `names` x `dims`."""
+  names: list
+  dims: list
+  mean: np.ndarray
+  std: np.ndarray
+  normalized: list        # per name: was it normalised
+
+  def apply(self, x):
+    return (x - self.mean) / self.std
+
+  def save(self, path):
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, mean=self.mean, std=self.std,
+             meta=json.dumps({'names': self.names, 'dims': self.dims,
+                              'normalized': self.normalized}))
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path):
+    if not os.path.exists(path):
+      raise MuseError(f'{path}: no normalisation statistics; train in this workdir first')
+    with np.load(path) as z:
+      meta = json.loads(str(z['meta']))
+      return cls(meta['names'], meta['dims'], z['mean'], z['std'], meta['normalized'])
+
+
+def parse_list(value) -> list:
+  """Tuple/list/comma string config fields -> list ('a,b' works on the command line)."""
+  if isinstance(value, str):
+    value = (value,)
+  out = []
+  for v in value:
+    out += [s.strip() for s in str(v).split(',') if s.strip()]
+  return out
+
+
+def input_names(config) -> list:
+  names = parse_list(config.feature_sets)
+  return names + ([SEGMENT_ID] if config.add_segment_id else [])
+
+
+def _normalized_names(config) -> list:
+  norm = parse_list(config.normalize)
+  names = input_names(config)
+  if norm == ['all']:
+    return names
+  if norm == ['none']:
+    return []
+  unknown = sorted(set(norm) - set(names))
+  if unknown:
+    raise MuseError(f'config.normalize names {unknown} that are not inputs of this run {names}; '
+                    "use 'all', 'none' or a comma list of input names")
+  return norm
+
+
+def _join_grid(vid, per_set):
+  """Common frame count of one video across feature sets.
+
+  The reader puts every set on the video's label grid, so sets agree whenever labels exist. For
+  videos without labels the grid is each feature file's own: sets may then differ by a few rows at
+  the end (documented quirk) -> keep the common prefix, with a log line; any other disagreement is
+  an error naming the video and the sets.
+  """
+  names = list(per_set)
+  ts = [per_set[n]['timestamp'] for n in names]
+  n = min(len(t) for t in ts)
+  for name, t in zip(names, ts):
+    if not np.array_equal(t[:n], ts[0][:n]):
+      bad = int(np.argmax(t[:n] != ts[0][:n]))
+      raise MuseError(f'video {vid}: feature sets {names[0]} and {name} disagree at row {bad} '
+                      f'(timestamp {ts[0][bad]} vs {t[bad]}); fix the feature files')
+  if any(len(t) != n for t in ts):
+    logging.info('video %s: feature sets differ in length %s; using the common %d rows',
+                 vid, {k: len(t) for k, t in zip(names, ts)}, n)
+  return n
+
+
+def load_videos(config) -> tuple:
+  """Loads and joins the configured feature sets.
+
+  Returns ({split: [Video]}, dims): features not yet normalised; dims per input name.
+  """
+  sets = parse_list(config.feature_sets)
+  root = os.path.abspath(os.path.expanduser(config.data_root)) if config.data_root else ''
+  if not root:
+    raise MuseError('config.data_root is empty: point it at a MuSe-layout tree '
+                    '(--config.data_root=/path/to/muse_root)')
+  data_dir = data_dir_of(config)
+  build.ensure_built(root, data_dir, sets)
+  loaded = {name: build.load_feature_set(data_dir, name) for name in sets}
+  targets = parse_list(config.targets)
+  dims = []
+  for name in sets:
+    some = next((vs[0] for vs in loaded[name].values() if vs), None)
+    dims.append(int(some['features'].shape[1]) if some is not None else 0)
+  dims += [1] if config.add_segment_id else []
+  out = {}
+  for split in SPLITS:
+    by_set = {name: {v['id']: v for v in loaded[name].get(split, [])} for name in sets}
+    ids = list(by_set[sets[0]])
+    for name in sets[1:]:
+      if set(by_set[name]) != set(ids):
+        diff = sorted(set(by_set[name]) ^ set(ids))[:5]
+        raise MuseError(f'{split}: feature sets {sets[0]} and {name} hold different videos '
+                        f'(e.g. {diff}); rebuild or fix the tree')
+    videos = []
+    for vid in ids:
+      per_set = {name: by_set[name][vid] for name in sets}
+      n = _join_grid(vid, per_set)
+      first = per_set[sets[0]]
+      cols = [per_set[name]['features'][:n] for name in sets]
+      if config.add_segment_id:
+        cols.append(first['segment_id'][:n, None].astype(np.float32))
+      y = np.stack([np.asarray(first[t][:n], np.float32) for t in targets], axis=1)
+      has = all(bool(first[f'has_{t}']) for t in targets)
+      if not has:
+        y[:] = np.nan
+      videos.append(Video(vid, np.asarray(first['timestamp'][:n]),
+                          np.asarray(first['segment_id'][:n]),
+                          np.concatenate(cols, axis=1).astype(np.float32), y, has))
+    out[split] = videos
+  if not out['train']:
+    raise MuseError(f'{root}: the train partition has no videos (metadata/partition.csv)')
+  return out, dims
+
+
+def data_dir_of(config) -> str:
+  d = config.data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  return os.path.abspath(os.path.expanduser(d))
+
+
+def compute_stats(config, train_videos, dims) -> NormStats:
+  """Train-partition mean/std per column (NaN cells ignored); identity for unnormalised sets."""
+  names = input_names(config)
+  x = np.concatenate([v.x for v in train_videos], axis=0).astype(np.float64)
+  with np.errstate(invalid='ignore'):
+    mean = np.nanmean(x, axis=0)
+    std = np.nanstd(x, axis=0)
+  mean = np.nan_to_num(mean)
+  std = np.nan_to_num(std) + EPS
+  normalized = _normalized_names(config)
+  start = 0
+  for name, d in zip(names, dims):
+    if name not in normalized:
+      mean[start:start + d], std[start:start + d] = 0.0, 1.0
+    start += d
+  return NormStats(names, list(dims), mean.astype(np.float32), std.astype(np.float32),
+                   [n in normalized for n in names])
+
+
+def normalize(config, videos: dict, stats: NormStats) -> dict:
+  """Applies stats and the NaN policy in place; returns videos."""
+  names = input_names(config)
+  if stats.names != names:
+    raise MuseError(f'normalisation statistics are for inputs {stats.names}, this config asks '
+                    f'for {names}; use a fresh workdir')
+  for split, vs in videos.items():
+    for v in vs:
+      if v.x.shape[1] != stats.mean.shape[0]:
+        raise MuseError(f'video {v.id}: {v.x.shape[1]} input columns, the workdir\'s statistics '
+                        f'have {stats.mean.shape[0]}; use a fresh workdir')
+      bad = ~np.isfinite(v.x)
+      if bad.any():
+        if config.nan_policy == 'error':
+          r, c = np.argwhere(bad)[0]
+          raise MuseError(f'video {v.id} ({split}): non-finite input at row {r}, column {c}; '
+                          "set --config.nan_policy=zero to replace such cells by the train mean")
+        logging.log_first_n(logging.INFO, 'NaN policy zero: non-finite input cells are set to 0 '
+                            'after normalisation (= the train mean)', 1)
+      v.x = np.where(bad, 0.0, stats.apply(v.x)).astype(np.float32)
+  return videos
+
+
+@dataclasses.dataclass
+class Windows:
+  x: np.ndarray        # [N, win, D]
+  y: np.ndarray        # [N, win, K]
+  lengths: np.ndarray  # [N]
+
+
+def make_windows(videos, win_len: int, hop_len: int) -> Windows:
+  """Cuts each video into windows of win_len frames every hop_len (the last may be shorter)."""
+  spans = []
+  for i, v in enumerate(videos):
+    n = len(v.x)
+    for s in range(0, n, hop_len):
+      e = min(s + win_len, n)
+      spans.append((i, s, e))
+      if e == n:
+        break
+  d, k = videos[0].x.shape[1], videos[0].y.shape[1]
+  x = np.zeros((len(spans), win_len, d), np.float32)
+  y = np.zeros((len(spans), win_len, k), np.float32)
+  lengths = np.zeros((len(spans),), np.int32)
+  for j, (i, s, e) in enumerate(spans):
+    x[j, :e - s] = videos[i].x[s:e]
+    y[j, :e - s] = videos[i].y[s:e]
+    lengths[j] = e - s
+  return Windows(x, y, lengths)
+
+
+def _mask(y, lengths):
+  t = np.arange(y.shape[1])[None, :]
+  return (t < lengths[:, None]) & np.all(np.isfinite(y), axis=-1)
+
+
+def train_batches(w: Windows, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
+  """One epoch of shuffled, fixed-shape batches; the order depends only on (seed, epoch), so a
+  resumed run sees exactly the batches an uninterrupted one would."""
+  perm = np.random.default_rng([seed, epoch]).permutation(len(w.lengths))
+  for b in range(0, len(perm), batch_size):
+    idx = perm[b:b + batch_size]
+    yield pad_batch(w.x[idx], w.y[idx], w.lengths[idx], batch_size)
+
+
+def pad_batch(x, y, lengths, rows: int) -> dict:
+  """Pads the batch axis to `rows` with empty (length 0, fully masked) rows."""
+  n = len(lengths)
+  if n < rows:
+    pad = rows - n
+    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+    y = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)])
+    lengths = np.concatenate([lengths, np.zeros((pad,), lengths.dtype)])
+  return {'x': x, 'y': np.nan_to_num(y), 'lengths': lengths.astype(np.int32),
+          'mask': _mask(y, lengths)}
+
+
+def bucket_length(n: int, minimum: int = 64) -> int:
+  """Smallest ladder length >= n. The ladder (64, 96, 128, 192, 256, ...: powers of two and their
+  1.5x) wastes at most a third of a batch on padding and keeps compilations to O(log max_len)."""
+  b = minimum
+  while True:
+    for c in (b, b * 3 // 2):
+      if c >= n:
+        return c
+    b *= 2
+
+
+def eval_batch_rows(length: int, multiple: int = 1) -> int:
+  """Videos per evaluation batch for a bucket: attention memory grows with length^2, so long
+  buckets hold fewer videos (2^22 score cells per head; at least one video)."""
+  rows = max(1, min(64, (1 << 22) // (length * length)))
+  return -(-rows // multiple) * multiple
+
+
+def eval_batches(videos, multiple: int = 1) -> Iterator[tuple]:
+  """Whole videos grouped by length bucket: yields (batch, [video index]) with fixed shapes per
+  bucket; every batch of a bucket has the same rows (empty rows pad the last one)."""
+  buckets = {}
+  for i, v in enumerate(videos):
+    buckets.setdefault(bucket_length(len(v.x)), []).append(i)
+  for length in sorted(buckets):
+    idxs = buckets[length]
+    rows = eval_batch_rows(length, multiple)
+    for b in range(0, len(idxs), rows):
+      part = idxs[b:b + rows]
+      d, k = videos[0].x.shape[1], videos[0].y.shape[1]
+      x = np.zeros((len(part), length, d), np.float32)
+      y = np.full((len(part), length, k), np.nan, np.float32)
+      lengths = np.zeros((len(part),), np.int32)
+      for j, i in enumerate(part):
+        n = len(videos[i].x)
+        x[j, :n], y[j, :n], lengths[j] = videos[i].x, videos[i].y, n
+      yield pad_batch(x, y, lengths, rows), part
+
+
+def num_eval_shapes(videos, multiple: int = 1) -> int:
+  return len({bucket_length(len(v.x)) for v in videos})
