@@ -80,7 +80,7 @@ def input_names(config) -> list:
   return names + ([SEGMENT_ID] if config.add_segment_id else [])
 
 
-def _normalized_names(config) -> list:
+def normalized_names(config) -> list:
   norm = parse_list(config.normalize)
   names = input_names(config)
   if norm == ['all']:
@@ -179,7 +179,7 @@ def compute_stats(config, train_videos, dims) -> NormStats:
     std = np.nanstd(x, axis=0)
   mean = np.nan_to_num(mean)
   std = np.nan_to_num(std) + EPS
-  normalized = _normalized_names(config)
+  normalized = normalized_names(config)
   start = 0
   for name, d in zip(names, dims):
     if name not in normalized:

@@ -55,12 +55,18 @@ class MetricLog:
     with open(self.path, 'a', encoding='utf-8') as f:
       f.write(json.dumps(record, default=float) + '\n')
     step = record['epoch']
-    self.tb.add_scalar('train/loss', record['train_loss'], step)
-    self.tb.add_scalar('train/lr', record['lr'], step)
-    for target, m in (record.get('devel') or {}).items():
-      if isinstance(m, dict):
-        for name, value in m.items():
-          self.tb.add_scalar(f'devel/{target}/{name}', value, step)
+    multi = len(record['seeds']) > 1
+    for r in record['seeds']:
+      prefix = f'seed{r["seed"]}/' if multi else ''
+      self.tb.add_scalar(f'{prefix}train/loss', r['train_loss'], step)
+      self.tb.add_scalar(f'{prefix}train/lr', r['lr'], step)
+      for target, m in (r.get('devel') or {}).items():
+        if isinstance(m, dict):
+          for name, value in m.items():
+            self.tb.add_scalar(f'{prefix}devel/{target}/{name}', value, step)
+        else:
+          self.tb.add_scalar(f'{prefix}devel/{target}', m, step)
+    self.tb.add_scalar('train/seconds', record['seconds'], step)
     self.tb.flush()
 
   def close(self):

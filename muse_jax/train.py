@@ -1,13 +1,19 @@
 """Training, evaluation and prediction: `train_and_evaluate(config, workdir)` is the whole loop.
 
-One jitted train step (Adam with an injected learning rate, so the host-side plateau schedule
-changes it without recompiling), evaluation on whole devel videos every epoch with the challenge
-CCC, early stopping, and one orbax CheckpointManager that keeps both the latest epoch (resume) and
-the best-by-devel-CCC epoch (evaluate/predict). Batches are sharded over all devices on a `data`
-mesh axis with replicated parameters; global batches are padded with empty rows to a multiple of
-the device count, so results do not depend on how many devices there are.
+- Seeds: `config.num_seeds` models (seeds seed, seed+1, ...) train side by side: parameters and
+  optimiser state carry a leading seed axis and one jitted, vmapped step updates them all on the
+  same batch (different init and dropout). Each seed has its own plateau schedule, early stopping
+  and best parameters; the paper keeps the seed with the best devel CCC.
+- Devices: batches are sharded over all devices on a `data` mesh axis, parameters replicated;
+  global batches are padded with empty rows to a multiple of the device count, and the loss
+  ignores empty rows, so results do not depend on how many devices there are.
+- Schedule: Adam with an injected learning rate (per seed), changed by a host-side
+  ReduceLROnPlateau on 1 - devel CCC without recompiling.
+- Checkpoints: one orbax CheckpointManager keeps the latest epoch; it holds the training state,
+  each seed's best-so-far parameters and all host counters, so a killed job resumes exactly and
+  evaluate/predict restore the best parameters from the same place.
 """
-import functools
+import dataclasses
 import json
 import os
 import time
@@ -21,7 +27,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as ocm
 
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
@@ -32,13 +37,16 @@ from muse_jax.errors import MuseError
 
 LOSSES = ('ccc', 'mse', 'l1')
 NAN_POLICIES = ('zero', 'error')
+NONFINITE_POLICIES = ('stop', 'skip')
 
 
 @flax.struct.dataclass
 class TrainState:
+  """Leading axis of every leaf but `step`: the seed."""
   step: jnp.ndarray
   params: flax.core.FrozenDict
   opt_state: optax.OptState
+  best_params: flax.core.FrozenDict
 
 
 def validate_config(config) -> None:
@@ -59,71 +67,93 @@ def validate_config(config) -> None:
   need(config.loss in LOSSES, f'loss must be one of {LOSSES}, got {config.loss!r}')
   need(config.nan_policy in NAN_POLICIES,
        f'nan_policy must be one of {NAN_POLICIES}, got {config.nan_policy!r}')
+  need(config.nonfinite_policy in NONFINITE_POLICIES,
+       f'nonfinite_policy must be one of {NONFINITE_POLICIES}, got {config.nonfinite_policy!r}')
   need(config.learning_rate > 0, f'learning_rate must be > 0, got {config.learning_rate}')
-  need(0 < config.plateau_factor < 1, f'plateau_factor must be in (0, 1), got {config.plateau_factor}')
+  need(0 < config.plateau_factor < 1,
+       f'plateau_factor must be in (0, 1), got {config.plateau_factor}')
   need(config.num_epochs >= 1, f'num_epochs must be >= 1, got {config.num_epochs}')
   need(config.early_stopping_patience >= 1, 'early_stopping_patience must be >= 1')
+  need(config.num_seeds >= 1, f'num_seeds must be >= 1, got {config.num_seeds}')
+  need(-1 <= config.eval_seed < config.num_seeds,
+       f'eval_seed must be -1 (best) or in [0, num_seeds={config.num_seeds}), '
+       f'got {config.eval_seed}')
   weights = list(config.loss_weights)
   need(not weights or len(weights) == len(targets),
        f'loss_weights has {len(weights)} values for {len(targets)} targets')
-  ip._normalized_names(config)  # pylint: disable=protected-access
+  ip.normalized_names(config)
   models.create_model(config.model, len(targets))  # checks the model fields
 
 
 # ------------------------------------------------------------------------------------------------
-# Steps
+# Model state and compiled steps
 
 
 def make_mesh() -> Mesh:
   return Mesh(np.array(jax.devices()), ('data',))
 
 
-def create_state(config, d_in: int, n_targets: int, seed: int):
+def seeds_of(config) -> list:
+  return [config.seed + i for i in range(config.num_seeds)]
+
+
+def create_state(config, d_in: int, n_targets: int, seeds=None):
+  """Model, optimiser and a TrainState with one parameter set per seed (stacked)."""
+  seeds = seeds_of(config) if seeds is None else seeds
   model = models.create_model(config.model, n_targets)
   x = jnp.zeros((1, 8, d_in), jnp.float32)
-  params = model.init(jax.random.key(seed), x, jnp.array([8], jnp.int32))['params']
   tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  def init(key):
+    params = model.init(key, x, jnp.array([8], jnp.int32))['params']
+    return params, tx.init(params)
+
+  keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0) for s in seeds])
+  params, opt_state = jax.jit(jax.vmap(init))(keys)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                     best_params=params)
   return model, tx, state
 
 
-def make_train_step(model, tx, loss_fn, weights):
-  def train_step(state, batch, dropout_key):
-    key = jax.random.fold_in(dropout_key, state.step)
+def dropout_keys(seeds) -> jax.Array:
+  return jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
 
-    def loss_of(params):
-      pred = model.apply({'params': params}, batch['x'], batch['lengths'], deterministic=False,
-                         rngs={'dropout': key})
+
+def make_train_step(model, tx, loss_fn, weights):
+  """(state, batch, keys [S], active [S] bool) -> (state, loss [S], finite [S]).
+
+  Inactive (early-stopped) seeds and non-finite steps are not applied; the host reads `finite`
+  once per epoch and stops or counts, per config.nonfinite_policy.
+  """
+  def one_seed(params, opt_state, key, active, step, batch):
+    def loss_of(p):
+      pred = model.apply({'params': p}, batch['x'], batch['lengths'], deterministic=False,
+                         rngs={'dropout': jax.random.fold_in(key, step)})
       return loss_fn(pred, batch['y'], batch['mask'], weights)
 
-    loss, grads = jax.value_and_grad(loss_of)(state.params)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.array(
+    loss, grads = jax.value_and_grad(loss_of)(params)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    # A non-finite step is not applied: the host decides to stop (default) or to count it.
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new = TrainState(step=state.step + 1, params=keep(params, state.params),
-                     opt_state=keep(opt_state, state.opt_state))
-    return new, loss, finite
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    apply = finite & active
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
+    return keep(new_params, params), keep(new_opt_state, opt_state), loss, finite | ~active
+
+  def train_step(state, batch, keys, active):
+    params, opt_state, loss, finite = jax.vmap(
+        one_seed, in_axes=(0, 0, 0, 0, None, None))(state.params, state.opt_state, keys, active,
+                                                     state.step, batch)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss, finite
   return jax.jit(train_step, donate_argnums=(0,))
 
 
 def make_eval_step(model):
+  """(params [S, ...], batch) -> predictions [S, B, T, K]."""
   def eval_step(params, batch):
-    return model.apply({'params': params}, batch['x'], batch['lengths'], deterministic=True)
+    return jax.vmap(lambda p: model.apply({'params': p}, batch['x'], batch['lengths'],
+                                          deterministic=True))(params)
   return jax.jit(eval_step)
-
-
-def predict_videos(eval_step, params, videos, mesh) -> list:
-  """Predictions [T_i, K] for each video, batched by length bucket."""
-  preds = [None] * len(videos)
-  n_dev = mesh.devices.size
-  for batch, idxs in ip.eval_batches(videos, multiple=n_dev):
-    out = np.asarray(eval_step(params, shard(batch, mesh)))
-    for j, i in enumerate(idxs):
-      preds[i] = out[j, :len(videos[i].x)]
-  return preds
 
 
 def shard(batch: dict, mesh: Mesh) -> dict:
@@ -135,42 +165,62 @@ def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def predict_videos(eval_step, params, videos, mesh) -> list:
+  """Per seed, per video predictions: [S][video] -> [T_i, K], batched by length bucket."""
+  n_seeds = jax.tree.leaves(params)[0].shape[0]
+  preds = [[None] * len(videos) for _ in range(n_seeds)]
+  for batch, idxs in ip.eval_batches(videos, multiple=mesh.devices.size):
+    out = np.asarray(eval_step(params, shard(batch, mesh)))
+    for s in range(n_seeds):
+      for j, i in enumerate(idxs):
+        preds[s][i] = out[s, j, :len(videos[i].x)]
+  return preds
+
+
 def evaluate_split(eval_step, params, videos, targets, mesh) -> tuple:
+  """(predictions [S][video], metrics per seed or None when the split has no labels)."""
   preds = predict_videos(eval_step, params, videos, mesh)
   labelled = [i for i, v in enumerate(videos) if v.has_labels]
   if not labelled:
     return preds, None
-  m = metrics_lib.partition_metrics([videos[i].y for i in labelled],
-                                    [preds[i] for i in labelled], targets)
+  m = [metrics_lib.partition_metrics([videos[i].y for i in labelled],
+                                     [p[i] for i in labelled], targets) for p in preds]
   return preds, m
 
 
 # ------------------------------------------------------------------------------------------------
-# Host-side schedule
+# Host-side schedule and per-seed bookkeeping
 
 
-class Plateau:
-  """torch.optim.lr_scheduler.ReduceLROnPlateau(mode='min', threshold=1e-4 rel, cooldown 0)."""
+@dataclasses.dataclass
+class SeedTracker:
+  """One seed's plateau schedule (torch ReduceLROnPlateau: mode min, rel threshold 1e-4,
+  cooldown 0) and early stopping. Serialised into every checkpoint."""
+  lr: float
+  plateau_best: float = float('inf')
+  plateau_bad: int = 0
+  best_ccc: float = -float('inf')
+  best_epoch: int = 0
+  since_best: int = 0
+  active: bool = True
 
-  def __init__(self, lr, patience, factor, min_lr, best=float('inf'), num_bad=0):
-    self.lr, self.patience, self.factor, self.min_lr = lr, patience, factor, min_lr
-    self.best, self.num_bad = best, num_bad
-
-  def step(self, value: float) -> float:
-    if value < self.best * (1 - 1e-4):
-      self.best, self.num_bad = value, 0
+  def update(self, devel_ccc: float, epoch: int, config) -> bool:
+    """Records an epoch's devel CCC; returns True when it is this seed's new best."""
+    value = 1.0 - devel_ccc
+    if value < self.plateau_best * (1 - 1e-4):
+      self.plateau_best, self.plateau_bad = value, 0
     else:
-      self.num_bad += 1
-    if self.num_bad > self.patience:
-      new = max(self.lr * self.factor, self.min_lr)
-      if self.lr - new > 1e-8:
-        logging.info('plateau: learning rate %.3g -> %.3g', self.lr, new)
-        self.lr = new
-      self.num_bad = 0
-    return self.lr
-
-  def state(self):
-    return {'lr': self.lr, 'best': self.best, 'num_bad': self.num_bad}
+      self.plateau_bad += 1
+    if self.plateau_bad > config.plateau_patience:
+      self.lr = max(self.lr * config.plateau_factor, config.min_learning_rate)
+      self.plateau_bad = 0
+    improved = devel_ccc > self.best_ccc  # NaN never improves
+    if improved:
+      self.best_ccc, self.best_epoch, self.since_best = devel_ccc, epoch, 0
+    else:
+      self.since_best += 1
+    self.active = self.since_best < config.early_stopping_patience
+    return improved
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,13 +229,7 @@ class Plateau:
 
 def checkpoint_manager(workdir: str, read_only: bool = False):
   path = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-  policy = ocm.AnyPreservationPolicy([
-      ocm.LatestN(n=1),
-      # Ties keep the earliest epoch, matching best_epoch (strict improvement).
-      ocm.BestN(get_metric_fn=lambda m: (m['devel_ccc'], -m['epoch']), n=1,
-                keep_checkpoints_without_metrics=False),
-  ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, read_only=read_only,
                                          enable_async_checkpointing=False, create=not read_only)
   return ocp.CheckpointManager(path, options=options, item_names=('state', 'meta'))
 
@@ -193,16 +237,21 @@ def checkpoint_manager(workdir: str, read_only: bool = False):
 def model_signature(config, dims) -> dict:
   """What a checkpoint's arrays depend on; restore refuses a workdir written for another one."""
   return {'model': json.loads(config.model.to_json()), 'inputs': ip.input_names(config),
-          'dims': list(dims), 'targets': ip.parse_list(config.targets)}
+          'dims': list(dims), 'targets': ip.parse_list(config.targets),
+          'seeds': seeds_of(config)}
 
 
-def restore(mngr, step, state, signature, workdir):
+def restore(mngr, state, signature, workdir):
+  step = mngr.latest_step()
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  if meta['signature'] != signature:
-    diff = [k for k in signature if signature[k] != meta['signature'].get(k)]
-    raise MuseError(f'{workdir}: its checkpoint was written for a different {"/".join(diff)} '
-                    f'({meta["signature"].get(diff[0])} vs {signature[diff[0]]}); use another '
-                    'workdir or the config it was trained with')
+  saved = meta['signature']
+  diff = [k for k in signature if signature[k] != saved.get(k)]
+  if diff:
+    k = diff[0]
+    what = 'model config' if k == 'model' else k
+    raise MuseError(f'{workdir}: its checkpoint was written for a different {what} '
+                    f'({saved.get(k)} vs {signature[k]} now); use another workdir or the config '
+                    'it was trained with')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))['state']
@@ -228,141 +277,170 @@ def prepare_data(config, workdir, fit_stats: bool):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains on train, selects on devel, writes checkpoints, metrics, predictions and plots."""
+  """Trains on train, selects on devel, writes checkpoints, metrics, predictions and plots.
+
+  Resumes from the workdir's checkpoint when there is one (a finished run just re-reports).
+  """
   validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   targets = ip.parse_list(config.targets)
+  seeds = seeds_of(config)
   t_start = time.time()
   videos, dims = prepare_data(config, workdir, fit_stats=True)
-  outputs.write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+  if jax.process_index() == 0:
+    outputs.write_json(os.path.join(workdir, 'config.json'),
+                       json.loads(config.to_json_best_effort()))
   mesh = make_mesh()
-  n_dev = mesh.devices.size
   windows = ip.make_windows(videos['train'], config.win_len, config.hop_len)
+  n_dev = mesh.devices.size
   rows = -(-config.batch_size // n_dev) * n_dev
-  steps_per_epoch = -(-len(windows.lengths) // config.batch_size)
-  logging.info('data: %s; %d train windows -> %d steps/epoch of %d rows on %d device(s); '
-               'devel/test in %d/%d length buckets', {s: len(v) for s, v in videos.items()},
-               len(windows.lengths), steps_per_epoch, rows, n_dev,
-               ip.num_eval_shapes(videos['devel']), ip.num_eval_shapes(videos['test']))
+  logging.info('data: %s videos; %d train windows -> %d steps/epoch of %d rows on %d device(s); '
+               'devel/test in %d/%d length buckets; seeds %s',
+               {s: len(v) for s, v in videos.items()}, len(windows.lengths),
+               -(-len(windows.lengths) // rows), rows, n_dev,
+               ip.num_eval_shapes(videos['devel']), ip.num_eval_shapes(videos['test']), seeds)
 
-  model, tx, state = create_state(config, sum(dims), len(targets), config.seed)
-  loss_fn = losses.get_loss(config.loss)
+  model, tx, state = create_state(config, sum(dims), len(targets), seeds)
   weights = jnp.asarray(config.loss_weights, jnp.float32) if len(config.loss_weights) else None
-  train_step = make_train_step(model, tx, loss_fn, weights)
+  train_step = make_train_step(model, tx, losses.get_loss(config.loss), weights)
   eval_step = make_eval_step(model)
   signature = model_signature(config, dims)
 
   mngr = checkpoint_manager(workdir)
-  plateau = Plateau(config.learning_rate, config.plateau_patience, config.plateau_factor,
-                    config.min_learning_rate)
-  start_epoch, best_epoch, best_ccc, since_best = 1, 0, -float('inf'), 0
+  trackers = [SeedTracker(lr=config.learning_rate) for _ in seeds]
+  start_epoch, skipped = 1, 0
   if mngr.latest_step() is not None:
-    state, meta = restore(mngr, mngr.latest_step(), state, signature, workdir)
-    start_epoch = meta['epoch'] + 1
-    best_epoch, best_ccc, since_best = meta['best_epoch'], meta['best_ccc'], meta['since_best']
-    plateau = Plateau(**meta['plateau'], patience=config.plateau_patience,
-                      factor=config.plateau_factor, min_lr=config.min_learning_rate)
-    logging.info('resuming after epoch %d (best devel CCC %.4f at epoch %d)', meta['epoch'],
-                 best_ccc, best_epoch)
+    state, meta = restore(mngr, state, signature, workdir)
+    start_epoch, skipped = meta['epoch'] + 1, meta['skipped_steps']
+    trackers = [SeedTracker(**t) for t in meta['trackers']]
+    logging.info('resuming after epoch %d from %s', meta['epoch'], mngr.directory)
   state = replicate(state, mesh)
+  keys = replicate(dropout_keys(seeds), mesh)
   log = outputs.MetricLog(workdir, resume_after=start_epoch - 1)
-  dropout_key = jax.random.key(config.seed + 1)
-  stopped_early = since_best >= config.early_stopping_patience
-  epoch = start_epoch - 1
   for epoch in range(start_epoch, config.num_epochs + 1):
-    if stopped_early:
+    if not any(t.active for t in trackers):
+      logging.info('early stop: every seed went %d epochs without devel improvement',
+                   config.early_stopping_patience)
       break
     t0 = time.time()
-    state = state.replace(opt_state=_with_lr(state.opt_state, plateau.lr))
-    losses_dev, finite_dev = [], []
+    lrs = jnp.asarray([t.lr for t in trackers], jnp.float32)
+    state.opt_state.hyperparams['learning_rate'] = replicate(lrs, mesh)
+    active = replicate(np.array([t.active for t in trackers]), mesh)
+    step_losses, step_finite = [], []
     for batch in ip.train_batches(windows, rows, config.seed, epoch):
-      state, loss, finite = train_step(state, shard(batch, mesh), dropout_key)
-      losses_dev.append(loss)
-      finite_dev.append(finite)
-    step_losses, step_finite = jax.device_get((losses_dev, finite_dev))  # one transfer per epoch
-    if not all(step_finite):
-      bad = int(np.argmin(step_finite))
-      raise MuseError(f'non-finite loss or gradient at epoch {epoch}, step {bad + 1} of '
-                      f'{len(step_finite)}; the last good checkpoint (epoch {epoch - 1}) is kept '
-                      'in the workdir; lower learning_rate or check the inputs')
-    train_loss = float(np.mean(step_losses))
+      state, loss, finite = train_step(state, shard(batch, mesh), keys, active)
+      step_losses.append(loss)
+      step_finite.append(finite)
+    step_losses, step_finite = jax.device_get((step_losses, step_finite))  # one transfer/epoch
+    step_finite = np.stack(step_finite)  # [steps, S]
+    if not step_finite.all():
+      bad_step, bad_seed = map(int, np.argwhere(~step_finite)[0])
+      where = f'epoch {epoch}, step {bad_step + 1} of {len(step_finite)}, seed {seeds[bad_seed]}'
+      if config.nonfinite_policy == 'stop':
+        raise MuseError(f'non-finite loss or gradient at {where}; the workdir keeps the last good '
+                        f'checkpoint (epoch {epoch - 1}); lower learning_rate, check the inputs, '
+                        'or set --config.nonfinite_policy=skip')
+      skipped += int((~step_finite).sum())
+      logging.warning('skipped %d non-finite step(s), first at %s', (~step_finite).sum(), where)
+    train_loss = np.nanmean(np.where(step_finite, np.stack(step_losses), np.nan), axis=0)
+
     _, devel = evaluate_split(eval_step, state.params, videos['devel'], targets, mesh)
-    devel_ccc = devel['mean_ccc'] if devel else float('nan')
-    lr = plateau.lr
-    if devel is not None:
-      plateau.step(1.0 - devel_ccc)
-    if devel_ccc > best_ccc:
-      best_ccc, best_epoch, since_best = devel_ccc, epoch, 0
-    else:
-      since_best += 1
-    stopped_early = since_best >= config.early_stopping_patience
+    improved = np.zeros(len(seeds), bool)
+    for s, t in enumerate(trackers):
+      if t.active:
+        improved[s] = t.update(devel[s]['mean_ccc'] if devel else float('nan'), epoch, config)
+    state = _keep_best(state, replicate(improved, mesh))
     seconds = time.time() - t0
-    record = {'epoch': epoch, 'train_loss': train_loss, 'lr': lr, 'seconds': seconds,
-              'devel': devel}
-    log.write(record)
-    logging.info('epoch %3d  loss %.4f  devel CCC %s  lr %.2g  %.1fs%s', epoch, train_loss,
-                 ' '.join(f'{t} {devel[t]["ccc"]:.4f}' for t in targets) if devel else 'n/a',
-                 lr, seconds, '  *' if best_epoch == epoch else '')
-    meta = {'epoch': epoch, 'best_epoch': best_epoch, 'best_ccc': best_ccc,
-            'since_best': since_best, 'plateau': plateau.state(), 'signature': signature}
+    log.write({'epoch': epoch, 'seconds': seconds, 'skipped_steps': skipped,
+               'seeds': [{'seed': seed, 'train_loss': float(train_loss[s]), 'lr': float(lrs[s]),
+                          'devel': devel[s] if devel else None}
+                         for s, seed in enumerate(seeds)]})
+    _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improved)
+    meta = {'epoch': epoch, 'skipped_steps': skipped, 'signature': signature,
+            'trackers': [dataclasses.asdict(t) for t in trackers]}
     mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)),
-              metrics={'devel_ccc': devel_ccc if np.isfinite(devel_ccc) else -1e9, 'epoch': epoch})
+                                             meta=ocp.args.JsonSave(meta)))
   mngr.wait_until_finished()
-  if stopped_early:
-    logging.info('early stop: no devel improvement for %d epochs', config.early_stopping_patience)
   log.close()
   results = finish(config, workdir, mngr, state, signature, videos, eval_step, mesh)
-  results['train_seconds'] = time.time() - t_start
+  results['seconds'] = time.time() - t_start
   if jax.process_index() == 0:
     outputs.write_json(os.path.join(workdir, 'results.json'), results)
   return results
 
 
-def _with_lr(opt_state, lr):
-  opt_state.hyperparams['learning_rate'] = jnp.asarray(lr, jnp.float32)
-  return opt_state
+@jax.jit
+def _keep_best(state, improved):
+  pick = lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+  return state.replace(best_params=jax.tree.map(pick, state.params, state.best_params))
+
+
+def _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improved):
+  for s, t in enumerate(trackers):
+    ccc = ' '.join(f'{k} {devel[s][k]["ccc"]:.4f}' for k in targets) if devel else 'n/a'
+    prefix = f'epoch {epoch:3d}' + (f' seed {s}' if len(trackers) > 1 else '')
+    logging.info('%s  loss %.4f  devel CCC %s  lr %.2g  %.1fs%s%s', prefix, train_loss[s], ccc,
+                 lrs[s], seconds, '  *' if improved[s] else '',
+                 '' if t.active else '  (stopped)')
 
 
 def finish(config, workdir, mngr, state, signature, videos, eval_step, mesh) -> dict:
-  """Restores the best epoch, scores every partition, writes predictions and plots."""
-  meta_latest = mngr.restore(mngr.latest_step(),
-                             args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  best_epoch = meta_latest['best_epoch'] or mngr.latest_step()
-  state, _ = restore(mngr, best_epoch, state, signature, workdir)
-  params = replicate(state.params, mesh)
+  """Scores every partition with each seed's best parameters; writes the chosen seed's
+  predictions (challenge CSVs) and plots; returns the results dict."""
+  state, meta = restore(mngr, state, signature, workdir)
+  params = replicate(state.best_params, mesh)
+  trackers = [SeedTracker(**t) for t in meta['trackers']]
   targets = ip.parse_list(config.targets)
-  results = {'best_epoch': best_epoch, 'epochs_run': meta_latest['epoch'], 'targets': targets}
-  for split in ip.SPLITS:
-    preds, m = evaluate_split(eval_step, params, videos[split], targets, mesh)
-    results[split] = m
-    if jax.process_index() == 0:
-      outputs.write_predictions(workdir, videos[split], preds, targets)
-      if split == 'devel':
-        outputs.plot_videos(workdir, videos[split][:config.num_plot_videos], preds, targets)
+  seeds = seeds_of(config)
+  per_split = {s: evaluate_split(eval_step, params, videos[s], targets, mesh) for s in ip.SPLITS}
+  devel_ccc = [m['mean_ccc'] for m in per_split['devel'][1]] if per_split['devel'][1] else []
+  best = int(np.nanargmax(devel_ccc)) if devel_ccc and np.isfinite(devel_ccc).any() else 0
+  chosen = best if config.eval_seed < 0 else config.eval_seed
+  results = {'targets': targets, 'epochs_run': meta['epoch'], 'seed': seeds[chosen],
+             'best_seed': seeds[best], 'best_epoch': trackers[chosen].best_epoch,
+             'skipped_steps': meta['skipped_steps']}
+  for split, (_, m) in per_split.items():
+    results[split] = m[chosen] if m else None
+  results['seeds'] = [{'seed': seed, 'best_epoch': trackers[s].best_epoch,
+                       **{split: (m[s] if m else None) for split, (_, m) in per_split.items()}}
+                      for s, seed in enumerate(seeds)]
+  if len(seeds) > 1 and devel_ccc:
+    results['devel_ccc_mean'] = float(np.mean(devel_ccc))
+    results['devel_ccc_std'] = float(np.std(devel_ccc))
+  if jax.process_index() == 0:
+    for split, (preds, _) in per_split.items():
+      outputs.write_predictions(workdir, videos[split], preds[chosen], targets)
+    n = config.num_plot_videos
+    outputs.plot_videos(workdir, videos['devel'][:n], per_split['devel'][0][chosen][:n], targets)
   return results
 
 
-def _restore_best(config, workdir):
+def _restore_for_eval(config, workdir):
   validate_config(config)
   workdir = os.path.abspath(workdir)
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise MuseError(f'{workdir}: no checkpoint found; train first (--mode=train)')
   mngr = checkpoint_manager(workdir, read_only=True)
   if mngr.latest_step() is None:
     raise MuseError(f'{workdir}: no checkpoint found; train first (--mode=train)')
   videos, dims = prepare_data(config, workdir, fit_stats=False)
-  targets = ip.parse_list(config.targets)
-  model, _, state = create_state(config, sum(dims), len(targets), config.seed)
+  model, _, state = create_state(config, sum(dims), len(ip.parse_list(config.targets)))
   return workdir, mngr, state, model_signature(config, dims), videos, make_eval_step(model)
 
 
 def evaluate(config, workdir: str) -> dict:
-  """Recomputes every partition's metrics (and predictions) from the best checkpoint."""
-  workdir, mngr, state, signature, videos, eval_step = _restore_best(config, workdir)
+  """Restores the best parameters, recomputes every partition's metrics, rewrites predictions;
+  writes `eval_results.json` (training's `results.json` is left as it was)."""
+  workdir, mngr, state, signature, videos, eval_step = _restore_for_eval(config, workdir)
   results = finish(config, workdir, mngr, state, signature, videos, eval_step, make_mesh())
   if jax.process_index() == 0:
     outputs.write_json(os.path.join(workdir, 'eval_results.json'), results)
   return results
 
 
-predict = evaluate  # predictions are written by the same pass; kept as a named mode for the CLI
+def predict(config, workdir: str) -> dict:
+  """Writes challenge-format predictions for every partition from the best parameters."""
+  results = evaluate(config, workdir)
+  logging.info('predictions written to %s', os.path.join(os.path.abspath(workdir), 'predictions'))
+  return results
