@@ -111,7 +111,7 @@ def create_state(config, d_in: int, n_targets: int, seeds=None):
   keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0) for s in seeds])
   params, opt_state = jax.jit(jax.vmap(init))(keys)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                     best_params=params)
+                     best_params=jax.tree.map(jnp.copy, params))  # no shared buffers: donated
   return model, tx, state
 
 
