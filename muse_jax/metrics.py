@@ -1,0 +1,76 @@
+"""Challenge metrics (host side, numpy float64).
+
+The challenge scores a partition by CCC over the concatenation of all its videos, with np.cov
+(ddof=1) for the covariance and both variances; `ccc` is exactly that formula.
+"""
+from typing import Sequence
+
+import numpy as np
+
+from muse_jax.errors import MuseError
+
+
+def _pair(y, p) -> tuple[np.ndarray, np.ndarray]:
+  y, p = np.asarray(y, np.float64).ravel(), np.asarray(p, np.float64).ravel()
+  if y.shape != p.shape:
+    raise MuseError(f'labels and predictions differ in length ({y.size} vs {p.size})')
+  return y, p
+
+
+def ccc(y, p) -> float:
+  """Concordance correlation coefficient; 0.0 where undefined (< 2 frames, both constant).
+
+  NaN predictions stay NaN: they are a bug to see, not a score.
+  """
+  y, p = _pair(y, p)
+  if y.size < 2:
+    return 0.0
+  c = np.cov(y, p)
+  denom = c[0, 0] + c[1, 1] + (y.mean() - p.mean()) ** 2
+  return float(2.0 * c[0, 1] / denom) if denom != 0 else 0.0
+
+
+def pcc(y, p) -> float:
+  """Pearson correlation; 0.0 where undefined (< 2 frames, either constant)."""
+  y, p = _pair(y, p)
+  if y.size < 2:
+    return 0.0
+  c = np.cov(y, p)
+  denom = np.sqrt(c[0, 0] * c[1, 1])
+  return float(c[0, 1] / denom) if denom != 0 else 0.0
+
+
+def rmse(y, p) -> float:
+  """Root mean squared error; NaN without frames (there is no error to report)."""
+  y, p = _pair(y, p)
+  return float(np.sqrt(np.mean((y - p) ** 2))) if y.size else float('nan')
+
+
+def partition_metrics(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],
+                      targets: Sequence[str]) -> dict:
+  """CCC, PCC and RMSE per target over the concatenation of a partition's videos.
+
+  labels/preds: one array [T_i, K] (or [T_i] when K = 1) per video; frames whose label is NaN are
+  skipped. Returns {target: {'ccc', 'pcc', 'rmse'}, 'mean_ccc': mean CCC over targets}.
+  """
+  if len(labels) != len(preds):
+    raise MuseError(f'{len(labels)} label arrays but {len(preds)} prediction arrays')
+  k = len(targets)
+  ys, ps = [], []
+  for i, (y, p) in enumerate(zip(labels, preds)):
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    y, p = (y[:, None] if y.ndim == 1 else y), (p[:, None] if p.ndim == 1 else p)
+    if y.shape != p.shape or y.shape[1] != k:
+      raise MuseError(f'video {i}: labels {y.shape} and predictions {p.shape} do not match '
+                      f'{k} target(s) {tuple(targets)}')
+    ys.append(y)
+    ps.append(p)
+  y = np.concatenate(ys) if ys else np.zeros((0, k))
+  p = np.concatenate(ps) if ps else np.zeros((0, k))
+  out = {}
+  for j, name in enumerate(targets):
+    ok = ~np.isnan(y[:, j])
+    out[name] = {'ccc': ccc(y[ok, j], p[ok, j]), 'pcc': pcc(y[ok, j], p[ok, j]),
+                 'rmse': rmse(y[ok, j], p[ok, j])}
+  out['mean_ccc'] = float(np.mean([out[t]['ccc'] for t in targets]))
+  return out
