@@ -444,3 +444,47 @@ def predict(config, workdir: str) -> dict:
   results = evaluate(config, workdir)
   logging.info('predictions written to %s', os.path.join(os.path.abspath(workdir), 'predictions'))
   return results
+
+
+class Predictor:
+  """A trained workdir as a function of raw (unnormalised) features, for new recordings.
+
+  `inputs` names the feature sets (and `segment_id`) the model reads, in column order; calling it
+  with one video's joined raw features [T, D] returns predictions [T, K] for `targets`, using the
+  workdir's train statistics, NaN policy and the chosen seed's best parameters.
+  """
+
+  def __init__(self, workdir: str, seed_index: int | None = None):
+    workdir = os.path.abspath(workdir)
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+      raise MuseError(f'{workdir}: no config.json; not a trained muse_jax workdir')
+    with open(path, encoding='utf-8') as f:
+      self.config = ml_collections.ConfigDict(json.load(f))
+    self.stats = ip.NormStats.load(os.path.join(workdir, 'norm_stats.npz'))
+    self.inputs, self.dims = self.stats.names, self.stats.dims
+    self.targets = ip.parse_list(self.config.targets)
+    mngr = checkpoint_manager(workdir, read_only=True)
+    if not os.path.isdir(mngr.directory) or mngr.latest_step() is None:
+      raise MuseError(f'{workdir}: no checkpoint found; train first (--mode=train)')
+    model, _, state = create_state(self.config, sum(self.dims), len(self.targets))
+    state, meta = restore(mngr, state, model_signature(self.config, self.dims), workdir)
+    if seed_index is None:
+      results = os.path.join(workdir, 'results.json')
+      seed = json.load(open(results, encoding='utf-8'))['seed'] if os.path.exists(results) else None
+      seed_index = seeds_of(self.config).index(seed) if seed is not None else 0
+    self.params = jax.tree.map(lambda a: a[seed_index:seed_index + 1], state.best_params)
+    self._eval = make_eval_step(model)
+    self._mesh = make_mesh()
+    del meta
+
+  def __call__(self, raw_x: np.ndarray) -> np.ndarray:
+    raw_x = np.asarray(raw_x, np.float32)
+    if raw_x.ndim != 2 or raw_x.shape[1] != sum(self.dims):
+      raise MuseError(f'expected features [T, {sum(self.dims)}] for inputs '
+                      f'{dict(zip(self.inputs, self.dims))}, got {raw_x.shape}')
+    bad = ~np.isfinite(raw_x)
+    x = np.where(bad, 0.0, self.stats.apply(raw_x)).astype(np.float32)
+    video = ip.Video('input', np.arange(len(x)) * 250, np.ones(len(x), np.int32), x,
+                     np.full((len(x), len(self.targets)), np.nan, np.float32), False)
+    return predict_videos(self._eval, self.params, [video], self._mesh)[0][0]
