@@ -1,0 +1,454 @@
+"""Reads a MuSe-Wild 2020 / MuSe-CaR release tree into numpy arrays, one video at a time.
+
+Layout (docs/muse_wild_2020.md): `metadata/partition.csv` (Id,Proposal),
+`c1_muse_wild/feature_segments/label_aligned/<feature_set>/<Id>.csv` (timestamp,segment_id,<D>),
+`c1_muse_wild/label_segments/{arousal,valence}/<Id>.csv` (timestamp,value,segment_id in 2020,
+timestamp,segment_id,value in 2021: columns are always read by name). Pure numpy/pandas so that it
+can be tested and used without tfds; `muse_car.py` turns its output into a tfds dataset.
+
+Policies for the quirks of real releases (each one is logged with the file it concerns):
+  * partition.csv: a row repeated under the same partition is dropped; an id listed under two
+    partitions, or a partition other than train/devel/test, is an error.
+  * Feature files of ids that partition.csv does not list are ignored (logged once per set).
+  * Label files may be missing for test videos (the challenge withheld them): such a video still
+    yields an example with NaN labels, has_arousal/has_valence False, and the timestamps of its
+    feature file as its grid. A train/devel video without both label files is an error.
+  * Everything is put on the LABEL grid, matching feature rows BY TIMESTAMP: feature rows before
+    the first or after the last label timestamp are dropped; up to `PAD_TOLERANCE_ROWS` label rows
+    missing at the end of the feature file are filled by repeating its last row; anything else (a
+    gap, an off-grid row inside the labelled span, disjoint timestamps, a much shorter file) is an
+    error naming the video, the feature set and the first mismatching timestamp.
+  * The arousal and valence files of a video must share timestamps and segment ids (error).
+  * Inf cells become NaN; NaN cells are kept as NaN (the training pipeline decides what to do
+    with them); zero-vector rows (no face found) are kept. Counts are logged per file.
+  * Malformed CSVs are errors naming the file and, where it applies, the line and column: empty
+    file, header only, ragged row, non-numeric cell, non-integral or repeated or out-of-order
+    timestamp, wrong label columns, a feature file whose width differs from the set's.
+All user-fixable problems raise `MuseError` with a one-line message.
+"""
+import csv
+import dataclasses
+import io
+import os
+import re
+
+from absl import logging
+import numpy as np
+import pandas as pd
+
+from muse_jax.errors import MuseError
+
+PARTITION_CSV = os.path.join('metadata', 'partition.csv')
+FEATURE_DIR = os.path.join('c1_muse_wild', 'feature_segments', 'label_aligned')
+LABEL_DIR = os.path.join('c1_muse_wild', 'label_segments')
+PARTITIONS = ('train', 'devel', 'test')
+TARGETS = ('arousal', 'valence')
+LABEL_COLUMNS = ('timestamp', 'value', 'segment_id')
+# A feature file may end this many label rows (2 s at 4 Hz) early; the gap is filled by repeating
+# its last row. Real releases differ by a few rows at the end; more than that is misalignment.
+PAD_TOLERANCE_ROWS = 8
+
+_PARTITION_ID_COLUMNS = ('id',)
+_PARTITION_NAME_COLUMNS = ('proposal', 'partition', 'split')
+
+
+def natural_key(s: str):
+  """Sort key putting '2' before '10' (numeric order for numeric ids, sane order otherwise)."""
+  return tuple((0, int(t), '') if t.isdigit() else (1, 0, t) for t in re.split(r'(\d+)', s) if t)
+
+
+def feature_path(root: str, feature_set: str, vid: str) -> str:
+  return os.path.join(root, FEATURE_DIR, feature_set, f'{vid}.csv')
+
+
+def label_path(root: str, target: str, vid: str) -> str:
+  return os.path.join(root, LABEL_DIR, target, f'{vid}.csv')
+
+
+# ------------------------------------------------------------------------------------------------
+# CSV parsing: fast path with pandas' C parser, exact location of the problem on the slow path.
+
+
+@dataclasses.dataclass
+class Table:
+  """A numeric CSV: header names, float64 values [N, C], 1-based file line of each row."""
+  path: str
+  columns: list
+  values: np.ndarray
+  lines: np.ndarray
+
+  def column(self, name: str) -> np.ndarray:
+    return self.values[:, self.columns.index(name)]
+
+
+def _fail(msg: str):
+  raise MuseError(msg)
+
+
+def _float_cell(cell: str) -> float:
+  s = cell.strip()
+  if s in pd._libs.parsers.STR_NA_VALUES:  # pylint: disable=protected-access
+    return np.nan
+  return float(s)
+
+
+def _slow_parse(path: str, columns: list, body: str) -> tuple:
+  """Parses cell by cell; raises at the first ragged row or non-numeric cell."""
+  rows, lines = [], []
+  for i, fields in enumerate(csv.reader(io.StringIO(body))):
+    line = i + 2
+    if not fields or (len(fields) == 1 and not fields[0].strip()):
+      continue  # blank line
+    if len(fields) != len(columns):
+      _fail(f'{path}: line {line} has {len(fields)} fields but the header has {len(columns)}; '
+            'every row needs one value per column')
+    row = []
+    for c, cell in enumerate(fields):
+      try:
+        row.append(_float_cell(cell))
+      except ValueError:
+        _fail(f'{path}: line {line}, column {c + 1} ({columns[c]!r}): non-numeric value '
+              f'{cell.strip()[:40]!r}')
+    rows.append(row)
+    lines.append(line)
+  return np.asarray(rows, np.float64).reshape(len(rows), len(columns)), np.asarray(lines)
+
+
+def read_table(path: str) -> Table:
+  """Reads a numeric CSV with a header line; every problem is a one-line MuseError."""
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except FileNotFoundError:
+    _fail(f'{path}: file not found')
+  except OSError as e:
+    _fail(f'{path}: cannot read ({e.strerror})')
+  if data.startswith(b'\xef\xbb\xbf'):
+    data = data[3:]
+  if not data.strip():
+    _fail(f'{path}: empty file; expected a header line and data rows')
+  nl = data.find(b'\n')
+  header, body = (data, b'') if nl < 0 else (data[:nl], data[nl + 1:])
+  try:
+    columns = [c.strip() for c in next(csv.reader([header.decode('utf-8').strip('\r')]))]
+  except UnicodeDecodeError:
+    _fail(f'{path}: the header line is not UTF-8 text; is this a CSV file?')
+  if not body.strip():
+    _fail(f'{path}: header only, no data rows')
+  n_lines = body.count(b'\n') + (not body.endswith(b'\n'))
+  # Fast path: every line holds exactly len(columns) - 1 separators (numeric cells never quote a
+  # comma) and pandas parses every cell as a float. Any doubt -> the slow path says where.
+  if body.count(b',') == (len(columns) - 1) * n_lines:
+    try:
+      values = pd.read_csv(io.BytesIO(body), header=None, dtype=np.float64, engine='c',
+                           skip_blank_lines=False).to_numpy()
+      if values.shape == (n_lines, len(columns)):
+        return Table(path, columns, values, np.arange(2, n_lines + 2))
+    except (ValueError, pd.errors.ParserError):
+      pass
+  values, lines = _slow_parse(path, columns, body.decode('utf-8', errors='replace'))
+  if not len(values):
+    _fail(f'{path}: header only, no data rows')
+  return Table(path, columns, values, lines)
+
+
+def _read_header(path: str) -> list:
+  try:
+    with open(path, 'rb') as f:
+      line = f.readline()
+  except OSError as e:
+    _fail(f'{path}: cannot read ({e.strerror})')
+  line = line.removeprefix(b'\xef\xbb\xbf').decode('utf-8', errors='replace').strip()
+  if not line:
+    _fail(f'{path}: empty file; expected a header line and data rows')
+  return [c.strip() for c in next(csv.reader([line]))]
+
+
+def _find(columns: list, name: str):
+  low = [c.lower() for c in columns]
+  return low.index(name) if name in low else None
+
+
+def _time_column(table: Table) -> np.ndarray:
+  """The `timestamp` column as int64, strictly increasing (errors name the line)."""
+  t = table.values[:, _find(table.columns, 'timestamp')]
+  bad = ~np.isfinite(t) | (t != np.round(t))
+  if bad.any():
+    i = int(np.argmax(bad))
+    _fail(f'{table.path}: line {table.lines[i]}: timestamp {float(t[i])} is not a whole number '
+          'of ms')
+  t = t.astype(np.int64)
+  step = np.diff(t)
+  if (step <= 0).any():
+    i = int(np.argmax(step <= 0)) + 1
+    what = 'repeats' if step[i - 1] == 0 else 'goes back in time after'
+    _fail(f'{table.path}: line {table.lines[i]}: timestamp {t[i]} {what} line {table.lines[i - 1]} '
+          f'({t[i - 1]}); rows must be in strictly increasing time order')
+  return t
+
+
+def _segment_column(table: Table) -> np.ndarray:
+  s = table.values[:, _find(table.columns, 'segment_id')]
+  bad = ~np.isfinite(s) | (s != np.round(s))
+  if bad.any():
+    i = int(np.argmax(bad))
+    _fail(f'{table.path}: line {table.lines[i]}: segment_id {float(s[i])} is not an integer')
+  return s.astype(np.int32)
+
+
+def _inf_to_nan(x: np.ndarray, path: str) -> int:
+  inf = np.isinf(x)
+  n = int(inf.sum())
+  if n:
+    x[inf] = np.nan
+    logging.warning('%s: %d Inf cells set to NaN', path, n)
+  return n
+
+
+# ------------------------------------------------------------------------------------------------
+# Partition and feature sets.
+
+
+def read_partition(root: str) -> dict:
+  """{video id (str) -> 'train'|'devel'|'test'}, in natural id order."""
+  path = os.path.join(root, PARTITION_CSV)
+  if not os.path.isfile(path):
+    _fail(f'{path}: partition file not found; is {root} the root of a MuSe release '
+          '(holding metadata/ and c1_muse_wild/)?')
+  with open(path, 'rb') as f:
+    text = f.read().removeprefix(b'\xef\xbb\xbf').decode('utf-8', errors='replace')
+  rows = [(i + 1, r) for i, r in enumerate(csv.reader(io.StringIO(text)))
+          if r and any(c.strip() for c in r)]
+  if not rows:
+    _fail(f'{path}: empty file; expected the header Id,Proposal and one row per video')
+  header = [c.strip().lower() for c in rows[0][1]]
+  id_col = next((header.index(c) for c in _PARTITION_ID_COLUMNS if c in header), None)
+  part_col = next((header.index(c) for c in _PARTITION_NAME_COLUMNS if c in header), None)
+  if id_col is None or part_col is None:
+    _fail(f'{path}: header is {rows[0][1]}; expected the columns Id and Proposal')
+  if len(rows) == 1:
+    _fail(f'{path}: empty partition (header only); list one video per row as Id,Proposal')
+  out, where = {}, {}
+  for line, r in rows[1:]:
+    if len(r) != len(header):
+      _fail(f'{path}: line {line} has {len(r)} fields but the header has {len(header)}')
+    vid, part = r[id_col].strip(), r[part_col].strip().lower()
+    if not vid:
+      _fail(f'{path}: line {line}: empty Id')
+    if part not in PARTITIONS:
+      _fail(f'{path}: line {line}: unknown partition {r[part_col].strip()!r} for video {vid}; '
+            f'use one of {", ".join(PARTITIONS)}')
+    if vid in out:
+      if out[vid] != part:
+        _fail(f'{path}: line {line}: video {vid} is listed as {part} but line {where[vid]} lists '
+              f'it as {out[vid]}; a video belongs to one partition')
+      logging.info('%s: line %d repeats video %s (%s) from line %d; duplicate dropped',
+                   path, line, vid, part, where[vid])
+      continue
+    out[vid], where[vid] = part, line
+  return {vid: out[vid] for vid in sorted(out, key=natural_key)}
+
+
+def _feature_files(root: str, name: str) -> list:
+  folder = os.path.join(root, FEATURE_DIR, name)
+  files = sorted((f for f in os.listdir(folder) if f.endswith('.csv') and not f.startswith('.')),
+                 key=natural_key)
+  if not files:
+    _fail(f'{folder}: feature folder is empty (no <Id>.csv files); add the files or remove it')
+  return files
+
+
+def feature_dim(root: str, name: str) -> int:
+  """Dimension D of a feature set, from the header of its first file (an error if unusable)."""
+  folder = os.path.join(root, FEATURE_DIR, name)
+  if not os.path.isdir(folder):
+    _fail(f'{folder}: no such feature folder')
+  first = os.path.join(folder, _feature_files(root, name)[0])
+  return _feature_columns(first)[1]
+
+
+def _feature_columns(path: str) -> tuple:
+  """(indices of the feature columns, D) from a feature file header."""
+  columns = _read_header(path)
+  low = [c.lower() for c in columns]
+  for need in ('timestamp', 'segment_id'):
+    if need not in low:
+      _fail(f'{path}: no {need!r} column in the header; feature files start with '
+            'timestamp,segment_id followed by the feature columns')
+  idx = [i for i, c in enumerate(low) if c not in ('timestamp', 'segment_id')]
+  if not idx:
+    _fail(f'{path}: no feature columns besides timestamp and segment_id')
+  return idx, len(idx)
+
+
+def discover_feature_sets(root: str) -> dict:
+  """{feature set name -> dimension} for every usable folder under label_aligned/.
+
+  Never a fixed list: users add their own folders (e.g. vggish, 128-d). An empty or unreadable
+  folder is left out with a warning here (it should not block runs on other sets) and is an error
+  when it is asked for by name (`feature_dim`).
+  """
+  base = os.path.join(root, FEATURE_DIR)
+  if not os.path.isdir(base):
+    _fail(f'{base}: feature folder not found; is {root} the root of a MuSe release?')
+  out = {}
+  for name in sorted(os.listdir(base), key=natural_key):
+    if name.startswith('.') or not os.path.isdir(os.path.join(base, name)):
+      continue
+    try:
+      out[name] = feature_dim(root, name)
+    except MuseError as e:
+      logging.warning('feature set %s left out: %s', name, e)
+  return out
+
+
+def check_feature_set(root: str, name: str) -> int:
+  """D of a requested feature set; unknown names are an error listing the available ones."""
+  if not os.path.isdir(os.path.join(root, FEATURE_DIR, name)) or name.startswith('.'):
+    available = discover_feature_sets(root)
+    _fail(f'unknown feature set {name!r}; {os.path.join(root, FEATURE_DIR)} holds: '
+          f'{", ".join(f"{k} ({d})" for k, d in available.items()) or "none"}')
+  return feature_dim(root, name)
+
+
+def unlisted_feature_files(root: str, name: str, ids) -> list:
+  """Ids with a feature file that partition.csv does not list (they are ignored)."""
+  have = {f[:-4] for f in _feature_files(root, name)}
+  return sorted(have - set(ids), key=natural_key)
+
+
+# ------------------------------------------------------------------------------------------------
+# One video.
+
+
+def _read_label(root: str, target: str, vid: str):
+  """(timestamp, segment_id, value) of one label file, or None if the file does not exist."""
+  path = label_path(root, target, vid)
+  if not os.path.exists(path):
+    return None
+  table = read_table(path)
+  low = [c.lower() for c in table.columns]
+  if sorted(low) != sorted(LABEL_COLUMNS):
+    _fail(f'{path}: label columns are {",".join(table.columns)}; expected timestamp, value and '
+          'segment_id (any order)')
+  value = table.values[:, low.index('value')].astype(np.float32)
+  n_inf = _inf_to_nan(value, path)
+  n_nan = int(np.isnan(value).sum()) - n_inf
+  if n_nan:
+    logging.info('%s: %d NaN label values kept as NaN', path, n_nan)
+  return _time_column(table), _segment_column(table), value
+
+
+def _align(label_t: np.ndarray, feat_t: np.ndarray, feat_lines: np.ndarray, where: str) -> tuple:
+  """Row of the feature file for each label timestamp: (index [T], padded rows, dropped rows)."""
+  n = len(label_t)
+  idx = np.searchsorted(feat_t, label_t)
+  idx_c = np.minimum(idx, len(feat_t) - 1)
+  hit = feat_t[idx_c] == label_t
+  k = n if hit.all() else int(np.argmin(hit))  # leading run of matched label rows
+  if k < n and (hit[k:].any() or k == 0):
+    _fail(f'{where}: no feature row for label timestamp {label_t[k]} (label row {k + 1} of {n}'
+          f'{"; the timestamps do not overlap" if not hit.any() else ""}); '
+          'feature rows must cover the label grid')
+  missing = n - k
+  if missing > PAD_TOLERANCE_ROWS:
+    _fail(f'{where}: feature file ends at timestamp {feat_t[-1]}, {missing} label rows before the '
+          f'labels do (first missing timestamp {label_t[k]}; at most {PAD_TOLERANCE_ROWS} can be '
+          'padded); the feature file looks truncated')
+  inside = (feat_t >= label_t[0]) & (feat_t <= label_t[-1])
+  used = np.zeros(len(feat_t), bool)
+  used[idx[:k]] = True
+  off_grid = inside & ~used
+  if off_grid.any():
+    i = int(np.argmax(off_grid))
+    _fail(f'{where}: line {feat_lines[i]}: timestamp {feat_t[i]} is not on the label grid; '
+          'feature rows inside the labelled span must match label timestamps')
+  if missing:
+    idx = np.concatenate([idx[:k], np.full(missing, idx[k - 1])])
+  dropped = int(len(feat_t) - used.sum())
+  return idx, missing, dropped
+
+
+def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str | None = None,
+                          expected_dim: int | None = None) -> tuple:
+  """`read_video` plus a dict of what the policies did (nan/inf cells, zero rows, padding...)."""
+  fpath = feature_path(root, feature_set, vid)
+  if not os.path.exists(fpath):
+    _fail(f'{fpath}: feature file missing for video {vid}, which metadata/partition.csv lists; '
+          'add it or remove the video from the partition file')
+  labels = {t: _read_label(root, t, vid) for t in TARGETS}
+  missing = [t for t in TARGETS if labels[t] is None]
+  if missing and partition in ('train', 'devel'):
+    _fail(f'{label_path(root, missing[0], vid)}: label file missing for {partition} video {vid}; '
+          'only test videos may come without labels')
+  present = [t for t in TARGETS if labels[t] is not None]
+  if len(present) == 2:
+    (ta, sa, _), (tv, sv, _) = labels['arousal'], labels['valence']
+    if len(ta) != len(tv) or (ta != tv).any() or (sa != sv).any():
+      n = min(len(ta), len(tv))
+      diff = np.flatnonzero((ta[:n] != tv[:n]) | (sa[:n] != sv[:n]))
+      i = int(diff[0]) if len(diff) else n
+      what = (f'row {i + 1}: timestamp/segment_id {ta[i]}/{sa[i]} vs {tv[i]}/{sv[i]}'
+              if i < n else f'lengths {len(ta)} vs {len(tv)} rows')
+      _fail(f'{label_path(root, "valence", vid)}: arousal and valence grids of video {vid} '
+            f'disagree ({what}); both label files must share timestamps')
+  if missing:
+    logging.info('%s: video %s (%s) has no label file for %s; example kept with NaN labels',
+                 fpath, vid, partition or 'partition not given', ' and '.join(missing))
+
+  idx_cols, dim = _feature_columns(fpath)
+  if expected_dim is not None and dim != expected_dim:
+    _fail(f'{fpath}: {dim} feature columns, but this feature set has {expected_dim} (from its '
+          'first file); all videos of a feature set need the same columns')
+  table = read_table(fpath)
+  if len(table.columns) != dim + 2:
+    _fail(f'{fpath}: header changed while reading; re-run')
+  feat_t = _time_column(table)
+  x = table.values[:, idx_cols].astype(np.float32)
+  stats = dict(videos=1, frames=0, nan_cells=0, inf_cells=0, zero_rows=0, padded_rows=0,
+               dropped_rows=0, unlabelled=int(bool(missing)))
+  if present:
+    t, seg, _ = labels[present[0]]
+    where = f'{fpath}: video {vid}, feature set {feature_set}'
+    idx, padded, dropped = _align(t, feat_t, table.lines, where)
+    if dropped:
+      logging.info('%s: %d feature rows outside the label grid (%d..%d ms) dropped', fpath,
+                   dropped, t[0], t[-1])
+    if padded:
+      logging.warning('%s: ends %d rows before the labels; last row repeated to fill', fpath,
+                      padded)
+    x = x[idx]
+    stats.update(padded_rows=padded, dropped_rows=dropped)
+  else:
+    t, seg = feat_t, _segment_column(table)
+  stats['inf_cells'] = _inf_to_nan(x, fpath)
+  stats['nan_cells'] = int(np.isnan(x).sum()) - stats['inf_cells']
+  stats['zero_rows'] = int((x == 0).all(axis=1).sum())
+  stats['frames'] = len(t)
+  if stats['nan_cells']:
+    logging.info('%s: %d NaN cells kept as NaN', fpath, stats['nan_cells'])
+  if stats['zero_rows']:
+    logging.info('%s: %d zero-vector rows kept', fpath, stats['zero_rows'])
+  nan = np.full(len(t), np.nan, np.float32)
+  video = {
+      'timestamp': np.asarray(t, np.int64),
+      'segment_id': np.asarray(seg, np.int32),
+      'features': np.ascontiguousarray(x, np.float32),
+      'arousal': labels['arousal'][2] if labels['arousal'] is not None else nan,
+      'valence': labels['valence'][2] if labels['valence'] is not None else nan.copy(),
+      'has_arousal': labels['arousal'] is not None,
+      'has_valence': labels['valence'] is not None,
+  }
+  return video, stats
+
+
+def read_video(root: str, feature_set: str, vid: str, partition: str | None = None,
+               expected_dim: int | None = None) -> dict:
+  """One video on its label grid.
+
+  Returns timestamp int64 [T], segment_id int32 [T], features float32 [T, D], arousal and valence
+  float32 [T] (NaN when there is no label file), has_arousal and has_valence (bool). With
+  `partition` 'train'/'devel', missing label files are an error; with `expected_dim`, a feature
+  file of another width is.
+  """
+  return read_video_with_stats(root, feature_set, vid, partition, expected_dim)[0]
