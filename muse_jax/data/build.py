@@ -1,0 +1,220 @@
+"""Builds the tfds dataset of a MuSe tree once, rebuilds it when the tree changes, loads it fast.
+
+Every training run calls `ensure_built(root, data_dir, sets)` then `load_feature_set(data_dir,
+name)` per set: parsing thousands of CSVs happens once per tree, not once per run.
+
+  python -m muse_jax.data.build --root ROOT --data_dir DIR [--features egemaps,fasttext]
+
+Staleness: beside each build (`<data_dir>/muse_car/<set>/<version>/muse_build.json`) we keep a
+fingerprint of its sources: the absolute root, and path, size and mtime of partition.csv, every
+label file and every file of that feature folder. A different fingerprint (a file edited, added
+or removed, another root, a newer reader policy) rebuilds that set, with a log line saying why.
+Other sets' sources are not part of it, so adding a feature folder never rebuilds the others.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from muse_jax.data import muse_car
+from muse_jax.data import reader
+from muse_jax.errors import MuseError
+
+FINGERPRINT_FILE = 'muse_build.json'
+# Bump when reader policies change what a build holds: older builds are then rebuilt.
+POLICY_VERSION = 1
+
+
+def builder_dir(data_dir: str, name: str) -> str:
+  return os.path.join(os.path.abspath(os.path.expanduser(data_dir)), muse_car.NAME, name,
+                      muse_car.VERSION)
+
+
+def _parse_names(feature_sets) -> list:
+  if isinstance(feature_sets, str):
+    feature_sets = feature_sets.split(',')
+  names = [s.strip() for s in feature_sets if s and s.strip()]
+  return list(dict.fromkeys(names))
+
+
+def _listing(root: str, rel: str) -> list:
+  folder = os.path.join(root, rel)
+  if not os.path.isdir(folder):
+    return []
+  out = []
+  with os.scandir(folder) as it:
+    for e in it:
+      if e.name.endswith('.csv') and e.is_file():
+        st = e.stat()
+        out.append([os.path.join(rel, e.name), st.st_size, st.st_mtime_ns])
+  return sorted(out)
+
+
+def fingerprint(root: str, name: str) -> dict:
+  """What a build of `name` depends on; cheap (stat calls only)."""
+  root = os.path.abspath(root)
+  files = _listing(root, 'metadata')
+  files = [f for f in files if f[0] == reader.PARTITION_CSV]
+  for t in reader.TARGETS:
+    files += _listing(root, os.path.join(reader.LABEL_DIR, t))
+  files += _listing(root, os.path.join(reader.FEATURE_DIR, name))
+  blob = json.dumps([root, name, POLICY_VERSION, muse_car.VERSION, files]).encode()
+  return {'root': root, 'feature_set': name, 'policy': POLICY_VERSION, 'files': files,
+          'digest': hashlib.sha256(blob).hexdigest()}
+
+
+def _why_stale(old: dict, new: dict) -> str:
+  if old.get('root') != new['root']:
+    return f'built from another root ({old.get("root")})'
+  if old.get('policy') != new['policy']:
+    return f'built by reader policy {old.get("policy")}, now {new["policy"]}'
+  before = {f[0]: f[1:] for f in old.get('files', [])}
+  after = {f[0]: f[1:] for f in new['files']}
+  changed = sorted(set(before) ^ set(after)) + sorted(
+      k for k in set(before) & set(after) if before[k] != after[k])
+  if changed:
+    return f'{len(changed)} source files changed, added or removed (e.g. {changed[0]})'
+  return 'sources changed'
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
+  tfds.disable_progress_bar()
+  builder = muse_car.MuseCar(config=muse_car.config_for(name, dim), data_dir=data_dir,
+                             file_format='array_record')
+  t0 = time.time()
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+  except Exception:  # pylint: disable=broad-except
+    if builder.error is not None:  # tfds rewraps and prefixes exceptions; give the user ours
+      raise MuseError(builder.error) from None
+    raise
+  info = dict(fp, built_s=round(time.time() - t0, 3), dim=dim, stats=builder.stats)
+  path = builder_dir(data_dir, name)
+  tmp = os.path.join(path, FINGERPRINT_FILE + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(info, f)
+  os.replace(tmp, os.path.join(path, FINGERPRINT_FILE))
+  logging.info('built %s (%d-d) from %s in %.1f s: %s', name, dim, root, info['built_s'],
+               {s: v.get('videos', 0) for s, v in builder.stats.items()})
+  return info
+
+
+def ensure_built(root: str, data_dir: str, feature_sets) -> None:
+  """Builds every missing or stale feature set of `root` into `data_dir`.
+
+  `feature_sets`: list or comma string of folder names under label_aligned/. Unknown names are a
+  MuseError listing the available ones; so is any problem in the sources (see reader.py).
+  """
+  root = os.path.abspath(os.path.expanduser(root))
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  names = _parse_names(feature_sets)
+  if not names:
+    raise MuseError(f'no feature set requested; {root} has: '
+                    + ', '.join(reader.discover_feature_sets(root)))
+  reader.read_partition(root)  # fail early on a missing/broken partition file
+  dims = {name: reader.check_feature_set(root, name) for name in names}
+  for name in names:
+    fp = fingerprint(root, name)
+    path = builder_dir(data_dir, name)
+    old = _read_json(os.path.join(path, FINGERPRINT_FILE))
+    done = os.path.exists(os.path.join(path, 'dataset_info.json'))
+    if done and old and old.get('digest') == fp['digest']:
+      logging.info('%s: up to date in %s', name, path)
+      continue
+    if os.path.exists(path):
+      why = _why_stale(old, fp) if old else 'no fingerprint (interrupted or foreign build)'
+      logging.warning('%s: stale build in %s (%s); rebuilding', name, path, why)
+      shutil.rmtree(path)
+    _build(root, data_dir, name, dims[name], fp)
+
+
+def build_info(data_dir: str, name: str) -> dict:
+  """The fingerprint and policy counts stored beside a build (None if absent)."""
+  return _read_json(os.path.join(builder_dir(data_dir, name), FINGERPRINT_FILE))
+
+
+def built_feature_sets(data_dir: str) -> list:
+  base = os.path.join(os.path.abspath(os.path.expanduser(data_dir)), muse_car.NAME)
+  if not os.path.isdir(base):
+    return []
+  return sorted((n for n in os.listdir(base)
+                 if os.path.exists(os.path.join(base, n, muse_car.VERSION, 'dataset_info.json'))),
+                key=reader.natural_key)
+
+
+def load_feature_set(data_dir: str, name: str) -> dict:
+  """{split -> [video dict]} of a built set, videos in natural id order, numpy arrays.
+
+  Keys as `reader.read_video` plus `id` (str). Splits with no videos map to []. Works in a fresh
+  process: the builder is restored from its directory, the config need not be declared.
+  """
+  path = builder_dir(data_dir, name)
+  if not os.path.exists(os.path.join(path, 'dataset_info.json')):
+    built = built_feature_sets(data_dir)
+    raise MuseError(f'{path}: feature set {name!r} is not built (built: '
+                    f'{", ".join(built) or "none"}); run python -m muse_jax.data.build --root ROOT '
+                    f'--data_dir {data_dir} --features {name}')
+  sources = tfds.builder_from_directory(path).as_data_source()
+  out = {}
+  for split in reader.PARTITIONS:
+    src = sources.get(split)
+    videos = []
+    for i in range(len(src) if src is not None else 0):
+      ex = src[i]
+      vid = ex['id']
+      videos.append({
+          'id': vid.decode() if isinstance(vid, bytes) else str(vid),
+          'timestamp': np.asarray(ex['timestamp'], np.int64),
+          'segment_id': np.asarray(ex['segment_id'], np.int32),
+          'features': np.asarray(ex['features'], np.float32),
+          'arousal': np.asarray(ex['arousal'], np.float32),
+          'valence': np.asarray(ex['valence'], np.float32),
+          'has_arousal': bool(ex['has_arousal']),
+          'has_valence': bool(ex['has_valence']),
+      })
+    out[split] = sorted(videos, key=lambda v: reader.natural_key(v['id']))
+  return out
+
+
+def main(argv=None) -> int:
+  # argparse, not absl flags: this module is imported by the training code, which has its own.
+  ap = argparse.ArgumentParser(prog='python -m muse_jax.data.build',
+                               description=__doc__.split('\n')[0])
+  ap.add_argument('--root', required=True, help='MuSe release root (metadata/, c1_muse_wild/)')
+  ap.add_argument('--data_dir', required=True, help='tfds data_dir to build into')
+  ap.add_argument('--features', default='',
+                  help='comma list of feature sets (default: every folder in the tree)')
+  args = ap.parse_args(argv)
+  logging.set_verbosity(logging.INFO)
+  try:
+    names = _parse_names(args.features) or list(reader.discover_feature_sets(args.root))
+    ensure_built(args.root, args.data_dir, names)
+  except MuseError as e:
+    sys.stderr.write(f'error: {e}\n')
+    return 2
+  for name in names:
+    info = build_info(args.data_dir, name) or {}
+    stats = info.get('stats', {})
+    print(f'{name} ({info.get("dim")}-d): ' + ', '.join(
+        f'{s} {v.get("videos", 0)} videos / {v.get("frames", 0)} frames'
+        for s, v in stats.items()) + f' -> {builder_dir(args.data_dir, name)}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

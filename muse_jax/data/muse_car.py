@@ -1,0 +1,107 @@
+"""tfds builder `muse_car`: one example per video of a MuSe-Wild 2020 / MuSe-CaR release.
+
+The release is under an EULA, so nothing is downloaded: the release root is the manual dir
+(`tfds.download.DownloadConfig(manual_dir=root)`). There is one builder config per feature set,
+named after its folder and discovered from the tree (`configs_for_root`), so a user's own folder
+(e.g. vggish, 128-d) works without code changes and adding a set never rebuilds the others.
+Parsing and the policies for the quirks of real data live in `reader.py`. Use `build.py`
+(`ensure_built`, `load_feature_set`) rather than this module directly.
+"""
+import dataclasses
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from muse_jax.data import reader
+from muse_jax.errors import MuseError
+
+NAME = 'muse_car'
+VERSION = '1.0.0'
+
+
+@dataclasses.dataclass(eq=False)
+class MuseCarConfig(tfds.core.BuilderConfig):
+  """One feature set: its folder name and dimension D."""
+  dim: int = 0
+
+
+def config_for(name: str, dim: int) -> MuseCarConfig:
+  return MuseCarConfig(name=name, dim=dim, version=VERSION,
+                       description=f'MuSe-CaR label-aligned feature set {name} ({dim}-d)')
+
+
+def configs_for_root(root: str) -> list:
+  return [config_for(name, dim) for name, dim in reader.discover_feature_sets(root).items()]
+
+
+class MuseCar(tfds.core.GeneratorBasedBuilder):
+  """MuSe-CaR videos on their label grid: features [T, D], arousal/valence [T] (NaN if absent)."""
+
+  VERSION = tfds.core.Version(VERSION)
+  BUILDER_CONFIGS = []  # discovered from the tree: pass config=config_for(name, dim)
+  # tfds derives this from the package via importlib_resources (not installed, not needed).
+  code_path = epath.Path(__file__)
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'The MuSe-CaR data is released under an EULA. Set manual_dir to the root of your copy: the '
+      'folder holding metadata/partition.csv and c1_muse_wild/.')
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.error = None   # message of the MuseError of a failed build (tfds rewraps exceptions)
+    self.stats = {}     # per split: what the reader policies did, summed over videos
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    # DatasetInfo(builder=self, ...) rather than dataset_info_from_configs: no metadata files
+    # next to this module, and no TensorFlow needed.
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description='MuSe-Wild 2020 / MuSe-CaR continuous arousal and valence, 4 Hz.',
+        features=tfds.features.FeaturesDict({
+            'id': tfds.features.Text(),
+            'timestamp': tfds.features.Tensor(shape=(None,), dtype=np.int64),
+            'segment_id': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            'features': tfds.features.Tensor(shape=(None, self.builder_config.dim),
+                                             dtype=np.float32),
+            'arousal': tfds.features.Tensor(shape=(None,), dtype=np.float32),
+            'valence': tfds.features.Tensor(shape=(None,), dtype=np.float32),
+            'has_arousal': tfds.features.Scalar(dtype=np.bool_),
+            'has_valence': tfds.features.Scalar(dtype=np.bool_),
+        }),
+        homepage='https://www.muse-challenge.org/',
+    )
+
+  def _split_generators(self, dl_manager):
+    root = str(dl_manager.manual_dir)
+    name, dim = self.builder_config.name, self.builder_config.dim
+    try:
+      partition = reader.read_partition(root)
+      reader.check_feature_set(root, name)
+      extra = reader.unlisted_feature_files(root, name, partition)
+    except MuseError as e:
+      self.error = str(e)
+      raise
+    if extra:
+      logging.info('%s: %d feature files of videos not in partition.csv ignored (e.g. %s)',
+                   name, len(extra), ', '.join(extra[:5]))
+    splits = {}
+    for split in reader.PARTITIONS:
+      ids = [v for v, p in partition.items() if p == split]
+      if not ids:  # tfds cannot write an empty split: leave it out, load_feature_set gives []
+        logging.warning('%s: partition.csv lists no %s videos; no %s split', root, split, split)
+        continue
+      splits[split] = self._generate_examples(root, name, dim, split, ids)
+    return splits
+
+  def _generate_examples(self, root, name, dim, split, ids):
+    total = self.stats.setdefault(split, {})
+    for vid in ids:
+      try:
+        video, stats = reader.read_video_with_stats(root, name, vid, split, expected_dim=dim)
+      except MuseError as e:
+        self.error = str(e)
+        raise
+      for k, v in stats.items():
+        total[k] = total.get(k, 0) + v
+      yield vid, dict(video, id=vid)
