@@ -4,19 +4,17 @@ Shows the whole product on generated data in a few minutes on 2 CPU cores: the m
 next to a frame-wise linear baseline on the same inputs. Re-running resumes/reuses what is done.
 """
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
 from muse_jax import baselines
+from muse_jax import cli
 from muse_jax import config_util
 from muse_jax import input_pipeline as ip
 from muse_jax import train
 from muse_jax.data import demo
-from muse_jax.errors import MuseError
 
 flags.DEFINE_string('out', 'out', 'Output folder: demo tree, tfds build, one workdir per target.')
 flags.DEFINE_string('config', 'demo', 'Config name under configs/ or a path.')
@@ -73,8 +71,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  try:
-    app.run(main)
-  except MuseError as e:
-    sys.stderr.write(f'error: {e}\n')
-    sys.exit(2)
+  cli.run_app(main)

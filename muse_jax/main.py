@@ -10,8 +10,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from muse_jax import cli
 from muse_jax import config_util
-from muse_jax.errors import MuseError
 
 config_util.ensure_configs_importable()
 
@@ -62,13 +62,5 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
-def run_main():
-  try:
-    app.run(main, flags_parser=_parse_flags)
-  except MuseError as e:
-    sys.stderr.write(f'error: {e}\n')
-    sys.exit(2)
-
-
 if __name__ == '__main__':
-  run_main()
+  cli.run_app(main, flags_parser=_parse_flags)

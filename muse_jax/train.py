@@ -324,7 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    config.early_stopping_patience)
       break
     t0 = time.time()
-    lrs = jnp.asarray([t.lr for t in trackers], jnp.float32)
+    lrs = np.asarray([t.lr for t in trackers], np.float32)
     state.opt_state.hyperparams['learning_rate'] = replicate(lrs, mesh)
     active = replicate(np.array([t.active for t in trackers]), mesh)
     step_losses, step_finite = [], []

@@ -1,0 +1,136 @@
+"""End to end: train -> checkpoint -> evaluate/predict on a tiny generated tree."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from muse_jax import config_util
+from muse_jax import input_pipeline as ip
+from muse_jax import train
+from muse_jax.errors import MuseError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(tree, data_dir, **overrides):
+  c = config_util.load_config('tiny')
+  c.data_root, c.data_dir = tree, data_dir
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_tree, tmp_path_factory):
+  work = str(tmp_path_factory.mktemp('work'))
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config = tiny_config(tiny_tree, data_dir)
+  results = train.train_and_evaluate(config, work)
+  return config, work, results
+
+
+def test_training_beats_untrained_model(trained):
+  config, work, results = trained
+  videos, dims = train.prepare_data(config, work, fit_stats=False)
+  model, _, state = train.create_state(config, sum(dims), 2)
+  mesh = train.make_mesh()
+  _, untrained = train.evaluate_split(train.make_eval_step(model), state.params,
+                                      videos['devel'], ['arousal', 'valence'], mesh)
+  assert results['devel']['mean_ccc'] > untrained[0]['mean_ccc'] + 0.1
+  assert 1 <= results['best_epoch'] <= results['epochs_run'] <= config.num_epochs
+
+
+def test_evaluate_reproduces_best_epoch_metrics(trained):
+  config, work, results = trained
+  again = train.evaluate(config, work)
+  assert again['devel'] == results['devel']
+  assert again['test'] == results['test']
+  logged = [json.loads(l) for l in open(os.path.join(work, 'metrics.jsonl'))]
+  best = [r for r in logged if r['epoch'] == results['best_epoch']][0]
+  assert best['devel']['mean_ccc'] == pytest.approx(results['devel']['mean_ccc'], abs=1e-6)
+
+
+def test_predictions_cover_every_video_on_its_own_grid(trained):
+  config, work, _ = trained
+  videos, _ = ip.load_videos(config)
+  for split, vs in videos.items():
+    for v in vs:
+      for target in ('arousal', 'valence'):
+        with open(os.path.join(work, 'predictions', target, f'{v.id}.csv')) as f:
+          rows = list(csv.reader(f))
+        assert rows[0] == ['timestamp', 'value', 'segment_id']
+        ts = np.array([int(r[0]) for r in rows[1:]])
+        np.testing.assert_array_equal(ts, v.timestamp)
+        np.testing.assert_array_equal([int(r[2]) for r in rows[1:]], v.segment_id)
+        assert np.all(np.isfinite([float(r[1]) for r in rows[1:]]))
+  assert os.listdir(os.path.join(work, 'plots'))
+  assert os.listdir(os.path.join(work, 'tb'))
+
+
+def test_rerun_of_finished_workdir_resumes_not_retrains(trained):
+  config, work, results = trained
+  again = train.train_and_evaluate(config, work)
+  assert again['best_epoch'] == results['best_epoch']
+  assert again['devel'] == results['devel']
+
+
+def test_resume_after_interruption_equals_uninterrupted(tiny_tree, tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  full = train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=4), str(tmp_path / 'a'))
+  train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=2), str(tmp_path / 'b'))
+  resumed = train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=4),
+                                     str(tmp_path / 'b'))
+  assert resumed['devel'] == full['devel']
+  assert resumed['best_epoch'] == full['best_epoch']
+
+
+def test_evaluate_without_checkpoint_is_a_clear_error(tiny_tree, tmp_path):
+  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'))
+  with pytest.raises(MuseError, match='no checkpoint'):
+    train.evaluate(config, str(tmp_path / 'empty'))
+
+
+def test_restore_refuses_other_model_config(trained, tmp_path):
+  config, work, _ = trained
+  other = tiny_config(config.data_root, config.data_dir)
+  other.model.d_rnn = 32
+  with pytest.raises(MuseError, match='different model'):
+    train.evaluate(other, work)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('hop_len', 500, 'hop_len'),
+    ('feature_sets', (), 'feature_sets is empty'),
+    ('targets', ('joy',), 'targets'),
+    ('loss', 'huber', 'loss'),
+])
+def test_impossible_config_values_fail_before_compute(tiny_tree, tmp_path, field, value, message):
+  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), **{field: value})
+  with pytest.raises(MuseError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'tfds')  # nothing was built
+
+
+def test_unknown_feature_set_names_the_available_ones(tiny_tree, tmp_path):
+  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), feature_sets=('egemaps', 'nosuchset'))
+  with pytest.raises(MuseError, match='nosuchset'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
+@pytest.mark.parametrize('arg,message', [
+    ('--config.hop_len=500', 'hop_len'),
+    ('--config.no_such_field=1', 'no_such_field'),
+])
+def test_cli_errors_are_one_line(tiny_tree, tmp_path, arg, message):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'muse_jax.main', f'--config={REPO}/configs/tiny.py',
+       f'--workdir={tmp_path}/w', f'--data_root={tiny_tree}', f'--data_dir={tmp_path}/tfds', arg],
+      capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+  assert proc.returncode == 2
+  err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert len(err) == 1 and message in err[0], proc.stderr
+  assert 'Traceback' not in proc.stderr
