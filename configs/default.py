@@ -49,9 +49,13 @@ def get_config():
   c.early_stopping_patience = 15
   c.seed = 314                    # seeds seed, seed+1, ... (the paper's 314, 315, ...)
   c.num_seeds = 1                 # models trained side by side (vmapped in one compiled step)
+  c.data_seed = -1                # shuffling order of train windows; -1 = seed
   c.eval_seed = -1                # seed used by evaluate/predict outputs; -1 = best devel CCC
   c.nonfinite_policy = 'stop'     # NaN/Inf loss or gradient: 'stop' (exit, keep last good
                                   # checkpoint) | 'skip' (drop that step, count it in the logs)
+
+  # Devices: batches are sharded over the first num_devices devices (0 = all of them).
+  c.num_devices = 0
 
   # Outputs.
   c.num_plot_videos = 3           # devel videos plotted (prediction vs label) at the end

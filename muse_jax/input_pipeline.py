@@ -122,12 +122,7 @@ def load_videos(config) -> tuple:
   Returns ({split: [Video]}, dims): features not yet normalised; dims per input name.
   """
   sets = parse_list(config.feature_sets)
-  root = os.path.abspath(os.path.expanduser(config.data_root)) if config.data_root else ''
-  if not root:
-    raise MuseError('config.data_root is empty: point it at a MuSe-layout tree '
-                    '(--config.data_root=/path/to/muse_root)')
-  data_dir = data_dir_of(config)
-  build.ensure_built(root, data_dir, sets)
+  root, data_dir = ensure_built(config)
   loaded = {name: build.load_feature_set(data_dir, name) for name in sets}
   targets = parse_list(config.targets)
   dims = []
@@ -163,6 +158,17 @@ def load_videos(config) -> tuple:
   if not out['train']:
     raise MuseError(f'{root}: the train partition has no videos (metadata/partition.csv)')
   return out, dims
+
+
+def ensure_built(config) -> tuple:
+  """Builds the configured feature sets if missing or stale; returns (root, data_dir)."""
+  root = os.path.abspath(os.path.expanduser(config.data_root)) if config.data_root else ''
+  if not root:
+    raise MuseError('config.data_root is empty: point it at a MuSe-layout tree '
+                    '(--data_root=/path/to/muse_root or --config.data_root=...)')
+  data_dir = data_dir_of(config)
+  build.ensure_built(root, data_dir, parse_list(config.feature_sets))
+  return root, data_dir
 
 
 def data_dir_of(config) -> str:
@@ -245,13 +251,16 @@ def _mask(y, lengths):
   return (t < lengths[:, None]) & np.all(np.isfinite(y), axis=-1)
 
 
-def train_batches(w: Windows, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
-  """One epoch of shuffled, fixed-shape batches; the order depends only on (seed, epoch), so a
-  resumed run sees exactly the batches an uninterrupted one would."""
+def train_batches(w: Windows, batch_size: int, seed: int, epoch: int,
+                  rows: int = 0) -> Iterator[dict]:
+  """One epoch of shuffled batches of `batch_size` windows, each padded to `rows` (>= batch_size,
+  e.g. a multiple of the device count) so every step has one shape. The order depends only on
+  (seed, epoch): a resumed run sees exactly the batches an uninterrupted one would, and the device
+  count changes only the padding."""
   perm = np.random.default_rng([seed, epoch]).permutation(len(w.lengths))
   for b in range(0, len(perm), batch_size):
     idx = perm[b:b + batch_size]
-    yield pad_batch(w.x[idx], w.y[idx], w.lengths[idx], batch_size)
+    yield pad_batch(w.x[idx], w.y[idx], w.lengths[idx], max(rows, batch_size))
 
 
 def pad_batch(x, y, lengths, rows: int) -> dict:

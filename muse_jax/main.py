@@ -23,12 +23,25 @@ flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'],
                   'train (resumes if the workdir has a checkpoint), evaluate or predict.')
 flags.DEFINE_string('data_root', None, 'MuSe-layout tree; overrides config.data_root.')
 flags.DEFINE_string('data_dir', None, 'tfds data_dir; overrides config.data_dir.')
+flags.DEFINE_bool('distributed', False, 'Multi-host: jax.distributed.initialize() with the '
+                  "cluster's auto-detection (Cloud TPU, SLURM, Open MPI, Kubernetes).")
+flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host: this process (0 .. num_processes-1).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=import-outside-toplevel
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    if jax.process_index() != 0:  # process 0 speaks for the job
+      logging.set_verbosity(logging.WARNING)
+    logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
   from muse_jax import train  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
   with config.unlocked():
@@ -40,7 +53,8 @@ def main(argv):
   run = {'train': train.train_and_evaluate, 'evaluate': train.evaluate,
          'predict': train.predict}[FLAGS.mode]
   results = run(config, FLAGS.workdir)
-  print(summary(results))
+  if jax.process_index() == 0:
+    print(summary(results))
 
 
 def summary(results: dict) -> str:

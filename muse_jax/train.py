@@ -22,6 +22,7 @@ from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -75,6 +76,7 @@ def validate_config(config) -> None:
   need(config.num_epochs >= 1, f'num_epochs must be >= 1, got {config.num_epochs}')
   need(config.early_stopping_patience >= 1, 'early_stopping_patience must be >= 1')
   need(config.num_seeds >= 1, f'num_seeds must be >= 1, got {config.num_seeds}')
+  need(config.num_devices >= 0, f'num_devices must be >= 0 (0 = all), got {config.num_devices}')
   need(-1 <= config.eval_seed < config.num_seeds,
        f'eval_seed must be -1 (best) or in [0, num_seeds={config.num_seeds}), '
        f'got {config.eval_seed}')
@@ -89,8 +91,12 @@ def validate_config(config) -> None:
 # Model state and compiled steps
 
 
-def make_mesh() -> Mesh:
-  return Mesh(np.array(jax.devices()), ('data',))
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """1-D `data` mesh over the first num_devices devices (0 = all, across every process)."""
+  devices = jax.devices()
+  if num_devices > len(devices):
+    raise MuseError(f'config.num_devices={num_devices}, but only {len(devices)} devices exist')
+  return Mesh(np.array(devices[:num_devices or len(devices)]), ('data',))
 
 
 def seeds_of(config) -> list:
@@ -116,7 +122,8 @@ def create_state(config, d_in: int, n_targets: int, seeds=None):
 
 
 def dropout_keys(seeds) -> jax.Array:
-  return jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
+  """Raw key data [S, 2] (plain uint32, so it can be placed on a multi-host mesh)."""
+  return jnp.stack([jax.random.key_data(jax.random.fold_in(jax.random.key(s), 1)) for s in seeds])
 
 
 def make_train_step(model, tx, loss_fn, weights):
@@ -128,7 +135,7 @@ def make_train_step(model, tx, loss_fn, weights):
   def one_seed(params, opt_state, key, active, step, batch):
     def loss_of(p):
       pred = model.apply({'params': p}, batch['x'], batch['lengths'], deterministic=False,
-                         rngs={'dropout': jax.random.fold_in(key, step)})
+                         rngs={'dropout': jax.random.fold_in(jax.random.wrap_key_data(key), step)})
       return loss_fn(pred, batch['y'], batch['mask'], weights)
 
     loss, grads = jax.value_and_grad(loss_of)(params)
@@ -157,12 +164,39 @@ def make_eval_step(model):
 
 
 def shard(batch: dict, mesh: Mesh) -> dict:
+  """Global batch (same on every process) -> arrays sharded on the `data` axis.
+
+  Every process computes the same deterministic batch order but hands only its own contiguous
+  block of rows to its own devices (`jax.devices()` is ordered by process).
+  """
   sharding = NamedSharding(mesh, P('data'))
-  return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+  if jax.process_count() == 1:
+    return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+  n, i = jax.process_count(), jax.process_index()
+  out = {}
+  for k, v in batch.items():
+    rows = v.shape[0] // n
+    out[k] = jax.make_array_from_process_local_data(sharding, v[i * rows:(i + 1) * rows],
+                                                    v.shape)
+  return out
+
+
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-process sharded) array as one numpy array on every process."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  # Multi-host: build each global array from host values (identical on every process).
+  def put(x):
+    x = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+  return jax.tree.map(put, tree)
 
 
 def predict_videos(eval_step, params, videos, mesh) -> list:
@@ -170,7 +204,7 @@ def predict_videos(eval_step, params, videos, mesh) -> list:
   n_seeds = jax.tree.leaves(params)[0].shape[0]
   preds = [[None] * len(videos) for _ in range(n_seeds)]
   for batch, idxs in ip.eval_batches(videos, multiple=mesh.devices.size):
-    out = np.asarray(eval_step(params, shard(batch, mesh)))
+    out = to_host(eval_step(params, shard(batch, mesh)))
     for s in range(n_seeds):
       for j, i in enumerate(idxs):
         preds[s][i] = out[s, j, :len(videos[i].x)]
@@ -264,6 +298,10 @@ def restore(mngr, state, signature, workdir):
 
 def prepare_data(config, workdir, fit_stats: bool):
   """Videos joined and normalised; stats fitted on train (training) or read from the workdir."""
+  if jax.process_count() > 1:  # one process builds the dataset, the others wait and then read it
+    if jax.process_index() == 0:
+      ip.ensure_built(config)
+    multihost_utils.sync_global_devices('muse_jax dataset built')
   videos, dims = ip.load_videos(config)
   stats_path = os.path.join(workdir, 'norm_stats.npz')
   if fit_stats and not os.path.exists(stats_path):
@@ -286,19 +324,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   targets = ip.parse_list(config.targets)
   seeds = seeds_of(config)
+  data_seed = config.seed if config.data_seed < 0 else config.data_seed
   t_start = time.time()
   videos, dims = prepare_data(config, workdir, fit_stats=True)
   if jax.process_index() == 0:
     outputs.write_json(os.path.join(workdir, 'config.json'),
                        json.loads(config.to_json_best_effort()))
-  mesh = make_mesh()
+  mesh = make_mesh(config.num_devices)
   windows = ip.make_windows(videos['train'], config.win_len, config.hop_len)
   n_dev = mesh.devices.size
   rows = -(-config.batch_size // n_dev) * n_dev
   logging.info('data: %s videos; %d train windows -> %d steps/epoch of %d rows on %d device(s); '
                'devel/test in %d/%d length buckets; seeds %s',
                {s: len(v) for s, v in videos.items()}, len(windows.lengths),
-               -(-len(windows.lengths) // rows), rows, n_dev,
+               -(-len(windows.lengths) // config.batch_size), rows, n_dev,
                ip.num_eval_shapes(videos['devel']), ip.num_eval_shapes(videos['test']), seeds)
 
   model, tx, state = create_state(config, sum(dims), len(targets), seeds)
@@ -328,12 +367,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state.opt_state.hyperparams['learning_rate'] = replicate(lrs, mesh)
     active = replicate(np.array([t.active for t in trackers]), mesh)
     step_losses, step_finite = [], []
-    for batch in ip.train_batches(windows, rows, config.seed, epoch):
+    for batch in ip.train_batches(windows, config.batch_size, data_seed, epoch, rows):
       state, loss, finite = train_step(state, shard(batch, mesh), keys, active)
       step_losses.append(loss)
       step_finite.append(finite)
-    step_losses, step_finite = jax.device_get((step_losses, step_finite))  # one transfer/epoch
-    step_finite = np.stack(step_finite)  # [steps, S]
+    step_losses, step_finite = to_host(jnp.stack(step_losses)), to_host(jnp.stack(step_finite))
     if not step_finite.all():
       bad_step, bad_seed = map(int, np.argwhere(~step_finite)[0])
       where = f'epoch {epoch}, step {bad_step + 1} of {len(step_finite)}, seed {seeds[bad_seed]}'
@@ -343,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         'or set --config.nonfinite_policy=skip')
       skipped += int((~step_finite).sum())
       logging.warning('skipped %d non-finite step(s), first at %s', (~step_finite).sum(), where)
-    train_loss = np.nanmean(np.where(step_finite, np.stack(step_losses), np.nan), axis=0)
+    train_loss = np.nanmean(np.where(step_finite, step_losses, np.nan), axis=0)  # [S]
 
     _, devel = evaluate_split(eval_step, state.params, videos['devel'], targets, mesh)
     improved = np.zeros(len(seeds), bool)
@@ -433,7 +471,8 @@ def evaluate(config, workdir: str) -> dict:
   """Restores the best parameters, recomputes every partition's metrics, rewrites predictions;
   writes `eval_results.json` (training's `results.json` is left as it was)."""
   workdir, mngr, state, signature, videos, eval_step = _restore_for_eval(config, workdir)
-  results = finish(config, workdir, mngr, state, signature, videos, eval_step, make_mesh())
+  results = finish(config, workdir, mngr, state, signature, videos, eval_step,
+                   make_mesh(config.num_devices))
   if jax.process_index() == 0:
     outputs.write_json(os.path.join(workdir, 'eval_results.json'), results)
   return results
@@ -475,7 +514,7 @@ class Predictor:
       seed_index = seeds_of(self.config).index(seed) if seed is not None else 0
     self.params = jax.tree.map(lambda a: a[seed_index:seed_index + 1], state.best_params)
     self._eval = make_eval_step(model)
-    self._mesh = make_mesh()
+    self._mesh = make_mesh(1)
     del meta
 
   def __call__(self, raw_x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,120 @@
+"""Data parallelism over simulated devices, multi-host over loopback, vmapped seeds.
+
+conftest.py gives this process 8 CPU devices (XLA_FLAGS, set before JAX initialises).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from muse_jax import config_util
+from muse_jax import input_pipeline as ip
+from muse_jax import losses
+from muse_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(tree, data_dir, **overrides):
+  c = config_util.load_config('tiny')
+  c.data_root, c.data_dir = tree, data_dir
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+def _synthetic_windows(n=13, t=48, d=10, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, t, d)).astype(np.float32)
+  y = np.cumsum(x[..., :2], axis=1).astype(np.float32) / 10
+  lengths = rng.integers(1, t + 1, size=n).astype(np.int32)
+  return ip.Windows(x, y, lengths)
+
+
+def _one_step(mesh, batch_size=13):
+  config = config_util.load_config('tiny')
+  config.num_seeds = 2
+  model, tx, state = train.create_state(config, 10, 2)
+  step = train.make_train_step(model, tx, losses.get_loss('ccc'), None)
+  n = mesh.devices.size
+  rows = -(-batch_size // n) * n
+  batch = next(ip.train_batches(_synthetic_windows(), batch_size, 0, 0, rows))
+  keys = train.replicate(train.dropout_keys(train.seeds_of(config)), mesh)
+  active = train.replicate(np.array([True, True]), mesh)
+  state, loss, _ = step(train.replicate(state, mesh), train.shard(batch, mesh), keys, active)
+  return jax.device_get(state.params), np.asarray(loss)
+
+
+def test_eight_devices_are_simulated():
+  assert jax.device_count() == 8
+
+
+def test_train_step_on_8_devices_equals_1_device():
+  p1, l1 = _one_step(train.make_mesh(1))
+  p8, l8 = _one_step(train.make_mesh(8))
+  np.testing.assert_allclose(l8, l1, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_short_run_same_devel_ccc_on_1_and_8_devices(tiny_tree, tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  r1 = train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=3, num_devices=1),
+                                str(tmp_path / 'one'))
+  r8 = train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=3, num_devices=8),
+                                str(tmp_path / 'eight'))
+  for t in ('arousal', 'valence'):
+    assert r8['devel'][t]['ccc'] == pytest.approx(r1['devel'][t]['ccc'], abs=1e-4)
+  assert r8['best_epoch'] == r1['best_epoch']
+
+
+def test_vmapped_seeds_equal_separate_runs(tiny_tree, tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  both = train.train_and_evaluate(
+      tiny_config(tiny_tree, data_dir, num_epochs=3, num_seeds=2, num_devices=1),
+      str(tmp_path / 'both'))
+  for i, seed in enumerate((314, 315)):
+    alone = train.train_and_evaluate(
+        tiny_config(tiny_tree, data_dir, num_epochs=3, seed=seed, data_seed=314, num_devices=1),
+        str(tmp_path / f'seed{seed}'))
+    got = both['seeds'][i]
+    assert got['seed'] == seed
+    assert got['best_epoch'] == alone['best_epoch']
+    for t in ('arousal', 'valence'):
+      assert got['devel'][t]['ccc'] == pytest.approx(alone['devel'][t]['ccc'], abs=1e-4)
+  cccs = [s['devel']['mean_ccc'] for s in both['seeds']]
+  assert both['best_seed'] == (314, 315)[int(np.argmax(cccs))]
+  assert both['devel_ccc_mean'] == pytest.approx(np.mean(cccs))
+  assert cccs[0] != cccs[1]  # different init really gives different models
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_together_like_one(tiny_tree, tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  single = train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=2),
+                                    str(tmp_path / 'single'))
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'muse_jax.main', f'--config={REPO}/configs/tiny.py',
+       f'--workdir={tmp_path}/multi', f'--data_root={tiny_tree}', f'--data_dir={data_dir}',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}',
+       '--config.num_epochs=2'], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  multi = json.load(open(tmp_path / 'multi' / 'results.json'))
+  for t in ('arousal', 'valence'):
+    assert multi['devel'][t]['ccc'] == pytest.approx(single['devel'][t]['ccc'], abs=1e-4)
+  # Only process 0 writes outputs: predictions exist once, from one writer.
+  assert os.listdir(tmp_path / 'multi' / 'predictions' / 'arousal')
