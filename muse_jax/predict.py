@@ -1,0 +1,137 @@
+"""Predict arousal/valence on a new recording with a trained workdir (needs the features extra).
+
+  python -m muse_jax.predict --workdir W --wav F [--transcript T] [--model_dir DIR] --out OUTDIR
+
+Extracts the feature sets the model reads (egemaps, egemaps_lld from the audio; bert from the
+transcript) on the 250 ms grid of the recording, runs `train.Predictor` (which applies the
+workdir's train-partition normalisation) and writes `OUTDIR/<target>.csv` (`timestamp,value`)
+and `OUTDIR/prediction.png`. The extraction must match what the model was trained on: a model
+trained on the challenge's own egemaps files sees features from a different extractor setting,
+so train on sets made with `python -m muse_jax.features` for the most faithful predictions.
+"""
+import argparse
+import os
+import sys
+
+from absl import logging
+import numpy as np
+
+from muse_jax.errors import MuseError
+
+SEGMENT_ID = 'segment_id'
+AUDIO_SETS = ('egemaps', 'egemaps_lld')
+TEXT_SETS = ('bert',)
+
+
+def extract_inputs(inputs: list, dims: list, wav: str, transcript: str | None = None,
+                   model_dir: str | None = None, win_s: float = 3.0,
+                   segment_id: int = 1) -> tuple:
+  """Raw joined features [T, sum(dims)] in the model's column order, and their timestamps."""
+  from muse_jax.features import audio, text, writer  # pylint: disable=import-outside-toplevel
+  sets = [n for n in inputs if n != SEGMENT_ID]
+  unknown = [n for n in sets if n not in AUDIO_SETS + TEXT_SETS]
+  if unknown:
+    raise MuseError(f'the model reads {unknown}, which cannot be extracted from a recording here '
+                    f'(audio gives {list(AUDIO_SETS)}, a transcript gives {list(TEXT_SETS)}); '
+                    'train a model on those sets to predict on raw recordings')
+  encoder = None
+  if any(n in TEXT_SETS for n in sets):
+    if not transcript:
+      raise MuseError('the model reads text features (bert): pass --transcript T (a CSV with '
+                      'start_ms,end_ms,text) and --model_dir DIR (the encoder it was trained with)')
+    from muse_jax.features import bert  # pylint: disable=import-outside-toplevel
+    encoder = bert.Encoder(model_dir)  # checked first: a wrong encoder fails before the audio work
+    for name, dim in zip(inputs, dims):
+      if name in TEXT_SETS and encoder.dim != dim:
+        raise MuseError(f'the model reads {name} with {dim} columns but the encoder in '
+                        f'{encoder.model_dir} gives {encoder.dim}; pass the --model_dir it was '
+                        'trained with')
+  x = audio.load_audio(wav)
+  n = writer.num_frames(audio.duration_ms(x))
+  parts = []
+  for name, dim in zip(inputs, dims):
+    if name == SEGMENT_ID:
+      values = np.full((n, 1), segment_id, np.float64)
+    elif name == 'egemaps':
+      values = audio.functionals(x, win_s)[1]
+    elif name == 'egemaps_lld':
+      values = audio.lld_4hz(x)[1]
+    else:
+      values = text.text_features(transcript, encoder, n)
+    if values.shape[1] != dim:
+      raise MuseError(f'the model reads {name} with {dim} columns but extraction gives '
+                      f'{values.shape[1]}; it was trained on a different version of this set')
+    parts.append(np.asarray(values, np.float64))
+  return np.concatenate(parts, axis=1), writer.grid(n)
+
+
+def write_outputs(out: str, timestamps: np.ndarray, preds: np.ndarray, targets: list,
+                  title: str) -> dict:
+  """OUTDIR/<target>.csv (timestamp,value) and OUTDIR/prediction.png; returns the paths."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  os.makedirs(out, exist_ok=True)
+  paths = {}
+  for k, target in enumerate(targets):
+    paths[target] = os.path.join(out, f'{target}.csv')
+    pd.DataFrame({'timestamp': timestamps, 'value': preds[:, k]}).to_csv(
+        paths[target], index=False, float_format='%.6f')
+  fig, ax = plt.subplots(figsize=(10, 3.5))
+  for k, target in enumerate(targets):
+    ax.plot(timestamps / 1000.0, preds[:, k], label=target, lw=1.2)
+  ax.axhline(0.0, color='0.6', lw=0.6)
+  ax.set_xlabel('time (s)')
+  ax.set_ylabel('prediction')
+  ax.set_title(title)
+  ax.legend(loc='upper right')
+  fig.tight_layout()
+  paths['plot'] = os.path.join(out, 'prediction.png')
+  fig.savefig(paths['plot'], dpi=100)
+  plt.close(fig)
+  return paths
+
+
+def predict_recording(workdir: str, wav: str, out: str, transcript: str | None = None,
+                      model_dir: str | None = None, win_s: float = 3.0,
+                      seed_index: int | None = None) -> dict:
+  from muse_jax import train  # pylint: disable=import-outside-toplevel
+  predictor = train.Predictor(workdir, seed_index)
+  raw, timestamps = extract_inputs(list(predictor.inputs), list(predictor.dims), wav, transcript,
+                                   model_dir, win_s)
+  preds = np.asarray(predictor(raw))
+  return write_outputs(out, timestamps, preds, list(predictor.targets),
+                       f'{os.path.basename(wav)}: {", ".join(predictor.targets)} '
+                       f'({os.path.basename(os.path.abspath(workdir))})')
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m muse_jax.predict', description=__doc__.split('\n')[0])
+  p.add_argument('--workdir', required=True, help='a trained muse_jax workdir')
+  p.add_argument('--wav', required=True, help='the recording (wav, flac, ogg, mp3)')
+  p.add_argument('--transcript', default=None, help='CSV start_ms,end_ms,text (for bert models)')
+  p.add_argument('--model_dir', default=None, help='sentence encoder folder (for bert models)')
+  p.add_argument('--win_s', type=float, default=3.0, help='egemaps functionals window (s)')
+  p.add_argument('--seed_index', type=int, default=None,
+                 help='which trained seed to use (default: the best one)')
+  p.add_argument('--out', required=True, help='folder for <target>.csv and prediction.png')
+  args = p.parse_args(argv)
+  logging.set_verbosity(logging.ERROR)  # orbax's read-only checkpoint notes are noise here
+  try:
+    paths = predict_recording(args.workdir, args.wav, args.out, args.transcript, args.model_dir,
+                              args.win_s, args.seed_index)
+  except MuseError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  except ModuleNotFoundError as e:
+    print(f'error: {e.name} is not installed; install the extra: pip install -e .[features]',
+          file=sys.stderr)
+    return 2
+  for name, path in paths.items():
+    print(f'{name}: {path}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
