@@ -78,7 +78,8 @@ def write_tiny_bert(model_dir: str, hidden: int = 16, layers: int = 2, heads: in
                     intermediate: int = 32, max_positions: int = 32, seed: int = 0) -> str:
   """A random BERT sentence encoder in the Hugging Face layout (WordPiece, uncased)."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
   os.makedirs(model_dir, exist_ok=True)
   vocab = {tok: i for i, tok in enumerate(VOCAB)}
   tok = Tokenizer(models.WordPiece(vocab, unk_token='[UNK]'))
