@@ -125,7 +125,7 @@ def read_table(path: str) -> Table:
     _fail(f'{path}: cannot read ({e.strerror})')
   if data.startswith(b'\xef\xbb\xbf'):
     data = data[3:]
-  if not data.strip():
+  if not data or data.isspace():  # (not .strip(): that copies the whole file)
     _fail(f'{path}: empty file; expected a header line and data rows')
   nl = data.find(b'\n')
   header, body = (data, b'') if nl < 0 else (data[:nl], data[nl + 1:])
@@ -133,7 +133,7 @@ def read_table(path: str) -> Table:
     columns = [c.strip() for c in next(csv.reader([header.decode('utf-8').strip('\r')]))]
   except UnicodeDecodeError:
     _fail(f'{path}: the header line is not UTF-8 text; is this a CSV file?')
-  if not body.strip():
+  if not body or body.isspace():
     _fail(f'{path}: header only, no data rows')
   n_lines = body.count(b'\n') + (not body.endswith(b'\n'))
   # Fast path: every line holds exactly len(columns) - 1 separators (numeric cells never quote a
