@@ -200,6 +200,16 @@ def test_load_works_in_a_fresh_process(built):
   assert got == {s: [[v['id'], 128] for v in vs] for s, vs in loaded['vggish'].items()}
 
 
+def test_concurrent_builds_of_one_set(tree, tmp_path):
+  root, _ = tree
+  copy = small_copy(root, tmp_path, 'egemaps')
+  code = 'import sys; from muse_jax.data import build; build.ensure_built(*sys.argv[1:3], "egemaps")'
+  procs = [subprocess.Popen([sys.executable, '-c', code, copy, str(tmp_path / 'd')],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+  assert all(p.wait(timeout=120) == 0 for p in procs), [p.stderr.read()[-500:] for p in procs]
+  assert build.load_feature_set(str(tmp_path / 'd'), 'egemaps')['train']
+
+
 def test_cli(tree, tmp_path, capsys):
   root, _ = tree
   copy = small_copy(root, tmp_path, 'egemaps')

@@ -13,6 +13,7 @@ Other sets' sources are not part of it, so adding a feature folder never rebuild
 """
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,11 @@ import tensorflow_datasets as tfds
 from muse_jax.data import muse_car
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
+
+try:
+  import fcntl  # pylint: disable=g-import-not-at-top
+except ImportError:  # not POSIX: builds are not locked
+  fcntl = None
 
 FINGERPRINT_FILE = 'muse_build.json'
 # Bump when the reader policies or the storage format change: older builds are then rebuilt.
@@ -117,6 +123,16 @@ def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
   return info
 
 
+@contextlib.contextmanager
+def _lock(data_dir: str, name: str):
+  base = os.path.join(data_dir, muse_car.NAME)
+  os.makedirs(base, exist_ok=True)
+  with open(os.path.join(base, f'.{name}.lock'), 'w') as f:
+    if fcntl is not None:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    yield
+
+
 def ensure_built(root: str, data_dir: str, feature_sets) -> None:
   """Builds every missing or stale feature set of `root` into `data_dir`.
 
@@ -132,18 +148,19 @@ def ensure_built(root: str, data_dir: str, feature_sets) -> None:
   reader.read_partition(root)  # fail early on a missing/broken partition file
   dims = {name: reader.check_feature_set(root, name) for name in names}
   for name in names:
-    fp = fingerprint(root, name)
-    path = builder_dir(data_dir, name)
-    old = _read_json(os.path.join(path, FINGERPRINT_FILE))
-    done = os.path.exists(os.path.join(path, 'dataset_info.json'))
-    if done and old and old.get('digest') == fp['digest']:
-      logging.info('%s: up to date in %s', name, path)
-      continue
-    if os.path.exists(path):
-      why = _why_stale(old, fp) if old else 'no fingerprint (interrupted or foreign build)'
-      logging.warning('%s: stale build in %s (%s); rebuilding', name, path, why)
-      shutil.rmtree(path)
-    _build(root, data_dir, name, dims[name], fp)
+    with _lock(data_dir, name):  # two runs starting at once build a set once
+      fp = fingerprint(root, name)
+      path = builder_dir(data_dir, name)
+      old = _read_json(os.path.join(path, FINGERPRINT_FILE))
+      done = os.path.exists(os.path.join(path, 'dataset_info.json'))
+      if done and old and old.get('digest') == fp['digest']:
+        logging.info('%s: up to date in %s', name, path)
+        continue
+      if os.path.exists(path):
+        why = _why_stale(old, fp) if old else 'no fingerprint (interrupted or foreign build)'
+        logging.warning('%s: stale build in %s (%s); rebuilding', name, path, why)
+        shutil.rmtree(path)
+      _build(root, data_dir, name, dims[name], fp)
 
 
 def build_info(data_dir: str, name: str) -> dict:

@@ -4,8 +4,9 @@ The real data is under an EULA, so tests, the demo job and benchmarks run on thi
 
   python -m muse_jax.data.demo --out DIR [--scale tiny|demo|full] [--seed 0] [--features a,b]
 
-Same seed -> byte-identical files (every random draw is keyed by seed, video and feature set, so
-restricting --features does not change the other sets). Scales: `tiny` (12 videos of 40-150
+Same seed -> byte-identical files. Every random draw is keyed by seed, video and feature set, so a
+set's values do not depend on which other sets are written (only where the longer/shorter-file
+quirks land does: on the first/last set written). Scales: `tiny` (12 videos of 40-150
 frames, for unit tests), `demo` (45 videos of 300-1500 frames, an LSTM learns it in about a minute
 of CPU), `full` (290 videos, ~560k frames like MuSe-CaR, for benchmarks).
 
