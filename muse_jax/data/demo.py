@@ -88,6 +88,8 @@ VIEWS = {
 DEFAULT_VIEW = View(0.7, 0.7, lag=8, spread=16)
 LABEL_SMOOTH = 16.0   # frames (4 s): std of the Gaussian smoothing the latent curves
 N_CHANNELS = 8        # latent channels per feature set, mixed into its D columns
+LEAD_MARGIN = 32      # label frames generated past the end, for views that lead the labels
+assert all(v.lag + v.spread <= LEAD_MARGIN for v in list(VIEWS.values()) + [DEFAULT_VIEW])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,12 +302,19 @@ def _layout(scale: Scale, seed: int) -> dict:
 
 
 def _latents(seed: int, i: int, n: int) -> np.ndarray:
-  """Smooth arousal/valence curves in (-1, 1) of length n (with a per-video offset)."""
-  rng = np.random.default_rng([seed, 1, i])
+  """Smooth arousal/valence curves in (-1, 1), [2, n + LEAD_MARGIN] (with a per-video offset).
+
+  One random stream per target, and the first k values depend only on the first k + 6 sigma
+  draws: the curves are the same whatever the video's extra rows or the sets being written.
+  """
   r = int(3 * LABEL_SMOOTH)
-  z = np.stack([_smooth(rng.standard_normal(n + 2 * r), LABEL_SMOOTH) for _ in range(2)])
-  offset = rng.normal(0, 0.5, (2, 1))
-  return np.tanh(0.7 * z + offset)
+  out = []
+  for k in range(2):
+    rng = np.random.default_rng([seed, 1, i, k])
+    offset = rng.normal(0, 0.5)
+    out.append(np.tanh(0.7 * _smooth(rng.standard_normal(n + LEAD_MARGIN + 2 * r),
+                                     LABEL_SMOOTH) + offset))
+  return np.stack(out)
 
 
 def _features(name: str, dim: int, labels: np.ndarray, n: int, seed: int, i: int) -> np.ndarray:
@@ -397,7 +406,6 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None) -> di
   with open(os.path.join(out, reader.PARTITION_CSV), 'w') as f:
     f.write('Id,Proposal\n' + '\n'.join(rows) + '\n')
 
-  max_lag = max(VIEWS.get(s, DEFAULT_VIEW).lag for s in names)
   frames = 0
   for i, vid in enumerate(lay['ids']):
     n = int(lay['lens'][i])
@@ -405,7 +413,7 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None) -> di
     extra = 3 if i == lay['longer'] else 0
     t = lay['starts'][i] + STEP_MS * np.arange(n + extra, dtype=np.int64)
     seg = np.concatenate([lay['segments'][i], np.full(extra, lay['segments'][i][-1], np.int32)])
-    labels = _latents(seed, i, n + extra + max_lag)
+    labels = _latents(seed, i, n + extra)
     if i not in lay['unlabelled']:
       for k, target in enumerate(reader.TARGETS):
         _write_csv(reader.label_path(out, target, vid), list(reader.LABEL_COLUMNS),
