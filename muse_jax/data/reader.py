@@ -304,7 +304,8 @@ def discover_feature_sets(root: str) -> dict:
 
 def check_feature_set(root: str, name: str) -> int:
   """D of a requested feature set; unknown names are an error listing the available ones."""
-  if not os.path.isdir(os.path.join(root, FEATURE_DIR, name)) or name.startswith('.'):
+  if (not name or name.startswith('.') or os.sep in name or
+      not os.path.isdir(os.path.join(root, FEATURE_DIR, name))):
     available = discover_feature_sets(root)
     _fail(f'unknown feature set {name!r}; {os.path.join(root, FEATURE_DIR)} holds: '
           f'{", ".join(f"{k} ({d})" for k, d in available.items()) or "none"}')
