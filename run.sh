@@ -47,7 +47,7 @@ setup() {
   want=$(cat setup.py | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "run.sh: installing muse_jax and its dependencies into .venv (setup.py changed or first run)" >&2
-    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" >"$venv/pip.log" 2>&1; then
+    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,features]" >"$venv/pip.log" 2>&1; then
       grep -v '^WARNING: Location' "$venv/pip.log" | tail -n 30 >&2
       echo "run.sh: pip install failed (full log: .venv/pip.log)" >&2; exit 1
     fi

@@ -1,7 +1,23 @@
-"""Shared fixtures: small generated MuSe-layout trees (the real data is under an EULA)."""
-import pytest
+"""Shared fixtures: small generated MuSe-layout trees (the real data is under an EULA).
 
-from muse_jax.data import demo
+Also: 8 simulated CPU devices for the whole session (must be set before JAX initialises), and a
+persistent compilation cache so the many tiny training runs compile each program once.
+"""
+import os
+import tempfile
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update('jax_compilation_cache_dir',
+                  os.path.join(tempfile.gettempdir(), 'muse_jax_test_jit_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+from muse_jax.data import demo  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope='session')

@@ -50,7 +50,7 @@ def test_evaluate_reproduces_best_epoch_metrics(trained):
   assert again['devel'] == results['devel']
   assert again['test'] == results['test']
   logged = [json.loads(l) for l in open(os.path.join(work, 'metrics.jsonl'))]
-  best = [r for r in logged if r['epoch'] == results['best_epoch']][0]
+  best = [r for r in logged if r['epoch'] == results['best_epoch']][0]['seeds'][0]
   assert best['devel']['mean_ccc'] == pytest.approx(results['devel']['mean_ccc'], abs=1e-6)
 
 
