@@ -56,7 +56,8 @@ def validate_config(config) -> None:
     if not ok:
       raise MuseError(f'config: {msg}')
   sets = ip.parse_list(config.feature_sets)
-  need(sets, 'feature_sets is empty; name at least one feature folder, e.g. egemaps')
+  need(sets or ip.fusion_runs(config), 'feature_sets is empty; name at least one feature folder, '
+       'e.g. egemaps (or finished runs in fusion_runs, for late fusion)')
   need(len(set(sets)) == len(sets), f'feature_sets lists a set twice: {sets}')
   targets = ip.parse_list(config.targets)
   need(targets and set(targets) <= set(ip.TARGETS),
@@ -331,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     outputs.write_json(os.path.join(workdir, 'config.json'),
                        json.loads(config.to_json_best_effort()))
   mesh = make_mesh(config.num_devices)
-  windows = ip.make_windows(videos['train'], config.win_len, config.hop_len)
+  windows = ip.train_windows(config, videos['train'])
   n_dev = mesh.devices.size
   rows = -(-config.batch_size // n_dev) * n_dev
   logging.info('data: %s videos; %d train windows -> %d steps/epoch of %d rows on %d device(s); '
@@ -383,6 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.warning('skipped %d non-finite step(s), first at %s', (~step_finite).sum(), where)
     train_loss = np.nanmean(np.where(step_finite, step_losses, np.nan), axis=0)  # [S]
 
+    t_eval = time.time()
     _, devel = evaluate_split(eval_step, state.params, videos['devel'], targets, mesh)
     improved = np.zeros(len(seeds), bool)
     for s, t in enumerate(trackers):
@@ -390,7 +392,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         improved[s] = t.update(devel[s]['mean_ccc'] if devel else float('nan'), epoch, config)
     state = _keep_best(state, replicate(improved, mesh))
     seconds = time.time() - t0
-    log.write({'epoch': epoch, 'seconds': seconds, 'skipped_steps': skipped,
+    log.write({'epoch': epoch, 'seconds': seconds, 'train_seconds': t_eval - t0,
+               'eval_seconds': time.time() - t_eval, 'skipped_steps': skipped,
                'seeds': [{'seed': seed, 'train_loss': float(train_loss[s]), 'lr': float(lrs[s]),
                           'devel': devel[s] if devel else None}
                          for s, seed in enumerate(seeds)]})
