@@ -1,0 +1,94 @@
+"""Shared by the benchmarks: a cached full-scale demo tree, its tfds build, subset trees.
+
+The full-scale tree (290 videos, ~560k frames at 4 Hz, like MuSe-CaR) is written once under
+$MUSE_BENCH_DIR (default $TMPDIR/muse_jax_bench) and reused by every benchmark.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from muse_jax.data import build  # pylint: disable=wrong-import-position
+from muse_jax.data import demo  # pylint: disable=wrong-import-position
+from muse_jax.data import reader  # pylint: disable=wrong-import-position
+
+WORK = os.environ.get('MUSE_BENCH_DIR', os.path.join(tempfile.gettempdir(), 'muse_jax_bench'))
+
+
+def full_tree(features=('egemaps', 'fasttext'), root=None) -> str:
+  """Root of the full-scale demo tree holding at least `features` (written on first use)."""
+  if root:
+    return os.path.abspath(root)
+  root = os.path.join(WORK, 'tree_full')
+  marker = os.path.join(root, demo.MARKER)
+  have = json.load(open(marker)) if os.path.exists(marker) else {}
+  if have.get('scale') != 'full' or not set(features) <= set(have.get('feature_sets', {})):
+    t0 = time.perf_counter()
+    demo.make_tree(root, scale='full', seed=0, features=list(features))
+    print(f'# wrote the full-scale demo tree in {time.perf_counter() - t0:.0f} s: {root}',
+          flush=True)
+  return root
+
+
+def data_dir() -> str:
+  return os.path.join(WORK, 'tfds')
+
+
+def ensure_built(root, features) -> str:
+  build.ensure_built(root, data_dir(), list(features))
+  return data_dir()
+
+
+def subset_tree(root: str, fraction: float) -> str:
+  """A tree with the first `fraction` of each partition's videos: symlinked data, own
+  partition.csv (so it is a different root with its own build)."""
+  if fraction >= 1:
+    return root
+  out = os.path.join(WORK, f'tree_subset_{fraction:g}')
+  os.makedirs(os.path.join(out, 'metadata'), exist_ok=True)
+  link = os.path.join(out, 'c1_muse_wild')
+  if not os.path.exists(link):
+    os.symlink(os.path.join(root, 'c1_muse_wild'), link)
+  part = reader.read_partition(root)
+  by_split = {}
+  for vid, split in part.items():
+    by_split.setdefault(split, []).append(vid)
+  rows = ['Id,Proposal']
+  for split, ids in by_split.items():
+    rows += [f'{v},{split}' for v in ids[:max(1, round(len(ids) * fraction))]]
+  path = os.path.join(out, 'metadata', 'partition.csv')
+  text = '\n'.join(rows) + '\n'
+  if not os.path.exists(path) or open(path).read() != text:
+    with open(path, 'w') as f:
+      f.write(text)
+  return out
+
+
+def torch_python() -> str | None:
+  """The torch venv's python (made by /work/shared/bench/setup_torch.sh), if there is one."""
+  for venv in (os.environ.get('TORCH_VENV', ''), os.path.join(REPO, '.torch-venv')):
+    exe = os.path.join(venv, 'bin', 'python')
+    if venv and os.path.exists(exe):
+      return exe
+  return None
+
+
+def torch_epoch_script() -> str | None:
+  for p in (os.environ.get('TORCH_EPOCH', ''),
+            os.path.join(os.path.dirname(REPO), 'shared', 'bench', 'torch_epoch.py')):
+    if p and os.path.exists(p):
+      return p
+  return None
+
+
+def run_json(cmd, env=None) -> dict:
+  """Runs a command, returns the JSON object on its last stdout line."""
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  if out.returncode:
+    raise RuntimeError(f'{cmd[:3]} failed:\n{out.stderr[-3000:]}')
+  return json.loads(out.stdout.strip().splitlines()[-1])

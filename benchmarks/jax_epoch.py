@@ -1,0 +1,106 @@
+"""muse_jax's counterpart of /work/shared/bench/torch_epoch.py: trains the paper's model on a
+MuSe-layout tree through the real training loop (train.train_and_evaluate) and prints JSON: data
+seconds, per-epoch seconds (train and devel evaluation apart), compile seconds, devel CCC per
+epoch, FLOPs per train step and a large float32 matmul's FLOP/s measured in the same process.
+
+  python benchmarks/jax_epoch.py ROOT --features egemaps,fasttext --target valence --epochs 5
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from muse_jax import config_util  # pylint: disable=wrong-import-position
+from muse_jax import input_pipeline as ip  # pylint: disable=wrong-import-position
+from muse_jax import losses  # pylint: disable=wrong-import-position
+from muse_jax import train  # pylint: disable=wrong-import-position
+
+
+def matmul_flops(n=2048, reps=5) -> float:
+  """FLOP/s of an n^3 float32 matmul: the machine's practical peak for this process."""
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+  mm = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(mm(a))
+  best = float('inf')
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(mm(a))
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def step_flops(config, d_in, n_targets) -> float:
+  model, tx, state = train.create_state(config, d_in, n_targets)
+  step = train.make_train_step(model, tx, losses.get_loss(config.loss), None)
+  b, t = config.batch_size, config.win_len
+  batch = {'x': jax.ShapeDtypeStruct((b, t, d_in), jnp.float32),
+           'y': jax.ShapeDtypeStruct((b, t, n_targets), jnp.float32),
+           'lengths': jax.ShapeDtypeStruct((b,), jnp.int32),
+           'mask': jax.ShapeDtypeStruct((b, t), jnp.bool_)}
+  s = config.num_seeds
+  cost = step.lower(state, batch, jax.ShapeDtypeStruct((s, 2), jnp.uint32),
+                    jax.ShapeDtypeStruct((s,), jnp.bool_)).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0)) if cost else 0.0
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('root')
+  ap.add_argument('--features', default='egemaps')
+  ap.add_argument('--target', default='valence')
+  ap.add_argument('--epochs', type=int, default=5)
+  ap.add_argument('--win', type=int, default=200)
+  ap.add_argument('--hop', type=int, default=100)
+  ap.add_argument('--batch', type=int, default=1024)
+  ap.add_argument('--seeds', type=int, default=1)
+  ap.add_argument('--seed', type=int, default=314)
+  ap.add_argument('--data_dir', default=os.path.join(tempfile.gettempdir(), 'muse_jax_bench',
+                                                      'tfds'))
+  ap.add_argument('--no_flops', action='store_true')
+  a = ap.parse_args()
+  c = config_util.load_config('valence')
+  c.data_root, c.data_dir = a.root, a.data_dir
+  c.feature_sets, c.targets, c.add_segment_id = tuple(a.features.split(',')), (a.target,), False
+  c.win_len, c.hop_len, c.batch_size = a.win, a.hop, a.batch
+  c.num_epochs, c.early_stopping_patience = a.epochs, a.epochs + 1
+  c.num_seeds, c.seed = a.seeds, a.seed
+  work = tempfile.mkdtemp(prefix='jax_epoch_')
+  t0 = time.perf_counter()
+  results = train.train_and_evaluate(c, work)
+  total = time.perf_counter() - t0
+  log = [json.loads(l) for l in open(os.path.join(work, 'metrics.jsonl'))]
+  epoch_s = [r['seconds'] for r in log]
+  steady = epoch_s[1:] or epoch_s
+  out = {
+      'total_s': round(total, 3), 'epochs': len(log),
+      'epoch_s': [round(s, 3) for s in epoch_s],
+      'epoch_s_median': round(statistics.median(steady), 3),
+      'train_s_median': round(statistics.median(r['train_seconds'] for r in log[1:] or log), 3),
+      'eval_s_median': round(statistics.median(r['eval_seconds'] for r in log[1:] or log), 3),
+      'compile_s': round(epoch_s[0] - statistics.median(steady), 3),
+      'outside_epochs_s': round(total - sum(epoch_s), 3),
+      'devel_ccc': [[round(s['devel']['mean_ccc'], 4) for s in r['seeds']] for r in log],
+      'seeds': a.seeds, 'devices': jax.device_count(), 'jax': jax.__version__,
+  }
+  if not a.no_flops:
+    d_in = int(ip.NormStats.load(os.path.join(work, 'norm_stats.npz')).mean.shape[0])
+    out['flops_per_step'] = step_flops(c, d_in, 1)
+    out['steps_per_epoch'] = log[-1]['steps']
+    out['step_flops_per_s'] = out['flops_per_step'] * log[-1]['steps'] / out['train_s_median']
+    out['matmul_flops_per_s'] = matmul_flops()
+    out['fraction_of_matmul'] = round(out['step_flops_per_s'] / out['matmul_flops_per_s'], 3)
+  print(json.dumps(out))
+
+
+if __name__ == '__main__':
+  main()
