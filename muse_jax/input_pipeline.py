@@ -1,7 +1,8 @@
 """From the built tfds dataset to fixed-shape, masked batches.
 
-Stages, in order: load the configured feature sets (building them on first use) -> join them per
-video on the label grid (early fusion) -> z-normalise with train-partition statistics (kept in the
+Stages, in order: load the configured feature sets (building them on first use) and, for late
+fusion, the predictions of `config.fusion_runs` (muse_jax.fusion) -> join them per video on the
+label grid (early fusion) -> z-normalise with train-partition statistics (kept in the
 workdir so evaluate/predict reuse exactly the training normalisation) -> NaN policy -> cut train
 videos into windows / pad devel and test videos whole into a few length buckets.
 
@@ -17,6 +18,7 @@ from typing import Iterator
 from absl import logging
 import numpy as np
 
+from muse_jax import fusion
 from muse_jax.data import build
 from muse_jax.errors import MuseError
 
@@ -75,8 +77,14 @@ def parse_list(value) -> list:
   return out
 
 
+def fusion_runs(config) -> list:
+  """Workdirs whose predictions are input columns (late fusion); [] for feature-only runs."""
+  return [os.path.abspath(os.path.expanduser(r)) for r in parse_list(config.get('fusion_runs', ''))]
+
+
 def input_names(config) -> list:
   names = parse_list(config.feature_sets)
+  names += fusion.input_names(fusion_runs(config), parse_list(config.targets))
   return names + ([SEGMENT_ID] if config.add_segment_id else [])
 
 
@@ -117,14 +125,20 @@ def _join_grid(vid, per_set):
 
 
 def load_videos(config) -> tuple:
-  """Loads and joins the configured feature sets.
+  """Loads and joins the configured feature sets, then the fusion runs' predictions.
 
   Returns ({split: [Video]}, dims): features not yet normalised; dims per input name.
   """
-  sets = parse_list(config.feature_sets)
   root, data_dir = ensure_built(config)
-  loaded = {name: build.load_feature_set(data_dir, name) for name in sets}
+  loaded = {name: build.load_feature_set(data_dir, name)
+            for name in parse_list(config.feature_sets)}
   targets = parse_list(config.targets)
+  runs = fusion_runs(config)
+  if runs:  # late fusion: labels and grid from a built set, one column per (run, target)
+    grid_set = fusion.grid_feature_set(runs, list(loaded))
+    grid = loaded.get(grid_set) or build.load_feature_set(data_dir, grid_set)
+    loaded.update(fusion.load_runs(runs, targets, root, grid))
+  sets = list(loaded)  # input sources, in column order
   dims = []
   for name in sets:
     some = next((vs[0] for vs in loaded[name].values() if vs), None)
@@ -167,7 +181,10 @@ def ensure_built(config) -> tuple:
     raise MuseError('config.data_root is empty: point it at a MuSe-layout tree '
                     '(--data_root=/path/to/muse_root or --config.data_root=...)')
   data_dir = data_dir_of(config)
-  build.ensure_built(root, data_dir, parse_list(config.feature_sets))
+  sets = parse_list(config.feature_sets)
+  runs = fusion_runs(config)
+  grid_set = [fusion.grid_feature_set(runs, sets)] if runs else []
+  build.ensure_built(root, data_dir, list(dict.fromkeys(sets + grid_set)))
   return root, data_dir
 
 
@@ -216,6 +233,15 @@ def normalize(config, videos: dict, stats: NormStats) -> dict:
                             'after normalisation (= the train mean)', 1)
       v.x = np.where(bad, 0.0, stats.apply(v.x)).astype(np.float32)
   return videos
+
+
+def train_windows(config, videos) -> 'Windows':
+  """Train windows of config.win_len every hop_len, or whole videos (config.whole_videos, as the
+  paper's late fusion trains): one window per video, as long as the longest."""
+  if config.get('whole_videos', False):
+    n = max(len(v.x) for v in videos)
+    return make_windows(videos, n, n)
+  return make_windows(videos, config.win_len, config.hop_len)
 
 
 @dataclasses.dataclass

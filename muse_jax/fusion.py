@@ -1,0 +1,106 @@
+"""Late fusion's input source: the per-frame predictions of finished runs, one column per run.
+
+The paper's second level reads the prediction CSVs of several unimodal / early-fusion models and
+stacks them per frame. Here that is one more input source of `input_pipeline.load_videos`: each
+(run, target) becomes a one-column "feature set" on the label grid, so windows, normalisation,
+checkpoints, metrics and prediction files all work unchanged and there is no second trainer.
+
+A run is the workdir of a finished `train.train_and_evaluate`: its `config.json` and
+`predictions/<target>/<Id>.csv` (timestamp,value,segment_id) for every video of every partition.
+Labels and the frame grid come from the MuSe tree, through a built feature set (by default the
+first set of the first run, already built by it); prediction rows are matched by timestamp.
+"""
+import json
+import os
+
+from absl import logging
+import numpy as np
+
+from muse_jax.data import reader
+from muse_jax.errors import MuseError
+
+PREFIX = 'run:'
+
+
+def input_names(runs: list, targets: list) -> list:
+  """`run:<workdir basename>/<target>` per run and target, in that order (the column order)."""
+  names = [os.path.basename(os.path.normpath(r)) for r in runs]
+  for i, name in enumerate(names):
+    if name in names[:i]:
+      raise MuseError(f'config.fusion_runs: {runs[names.index(name)]} and {runs[i]} share the name '
+                      f'{name!r}; input columns are named after workdir folders, rename one')
+  return [f'{PREFIX}{name}/{t}' for name in names for t in targets]
+
+
+def run_config(run: str) -> dict:
+  path = os.path.join(run, 'config.json')
+  if not os.path.exists(path):
+    raise MuseError(f'{run}: no config.json; config.fusion_runs must name workdirs of finished '
+                    'runs (train them first)')
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def grid_feature_set(runs: list, feature_sets: list) -> str:
+  """The built set giving labels and grid: the run's own first set, or the first run's."""
+  if feature_sets:
+    return feature_sets[0]
+  sets = run_config(runs[0]).get('feature_sets') or ()
+  sets = [sets] if isinstance(sets, str) else list(sets)
+  if not sets:
+    raise MuseError(f'{runs[0]}/config.json names no feature_sets; set config.feature_sets to '
+                    'a built feature set to take labels and the frame grid from')
+  return sets[0].split(',')[0].strip()
+
+
+def load_runs(runs: list, targets: list, root: str, grid: dict) -> dict:
+  """{input name: {split: [video dict]}} for every run and target, aligned to `grid`.
+
+  `grid` is a loaded feature set ({split: [video dict]}, `build.load_feature_set`); each result
+  video is its grid video with `features` = the run's predictions [T, 1]. Runs trained on another
+  tree, and missing or misaligned predictions, are errors naming the run, target and video.
+  """
+  root = os.path.realpath(root)
+  out = {}
+  names = iter(input_names(runs, targets))
+  for run in runs:
+    run_root = run_config(run).get('data_root') or ''
+    if run_root and os.path.realpath(os.path.expanduser(run_root)) != root:
+      raise MuseError(f'{run}: trained on {run_root}, but this run reads {root}; late fusion '
+                      'needs first-level runs of the same tree')
+    for target in targets:
+      out[next(names)] = {split: [_aligned(run, target, split, v) for v in videos]
+                              for split, videos in grid.items()}
+  return out
+
+
+def _aligned(run: str, target: str, split: str, v: dict) -> dict:
+  """Grid video `v` with the run's predictions of `target` as its one feature column."""
+  vid, grid_t = v['id'], v['timestamp']
+  path = os.path.join(run, 'predictions', target, f'{vid}.csv')
+  if not os.path.exists(path):
+    raise MuseError(f'{path}: run {run} has no {target} predictions for {split} video {vid}; '
+                    'late fusion needs them for every video of train, devel and test (retrain or '
+                    f'--mode=predict that run with {target} among its targets)')
+  table = reader.read_table(path)
+  low = [c.lower() for c in table.columns]
+  if 'timestamp' not in low or 'value' not in low:
+    raise MuseError(f'{path}: columns {",".join(table.columns)}; expected timestamp,value,'
+                    'segment_id')
+  t = table.values[:, low.index('timestamp')].astype(np.int64)
+  value = table.values[:, low.index('value')].astype(np.float32)
+  idx = np.minimum(np.searchsorted(t, grid_t), len(t) - 1)
+  hit = t[idx] == grid_t
+  k = len(grid_t) if hit.all() else int(np.argmin(hit))  # leading run of matched grid frames
+  labelled = v['has_arousal'] or v['has_valence']
+  # A labelled grid must be covered; an unlabelled one (each file's own length) may end early.
+  if k == 0 or (k < len(grid_t) and (labelled or hit[k:].any())):
+    raise MuseError(f'{path}: no prediction for timestamp {grid_t[k]} of {split} video {vid} '
+                    f'(frame {k + 1} of {len(grid_t)}); run {run} must predict on the label grid '
+                    'of the same tree')
+  if k < len(grid_t):
+    logging.info('%s: ends %d frames before the grid of unlabelled video %s; using the first %d',
+                 path, len(grid_t) - k, vid, k)
+  out = {key: a[:k] if isinstance(a, np.ndarray) else a for key, a in v.items()}
+  out['features'] = value[idx[:k], None]
+  return out
