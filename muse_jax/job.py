@@ -7,7 +7,6 @@ import os
 import time
 
 from absl import flags
-from absl import logging
 
 from muse_jax import baselines
 from muse_jax import cli
@@ -25,10 +24,7 @@ FLAGS = flags.FLAGS
 def run(out: str, config_name: str = 'demo', scale: str = 'demo') -> list:
   """Returns one row per target: dict(target, linear, model devel/test CCC, epochs, seconds)."""
   out = os.path.abspath(out)
-  root = os.path.join(out, f'demo_tree_{scale}')
-  if not os.path.exists(os.path.join(root, 'metadata', 'partition.csv')):
-    logging.info('writing the %s demo tree to %s', scale, root)
-    demo.make_tree(root, scale=scale, seed=0)
+  root = demo.tree_in(out, scale)
   rows = []
   for target in ip.TARGETS:
     config = config_util.load_config(config_name)

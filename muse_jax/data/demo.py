@@ -442,6 +442,16 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None) -> di
   return dict(summary, root=out)
 
 
+def tree_in(out: str, scale: str = 'demo') -> str:
+  """`<out>/demo_tree_<scale>` (seed 0), written on first use: the jobs' data when no real tree
+  is given."""
+  root = os.path.join(os.path.abspath(out), f'demo_tree_{scale}')
+  if not os.path.exists(os.path.join(root, reader.PARTITION_CSV)):
+    logging.info('writing the %s demo tree to %s', scale, root)
+    make_tree(root, scale=scale, seed=0)
+  return root
+
+
 def main(argv=None) -> int:
   # argparse, not absl flags: this module is imported by the job, which has its own --out/--scale.
   ap = argparse.ArgumentParser(prog='python -m muse_jax.data.demo', description=__doc__.split(
