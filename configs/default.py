@@ -21,6 +21,8 @@ def get_config():
   c.win_len = 200                 # train windows (frames at 4 Hz)
   c.hop_len = 100
   c.batch_size = 1024             # train windows per step (padded with empty rows, never dropped)
+  c.micro_batch_size = 0          # > 0: accumulate the step's gradient over slices of this many
+                                  # windows (same result, bounded memory); 0 = whole batch
   c.whole_videos = False          # True: train on whole videos (one window each), as late fusion
   # Late fusion: comma-separated workdirs of finished runs whose per-frame predictions (of
   # `targets`) are input columns, after any feature_sets; see configs/late_fusion.py.

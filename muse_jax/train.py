@@ -66,6 +66,8 @@ def validate_config(config) -> None:
   need(1 <= config.hop_len <= config.win_len,
        f'hop_len must be in [1, win_len={config.win_len}], got {config.hop_len}')
   need(config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}')
+  need(config.micro_batch_size >= 0, f'micro_batch_size must be >= 0 (0 = whole batch), got '
+       f'{config.micro_batch_size}')
   need(config.loss in LOSSES, f'loss must be one of {LOSSES}, got {config.loss!r}')
   need(config.nan_policy in NAN_POLICIES,
        f'nan_policy must be one of {NAN_POLICIES}, got {config.nan_policy!r}')
@@ -122,24 +124,55 @@ def create_state(config, d_in: int, n_targets: int, seeds=None):
   return model, tx, state
 
 
+def micro_batches(config) -> int:
+  """Slices per batch for gradient accumulation (config.micro_batch_size; 0 = whole batch)."""
+  m = config.get('micro_batch_size', 0)
+  return max(1, -(-config.batch_size // m)) if m else 1
+
+
 def dropout_keys(seeds) -> jax.Array:
   """Raw key data [S, 2] (plain uint32, so it can be placed on a multi-host mesh)."""
   return jnp.stack([jax.random.key_data(jax.random.fold_in(jax.random.key(s), 1)) for s in seeds])
 
 
-def make_train_step(model, tx, loss_fn, weights):
+def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=False):
   """(state, batch, keys [S], active [S] bool) -> (state, loss [S], finite [S]).
 
   Inactive (early-stopped) seeds and non-finite steps are not applied; the host reads `finite`
-  once per epoch and stops or counts, per config.nonfinite_policy.
+  once per epoch and stops or counts, per config.nonfinite_policy. With n_micro > 1 the
+  gradient is accumulated over that many interleaved slices of the batch (bounded memory, same
+  result): each slice's mean loss is weighted by its valid sequences (CCC) or frames (per_frame
+  losses, MSE/L1), which is exactly the whole batch's mean.
   """
-  def one_seed(params, opt_state, key, active, step, batch):
-    def loss_of(p):
-      pred = model.apply({'params': p}, batch['x'], batch['lengths'], deterministic=False,
-                         rngs={'dropout': jax.random.fold_in(jax.random.wrap_key_data(key), step)})
-      return loss_fn(pred, batch['y'], batch['mask'], weights)
+  def loss_of(params, batch, key):
+    pred = model.apply({'params': params}, batch['x'], batch['lengths'], deterministic=False,
+                       rngs={'dropout': key})
+    return loss_fn(pred, batch['y'], batch['mask'], weights)
 
-    loss, grads = jax.value_and_grad(loss_of)(params)
+  def grads_of(params, batch, key):
+    if n_micro == 1:
+      return jax.value_and_grad(loss_of)(params, batch, key)
+    # Slice j holds rows j, j+M, ...: every device keeps an equal share of every slice.
+    slices = jax.tree.map(lambda a: jnp.swapaxes(
+        a.reshape((a.shape[0] // n_micro, n_micro) + a.shape[1:]), 0, 1), batch)
+
+    def body(acc, inputs):
+      mb, i = inputs
+      n = jnp.sum(mb['mask']) if per_frame else jnp.sum(jnp.any(mb['mask'], axis=1))
+      n = n.astype(jnp.float32)
+      loss, g = jax.value_and_grad(loss_of)(params, mb, jax.random.fold_in(key, i))
+      total_loss, total_g, total_n = acc
+      return (total_loss + loss * n, jax.tree.map(lambda a, b: a + b * n, total_g, g),
+              total_n + n), None
+
+    zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params), jnp.zeros(()))
+    (loss, g, n), _ = jax.lax.scan(body, zero, (slices, jnp.arange(n_micro)))
+    n = jnp.maximum(n, 1.0)
+    return loss / n, jax.tree.map(lambda a: a / n, g)
+
+  def one_seed(params, opt_state, key, active, step, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(key), step)
+    loss, grads = grads_of(params, batch, key)
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     updates, new_opt_state = tx.update(grads, opt_state, params)
@@ -264,8 +297,11 @@ class SeedTracker:
 
 def checkpoint_manager(workdir: str, read_only: bool = False):
   path = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  # cleanup_tmp_directories: a save cut by a kill leaves `<step>.orbax-checkpoint-tmp`; never
+  # read as a checkpoint, it is removed when the next run opens the workdir.
   options = ocp.CheckpointManagerOptions(max_to_keep=1, read_only=read_only,
-                                         enable_async_checkpointing=False, create=not read_only)
+                                         enable_async_checkpointing=False, create=not read_only,
+                                         cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(path, options=options, item_names=('state', 'meta'))
 
 
@@ -283,10 +319,14 @@ def restore(mngr, state, signature, workdir):
   diff = [k for k in signature if signature[k] != saved.get(k)]
   if diff:
     k = diff[0]
-    what = 'model config' if k == 'model' else k
-    raise MuseError(f'{workdir}: its checkpoint was written for a different {what} '
-                    f'({saved.get(k)} vs {signature[k]} now); use another workdir or the config '
-                    'it was trained with')
+    what = f'{k} ({saved.get(k)} in the checkpoint, {signature[k]} now)'
+    if k == 'model':  # name the fields that differ, not two whole dicts
+      old, new = saved.get(k) or {}, signature[k]
+      what = 'model config (' + ', '.join(
+          f'model.{f} {old.get(f)} in the checkpoint, {new.get(f)} now'
+          for f in sorted(set(old) | set(new)) if old.get(f) != new.get(f)) + ')'
+    raise MuseError(f'{workdir}: its checkpoint was written for a different {what}; use another '
+                    'workdir or the config it was trained with')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))['state']
@@ -334,7 +374,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = make_mesh(config.num_devices)
   windows = ip.train_windows(config, videos['train'])
   n_dev = mesh.devices.size
-  rows = -(-config.batch_size // n_dev) * n_dev
+  unit = n_dev * micro_batches(config)  # rows split evenly over devices and micro-batches
+  rows = -(-config.batch_size // unit) * unit
   logging.info('data: %s videos; %d train windows -> %d steps/epoch of %d rows on %d device(s); '
                'devel/test in %d/%d length buckets; seeds %s',
                {s: len(v) for s, v in videos.items()}, len(windows.lengths),
@@ -343,7 +384,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model, tx, state = create_state(config, sum(dims), len(targets), seeds)
   weights = jnp.asarray(config.loss_weights, jnp.float32) if len(config.loss_weights) else None
-  train_step = make_train_step(model, tx, losses.get_loss(config.loss), weights)
+  train_step = make_train_step(model, tx, losses.get_loss(config.loss), weights,
+                               micro_batches(config), per_frame=config.loss != 'ccc')
   eval_step = make_eval_step(model)
   signature = model_signature(config, dims)
 
@@ -377,9 +419,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       bad_step, bad_seed = map(int, np.argwhere(~step_finite)[0])
       where = f'epoch {epoch}, step {bad_step + 1} of {len(step_finite)}, seed {seeds[bad_seed]}'
       if config.nonfinite_policy == 'stop':
-        raise MuseError(f'non-finite loss or gradient at {where}; the workdir keeps the last good '
-                        f'checkpoint (epoch {epoch - 1}); lower learning_rate, check the inputs, '
-                        'or set --config.nonfinite_policy=skip')
+        kept = (f'the workdir keeps the last good checkpoint (epoch {epoch - 1})' if epoch > 1
+                else 'no checkpoint was written')
+        raise MuseError(f'non-finite loss or gradient at {where}; {kept}; lower learning_rate, '
+                        'check the inputs, or set --config.nonfinite_policy=skip')
       skipped += int((~step_finite).sum())
       logging.warning('skipped %d non-finite step(s), first at %s', (~step_finite).sum(), where)
     train_loss = np.nanmean(np.where(step_finite, step_losses, np.nan), axis=0)  # [S]
@@ -393,7 +436,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = _keep_best(state, replicate(improved, mesh))
     seconds = time.time() - t0
     log.write({'epoch': epoch, 'seconds': seconds, 'train_seconds': t_eval - t0,
-               'eval_seconds': time.time() - t_eval, 'skipped_steps': skipped,
+               'eval_seconds': time.time() - t_eval, 'steps': len(step_finite),
+               'skipped_steps': skipped,
                'seeds': [{'seed': seed, 'train_loss': float(train_loss[s]), 'lr': float(lrs[s]),
                           'devel': devel[s] if devel else None}
                          for s, seed in enumerate(seeds)]})

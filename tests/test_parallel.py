@@ -136,3 +136,21 @@ def test_two_processes_train_together_like_one(tiny_tree, tmp_path):
     assert multi['devel'][t]['ccc'] == pytest.approx(single['devel'][t]['ccc'], abs=1e-4)
   # Only process 0 writes outputs: predictions exist once, from one writer.
   assert os.listdir(tmp_path / 'multi' / 'predictions' / 'arousal')
+
+
+def test_micro_batches_give_the_whole_batch_gradient():
+  config = config_util.load_config('tiny')
+  model, tx, state = train.create_state(config, 10, 2)
+  loss_fn = losses.get_loss('ccc')
+  batch = next(ip.train_batches(_synthetic_windows(n=16), 13, 0, 0, 16))  # 3 empty rows
+  keys = train.dropout_keys(train.seeds_of(config))
+  active = np.array([True])
+  out = {}
+  for m in (1, 4):
+    step = train.make_train_step(model, tx, loss_fn, None, n_micro=m)
+    s = jax.tree.map(np.copy, jax.device_get(state))
+    new, loss, _ = step(s, batch, keys, active)
+    out[m] = (np.asarray(loss), jax.device_get(new.opt_state.inner_state[0].mu))  # 0.1 * grad
+  np.testing.assert_allclose(out[4][0], out[1][0], atol=1e-6)
+  for a, b in zip(jax.tree.leaves(out[4][1]), jax.tree.leaves(out[1][1])):
+    np.testing.assert_allclose(a, b, atol=1e-7)
