@@ -35,13 +35,14 @@ def full_tree(features=('egemaps', 'fasttext'), root=None) -> str:
   return root
 
 
-def data_dir() -> str:
-  return os.path.join(WORK, 'tfds')
+def data_dir(root: str) -> str:
+  """One tfds data_dir per tree: a build belongs to its root (another root rebuilds it)."""
+  return os.path.join(WORK, 'tfds_' + os.path.basename(os.path.normpath(root)))
 
 
 def ensure_built(root, features) -> str:
-  build.ensure_built(root, data_dir(), list(features))
-  return data_dir()
+  build.ensure_built(root, data_dir(root), list(features))
+  return data_dir(root)
 
 
 def subset_tree(root: str, fraction: float) -> str:

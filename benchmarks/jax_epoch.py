@@ -63,6 +63,7 @@ def main():
   ap.add_argument('--hop', type=int, default=100)
   ap.add_argument('--batch', type=int, default=1024)
   ap.add_argument('--seeds', type=int, default=1)
+  ap.add_argument('--micro_batch', type=int, default=0)
   ap.add_argument('--seed', type=int, default=314)
   ap.add_argument('--data_dir', default=os.path.join(tempfile.gettempdir(), 'muse_jax_bench',
                                                       'tfds'))
@@ -73,7 +74,7 @@ def main():
   c.feature_sets, c.targets, c.add_segment_id = tuple(a.features.split(',')), (a.target,), False
   c.win_len, c.hop_len, c.batch_size = a.win, a.hop, a.batch
   c.num_epochs, c.early_stopping_patience = a.epochs, a.epochs + 1
-  c.num_seeds, c.seed = a.seeds, a.seed
+  c.num_seeds, c.seed, c.micro_batch_size = a.seeds, a.seed, a.micro_batch
   work = tempfile.mkdtemp(prefix='jax_epoch_')
   t0 = time.perf_counter()
   results = train.train_and_evaluate(c, work)

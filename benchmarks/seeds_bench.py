@@ -18,10 +18,12 @@ import common
 
 def run(root, a, seeds, seed):
   cmd = [sys.executable, os.path.join(os.path.dirname(__file__), 'jax_epoch.py'), root,
-         '--data_dir', common.data_dir(), f'--features={a.features}', f'--target={a.target}',
+         '--data_dir', common.data_dir(root), f'--features={a.features}', f'--target={a.target}',
          f'--epochs={a.epochs}', f'--seeds={seeds}', f'--seed={seed}', '--no_flops']
   if a.batch:
     cmd.append(f'--batch={a.batch}')
+  if a.micro_batch:
+    cmd.append(f'--micro_batch={a.micro_batch}')
   t0 = time.perf_counter()
   out = common.run_json(cmd)
   out['wall_s'] = time.perf_counter() - t0
@@ -36,6 +38,9 @@ def main():
   ap.add_argument('--epochs', type=int, default=3)
   ap.add_argument('--seeds', type=int, default=5)
   ap.add_argument('--batch', type=int, default=0, help='0 = the paper\'s 1024')
+  ap.add_argument('--micro_batch', type=int, default=256,
+                  help='gradient accumulation slice (bounds memory: 5 seeds x 1024 windows '
+                       'of attention do not fit in 24 GiB otherwise); 0 = whole batch')
   ap.add_argument('--fraction', type=float, default=1.0,
                   help='use this fraction of each partition\'s videos (quicker runs)')
   a = ap.parse_args()

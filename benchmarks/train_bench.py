@@ -27,7 +27,7 @@ def jax_run(root, a, **kw):
               batch=1024, seeds=1)
   args.update(kw)
   cmd = [sys.executable, os.path.join(os.path.dirname(__file__), 'jax_epoch.py'), root,
-         '--data_dir', common.data_dir()] + [f'--{k}={v}' for k, v in args.items()]
+         '--data_dir', common.data_dir(root)] + [f'--{k}={v}' for k, v in args.items()]
   return common.run_json(cmd)
 
 
