@@ -20,6 +20,7 @@ import numpy as np
 
 from muse_jax import fusion
 from muse_jax.data import build
+from muse_jax.data import reader
 from muse_jax.errors import MuseError
 
 SPLITS = ('train', 'devel', 'test')
@@ -47,6 +48,7 @@ class NormStats:
   mean: np.ndarray
   std: np.ndarray
   normalized: list        # per name: was it normalised
+  path: str = ''          # the workdir file it was loaded from, for messages
 
   def apply(self, x):
     return (x - self.mean) / self.std
@@ -64,7 +66,7 @@ class NormStats:
       raise MuseError(f'{path}: no normalisation statistics; train in this workdir first')
     with np.load(path) as z:
       meta = json.loads(str(z['meta']))
-      return cls(meta['names'], meta['dims'], z['mean'], z['std'], meta['normalized'])
+      return cls(meta['names'], meta['dims'], z['mean'], z['std'], meta['normalized'], path)
 
 
 def parse_list(value) -> list:
@@ -212,26 +214,52 @@ def compute_stats(config, train_videos, dims) -> NormStats:
                    [n in normalized for n in names])
 
 
+def _cell_source(config, stats: NormStats, v: Video, split: str, row: int, col: int) -> str:
+  """Where a joined input cell comes from: the feature file, timestamp and file column."""
+  start = 0
+  for name, d in zip(stats.names, stats.dims):
+    if col < start + d:
+      break
+    start += d
+  where = f'video {v.id} ({split}), timestamp {v.timestamp[row]}'
+  root = os.path.abspath(os.path.expanduser(config.data_root or '.'))
+  path = reader.feature_path(root, name, v.id)
+  if name != SEGMENT_ID and os.path.exists(path):
+    number, header = reader.feature_column(path, col - start)
+    return f'{path}: {where}, column {number} ({header!r})'
+  return f'{where}: input {name}, column {col - start + 1}'
+
+
 def normalize(config, videos: dict, stats: NormStats) -> dict:
-  """Applies stats and the NaN policy in place; returns videos."""
+  """Applies stats and the NaN policy in place; returns videos.
+
+  NaN policy (NaN cells of the release, Inf cells the reader turned into NaN): 'zero' sets them to
+  0 after normalisation, i.e. the train mean, with one log line counting them; 'error' stops at
+  the first one, naming its file, timestamp and column.
+  """
   names = input_names(config)
+  where = stats.path or 'normalisation statistics'
   if stats.names != names:
-    raise MuseError(f'normalisation statistics are for inputs {stats.names}, this config asks '
-                    f'for {names}; use a fresh workdir')
+    raise MuseError(f'{where}: this workdir was trained on inputs {stats.names}, this config asks '
+                    f'for {names}; use a fresh workdir, or the inputs it was trained on')
+  n_cells, n_videos = 0, 0
   for split, vs in videos.items():
     for v in vs:
       if v.x.shape[1] != stats.mean.shape[0]:
-        raise MuseError(f'video {v.id}: {v.x.shape[1]} input columns, the workdir\'s statistics '
-                        f'have {stats.mean.shape[0]}; use a fresh workdir')
+        raise MuseError(f'{where}: {stats.mean.shape[0]} input columns, video {v.id} has '
+                        f'{v.x.shape[1]}; use a fresh workdir')
       bad = ~np.isfinite(v.x)
       if bad.any():
         if config.nan_policy == 'error':
           r, c = np.argwhere(bad)[0]
-          raise MuseError(f'video {v.id} ({split}): non-finite input at row {r}, column {c}; '
-                          "set --config.nan_policy=zero to replace such cells by the train mean")
-        logging.log_first_n(logging.INFO, 'NaN policy zero: non-finite input cells are set to 0 '
-                            'after normalisation (= the train mean)', 1)
+          raise MuseError(f'{_cell_source(config, stats, v, split, r, c)}: NaN or Inf value and '
+                          'config.nan_policy is error; fix the file, or set '
+                          '--config.nan_policy=zero to replace such cells by the train mean')
+        n_cells, n_videos = n_cells + int(bad.sum()), n_videos + 1
       v.x = np.where(bad, 0.0, stats.apply(v.x)).astype(np.float32)
+  if n_cells:
+    logging.info('NaN policy zero: %d non-finite input cells in %d videos set to 0 after '
+                 'normalisation (= the train mean)', n_cells, n_videos)
   return videos
 
 

@@ -281,6 +281,12 @@ def _feature_columns(path: str) -> tuple:
   return idx, len(idx)
 
 
+def feature_column(path: str, j: int) -> tuple:
+  """(1-based column number, header name) of feature j of a feature file, for messages."""
+  idx, _ = _feature_columns(path)
+  return idx[j] + 1, _read_header(path)[idx[j]]
+
+
 def discover_feature_sets(root: str) -> dict:
   """{feature set name -> dimension} for every usable folder under label_aligned/.
 
@@ -308,7 +314,8 @@ def check_feature_set(root: str, name: str) -> int:
       not os.path.isdir(os.path.join(root, FEATURE_DIR, name))):
     available = discover_feature_sets(root)
     _fail(f'unknown feature set {name!r}; {os.path.join(root, FEATURE_DIR)} holds: '
-          f'{", ".join(f"{k} ({d})" for k, d in available.items()) or "none"}')
+          f'{", ".join(f"{k} ({d})" for k, d in available.items()) or "none"}; choose from these '
+          '(config.feature_sets, or --features)')
   return feature_dim(root, name)
 
 
