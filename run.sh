@@ -2,11 +2,14 @@
 # muse_jax's one entry point: sets itself up on a fresh machine, then runs a job.
 #   ./run.sh                 the main job: demo tree -> dataset -> train both targets -> results table
 #   ./run.sh test [ARGS]     the whole test suite (ARGS go to pytest)
+#   ./run.sh reproduce [ROOT] [ARGS]  the paper's pipeline (unimodal, early and late fusion runs per
+#                            target) -> results table; on the demo tree, or on ROOT (a MuSe copy)
 #   ./run.sh main ARGS       python -m muse_jax.main ARGS
 #   ./run.sh demo ARGS       python -m muse_jax.data.demo ARGS   (write a demo MuSe-layout tree)
 #   ./run.sh build ARGS      python -m muse_jax.data.build ARGS  (build the tfds dataset of a tree)
 #   ./run.sh py ARGS         the project's python, e.g. ./run.sh py benchmarks/data_bench.py
-# Environment: PYTHON picks the interpreter (>= 3.12); MUSE_OUT the main job's output folder.
+# Environment: PYTHON picks the interpreter (>= 3.12); MUSE_OUT the output folder of the main job
+# (reproduce writes to $MUSE_OUT/reproduce).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
@@ -71,10 +74,18 @@ case "$cmd" in
     set -e
     if [ $rc -eq 5 ]; then echo "run.sh: pytest collected no tests" >&2; exit 1; fi
     exit $rc ;;
+  reproduce)
+    out=${MUSE_OUT:-$here/out}/reproduce
+    if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then  # ROOT, relative to where run.sh was called
+      case "$1" in /*) root=$1 ;; *) root=$OLDPWD/$1 ;; esac
+      shift
+      set -- --root "$root" "$@"
+    fi
+    exec "$py" -m muse_jax.reproduce --out "$out" "$@" ;;
   main) exec "$py" -m muse_jax.main "$@" ;;
   demo) exec "$py" -m muse_jax.data.demo "$@" ;;
   build) exec "$py" -m muse_jax.data.build "$@" ;;
   py) exec "$py" "$@" ;;
-  -h|--help|help) sed -n '2,10p' "$0" ;;
+  -h|--help|help) sed -n '2,12p' "$0" ;;
   *) echo "run.sh: unknown command '$cmd' (try ./run.sh help)" >&2; exit 2 ;;
 esac
