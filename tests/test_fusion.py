@@ -1,0 +1,166 @@
+"""Early fusion (joined, normalised feature sets), late fusion over finished runs, reproduce."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from muse_jax import config_util
+from muse_jax import input_pipeline as ip
+from muse_jax import reproduce
+from muse_jax import train
+from muse_jax.data import build
+from muse_jax.errors import MuseError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(tree, data_dir, **overrides):
+  c = config_util.load_config('tiny')
+  c.data_root, c.data_dir = tree, data_dir
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+# ------------------------------------------------------------------------------------------------
+# Early fusion
+
+
+def test_early_fusion_joins_sets_in_config_order_and_normalises_each_as_asked(tiny_tree, tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  config = tiny_config(tiny_tree, data_dir, feature_sets=('fasttext', 'egemaps'),
+                       normalize='fasttext', add_segment_id=True)
+  videos, dims = ip.load_videos(config)
+  assert dims == [300, 88, 1]
+  raw = {v.id: v.x.copy() for vs in videos.values() for v in vs}
+  stats = ip.compute_stats(config, videos['train'], dims)
+  assert stats.names == ['fasttext', 'egemaps', 'segment_id']
+  assert stats.normalized == [True, False, False]
+  ip.normalize(config, videos, stats)
+
+  alone = {name: {v['id']: v for vs in build.load_feature_set(data_dir, name).values() for v in vs}
+           for name in ('fasttext', 'egemaps')}
+  for split, vs in videos.items():
+    assert vs, split
+    for v in vs:
+      n = len(v.x)
+      ft, eg = alone['fasttext'][v.id], alone['egemaps'][v.id]
+      np.testing.assert_array_equal(v.timestamp, ft['timestamp'][:n])
+      np.testing.assert_allclose(v.x[:, :300], (ft['features'][:n] - stats.mean[:300])
+                                 / stats.std[:300], rtol=1e-5, atol=1e-5)
+      np.testing.assert_array_equal(v.x[:, 300:388], eg['features'][:n])  # untouched
+      np.testing.assert_array_equal(v.x[:, 388], ft['segment_id'][:n])
+      np.testing.assert_array_equal(raw[v.id][:, 300:], v.x[:, 300:])
+  train_x = np.concatenate([v.x for v in videos['train']]).astype(np.float64)
+  np.testing.assert_allclose(train_x[:, :300].mean(0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(train_x[:, :300].std(0), 1.0, atol=1e-3)
+  assert np.abs(train_x[:, 300:388].mean(0)).max() > 1.0  # egemaps keeps its own scales
+
+
+def test_join_grid_keeps_common_prefix_and_names_disagreeing_sets():
+  t = np.arange(10) * 250
+  assert ip._join_grid('7', {'a': {'timestamp': t}, 'b': {'timestamp': t[:8]}}) == 8
+  with pytest.raises(MuseError, match=r'video 7: feature sets a and b disagree at row 3'):
+    ip._join_grid('7', {'a': {'timestamp': t}, 'b': {'timestamp': np.r_[t[:3], t[3:] + 1]}})
+
+
+def test_whole_video_windows_hold_one_video_each(tiny_tree, tmp_path):
+  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), feature_sets=('egemaps',),
+                       whole_videos=True)
+  videos, _ = ip.load_videos(config)
+  w = ip.train_windows(config, videos['train'])
+  assert sorted(w.lengths) == sorted(len(v.x) for v in videos['train'])
+  assert w.x.shape[1] == max(w.lengths)
+
+
+# ------------------------------------------------------------------------------------------------
+# Late fusion and the pipeline, on one set of tiny runs (valence: egemaps weak, fasttext strong)
+
+
+@pytest.fixture(scope='module')
+def pipeline(tiny_tree, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp('reproduce'))
+  runs = reproduce.run(out, tiny_tree, config_name='tiny', features=('egemaps', 'fasttext'),
+                       early_fusion=(), targets=('valence',))
+  return out, runs
+
+
+def test_late_fusion_trains_on_the_runs_and_beats_the_worse_input(pipeline):
+  out, runs = pipeline
+  assert [(r.kind, r.inputs) for r in runs] == [
+      ('unimodal', 'egemaps'), ('unimodal', 'fasttext'), ('late fusion', 'all runs above')]
+  devel = [r.results['devel']['valence']['ccc'] for r in runs]
+  assert devel[2] > min(devel[:2]) + 0.05, devel
+  late = runs[2].workdir
+  stats = ip.NormStats.load(os.path.join(late, 'norm_stats.npz'))
+  assert stats.names == ['run:egemaps/valence', 'run:fasttext/valence'] and stats.dims == [1, 1]
+  assert len(runs[2].results['seeds']) == 5
+  preds = lambda w: sorted(os.listdir(os.path.join(w, 'predictions', 'valence')))
+  assert preds(late) == preds(runs[0].workdir)  # every video of every partition
+
+
+def test_late_fusion_evaluate_restores_the_same_model(pipeline):
+  out, runs = pipeline
+  late = runs[2]
+  config = config_util.load_config(os.path.join(REPO, 'configs', 'late_fusion.py'))
+  config.data_root, config.data_dir = _data(out)
+  config.targets, config.fusion_runs = ('valence',), ','.join(r.workdir for r in runs[:2])
+  again = train.evaluate(config, late.workdir)
+  assert again['devel'] == late.results['devel']
+
+
+def _data(out):
+  """(data_root, data_dir) the pipeline's runs used."""
+  with open(os.path.join(out, 'runs', 'valence', 'egemaps', 'config.json')) as f:
+    c = json.load(f)
+  return c['data_root'], c['data_dir']
+
+
+def test_missing_predictions_name_the_run_target_and_video(pipeline, tmp_path):
+  out, runs = pipeline
+  broken = str(tmp_path / 'fasttext')
+  shutil.copytree(runs[1].workdir, broken, ignore=shutil.ignore_patterns('checkpoints', 'tb'))
+  vid = sorted(os.listdir(os.path.join(broken, 'predictions', 'valence')))[0][:-4]
+  os.remove(os.path.join(broken, 'predictions', 'valence', f'{vid}.csv'))
+  config = config_util.load_config('late_fusion')
+  config.data_root, config.data_dir = _data(out)
+  config.targets, config.fusion_runs = ('valence',), f'{runs[0].workdir},{broken}'
+  with pytest.raises(MuseError, match=rf'run {broken} has no valence predictions for \w+ video '
+                                      rf'{vid}'):
+    ip.load_videos(config)
+  config.targets = ('arousal',)  # the runs predict valence only
+  with pytest.raises(MuseError, match='no arousal predictions'):
+    ip.load_videos(config)
+
+
+def test_fusion_runs_must_be_finished_runs_with_distinct_names(pipeline, tmp_path):
+  out, runs = pipeline
+  config = config_util.load_config('late_fusion')
+  config.data_root, config.data_dir = _data(out)
+  config.fusion_runs = f'{runs[0].workdir},{tmp_path}/egemaps'
+  with pytest.raises(MuseError, match='share the name'):
+    train.validate_config(config)
+  config.fusion_runs = f'{runs[0].workdir},{tmp_path}/nothing'
+  with pytest.raises(MuseError, match='no config.json'):
+    ip.load_videos(config)
+
+
+def test_reproduce_cli_resumes_and_writes_the_table(pipeline, tiny_tree):
+  out, runs = pipeline
+  proc = subprocess.run(
+      [sys.executable, '-m', 'muse_jax.reproduce', f'--out={out}', f'--root={tiny_tree}',
+       '--config=tiny', '--features=egemaps,fasttext', '--early_fusion=', '--targets=valence'],
+      capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stderr.count('finished, skipped') == 3  # nothing retrained
+  with open(os.path.join(out, 'results.md')) as f:
+    text = f.read()
+  assert text.splitlines()[0].startswith('| run | inputs | valence devel | valence test |')
+  for r in runs:
+    assert f'{r.results["devel"]["valence"]["ccc"]:.4f}' in text
+  assert '(5 seeds)' in text and 'Late fusion minus the best first-level run' in text
+  assert text in proc.stdout + '\n'
