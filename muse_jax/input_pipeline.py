@@ -148,7 +148,9 @@ def load_videos(config) -> tuple:
   dims += [1] if config.add_segment_id else []
   out = {}
   for split in SPLITS:
-    by_set = {name: {v['id']: v for v in loaded[name].get(split, [])} for name in sets}
+    # Popped as they are joined: each video's raw arrays are freed once its joined copy exists,
+    # so peak memory is one copy of the data plus one video, not two copies.
+    by_set = {name: {v['id']: v for v in loaded[name].pop(split, [])} for name in sets}
     ids = list(by_set[sets[0]])
     for name in sets[1:]:
       if set(by_set[name]) != set(ids):
@@ -157,7 +159,7 @@ def load_videos(config) -> tuple:
                         f'(e.g. {diff}); rebuild or fix the tree')
     videos = []
     for vid in ids:
-      per_set = {name: by_set[name][vid] for name in sets}
+      per_set = {name: by_set[name].pop(vid) for name in sets}
       n = _join_grid(vid, per_set)
       first = per_set[sets[0]]
       cols = [per_set[name]['features'][:n] for name in sets]
@@ -196,14 +198,27 @@ def data_dir_of(config) -> str:
 
 
 def compute_stats(config, train_videos, dims) -> NormStats:
-  """Train-partition mean/std per column (NaN cells ignored); identity for unnormalised sets."""
+  """Train-partition mean/std per column (NaN cells ignored); identity for unnormalised sets.
+
+  Accumulated video by video in float64 (sum, sum of squares, count): no copy of the train data.
+  """
   names = input_names(config)
-  x = np.concatenate([v.x for v in train_videos], axis=0).astype(np.float64)
-  with np.errstate(invalid='ignore'):
-    mean = np.nanmean(x, axis=0)
-    std = np.nanstd(x, axis=0)
-  mean = np.nan_to_num(mean)
-  std = np.nan_to_num(std) + EPS
+  d = train_videos[0].x.shape[1]
+  total, total_sq, count = np.zeros(d), np.zeros(d), np.zeros(d)
+  with np.errstate(invalid='ignore'):  # shift by a rough mean: sums of squares stay exact
+    shift = np.nan_to_num(np.nanmean(np.where(np.isfinite(train_videos[0].x), train_videos[0].x,
+                                              np.nan).astype(np.float64), axis=0))
+  for v in train_videos:
+    x = v.x.astype(np.float64) - shift
+    ok = np.isfinite(x)
+    x = np.where(ok, x, 0.0)
+    total += x.sum(0)
+    total_sq += (x * x).sum(0)
+    count += ok.sum(0)
+  n = np.maximum(count, 1)
+  mean = total / n
+  std = np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0)) + EPS
+  mean += shift
   normalized = normalized_names(config)
   start = 0
   for name, d in zip(names, dims):
@@ -274,9 +289,25 @@ def train_windows(config, videos) -> 'Windows':
 
 @dataclasses.dataclass
 class Windows:
-  x: np.ndarray        # [N, win, D]
-  y: np.ndarray        # [N, win, K]
-  lengths: np.ndarray  # [N]
+  """Train windows as spans of the videos, not copies: a batch's windows are gathered when it is
+  drawn, so the train data is held once (windows with hop < win would otherwise duplicate it)."""
+  videos: list
+  spans: np.ndarray    # [N, 3]: video index, start, end
+  win_len: int
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return (self.spans[:, 2] - self.spans[:, 1]).astype(np.int32)
+
+  def gather(self, idx) -> tuple:
+    """(x [n, win, D], y [n, win, K], lengths [n]) of windows idx, zero-padded to win_len."""
+    v0 = self.videos[0]
+    x = np.zeros((len(idx), self.win_len, v0.x.shape[1]), np.float32)
+    y = np.zeros((len(idx), self.win_len, v0.y.shape[1]), np.float32)
+    for j, (i, s, e) in enumerate(self.spans[idx]):
+      x[j, :e - s] = self.videos[i].x[s:e]
+      y[j, :e - s] = self.videos[i].y[s:e]
+    return x, y, self.lengths[idx]
 
 
 def make_windows(videos, win_len: int, hop_len: int) -> Windows:
@@ -289,15 +320,7 @@ def make_windows(videos, win_len: int, hop_len: int) -> Windows:
       spans.append((i, s, e))
       if e == n:
         break
-  d, k = videos[0].x.shape[1], videos[0].y.shape[1]
-  x = np.zeros((len(spans), win_len, d), np.float32)
-  y = np.zeros((len(spans), win_len, k), np.float32)
-  lengths = np.zeros((len(spans),), np.int32)
-  for j, (i, s, e) in enumerate(spans):
-    x[j, :e - s] = videos[i].x[s:e]
-    y[j, :e - s] = videos[i].y[s:e]
-    lengths[j] = e - s
-  return Windows(x, y, lengths)
+  return Windows(videos, np.asarray(spans, np.int64).reshape(-1, 3), win_len)
 
 
 def _mask(y, lengths):
@@ -313,8 +336,7 @@ def train_batches(w: Windows, batch_size: int, seed: int, epoch: int,
   count changes only the padding."""
   perm = np.random.default_rng([seed, epoch]).permutation(len(w.lengths))
   for b in range(0, len(perm), batch_size):
-    idx = perm[b:b + batch_size]
-    yield pad_batch(w.x[idx], w.y[idx], w.lengths[idx], max(rows, batch_size))
+    yield pad_batch(*w.gather(perm[b:b + batch_size]), max(rows, batch_size))
 
 
 def pad_batch(x, y, lengths, rows: int) -> dict:

@@ -74,7 +74,7 @@ def test_whole_video_windows_hold_one_video_each(tiny_tree, tmp_path):
   videos, _ = ip.load_videos(config)
   w = ip.train_windows(config, videos['train'])
   assert sorted(w.lengths) == sorted(len(v.x) for v in videos['train'])
-  assert w.x.shape[1] == max(w.lengths)
+  assert w.win_len == max(w.lengths)
 
 
 # ------------------------------------------------------------------------------------------------

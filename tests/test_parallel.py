@@ -29,11 +29,14 @@ def tiny_config(tree, data_dir, **overrides):
 
 
 def _synthetic_windows(n=13, t=48, d=10, seed=0):
+  """n single-window videos of random lengths in [1, t]."""
   rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, t, d)).astype(np.float32)
-  y = np.cumsum(x[..., :2], axis=1).astype(np.float32) / 10
-  lengths = rng.integers(1, t + 1, size=n).astype(np.int32)
-  return ip.Windows(x, y, lengths)
+  videos = []
+  for i, length in enumerate(rng.integers(1, t + 1, size=n)):
+    x = rng.normal(size=(length, d)).astype(np.float32)
+    y = np.cumsum(x[:, :2], axis=0).astype(np.float32) / 10
+    videos.append(ip.Video(str(i), np.arange(length) * 250, np.ones(length, np.int32), x, y, True))
+  return ip.make_windows(videos, t, t)
 
 
 def _one_step(mesh, batch_size=13):
