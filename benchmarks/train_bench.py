@@ -49,9 +49,12 @@ def main():
   ap.add_argument('--epochs', type=int, default=4)
   ap.add_argument('--repeat', type=int, default=2)
   ap.add_argument('--scaling', action='store_true')
+  ap.add_argument('--fraction', type=float, default=1.0,
+                  help='use this fraction of each partition\'s videos (quicker runs)')
   a = ap.parse_args()
   feats = a.features.split(',')
-  root = common.full_tree(feats, a.root)
+  full = common.full_tree(feats, a.root)
+  root = common.subset_tree(full, a.fraction)
   t0 = time.perf_counter()
   common.ensure_built(root, feats)
   print(f'# dataset ready in {time.perf_counter() - t0:.1f} s', flush=True)
@@ -66,6 +69,7 @@ def main():
   j = runs['muse_jax']
   report = {
       'machine': f'{platform.machine()} {os.cpu_count()} cores', 'features': a.features,
+      'fraction_of_videos': a.fraction,
       'epochs_per_run': a.epochs, 'runs': a.repeat,
       'muse_jax_epoch_s': statistics.median(r['epoch_s_median'] for r in j),
       'muse_jax_train_s': statistics.median(r['train_s_median'] for r in j),
@@ -89,7 +93,7 @@ def main():
   if a.scaling:
     report['scaling_videos'] = {}
     for frac in (0.25, 0.5, 1.0):
-      sub = common.subset_tree(root, frac)
+      sub = common.subset_tree(full, frac)
       common.ensure_built(sub, feats)
       r = jax_run(sub, a, epochs=3)
       report['scaling_videos'][frac] = {'epoch_s': r['epoch_s_median'], 'train_s': r['train_s_median'],
@@ -97,7 +101,7 @@ def main():
       print('# videos', frac, json.dumps(r), flush=True)
     report['scaling_win'] = {}
     for win in (100, 200, 400):
-      r = jax_run(root, a, epochs=3, win=win, hop=win // 2)
+      r = jax_run(full, a, epochs=3, win=win, hop=win // 2)
       report['scaling_win'][win] = {'epoch_s': r['epoch_s_median'], 'train_s': r['train_s_median'],
                                     'eval_s': r['eval_s_median']}
       print('# win', win, json.dumps(r), flush=True)
