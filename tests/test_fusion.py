@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from muse_jax import config_util
+from muse_jax import fusion
 from muse_jax import input_pipeline as ip
 from muse_jax import reproduce
 from muse_jax import train
@@ -147,6 +148,33 @@ def test_fusion_runs_must_be_finished_runs_with_distinct_names(pipeline, tmp_pat
   config.fusion_runs = f'{runs[0].workdir},{tmp_path}/nothing'
   with pytest.raises(MuseError, match='no config.json'):
     ip.load_videos(config)
+
+
+def test_predictions_align_by_timestamp_and_may_end_early_only_without_labels(tmp_path):
+  run = tmp_path / 'r'
+  os.makedirs(run / 'predictions' / 'valence')
+  (run / 'config.json').write_text(json.dumps({'data_root': str(tmp_path)}))
+  t = 1000 + 250 * np.arange(6)
+
+  def video(vid, labelled):
+    return {'id': vid, 'timestamp': t, 'segment_id': np.ones(6, np.int32),
+            'features': np.zeros((6, 3), np.float32), 'valence': np.zeros(6, np.float32),
+            'arousal': np.zeros(6, np.float32), 'has_arousal': labelled, 'has_valence': labelled}
+
+  def predict(vid, ts):
+    rows = ''.join(f'{x},{x / 1000},1\n' for x in ts)
+    path = run / 'predictions' / 'valence' / f'{vid}.csv'
+    path.write_text('timestamp,value,segment_id\n' + rows)
+
+  predict('1', np.r_[750, t])   # an extra row before the grid: ignored
+  predict('2', t[:4])           # unlabelled: ends 2 frames early
+  grid = {'train': [video('1', True)], 'test': [video('2', False)]}
+  out = fusion.load_runs([str(run)], ['valence'], str(tmp_path), grid)['run:r/valence']
+  np.testing.assert_allclose(out['train'][0]['features'][:, 0], t / 1000)
+  assert len(out['test'][0]['timestamp']) == 4 and out['test'][0]['features'].shape == (4, 1)
+  predict('1', t[:4])           # labelled: must cover the grid
+  with pytest.raises(MuseError, match=r'no prediction for timestamp 2000 of train video 1'):
+    fusion.load_runs([str(run)], ['valence'], str(tmp_path), grid)
 
 
 def test_reproduce_cli_resumes_and_writes_the_table(pipeline, tiny_tree):
