@@ -15,16 +15,9 @@ from muse_jax import reproduce
 from muse_jax import train
 from muse_jax.data import build
 from muse_jax.errors import MuseError
+from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(tree, data_dir, **overrides):
-  c = config_util.load_config('tiny')
-  c.data_root, c.data_dir = tree, data_dir
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
 
 
 # ------------------------------------------------------------------------------------------------

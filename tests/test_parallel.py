@@ -16,16 +16,9 @@ from muse_jax import config_util
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
 from muse_jax import train
+from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(tree, data_dir, **overrides):
-  c = config_util.load_config('tiny')
-  c.data_root, c.data_dir = tree, data_dir
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
 
 
 def _synthetic_windows(n=13, t=48, d=10, seed=0):

@@ -16,11 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from muse_jax import config_util
 from muse_jax import input_pipeline as ip
 from muse_jax import train
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
+from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Exercises every piece of host state a resume must restore: two seeds side by side, dropout
@@ -153,14 +153,6 @@ def test_same_command_twice_gives_identical_outputs(uninterrupted, tiny_tree, da
   proc = run(workdir, tiny_tree, data_dir, *HARD)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert_same_outputs(uninterrupted, workdir)
-
-
-def tiny_config(tree, data_dir, **overrides):
-  c = config_util.load_config('tiny')
-  c.data_root, c.data_dir = tree, data_dir
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
 
 
 def test_same_config_twice_in_process_on_8_devices(tiny_tree, data_dir, tmp_path):

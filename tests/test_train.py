@@ -8,20 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from muse_jax import config_util
 from muse_jax import input_pipeline as ip
 from muse_jax import train
 from muse_jax.errors import MuseError
+from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(tree, data_dir, **overrides):
-  c = config_util.load_config('tiny')
-  c.data_root, c.data_dir = tree, data_dir
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
 
 
 @pytest.fixture(scope='module')
