@@ -5,6 +5,7 @@ that looks complete. Only process 0 calls these in multi-host runs.
 """
 import json
 import os
+import re
 
 import numpy as np
 
@@ -15,6 +16,18 @@ def _atomic_write(path: str, text: str) -> None:
   with open(tmp, 'w', encoding='utf-8') as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+_TMP = re.compile(r'\.tmp\d+$|\.tmp\.(npz|png)$')
+
+
+def remove_stale_tmp(workdir: str) -> None:
+  """Deletes temporary files a killed job left behind (never read: only renamed files count)."""
+  for folder, dirs, files in os.walk(workdir):
+    dirs[:] = [d for d in dirs if d != 'checkpoints']  # orbax cleans its own
+    for name in files:
+      if _TMP.search(name):
+        os.remove(os.path.join(folder, name))
 
 
 def write_json(path: str, obj) -> None:

@@ -369,6 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t_start = time.time()
   videos, dims = prepare_data(config, workdir, fit_stats=True)
   if jax.process_index() == 0:
+    outputs.remove_stale_tmp(workdir)
     outputs.write_json(os.path.join(workdir, 'config.json'),
                        json.loads(config.to_json_best_effort()))
   mesh = make_mesh(config.num_devices)

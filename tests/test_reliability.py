@@ -142,6 +142,7 @@ def test_kill_9_and_rerun_ends_exactly_as_uninterrupted(uninterrupted, tiny_tree
   assert f'resuming after epoch {max(steps)}' in proc.stderr
   assert_same_outputs(uninterrupted, workdir)
   assert os.listdir(ckpt) == ['10']  # the half-written save was removed, not read
+  assert not os.path.exists(os.path.join(workdir, 'results.json.tmp99999'))  # cleaned up
 
 
 # ------------------------------------------------------------------------------------------------
