@@ -186,29 +186,28 @@ def full_tree(features) -> str:
 
 def model_bytes(frames: int, train_frames: int, train_windows: int, dim: int, win: int,
                 batch: int, step_temp: int = 0, targets: int = 1) -> dict:
-  """Bytes that the stages hold, from the array shapes of input_pipeline and train.
+  """Bytes of live arrays per stage, from the array shapes of input_pipeline and train.
 
   dim counts every input column (feature sets + segment id); f32 = 4 B, f64 = 8 B.
-    load + join: each set's arrays as loaded (all splits) and the joined copy, both alive at the
-                 end of load_videos: 2 x frames x dim x 4;
+    load + join: each set's arrays as loaded (all splits); every video's raw arrays are freed as
+                 its joined copy is made, so about frames x dim x 4 live at the peak (the
+                 allocator may keep freed pages resident: RSS can read up to twice that);
     videos:      kept for the whole run: frames x dim x 4;
-    statistics:  the train frames concatenated in float64, then nanmean/nanstd each make a
-                 NaN-replaced copy and nanstd a centred one: videos + 3 x train x dim x 8;
-    windows:     kept for the whole run besides the videos:
-                 train_windows x win x (dim + targets) x 4;
-    training:    videos + windows + one batch gathered from the windows and its device copy
+    statistics:  accumulated video by video: videos + one video in float64 (negligible);
+    windows:     spans into the videos, gathered per batch: nothing kept;
+    training:    videos + one batch gathered from the videos and its device copy
                  (2 x batch x win x dim x 4) + the XLA temporaries of the train step (`step_temp`,
                  measured: mostly attention scores, batch x heads x win^2 x 4 B each, which do not
-                 depend on dim).
+                 depend on dim; micro_batch_size divides them).
   """
+  del train_frames, train_windows, targets  # no longer shape any stage
   videos = frames * dim * 4
-  windows = train_windows * win * (dim + targets) * 4
   return {
-      'load + join': 2 * videos,
+      'load + join': videos,
       'videos (kept)': videos,
-      'train statistics': videos + 3 * train_frames * dim * 8,
-      'windows (kept)': windows,
-      'training': videos + windows + 2 * batch * win * dim * 4 + step_temp,
+      'train statistics': videos,
+      'windows (kept)': 0,
+      'training': videos + 2 * batch * win * dim * 4 + step_temp,
   }
 
 
