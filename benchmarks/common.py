@@ -70,6 +70,16 @@ def subset_tree(root: str, fraction: float) -> str:
   return out
 
 
+def tree_args(ap, epochs: int) -> None:
+  """The arguments every training benchmark takes: which tree, sets, target, how long."""
+  ap.add_argument('--root', help='a MuSe-layout tree (default: the full-scale demo tree)')
+  ap.add_argument('--features', default='egemaps,fasttext')
+  ap.add_argument('--target', default='valence')
+  ap.add_argument('--epochs', type=int, default=epochs)
+  ap.add_argument('--fraction', type=float, default=1.0,
+                  help="use this fraction of each partition's videos (quicker runs)")
+
+
 def torch_python() -> str | None:
   """The torch venv's python (made by /work/shared/bench/setup_torch.sh), if there is one."""
   for venv in (os.environ.get('TORCH_VENV', ''), os.path.join(REPO, '.torch-venv')):

@@ -32,17 +32,12 @@ def run(root, a, seeds, seed):
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--root')
-  ap.add_argument('--features', default='egemaps,fasttext')
-  ap.add_argument('--target', default='valence')
-  ap.add_argument('--epochs', type=int, default=3)
+  common.tree_args(ap, epochs=3)
   ap.add_argument('--seeds', type=int, default=5)
   ap.add_argument('--batch', type=int, default=0, help='0 = the paper\'s 1024')
   ap.add_argument('--micro_batch', type=int, default=256,
                   help='gradient accumulation slice (bounds memory: 5 seeds x 1024 windows '
                        'of attention do not fit in 24 GiB otherwise); 0 = whole batch')
-  ap.add_argument('--fraction', type=float, default=1.0,
-                  help='use this fraction of each partition\'s videos (quicker runs)')
   a = ap.parse_args()
   feats = a.features.split(',')
   root = common.subset_tree(common.full_tree(feats, a.root), a.fraction)

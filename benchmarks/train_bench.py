@@ -43,14 +43,9 @@ def torch_run(root, a, py, script):
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--root')
-  ap.add_argument('--features', default='egemaps,fasttext')
-  ap.add_argument('--target', default='valence')
-  ap.add_argument('--epochs', type=int, default=4)
+  common.tree_args(ap, epochs=4)
   ap.add_argument('--repeat', type=int, default=2)
   ap.add_argument('--scaling', action='store_true')
-  ap.add_argument('--fraction', type=float, default=1.0,
-                  help='use this fraction of each partition\'s videos (quicker runs)')
   a = ap.parse_args()
   feats = a.features.split(',')
   full = common.full_tree(feats, a.root)
