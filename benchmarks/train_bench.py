@@ -41,11 +41,31 @@ def torch_run(root, a, py, script):
   return out
 
 
+def scaling(full, feats, a) -> dict:
+  """Steady-state epoch seconds versus number of videos (1/4, 1/2, all) and window length."""
+  out = {'scaling_videos': {}, 'scaling_win': {}}
+  for frac in (0.25, 0.5, 1.0):
+    sub = common.subset_tree(full, frac)
+    common.ensure_built(sub, feats)
+    r = jax_run(sub, a, epochs=3)
+    out['scaling_videos'][frac] = {'epoch_s': r['epoch_s_median'], 'train_s': r['train_s_median'],
+                                   'eval_s': r['eval_s_median']}
+    print('# videos', frac, json.dumps(r), flush=True)
+  for win in (100, 200, 400):
+    r = jax_run(full, a, epochs=3, win=win, hop=win // 2)
+    out['scaling_win'][win] = {'epoch_s': r['epoch_s_median'], 'train_s': r['train_s_median'],
+                               'eval_s': r['eval_s_median']}
+    print('# win', win, json.dumps(r), flush=True)
+  out['load_average'] = os.getloadavg()
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   common.tree_args(ap, epochs=4)
   ap.add_argument('--repeat', type=int, default=2)
   ap.add_argument('--scaling', action='store_true')
+  ap.add_argument('--only_scaling', action='store_true', help='skip the muse_jax vs torch runs')
   a = ap.parse_args()
   feats = a.features.split(',')
   full = common.full_tree(feats, a.root)
@@ -53,6 +73,9 @@ def main():
   t0 = time.perf_counter()
   common.ensure_built(root, feats)
   print(f'# dataset ready in {time.perf_counter() - t0:.1f} s', flush=True)
+  if a.only_scaling:
+    print(json.dumps(scaling(full, feats, a), indent=1))
+    return
   py, script = common.torch_python(), common.torch_epoch_script()
   runs = {'muse_jax': [], 'torch': []}
   for i in range(a.repeat):  # alternating, so both see the same machine state
@@ -86,20 +109,7 @@ def main():
     report['epoch_ratio_muse_jax_over_torch'] = report['muse_jax_epoch_s'] / report['torch_epoch_s']
     report['total_ratio_muse_jax_over_torch'] = report['muse_jax_total_s'] / report['torch_total_s']
   if a.scaling:
-    report['scaling_videos'] = {}
-    for frac in (0.25, 0.5, 1.0):
-      sub = common.subset_tree(full, frac)
-      common.ensure_built(sub, feats)
-      r = jax_run(sub, a, epochs=3)
-      report['scaling_videos'][frac] = {'epoch_s': r['epoch_s_median'], 'train_s': r['train_s_median'],
-                                        'eval_s': r['eval_s_median']}
-      print('# videos', frac, json.dumps(r), flush=True)
-    report['scaling_win'] = {}
-    for win in (100, 200, 400):
-      r = jax_run(full, a, epochs=3, win=win, hop=win // 2)
-      report['scaling_win'][win] = {'epoch_s': r['epoch_s_median'], 'train_s': r['train_s_median'],
-                                    'eval_s': r['eval_s_median']}
-      print('# win', win, json.dumps(r), flush=True)
+    report.update(scaling(full, feats, a))
   report['load_average'] = os.getloadavg()
   print(json.dumps(report, indent=1))
   if 'epoch_ratio_muse_jax_over_torch' in report:
