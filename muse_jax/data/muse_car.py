@@ -92,6 +92,14 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
     self.error = None   # message of the MuseError of a failed build (tfds rewraps exceptions)
     self.stats = {}     # per split: what the reader policies did, summed over videos
 
+  # tfds prints 'Downloading and preparing dataset Unknown size ...' to stdout around every
+  # build; build.py logs one line per build instead.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _info(self) -> tfds.core.DatasetInfo:
     # DatasetInfo(builder=self, ...) rather than dataset_info_from_configs: no metadata files
     # next to this module, and no TensorFlow needed.
