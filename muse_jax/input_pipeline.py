@@ -287,6 +287,36 @@ def train_windows(config, videos) -> 'Windows':
   return make_windows(videos, config.win_len, config.hop_len)
 
 
+def inputs_bytes(videos: dict) -> int:
+  return sum(v.x.nbytes for vs in videos.values() for v in vs)
+
+
+def spill_to_disk(videos: dict, folder: str) -> None:
+  """Moves every video's inputs into one memory-mapped float32 file under `folder`.
+
+  For feature sets too large to hold (e.g. deepspectrum, 4096-d, over all of MuSe-CaR): `v.x`
+  stays a numpy array (a view of the map), so windows, batches and evaluation work unchanged,
+  while the OS pages the data in as batches touch it instead of pinning it in memory. The file
+  is unlinked right after mapping, so it disappears with the process, even after a kill -9.
+  """
+  total = sum(len(v.x) for vs in videos.values() for v in vs)
+  d = next(v.x.shape[1] for vs in videos.values() for v in vs)
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f'.inputs.{os.getpid()}.f32')
+  mm = np.memmap(path, np.float32, 'w+', shape=(max(total, 1), d))
+  os.unlink(path)
+  row = 0
+  for vs in videos.values():
+    for v in vs:
+      n = len(v.x)
+      mm[row:row + n] = v.x
+      v.x = mm[row:row + n]  # the in-memory copy is freed here
+      row += n
+  mm.flush()
+  logging.info('inputs (%.1f GiB) spilled to a memory-mapped file in %s', total * d * 4 / 2**30,
+               folder)
+
+
 @dataclasses.dataclass
 class Windows:
   """Train windows as spans of the videos, not copies: a batch's windows are gathered when it is

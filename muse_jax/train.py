@@ -79,6 +79,8 @@ def validate_config(config) -> None:
   need(config.num_epochs >= 1, f'num_epochs must be >= 1, got {config.num_epochs}')
   need(config.early_stopping_patience >= 1, 'early_stopping_patience must be >= 1')
   need(config.num_seeds >= 1, f'num_seeds must be >= 1, got {config.num_seeds}')
+  need(config.inputs_on_disk in ('auto', 'yes', 'no'),
+       f"inputs_on_disk must be 'auto', 'yes' or 'no', got {config.inputs_on_disk!r}")
   need(config.num_devices >= 0, f'num_devices must be >= 0 (0 = all), got {config.num_devices}')
   need(-1 <= config.eval_seed < config.num_seeds,
        f'eval_seed must be -1 (best) or in [0, num_seeds={config.num_seeds}), '
@@ -352,7 +354,18 @@ def prepare_data(config, workdir, fit_stats: bool):
   else:
     stats = ip.NormStats.load(stats_path)
   ip.normalize(config, videos, stats)
+  size = ip.inputs_bytes(videos)
+  if config.inputs_on_disk == 'yes' or (config.inputs_on_disk == 'auto' and
+                                        size > 0.25 * _physical_memory()):
+    ip.spill_to_disk(videos, workdir)
   return videos, dims
+
+
+def _physical_memory() -> int:
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return 1 << 40  # unknown: never spill automatically
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

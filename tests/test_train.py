@@ -126,3 +126,15 @@ def test_cli_errors_are_one_line(tiny_tree, tmp_path, arg, message):
   err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(err) == 1 and message in err[0], proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_inputs_spilled_to_disk_train_identically(tiny_tree, tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  in_ram = train.train_and_evaluate(
+      tiny_config(tiny_tree, data_dir, num_epochs=2, inputs_on_disk='no'), str(tmp_path / 'ram'))
+  config = tiny_config(tiny_tree, data_dir, num_epochs=2, inputs_on_disk='yes')
+  on_disk = train.train_and_evaluate(config, str(tmp_path / 'disk'))
+  assert on_disk['devel'] == in_ram['devel'] and on_disk['test'] == in_ram['test']
+  videos, _ = train.prepare_data(config, str(tmp_path / 'disk'), fit_stats=False)
+  assert isinstance(videos['train'][0].x, np.memmap)
+  assert not [f for f in os.listdir(tmp_path / 'disk') if f.startswith('.inputs')]  # unlinked
