@@ -36,3 +36,16 @@ def run_app(main, **kwargs) -> None:
   except MuseError as e:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(2)
+
+
+def call(fn, *args):
+  """For argparse entry points: (0, fn(*args)), or (2, None) after printing one `error:` line for
+  a MuseError or a missing package of the optional `features` extra."""
+  try:
+    return 0, fn(*args)
+  except MuseError as e:
+    print(f'error: {e}', file=sys.stderr)
+  except ModuleNotFoundError as e:
+    print(f'error: {e.name} is not installed; install the extra: pip install -e .[features]',
+          file=sys.stderr)
+  return 2, None

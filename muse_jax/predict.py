@@ -16,6 +16,7 @@ import sys
 from absl import logging
 import numpy as np
 
+from muse_jax import cli
 from muse_jax.errors import MuseError
 
 SEGMENT_ID = 'segment_id'
@@ -118,16 +119,10 @@ def main(argv=None) -> int:
   p.add_argument('--out', required=True, help='folder for <target>.csv and prediction.png')
   args = p.parse_args(argv)
   logging.set_verbosity(logging.ERROR)  # orbax's read-only checkpoint notes are noise here
-  try:
-    paths = predict_recording(args.workdir, args.wav, args.out, args.transcript, args.model_dir,
-                              args.win_s, args.seed_index)
-  except MuseError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  except ModuleNotFoundError as e:
-    print(f'error: {e.name} is not installed; install the extra: pip install -e .[features]',
-          file=sys.stderr)
-    return 2
+  rc, paths = cli.call(predict_recording, args.workdir, args.wav, args.out, args.transcript,
+                       args.model_dir, args.win_s, args.seed_index)
+  if rc:
+    return rc
   for name, path in paths.items():
     print(f'{name}: {path}')
   return 0

@@ -5,7 +5,7 @@ User errors end as one line `error: <message>` and exit status 2, never a traceb
 import argparse
 import sys
 
-from muse_jax.errors import MuseError
+from muse_jax import cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,17 +53,7 @@ def run(args) -> None:
 
 
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    run(args)
-  except MuseError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  except ModuleNotFoundError as e:
-    print(f'error: {e.name} is not installed; install the extra: pip install -e .[features]',
-          file=sys.stderr)
-    return 2
-  return 0
+  return cli.call(run, _parser().parse_args(argv))[0]
 
 
 if __name__ == '__main__':
