@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow_datasets as tfds
 
 from muse_jax.data import build
 from muse_jax.data import demo
@@ -198,6 +199,45 @@ def test_load_works_in_a_fresh_process(built):
                        check=True, timeout=120).stdout
   got = json.loads(out.strip().splitlines()[-1])
   assert got == {s: [[v['id'], 128] for v in vs] for s, vs in loaded['vggish'].items()}
+
+
+def test_record_index_is_stored_and_matches_the_data(built):
+  data_dir, loaded = built
+  for name in ('egemaps', 'vggish'):
+    stored = build.build_info(data_dir, name)['records']
+    path = build.builder_dir(data_dir, name)
+    assert stored == build.record_index(tfds.builder_from_directory(path).as_data_source())
+    fs = build.FeatureSet(data_dir, name)
+    assert fs.dim == loaded[name]['train'][0]['features'].shape[1]
+    for split, vs in loaded[name].items():
+      assert fs.ids(split) == [v['id'] for v in vs]
+      assert sorted(stored.get(split, [])) == sorted([v['id'], len(v['timestamp'])] for v in vs)
+      for v in vs[:2]:
+        got = fs.read(split, v['id'])
+        assert fs.rows(split, v['id']) == len(v['timestamp'])
+        for k in v:
+          np.testing.assert_array_equal(got[k], v[k])
+
+
+def test_build_without_record_index_still_loads(tree, built, tmp_path, caplog):
+  """Builds made before the index existed are indexed in memory, not rebuilt."""
+  root, _ = tree
+  data_dir, loaded = built
+  copy = str(tmp_path / 'd')
+  shutil.copytree(data_dir, copy)
+  info_path = os.path.join(build.builder_dir(copy, 'vggish'), build.FINGERPRINT_FILE)
+  info = json.load(open(info_path))
+  del info['records']
+  json.dump(info, open(info_path, 'w'))
+  build.ensure_built(root, copy, ['vggish'])  # still up to date: same digest
+  assert 'records' not in build.build_info(copy, 'vggish')
+  with caplog.at_level('INFO'):
+    again = build.load_feature_set(copy, 'vggish')
+  assert 'no record index' in caplog.text
+  for split, vs in loaded['vggish'].items():
+    assert [v['id'] for v in again[split]] == [v['id'] for v in vs]
+    for a, b in zip(again[split], vs):
+      np.testing.assert_array_equal(a['features'], b['features'])
 
 
 def test_concurrent_builds_of_one_set(tree, tmp_path):

@@ -1,7 +1,8 @@
 """Builds the tfds dataset of a MuSe tree once, rebuilds it when the tree changes, loads it fast.
 
-Every training run calls `ensure_built(root, data_dir, sets)` then `load_feature_set(data_dir,
-name)` per set: parsing thousands of CSVs happens once per tree, not once per run.
+Every training run calls `ensure_built(root, data_dir, sets)` then reads each set video by video
+(`FeatureSet`) or whole (`load_feature_set`): parsing thousands of CSVs happens once per tree, not
+once per run.
 
   python -m muse_jax.data.build --root ROOT --data_dir DIR [--features egemaps,fasttext]
 
@@ -10,10 +11,14 @@ fingerprint of its sources: the absolute root, and path, size and mtime of parti
 label file and every file of that feature folder. A different fingerprint (a file edited, added
 or removed, another root, a newer reader policy) rebuilds that set, with a log line saying why.
 Other sets' sources are not part of it, so adding a feature folder never rebuilds the others.
+
+The same file holds the build's record index (`records`: split -> [[id, rows], ...] in record
+order): tfds stores videos in its own order, so reading one video by id needs it.
 """
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -112,8 +117,10 @@ def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
     if builder.error is not None:  # tfds rewraps and prefixes exceptions; give the user ours
       raise MuseError(builder.error) from None
     raise
-  info = dict(fp, built_s=round(time.time() - t0, 3), dim=dim, stats=builder.stats)
   path = builder_dir(data_dir, name)
+  records = record_index(tfds.builder_from_directory(path).as_data_source())
+  info = dict(fp, built_s=round(time.time() - t0, 3), dim=dim, stats=builder.stats,
+              records=records)
   tmp = os.path.join(path, FINGERPRINT_FILE + '.tmp')
   with open(tmp, 'w') as f:
     json.dump(info, f)
@@ -177,40 +184,93 @@ def built_feature_sets(data_dir: str) -> list:
                 key=reader.natural_key)
 
 
+def _video_dict(ex) -> dict:
+  vid = ex['id']
+  return {
+      'id': vid.decode() if isinstance(vid, bytes) else str(vid),
+      'timestamp': np.asarray(ex['timestamp'], np.int64),
+      'segment_id': np.asarray(ex['segment_id'], np.int32),
+      'features': np.asarray(ex['features'], np.float32),
+      'arousal': np.asarray(ex['arousal'], np.float32),
+      'valence': np.asarray(ex['valence'], np.float32),
+      'has_arousal': bool(ex['has_arousal']),
+      'has_valence': bool(ex['has_valence']),
+  }
+
+
+def record_index(sources) -> dict:
+  """{split: [[id, rows], ...]} in record order: one pass, one record in memory at a time."""
+  out = {}
+  for split, src in sources.items():
+    out[split] = []
+    for i in range(len(src)):
+      v = _video_dict(src[i])
+      out[split].append([v['id'], len(v['timestamp'])])
+  return out
+
+
+def _positions(records, sizes: dict):
+  """{split: {id: (record number, rows)}} from a record index; None if it does not fit `sizes`."""
+  try:
+    where = {split: {str(vid): (i, int(rows)) for i, (vid, rows) in enumerate(recs)}
+             for split, recs in records.items()}
+  except (AttributeError, TypeError, ValueError):
+    return None
+  return where if {s: len(w) for s, w in where.items()} == sizes else None
+
+
+class FeatureSet:
+  """A built feature set, read one video at a time (for sets too large to hold at once).
+
+  `ids(split)`: video ids in natural order; `rows(split, id)`: its frame count; `dim`: columns;
+  `read(split, id)`: the video dict (keys as `reader.read_video` plus `id`). Works in a fresh
+  process: the builder is restored from its directory, the config need not be declared.
+  """
+
+  def __init__(self, data_dir: str, name: str):
+    self.name, self.path = name, builder_dir(data_dir, name)
+    if not os.path.exists(os.path.join(self.path, 'dataset_info.json')):
+      built = built_feature_sets(data_dir)
+      raise MuseError(f'{self.path}: feature set {name!r} is not built (built: '
+                      f'{", ".join(built) or "none"}); run python -m muse_jax.data.build --root '
+                      f'ROOT --data_dir {data_dir} --features {name}')
+    builder = tfds.builder_from_directory(self.path)
+    self.dim = int(builder.info.features['features'].shape[1])
+    self._sources = builder.as_data_source()
+    info = build_info(data_dir, name) or {}
+    sizes = {split: len(src) for split, src in self._sources.items()}
+    self._where = _positions(info.get('records'), sizes)
+    if self._where is None:
+      t0 = time.time()
+      self._where = _positions(record_index(self._sources), sizes)
+      logging.info('%s: no record index in %s (built by an older version); indexed %d videos in '
+                   '%.1f s', name, FINGERPRINT_FILE, sum(sizes.values()), time.time() - t0)
+
+  def ids(self, split: str) -> list:
+    """Video ids of `split` in natural order ([] for a split without videos)."""
+    return sorted(self._where.get(split, {}), key=reader.natural_key)
+
+  def rows(self, split: str, vid: str) -> int:
+    return self._where[split][vid][1]
+
+  def read(self, split: str, vid: str) -> dict:
+    v = _video_dict(self._sources[split][self._where[split][vid][0]])
+    if v['id'] != vid or len(v['timestamp']) != self.rows(split, vid):
+      raise MuseError(f'{self.path}/{FINGERPRINT_FILE}: its record index does not match the data '
+                      f'({split} video {vid}); delete {self.path} to rebuild it')
+    return v
+
+
 def load_feature_set(data_dir: str, name: str) -> dict:
   """{split -> [video dict]} of a built set, videos in natural id order, numpy arrays.
 
-  Keys as `reader.read_video` plus `id` (str). Splits with no videos map to []. Works in a fresh
-  process: the builder is restored from its directory, the config need not be declared.
+  Keys as `reader.read_video` plus `id` (str). Splits with no videos map to [].
   """
-  path = builder_dir(data_dir, name)
-  if not os.path.exists(os.path.join(path, 'dataset_info.json')):
-    built = built_feature_sets(data_dir)
-    raise MuseError(f'{path}: feature set {name!r} is not built (built: '
-                    f'{", ".join(built) or "none"}); run python -m muse_jax.data.build --root ROOT '
-                    f'--data_dir {data_dir} --features {name}')
-  sources = tfds.builder_from_directory(path).as_data_source()
-  out = {}
+  fs = FeatureSet(data_dir, name)
   # Reads overlap with decoding in a few threads (array_record releases the GIL): ~1.5x faster.
   with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
-    examples = {split: list(pool.map(src.__getitem__, range(len(src))))
-                for split, src in sources.items()}
-  for split in reader.PARTITIONS:
-    videos = []
-    for ex in examples.get(split, []):
-      vid = ex['id']
-      videos.append({
-          'id': vid.decode() if isinstance(vid, bytes) else str(vid),
-          'timestamp': np.asarray(ex['timestamp'], np.int64),
-          'segment_id': np.asarray(ex['segment_id'], np.int32),
-          'features': np.asarray(ex['features'], np.float32),
-          'arousal': np.asarray(ex['arousal'], np.float32),
-          'valence': np.asarray(ex['valence'], np.float32),
-          'has_arousal': bool(ex['has_arousal']),
-          'has_valence': bool(ex['has_valence']),
-      })
-    out[split] = sorted(videos, key=lambda v: reader.natural_key(v['id']))
-  return out
+    return {split: list(pool.map(functools.partial(fs.read, split), fs.ids(split)))
+            for split in reader.PARTITIONS}
 
 
 def main(argv=None) -> int:
