@@ -13,6 +13,7 @@ come from a short ladder of bucket lengths.
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Iterator
 
 from absl import logging
@@ -126,56 +127,126 @@ def _join_grid(vid, per_set):
   return n
 
 
-def load_videos(config) -> tuple:
-  """Loads and joins the configured feature sets, then the fusion runs' predictions.
+def load_videos(config, spill_dir: str | None = None, spill_over: float | None = None) -> tuple:
+  """Reads and joins the configured feature sets, then the fusion runs' predictions, by video.
 
-  Returns ({split: [Video]}, dims): features not yet normalised; dims per input name.
+  Returns ({split: [Video]}, dims): features not yet normalised; dims per input name. Only one
+  video's raw arrays are in memory at a time. With `spill_dir`, when the joined inputs would take
+  more than `spill_over` bytes (None: always), each video's x is written to a file there as it is
+  made, and becomes a view of that file mapped into memory (see `_Spill`): loading then holds about
+  one video, and training pages in what batches touch instead of pinning the whole set.
   """
   root, data_dir = ensure_built(config)
-  loaded = {name: build.load_feature_set(data_dir, name)
-            for name in parse_list(config.feature_sets)}
+  sets = {name: build.FeatureSet(data_dir, name) for name in parse_list(config.feature_sets)}
   targets = parse_list(config.targets)
   runs = fusion_runs(config)
+  predicted = {}
   if runs:  # late fusion: labels and grid from a built set, one column per (run, target)
-    grid_set = fusion.grid_feature_set(runs, list(loaded))
-    grid = loaded.get(grid_set) or build.load_feature_set(data_dir, grid_set)
-    loaded.update(fusion.load_runs(runs, targets, root, grid))
-  sets = list(loaded)  # input sources, in column order
-  dims = []
-  for name in sets:
-    some = next((vs[0] for vs in loaded[name].values() if vs), None)
-    dims.append(int(some['features'].shape[1]) if some is not None else 0)
-  dims += [1] if config.add_segment_id else []
+    grid_set = fusion.grid_feature_set(runs, list(sets))
+    grid = sets.get(grid_set) or build.FeatureSet(data_dir, grid_set)
+    predicted = fusion.load_runs(runs, targets, root, _grid_videos(grid))
+  names = list(sets) + list(predicted)  # input sources, in column order
+  dims = [sets[n].dim for n in sets] + [1] * len(predicted) + ([1] if config.add_segment_id else [])
+  predicted = {name: {split: {v['id']: v for v in vs} for split, vs in by_split.items()}
+               for name, by_split in predicted.items()}
+
+  def ids(name, split):
+    return sets[name].ids(split) if name in sets else list(predicted[name].get(split, {}))
+
+  def rows(name, split, vid):
+    return (sets[name].rows(split, vid) if name in sets
+            else len(predicted[name][split][vid]['timestamp']))
+
+  order = {}
+  for split in SPLITS:
+    order[split] = ids(names[0], split)
+    for name in names[1:]:
+      if set(ids(name, split)) != set(order[split]):
+        diff = sorted(set(ids(name, split)) ^ set(order[split]))[:5]
+        raise MuseError(f'{split}: feature sets {names[0]} and {name} hold different videos '
+                        f'(e.g. {diff}); rebuild or fix the tree')
+  if not order['train']:
+    raise MuseError(f'{root}: the train partition has no videos (metadata/partition.csv)')
+  spill = None
+  if spill_dir is not None:
+    # The joined length of a video is its shortest source (_join_grid): the exact size up front.
+    total = sum(min(rows(n, split, vid) for n in names) for split in SPLITS for vid in order[split])
+    if spill_over is None or total * sum(dims) * 4 > spill_over:
+      spill = _Spill(spill_dir, total, sum(dims))
   out = {}
   for split in SPLITS:
-    # Popped as they are joined: each video's raw arrays are freed once its joined copy exists,
-    # so peak memory is one copy of the data plus one video, not two copies.
-    by_set = {name: {v['id']: v for v in loaded[name].pop(split, [])} for name in sets}
-    ids = list(by_set[sets[0]])
-    for name in sets[1:]:
-      if set(by_set[name]) != set(ids):
-        diff = sorted(set(by_set[name]) ^ set(ids))[:5]
-        raise MuseError(f'{split}: feature sets {sets[0]} and {name} hold different videos '
-                        f'(e.g. {diff}); rebuild or fix the tree')
     videos = []
-    for vid in ids:
-      per_set = {name: by_set[name].pop(vid) for name in sets}
+    for vid in order[split]:
+      per_set = {name: sets[name].read(split, vid) if name in sets else predicted[name][split][vid]
+                 for name in names}
       n = _join_grid(vid, per_set)
-      first = per_set[sets[0]]
-      cols = [per_set[name]['features'][:n] for name in sets]
+      first = per_set[names[0]]
+      cols = [per_set[name]['features'][:n] for name in names]
       if config.add_segment_id:
         cols.append(first['segment_id'][:n, None].astype(np.float32))
       y = np.stack([np.asarray(first[t][:n], np.float32) for t in targets], axis=1)
       has = all(bool(first[f'has_{t}']) for t in targets)
       if not has:
         y[:] = np.nan
+      x = np.concatenate(cols, axis=1).astype(np.float32, copy=False)
+      if spill:
+        spill.write(x)
+        x = None  # set by spill.map
       videos.append(Video(vid, np.asarray(first['timestamp'][:n]),
-                          np.asarray(first['segment_id'][:n]),
-                          np.concatenate(cols, axis=1).astype(np.float32), y, has))
+                          np.asarray(first['segment_id'][:n]), x, y, has))
     out[split] = videos
-  if not out['train']:
-    raise MuseError(f'{root}: the train partition has no videos (metadata/partition.csv)')
+  if spill:
+    spill.map([v for split in SPLITS for v in out[split]])
   return out, dims
+
+
+def _grid_videos(grid: build.FeatureSet) -> dict:
+  """A set's videos without their features (late fusion needs only its labels and grid)."""
+  out = {}
+  for split in SPLITS:
+    out[split] = []
+    for vid in grid.ids(split):
+      v = grid.read(split, vid)
+      v['features'] = v['features'][:, :0]  # drops the reference: the columns are freed here
+      out[split].append(v)
+  return out
+
+
+class _Spill:
+  """Joined inputs written to one file as they are made, then mapped: `v.x` stays a numpy array
+  (a view of the map), so windows, batches and evaluation work unchanged, and the OS pages the
+  data in as it is touched instead of pinning it in memory. For sets too large to hold, e.g.
+  deepspectrum (4096-d) over all of MuSe-CaR. The file is unlinked as soon as it is open: it
+  disappears with the process, even after a kill -9."""
+
+  def __init__(self, folder: str, rows: int, dim: int):
+    os.makedirs(folder, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix='.inputs.', suffix='.f32', dir=folder)
+    os.unlink(path)
+    self.file, self.folder, self.rows, self.dim, self.lengths = os.fdopen(fd, 'w+b'), folder, \
+        rows, dim, []
+
+  def write(self, x: np.ndarray) -> None:
+    """Appends one video's x (its view is set by `map`)."""
+    assert x.dtype == np.float32 and x.shape[1] == self.dim, (x.dtype, x.shape, self.dim)
+    x.tofile(self.file)
+    self.lengths.append(len(x))
+
+  def map(self, videos: list) -> None:
+    """Sets each video's x to its rows of the mapped file; `videos` in the order written."""
+    rows = sum(self.lengths)
+    assert rows == self.rows and [len(v.timestamp) for v in videos] == self.lengths
+    self.file.flush()
+    mm = (np.memmap(self.file, np.float32, 'r+', shape=(rows, self.dim)) if rows
+          else np.zeros((0, self.dim), np.float32))
+    self.file.close()  # the map keeps the data
+    start = 0
+    for v in videos:
+      n = len(v.timestamp)
+      v.x = mm[start:start + n]
+      start += n
+    logging.info('inputs (%.1f GiB) written to a memory-mapped file in %s',
+                 rows * self.dim * 4 / 2**30, self.folder)
 
 
 def ensure_built(config) -> tuple:
@@ -271,7 +342,10 @@ def normalize(config, videos: dict, stats: NormStats) -> dict:
                           'config.nan_policy is error; fix the file, or set '
                           '--config.nan_policy=zero to replace such cells by the train mean')
         n_cells, n_videos = n_cells + int(bad.sum()), n_videos + 1
-      v.x = np.where(bad, 0.0, stats.apply(v.x)).astype(np.float32)
+      # In place: inputs mapped from disk stay in the map instead of being copied into memory.
+      np.subtract(v.x, stats.mean, out=v.x)
+      np.divide(v.x, stats.std, out=v.x)
+      v.x[bad] = 0.0
   if n_cells:
     logging.info('NaN policy zero: %d non-finite input cells in %d videos set to 0 after '
                  'normalisation (= the train mean)', n_cells, n_videos)
@@ -285,36 +359,6 @@ def train_windows(config, videos) -> 'Windows':
     n = max(len(v.x) for v in videos)
     return make_windows(videos, n, n)
   return make_windows(videos, config.win_len, config.hop_len)
-
-
-def inputs_bytes(videos: dict) -> int:
-  return sum(v.x.nbytes for vs in videos.values() for v in vs)
-
-
-def spill_to_disk(videos: dict, folder: str) -> None:
-  """Moves every video's inputs into one memory-mapped float32 file under `folder`.
-
-  For feature sets too large to hold (e.g. deepspectrum, 4096-d, over all of MuSe-CaR): `v.x`
-  stays a numpy array (a view of the map), so windows, batches and evaluation work unchanged,
-  while the OS pages the data in as batches touch it instead of pinning it in memory. The file
-  is unlinked right after mapping, so it disappears with the process, even after a kill -9.
-  """
-  total = sum(len(v.x) for vs in videos.values() for v in vs)
-  d = next(v.x.shape[1] for vs in videos.values() for v in vs)
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f'.inputs.{os.getpid()}.f32')
-  mm = np.memmap(path, np.float32, 'w+', shape=(max(total, 1), d))
-  os.unlink(path)
-  row = 0
-  for vs in videos.values():
-    for v in vs:
-      n = len(v.x)
-      mm[row:row + n] = v.x
-      v.x = mm[row:row + n]  # the in-memory copy is freed here
-      row += n
-  mm.flush()
-  logging.info('inputs (%.1f GiB) spilled to a memory-mapped file in %s', total * d * 4 / 2**30,
-               folder)
 
 
 @dataclasses.dataclass

@@ -345,7 +345,10 @@ def prepare_data(config, workdir, fit_stats: bool):
     if jax.process_index() == 0:
       ip.ensure_built(config)
     multihost_utils.sync_global_devices('muse_jax dataset built')
-  videos, dims = ip.load_videos(config)
+  # Large inputs go to an unlinked file in the workdir as they are read, never all into memory.
+  spill_dir = None if config.inputs_on_disk == 'no' else workdir
+  spill_over = 0.25 * _physical_memory() if config.inputs_on_disk == 'auto' else None
+  videos, dims = ip.load_videos(config, spill_dir, spill_over)
   stats_path = os.path.join(workdir, 'norm_stats.npz')
   if fit_stats and not os.path.exists(stats_path):
     stats = ip.compute_stats(config, videos['train'], dims)
@@ -354,10 +357,6 @@ def prepare_data(config, workdir, fit_stats: bool):
   else:
     stats = ip.NormStats.load(stats_path)
   ip.normalize(config, videos, stats)
-  size = ip.inputs_bytes(videos)
-  if config.inputs_on_disk == 'yes' or (config.inputs_on_disk == 'auto' and
-                                        size > 0.25 * _physical_memory()):
-    ip.spill_to_disk(videos, workdir)
   return videos, dims
 
 

@@ -138,3 +138,28 @@ def test_inputs_spilled_to_disk_train_identically(tiny_tree, tmp_path):
   videos, _ = train.prepare_data(config, str(tmp_path / 'disk'), fit_stats=False)
   assert isinstance(videos['train'][0].x, np.memmap)
   assert not [f for f in os.listdir(tmp_path / 'disk') if f.startswith('.inputs')]  # unlinked
+
+
+def test_load_videos_spilled_equals_in_memory(tiny_tree, tmp_path):
+  """Spilled inputs: the same arrays, views of one mapped file that no longer has a name, and
+  normalisation keeps them there."""
+  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), add_segment_id=True)
+  in_ram, dims = ip.load_videos(config)
+  spill = str(tmp_path / 'spill')
+  on_disk, dims2 = ip.load_videos(config, spill_dir=spill)
+  assert dims2 == dims
+  assert not os.listdir(spill)  # unlinked
+  kept, _ = ip.load_videos(config, spill_dir=spill, spill_over=1 << 40)  # under the threshold
+  assert not isinstance(kept['train'][0].x, np.memmap)
+  stats = ip.compute_stats(config, in_ram['train'], dims)
+  for videos in (in_ram, on_disk):
+    ip.normalize(config, videos, stats)
+  for split in ip.SPLITS:
+    assert [v.id for v in on_disk[split]] == [v.id for v in in_ram[split]]
+    for a, b in zip(on_disk[split], in_ram[split]):
+      assert isinstance(a.x, np.memmap) and a.x.shape == b.x.shape
+      np.testing.assert_array_equal(a.x, b.x)
+      np.testing.assert_array_equal(a.y, b.y)
+      np.testing.assert_array_equal(a.timestamp, b.timestamp)
+  first = on_disk['train'][0].x
+  assert first.base is on_disk['test'][-1].x.base  # one map for every split
