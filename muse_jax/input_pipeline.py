@@ -13,6 +13,7 @@ come from a short ladder of bucket lengths.
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from typing import Iterator
 
@@ -207,7 +208,7 @@ def _grid_videos(grid: build.FeatureSet) -> dict:
     out[split] = []
     for vid in grid.ids(split):
       v = grid.read(split, vid)
-      v['features'] = v['features'][:, :0]  # drops the reference: the columns are freed here
+      del v['features']  # freed here: fusion.load_runs sets its own
       out[split].append(v)
   return out
 
@@ -220,16 +221,30 @@ class _Spill:
   disappears with the process, even after a kill -9."""
 
   def __init__(self, folder: str, rows: int, dim: int):
-    os.makedirs(folder, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix='.inputs.', suffix='.f32', dir=folder)
-    os.unlink(path)
-    self.file, self.folder, self.rows, self.dim, self.lengths = os.fdopen(fd, 'w+b'), folder, \
-        rows, dim, []
+    self.folder, self.rows, self.dim, self.lengths = folder, rows, dim, []
+    try:
+      os.makedirs(folder, exist_ok=True)
+      free = shutil.disk_usage(folder).free
+      if free < rows * dim * 4:
+        self._fail(f'{free / 2**30:.1f} GiB free, {rows * dim * 4 / 2**30:.1f} GiB needed')
+      fd, path = tempfile.mkstemp(prefix='.inputs.', suffix='.f32', dir=folder)
+      os.unlink(path)
+    except OSError as e:
+      self._fail(e.strerror or str(e))
+    self.file = os.fdopen(fd, 'w+b')
+
+  def _fail(self, why: str):
+    raise MuseError(f'{self.folder}: cannot hold the inputs on disk ({why}); free space there, '
+                    'use another workdir or set --config.inputs_on_disk=no')
 
   def write(self, x: np.ndarray) -> None:
     """Appends one video's x (its view is set by `map`)."""
     assert x.dtype == np.float32 and x.shape[1] == self.dim, (x.dtype, x.shape, self.dim)
-    x.tofile(self.file)
+    try:
+      self.file.write(memoryview(np.ascontiguousarray(x)))
+    except OSError as e:
+      self.file.close()
+      self._fail(e.strerror or str(e))
     self.lengths.append(len(x))
 
   def map(self, videos: list) -> None:

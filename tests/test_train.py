@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -163,3 +164,10 @@ def test_load_videos_spilled_equals_in_memory(tiny_tree, tmp_path):
       np.testing.assert_array_equal(a.timestamp, b.timestamp)
   first = on_disk['train'][0].x
   assert first.base is on_disk['test'][-1].x.base  # one map for every split
+
+
+def test_inputs_on_disk_without_space_is_one_line_error(tiny_tree, tmp_path, monkeypatch):
+  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'))
+  monkeypatch.setattr(ip.shutil, 'disk_usage', lambda path: types.SimpleNamespace(free=1000))
+  with pytest.raises(MuseError, match=r'spill: cannot hold the inputs on disk \(0.0 GiB free'):
+    ip.load_videos(config, spill_dir=str(tmp_path / 'spill'))
