@@ -240,6 +240,21 @@ def test_build_without_record_index_still_loads(tree, built, tmp_path, caplog):
       np.testing.assert_array_equal(a['features'], b['features'])
 
 
+def test_large_split_builds_without_tensorflow(tree, built, tmp_path, monkeypatch):
+  """Splits over tfds' 1 GB in-memory buffer go through its bucket files (here: every split)."""
+  from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
+  root, _ = tree
+  data_dir, loaded = built
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 1)
+  build.ensure_built(root, str(tmp_path / 'd'), ['egemaps'])
+  again = build.load_feature_set(str(tmp_path / 'd'), 'egemaps')
+  for split, vs in loaded['egemaps'].items():
+    assert [v['id'] for v in again[split]] == [v['id'] for v in vs]
+    for a, b in zip(again[split], vs):
+      np.testing.assert_array_equal(a['features'], b['features'])
+  assert not list((tmp_path / 'd').rglob('bucket_*'))
+
+
 def test_concurrent_builds_of_one_set(tree, tmp_path):
   root, _ = tree
   copy = small_copy(root, tmp_path, 'egemaps')

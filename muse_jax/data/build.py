@@ -111,7 +111,7 @@ def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
                              file_format='array_record')
   t0 = time.time()
   try:
-    with muse_car.uncompressed_writes():
+    with muse_car.uncompressed_writes(), muse_car.shuffle_buckets_without_tensorflow():
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
   except Exception:  # pylint: disable=broad-except
     if builder.error is not None:  # tfds rewraps and prefixes exceptions; give the user ours

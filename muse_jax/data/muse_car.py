@@ -9,12 +9,24 @@ Parsing and the policies for the quirks of real data live in `reader.py`. Use `b
 """
 import contextlib
 import dataclasses
+import errno
+import importlib.util
 import os
+import types
 
 from absl import logging
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+try:
+  import resource  # pylint: disable=g-import-not-at-top
+except ImportError:  # not POSIX
+  resource = None
+try:
+  from tensorflow_datasets.core import shuffle as _tfds_shuffle  # pylint: disable=g-import-not-at-top
+except ImportError:  # moved in another tfds version: see shuffle_buckets_without_tensorflow
+  _tfds_shuffle = None
 
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
@@ -60,6 +72,51 @@ def uncompressed_writes():
     yield
   finally:
     table[key] = old
+
+
+class _LocalGfile:
+  """The part of tf.io.gfile that tfds' shuffler uses, on local files."""
+
+  @staticmethod
+  def GFile(path, mode):  # pylint: disable=invalid-name
+    try:
+      return open(path, mode)
+    except OSError as e:  # 1000 bucket files are open at once: raise the soft limit, once
+      if e.errno != errno.EMFILE or resource is None:
+        raise
+      _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+      resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+      return open(path, mode)
+
+  exists = staticmethod(os.path.exists)
+  remove = staticmethod(os.remove)
+
+
+class _NeverRaised(Exception):
+  pass
+
+
+@contextlib.contextmanager
+def shuffle_buckets_without_tensorflow():
+  """Lets tfds build splits over 1 GB without TensorFlow installed.
+
+  tfds' writer keeps a split's examples in memory up to 1 GB, then moves them to temporary
+  bucket files through tf.io.gfile: without TensorFlow a large set (e.g. deepspectrum, 4096-d)
+  could not be built. While building, the shuffler's `tf` is a local-file stand-in; should that
+  internal move, nothing is patched (large builds then need TensorFlow, as before).
+  """
+  shuffle = _tfds_shuffle
+  if shuffle is None or not hasattr(shuffle, 'tf') or importlib.util.find_spec('tensorflow'):
+    yield
+    return
+  old = shuffle.tf
+  shuffle.tf = types.SimpleNamespace(io=types.SimpleNamespace(gfile=_LocalGfile),
+                                     errors=types.SimpleNamespace(
+                                         ResourceExhaustedError=_NeverRaised))
+  try:
+    yield
+  finally:
+    shuffle.tf = old
 
 
 def config_for(name: str, dim: int) -> MuseCarConfig:
