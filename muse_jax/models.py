@@ -142,16 +142,115 @@ class RNN(nn.Module):
     return x
 
 
+# Attention on CPU is memory-bound: the [B, heads, T, T] score tensor (1.3 GB at the paper's batch
+# 1024 x T 200) would be written and re-read many times in DRAM. Computed in blocks of about this
+# many score bytes (a few windows, or a few queries of one long video), every pass stays in cache:
+# ~3x faster fwd+bwd on CPU (benchmarks/RESULTS.md) and far less memory. On GPU/TPU the unblocked
+# form is faster (one big kernel instead of a loop), so 'auto' blocks on CPU only.
+ATTN_BLOCK_BYTES = 4 << 20
+
+
+def _attention_block(q, k, v, lengths, scale):
+  """Softmax(q k^T * scale, padded keys masked) v for one block; q [B, Tq, H, dh], k/v [B, T, H, dh].
+
+  Padded keys get the dtype's most negative value instead of -inf, so a fully padded row attends
+  uniformly (finite, later zeroed) instead of producing NaN as torch does.
+  """
+  s = jnp.einsum('bqhd,bkhd->bhqk', q * scale, k)
+  valid = length_mask(lengths, k.shape[1])[:, None, None, :]
+  p = jax.nn.softmax(jnp.where(valid, s, jnp.finfo(s.dtype).min), axis=-1)
+  return jnp.einsum('bhqk,bkhd->bqhd', p, v), p
+
+
+@jax.custom_vjp
+def _attend(q, k, v, lengths, scale):
+  return _attention_block(q, k, v, lengths, scale)[0]
+
+
+def _attend_fwd(q, k, v, lengths, scale):
+  y, p = _attention_block(q, k, v, lengths, scale)
+  return y, (q, k, v, lengths, p, scale)
+
+
+def _attend_bwd(res, dy):
+  """The softmax-attention gradient by hand: reads the weights p twice instead of autodiff's
+  chain of saved intermediates (fewer passes over the score-sized buffers)."""
+  q, k, v, lengths, p, scale = res
+  dv = jnp.einsum('bhqk,bqhd->bkhd', p, dy)
+  dp = jnp.einsum('bqhd,bkhd->bhqk', dy, v)
+  ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
+  ds = jnp.where(length_mask(lengths, k.shape[1])[:, None, None, :], ds, 0.0)  # masked: constant
+  dq = jnp.einsum('bhqk,bkhd->bqhd', ds, k) * scale
+  dk = jnp.einsum('bhqk,bqhd->bkhd', ds, q * scale)
+  return dq, dk, dv, None, None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+  return max(c for c in range(1, max(1, min(n, at_most)) + 1) if n % c == 0)
+
+
+def dot_product_attention(q, k, v, lengths, *, dropout_rate: float = 0.0, dropout_rng=None,
+                          block_bytes='auto'):
+  """Multi-head attention core, q/k/v [B, T, H, dh] -> [B, T, H, dh]; padded keys are masked.
+
+  block_bytes: 'auto' (ATTN_BLOCK_BYTES on CPU, unblocked elsewhere), None (unblocked) or a
+  size. Blocks are groups of windows when one window's scores fit, else query blocks of one
+  window; each block is rematerialised in the backward pass instead of stored. Dropout on the
+  weights (dropout_rng given) uses plain autodiff, without it a hand-written gradient.
+  """
+  b, t, h, dh = q.shape
+  scale = jnp.asarray(1.0 / math.sqrt(dh), q.dtype)
+  drop = dropout_rng is not None and dropout_rate > 0.0
+
+  def block(q, k, v, lengths, rng):
+    if not drop:
+      return _attend(q, k, v, lengths, scale)
+    _, p = _attention_block(q, k, v, lengths, scale)
+    keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, p.shape)
+    return jnp.einsum('bhqk,bkhd->bqhd', jnp.where(keep, p / (1.0 - dropout_rate), 0.0), v)
+
+  if block_bytes == 'auto':
+    block_bytes = ATTN_BLOCK_BYTES if jax.default_backend() == 'cpu' else None
+  if block_bytes is None:
+    return block(q, k, v, lengths, dropout_rng)
+  block = jax.checkpoint(block)
+  row = h * t * t * q.dtype.itemsize
+  if row <= block_bytes:  # blocks of c windows: rows j, n + j, 2n + j, ... (keeps a sharded batch
+    c = _largest_divisor(b, block_bytes // row)  # axis whole on each device: no communication)
+    n = b // c
+    split = lambda a: jnp.moveaxis(a.reshape((c, n) + a.shape[1:]), 1, 0)
+    rngs = jax.random.split(dropout_rng, n) if drop else jnp.zeros((n,))
+    y = jax.lax.map(lambda a: block(*a[:4], a[4] if drop else None),
+                    (split(q), split(k), split(v), split(lengths), rngs))
+    return jnp.moveaxis(y, 0, 1).reshape(q.shape)
+  # Long windows (whole videos in evaluation): one window at a time, tq queries per block.
+  tq = max(1, min(t, block_bytes // (h * t * q.dtype.itemsize)))
+  nq = -(-t // tq)
+  qb = jnp.pad(q, ((0, 0), (0, nq * tq - t), (0, 0), (0, 0))).reshape(b, nq, tq, h, dh)
+  rngs = jax.random.split(dropout_rng, (b, nq)) if drop else jnp.zeros((b, nq))
+
+  def one_window(a):
+    qw, kw, vw, lw, rw = a
+    return jax.lax.map(lambda c: block(c[0][None], kw[None], vw[None], lw[None],
+                                       c[1] if drop else None)[0], (qw, rw))
+
+  y = jax.lax.map(one_window, (qb, k, v, lengths, rngs))
+  return y.reshape(b, nq * tq, h, dh)[:, :t]
+
+
 class AttentionLayer(nn.Module):
   """LayerNorm(x + Dropout(MHA(x, x, x))), numerically torch's nn.MultiheadAttention.
 
-  Padded keys are masked with the dtype's most negative value instead of -inf, so a fully padded
-  row attends uniformly (finite, later zeroed) instead of producing NaN as torch does. Dropout hits
-  the attention weights and the attention output, as in torch's TransformerEncoderLayer.
+  Dropout hits the attention weights and the attention output, as in torch's
+  TransformerEncoderLayer. `block_bytes`: see dot_product_attention.
   """
   d: int
   n_heads: int
   dropout: float = 0.0
+  block_bytes: Any = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -160,11 +259,9 @@ class AttentionLayer(nn.Module):
     qkv = nn.Dense(3 * self.d, kernel_init=nn.initializers.xavier_uniform(),
                    bias_init=nn.initializers.zeros, name='in_proj')(x)
     q, k, v = (a.reshape(b, t, self.n_heads, dh) for a in jnp.split(qkv, 3, axis=-1))
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q / math.sqrt(dh), k)
-    key_valid = length_mask(lengths, t)[:, None, None, :]
-    scores = jnp.where(key_valid, scores, jnp.finfo(scores.dtype).min)
-    weights = nn.Dropout(self.dropout)(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
-    y = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, t, self.d)
+    rng = None if deterministic or self.dropout == 0.0 else self.make_rng('dropout')
+    y = dot_product_attention(q, k, v, lengths, dropout_rate=self.dropout, dropout_rng=rng,
+                              block_bytes=self.block_bytes).reshape(b, t, self.d)
     y = _torch_dense(d, self.d, 'out_proj', bias_init=nn.initializers.zeros)(y)
     y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
     return nn.LayerNorm(epsilon=1e-5, name='norm')(x + y)
