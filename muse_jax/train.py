@@ -427,6 +427,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, loss, finite = train_step(state, shard(batch, mesh), keys, active)
       step_losses.append(loss)
       step_finite.append(finite)
+      if len(step_losses) > 2:  # dispatch is async: without this the host queues every batch
+        step_losses[-3].block_until_ready()
     step_losses, step_finite = to_host(jnp.stack(step_losses)), to_host(jnp.stack(step_finite))
     if not step_finite.all():
       bad_step, bad_seed = map(int, np.argwhere(~step_finite)[0])
