@@ -47,10 +47,12 @@ def ensure_built(root, features) -> str:
 
 def subset_tree(root: str, fraction: float) -> str:
   """A tree with the first `fraction` of each partition's videos: symlinked data, own
-  partition.csv (so it is a different root with its own build)."""
+  partition.csv (so it is a different root with its own build); one folder per (tree, fraction)."""
   if fraction >= 1:
     return root
-  out = os.path.join(WORK, f'tree_subset_{fraction:g}')
+  base = os.path.basename(os.path.normpath(root))
+  out = os.path.join(WORK, f'tree_subset_{fraction:g}' if base == 'tree_full'
+                     else f'{base}_subset_{fraction:g}')
   os.makedirs(os.path.join(out, 'metadata'), exist_ok=True)
   link = os.path.join(out, 'c1_muse_wild')
   if not os.path.exists(link):

@@ -1,18 +1,24 @@
-"""Peak memory of a training run on a full-scale tree, and what a 4096-d feature set would need.
+"""Peak memory of a training run per stage, and what a 4096-d feature set needs.
 
-  python benchmarks/memory_bench.py [--root TREE] [--epochs 1] [--config configs/valence.py]
+  python benchmarks/memory_bench.py [--root TREE] [--fraction F] [--features a,b] [--epochs 1]
+      [--config configs/valence.py] [--inputs_on_disk auto|yes|no] [--batch_size N] [--data_only]
 
-Trains the paper's config (configs/valence.py: egemaps + fasttext + segment id, batch 1024,
-windows 200 / hop 100) for --epochs epochs in a child process on the full-scale demo tree (290
-videos, ~560k frames like MuSe-CaR; written once under $TMPDIR/muse_jax_bench, as data_bench.py
-does) and reports:
+Trains a config (default configs/valence.py, the paper's: egemaps + fasttext + segment id, batch
+1024, windows 200 / hop 100) for --epochs epochs in a child process, by default on the full-scale
+demo tree (290 videos, ~560k frames like MuSe-CaR; written once under $TMPDIR/muse_jax_bench, as
+data_bench.py does), else on --root (with --fraction: the first share of each partition's videos,
+benchmarks/common.py subset_tree), with --features / --inputs_on_disk / --batch_size overriding
+the config; --data_only stops after the data stages. Reports:
   * the child's peak resident memory (ru_maxrss from wait4);
   * per stage, from a sampler thread in the child (10 ms) and the kernel's high-water mark: the
-    peak while in the stage and what stays resident after it. Stages: imports; data = load + join,
-    train statistics, normalise, windows; training = the epochs' steps (compilation included),
-    the per-epoch devel evaluation, the final evaluation of every split and the outputs.
+    peak while in the stage and what stays resident after it, and the peak of anonymous memory
+    (resident minus file-backed pages: inputs on disk are file pages of their map, which count
+    in RSS once touched but are page cache the kernel can write back and drop). Stages: imports;
+    data = load + join, train statistics, normalise, windows; training = the epochs' steps
+    (compilation included), the per-epoch devel evaluation, the final evaluation of every split
+    and the outputs.
 Then it checks an arithmetic model of the data stages (bytes per frame and column) against the
-measurement, and applies it to a set the tree does not hold: deepspectrum, 4096-d.
+measurement, and applies it to deepspectrum (4096-d) over all of MuSe-CaR.
 """
 # Imports inside functions: the child measures them as its first stage.
 # pylint: disable=g-import-not-at-top,import-outside-toplevel
@@ -37,9 +43,11 @@ PAGE = os.sysconf('SC_PAGE_SIZE')
 # Child: one training run, memory sampled per stage.
 
 
-def _rss() -> int:
+def _rss(anon: bool = False) -> int:
+  """Resident bytes; anon: without file-backed and shared pages (statm: resident - shared)."""
   with open('/proc/self/statm') as f:
-    return int(f.read().split()[1]) * PAGE
+    fields = f.read().split()
+  return (int(fields[1]) - (int(fields[2]) if anon else 0)) * PAGE
 
 
 def _hwm() -> int:
@@ -56,6 +64,7 @@ class Stages:
 
   def __init__(self):
     self.stack, self.peak, self.after, self.seconds, self.order = ['imports'], {}, {}, {}, []
+    self.anon = {}  # peak anonymous memory per stage (sampled)
     self._lock = threading.Lock()
     self._t = {'imports': time.perf_counter()}
     self._hwm = {'imports': 0}
@@ -63,10 +72,11 @@ class Stages:
 
   def _sample(self):
     while True:
-      rss = _rss()
+      rss, anon = _rss(), _rss(anon=True)
       with self._lock:
         top = self.stack[-1]
         self.peak[top] = max(self.peak.get(top, 0), rss)
+        self.anon[top] = max(self.anon.get(top, 0), anon)
       time.sleep(0.01)
 
   def enter(self, name):
@@ -77,11 +87,12 @@ class Stages:
         self.order.append(name)
 
   def leave(self):
-    hwm, rss = _hwm(), _rss()
+    hwm, rss, anon = _hwm(), _rss(), _rss(anon=True)
     with self._lock:
       name = self.stack.pop()
       exact = hwm if hwm > self._hwm[name] else 0
       self.peak[name] = max(self.peak.get(name, 0), exact, rss)
+      self.anon[name] = max(self.anon.get(name, 0), anon)
       self.after[name] = rss
       self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - self._t[name]
 
@@ -152,10 +163,15 @@ def child(args):
   train.make_eval_step = _capture(train.make_eval_step, 'eval step (largest)', captured,
                                   bigger=lambda a: a[1]['x'].shape[0] * a[1]['x'].shape[1] ** 2)
 
-  config = config_util.load_config(args.config)
-  config.data_root, config.data_dir, config.num_epochs = args.root, args.data_dir, args.epochs
+  config = _config(args)
+  config.data_root, config.data_dir = args.root, args.data_dir
   t0 = time.perf_counter()
-  results = train.train_and_evaluate(config, args.workdir)
+  if args.data_only:
+    videos, _ = train.prepare_data(config, args.workdir, fit_stats=True)
+    ip.train_windows(config, videos['train'])
+    results = {'devel': {'mean_ccc': float('nan')}}
+  else:
+    results = train.train_and_evaluate(config, args.workdir)
   seconds = time.perf_counter() - t0
   xla = {}
   for slot, (fn, abstract, _) in captured.items():
@@ -165,7 +181,7 @@ def child(args):
                  'batch': list(abstract[1]['x'].shape)}
   print(json.dumps({
       'seconds': seconds, 'devel_ccc': results['devel']['mean_ccc'],
-      'order': stages.order, 'peak': stages.peak, 'after': stages.after,
+      'order': stages.order, 'peak': stages.peak, 'anon': stages.anon, 'after': stages.after,
       'stage_seconds': stages.seconds, 'hwm': _hwm(), 'devices': jax.device_count(), 'xla': xla}))
 
 
@@ -173,15 +189,18 @@ def child(args):
 # Parent: tree, build, child, arithmetic.
 
 
-def full_tree(features) -> str:
-  from muse_jax.data import demo
-  root = os.path.join(WORK, 'tree_full')
-  marker = os.path.join(root, demo.MARKER)
-  have = json.load(open(marker)) if os.path.exists(marker) else {}
-  if have.get('scale') != 'full' or not set(features) <= set(have.get('feature_sets', {})):
-    print(f'# writing the full-scale demo tree to {root} (once)', flush=True)
-    demo.make_tree(root, scale='full', seed=0, features=list(features))
-  return root
+def _config(a):
+  """The config with the command line's overrides."""
+  from muse_jax import config_util
+  config = config_util.load_config(a.config)
+  config.num_epochs = a.epochs
+  if a.features:
+    config.feature_sets = tuple(a.features.split(','))
+  if a.inputs_on_disk:
+    config.inputs_on_disk = a.inputs_on_disk
+  if a.batch_size:
+    config.batch_size = a.batch_size
+  return config
 
 
 def model_bytes(frames: int, train_frames: int, train_windows: int, dim: int, win: int,
@@ -189,10 +208,11 @@ def model_bytes(frames: int, train_frames: int, train_windows: int, dim: int, wi
   """Bytes of live arrays per stage, from the array shapes of input_pipeline and train.
 
   dim counts every input column (feature sets + segment id); f32 = 4 B, f64 = 8 B.
-    load + join: each set's arrays as loaded (all splits); every video's raw arrays are freed as
-                 its joined copy is made, so about frames x dim x 4 live at the peak (the
-                 allocator may keep freed pages resident: RSS can read up to twice that);
-    videos:      kept for the whole run: frames x dim x 4;
+    load + join: videos are read and joined one at a time, so the joined inputs plus one video:
+                 frames x dim x 4. With inputs on disk each joined video is written to the file
+                 as it is made: anonymous memory holds one video, the rest is page cache;
+    videos:      kept for the whole run: frames x dim x 4 (on disk: file pages of the map,
+                 resident once touched, dropped by the kernel under memory pressure);
     statistics:  accumulated video by video: videos + one video in float64 (negligible);
     windows:     spans into the videos, gathered per batch: nothing kept;
     training:    videos + one batch gathered from the videos and its device copy
@@ -221,8 +241,15 @@ def _windows(lengths, win, hop) -> int:
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--root', help='a MuSe-layout tree (default: the full-scale demo tree)')
+  ap.add_argument('--fraction', type=float, default=1.0,
+                  help="use this fraction of each partition's videos")
+  ap.add_argument('--features', default='', help='feature sets (default: the config\'s)')
   ap.add_argument('--config', default=os.path.join(REPO, 'configs', 'valence.py'))
+  ap.add_argument('--inputs_on_disk', choices=('auto', 'yes', 'no'),
+                  help="config.inputs_on_disk (default: the config's)")
+  ap.add_argument('--batch_size', type=int, default=0, help="default: the config's")
   ap.add_argument('--epochs', type=int, default=1)
+  ap.add_argument('--data_only', action='store_true', help='stop after the data stages')
   ap.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   ap.add_argument('--data_dir', help=argparse.SUPPRESS)
   ap.add_argument('--workdir', help=argparse.SUPPRESS)
@@ -230,20 +257,22 @@ def main():
   if a.child:
     return child(a)
 
-  from muse_jax import config_util
+  import common
   from muse_jax import input_pipeline as ip
   from muse_jax.data import build
-  config = config_util.load_config(a.config)
+  config = _config(a)
   sets = ip.parse_list(config.feature_sets)
-  root = os.path.abspath(a.root) if a.root else full_tree(sets)
-  data_dir = os.path.join(WORK, 'tfds')
+  root = common.subset_tree(common.full_tree(sets, a.root), a.fraction)
   t0 = time.perf_counter()
-  build.ensure_built(root, data_dir, sets)  # outside the child: a run normally finds it built
+  data_dir = common.ensure_built(root, sets)  # outside the child: a run normally finds it built
   print(f'# data built or up to date in {time.perf_counter() - t0:.1f} s', flush=True)
 
   workdir = tempfile.mkdtemp(prefix='memory_bench_', dir=WORK)
   cmd = [sys.executable, os.path.abspath(__file__), '--child', '--root', root, '--data_dir',
-         data_dir, '--workdir', workdir, '--config', a.config, '--epochs', str(a.epochs)]
+         data_dir, '--workdir', workdir, '--config', a.config, '--epochs', str(a.epochs),
+         '--features', a.features, '--batch_size', str(a.batch_size)]
+  cmd += (['--inputs_on_disk', a.inputs_on_disk] if a.inputs_on_disk else []) + (
+      ['--data_only'] if a.data_only else [])
   env = dict(os.environ, PYTHONUNBUFFERED='1')
   env.pop('XLA_FLAGS', None)
   t0 = time.perf_counter()
@@ -258,48 +287,55 @@ def main():
   maxrss = usage.ru_maxrss * 1024  # KiB on Linux
   shutil.rmtree(workdir, ignore_errors=True)
 
-  # Shapes of this tree, for the arithmetic.
-  info = {s: build.build_info(data_dir, s) for s in sets}
-  dims = {s: info[s]['dim'] for s in sets}
-  stats = info[sets[0]]['stats']
+  # Shapes of this tree, for the arithmetic (from the record index: nothing is loaded).
+  readers = {s: build.FeatureSet(data_dir, s) for s in sets}
+  stats = build.build_info(data_dir, sets[0])['stats']
   frames = sum(v['frames'] for v in stats.values())
   train_frames = stats['train']['frames']
-  loaded = build.load_feature_set(data_dir, sets[0])
-  lengths = [len(v['timestamp']) for v in loaded['train']]
-  del loaded
+  lengths = [readers[sets[0]].rows('train', v) for v in readers[sets[0]].ids('train')]
   n_win = _windows(lengths, config.win_len, config.hop_len)
   extra = 1 if config.add_segment_id else 0
-  d_in = sum(dims.values()) + extra
+  d_in = sum(r.dim for r in readers.values()) + extra
 
+  what = 'data stages only' if a.data_only else f'{a.epochs} epoch(s)'
   print(f'\nmemory_bench: {a.config} ({"+".join(sets)}, {d_in} input columns), batch '
-        f'{config.batch_size}, windows {config.win_len}/{config.hop_len}, {a.epochs} epoch(s) on '
-        f'{root}\n{frames} frames ({train_frames} train, {n_win} train windows); child '
+        f'{config.batch_size}, windows {config.win_len}/{config.hop_len}, inputs_on_disk '
+        f'{config.inputs_on_disk}, {what} on {root}\n{frames} frames ({train_frames} train, '
+        f'{n_win} train windows; inputs {frames * d_in * 4 / GIB:.2f} GiB); child '
         f'{got["seconds"]:.0f} s (wall {wall:.0f} s), {got["devices"]} device(s), devel CCC '
         f'{got["devel_ccc"]:.3f}')
   print(f'\npeak resident memory of the child (ru_maxrss): {maxrss / GIB:.2f} GiB')
   base = got['after']['imports']
-  print(f'{"stage (RSS)":34s} {"peak GiB":>9s} {"after GiB":>10s} {"seconds":>8s}')
+  print(f'{"stage (RSS)":34s} {"peak GiB":>9s} {"anon GiB":>9s} {"after GiB":>10s} '
+        f'{"seconds":>8s}')
   for name in got['order']:
-    if name == 'data':
+    if name == 'data' or name not in got['peak']:
       continue
     after, sec = got['after'].get(name), got['stage_seconds'].get(name)
-    print(f'{name:34s} {got["peak"].get(name, 0) / GIB:9.2f} '
+    print(f'{name:34s} {got["peak"][name] / GIB:9.2f} {got["anon"].get(name, 0) / GIB:9.2f} '
           f'{after / GIB if after else float("nan"):10.2f} '
           f'{sec if sec is not None else float("nan"):8.1f}')
-  print('(after = resident when the stage ends; freed heap is not always returned to the OS)')
-  print('\nXLA buffers of the compiled steps (memory_analysis):')
+  print('(peak: resident incl. file pages of mapped inputs; anon: without them; after = resident '
+        'when the stage ends; freed heap is not always returned to the OS)')
+  if got['xla']:
+    print('\nXLA buffers of the compiled steps (memory_analysis):')
   for slot, m in got['xla'].items():
     print(f'  {slot:28s} batch {m["batch"]}: temporaries {m["temp"] / GIB:.2f} GiB, arguments '
           f'{m["arguments"] / GIB:.2f} GiB, outputs {m["outputs"] / GIB:.3f} GiB')
   data_kept = got['after']['data: windows'] - base
   data_peak = max(v for k, v in got['peak'].items() if k.startswith('data'))
-  train_peak = max(v for k, v in got['peak'].items() if not k.startswith('data'))
+  data_anon = max(v for k, v in got['anon'].items() if k.startswith('data'))
   print(f'\nparts: imports + JAX runtime {base / GIB:.2f} GiB | data: peak '
-        f'{(data_peak - base) / GIB:.2f} GiB above imports (train statistics), '
-        f'{data_kept / GIB:.2f} GiB kept for training (videos + windows) | training: peak '
-        f'{(train_peak - base - data_kept) / GIB:.2f} GiB above the kept data')
+        f'{(data_peak - base) / GIB:.2f} GiB above imports, of it anonymous '
+        f'{(data_anon - got["anon"]["imports"]) / GIB:.2f} GiB; {data_kept / GIB:.2f} GiB kept '
+        'for training (videos + windows)', end='')
+  if a.data_only:
+    print()
+  else:
+    train_peak = max(v for k, v in got['peak'].items() if not k.startswith('data'))
+    print(f' | training: peak {(train_peak - base - data_kept) / GIB:.2f} GiB above the kept data')
 
-  step_temp = got['xla']['train step']['temp']
+  step_temp = got['xla']['train step']['temp'] if 'train step' in got['xla'] else 0
   model = model_bytes(frames, train_frames, n_win, d_in, config.win_len, config.batch_size,
                       step_temp)
   measured = {
@@ -307,16 +343,19 @@ def main():
       'videos (kept)': got['after']['data: normalise'] - base,
       'train statistics': got['peak']['data: train statistics'] - base,
       'windows (kept)': got['after']['data: windows'] - got['after']['data: normalise'],
-      'training': got['peak']['training: steps'] - base,
+      'training': got['peak'].get('training: steps', float('nan')) - base,
   }
-  print(f'\narithmetic model vs measured (above imports), {d_in} columns:')
+  print(f'\narithmetic model vs measured RSS (above imports), {d_in} columns:')
   for k, v in model.items():
-    print(f'  {k:22s} model {v / GIB:6.2f} GiB   measured {measured[k] / GIB:6.2f} GiB')
+    if k != 'training' or not a.data_only:
+      print(f'  {k:22s} model {v / GIB:6.2f} GiB   measured {measured[k] / GIB:6.2f} GiB')
 
   ratio = train_frames / frames
   big_frames = 560_000
   for label, dim in (('deepspectrum alone (4096 columns)', 4096),
                      ('deepspectrum + egemaps + fasttext + segment id', 4096 + 88 + 300 + 1)):
+    if a.data_only:
+      break
     m = model_bytes(big_frames, int(big_frames * ratio), int(n_win * big_frames / frames), dim,
                     config.win_len, config.batch_size, step_temp)
     worst = max(m.values()) + base
@@ -324,11 +363,13 @@ def main():
           f'windows {config.win_len}/{config.hop_len}:')
     for k, v in m.items():
       print(f'  {k:22s} {v / GIB:7.2f} GiB{"  > 24 GiB" if v + base > 24 * GIB else ""}')
-    print(f'  -> peak about {worst / GIB:.1f} GiB with the runtime: '
-          f'{"EXCEEDS" if worst > 24 * GIB else "fits in"} 24 GiB')
+    print(f'  -> peak about {worst / GIB:.1f} GiB with the runtime ({m["videos (kept)"] / GIB:.1f} '
+          'GiB of it page cache with inputs_on_disk)')
   print(json.dumps({'maxrss_gib': round(maxrss / GIB, 3),
                     'stages_peak_gib': {k: round(v / GIB, 3) for k, v in got['peak'].items()},
+                    'stages_anon_gib': {k: round(v / GIB, 3) for k, v in got['anon'].items()},
                     'xla_gib': {k: round(v['temp'] / GIB, 3) for k, v in got['xla'].items()}}))
+
 
 if __name__ == '__main__':
   main()
