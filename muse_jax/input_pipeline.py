@@ -418,14 +418,18 @@ def _mask(y, lengths):
 
 
 def train_batches(w: Windows, batch_size: int, seed: int, epoch: int,
-                  rows: int = 0) -> Iterator[dict]:
-  """One epoch of shuffled batches of `batch_size` windows, each padded to `rows` (>= batch_size,
-  e.g. a multiple of the device count) so every step has one shape. The order depends only on
-  (seed, epoch): a resumed run sees exactly the batches an uninterrupted one would, and the device
-  count changes only the padding."""
+                  multiple: int = 1) -> Iterator[dict]:
+  """One epoch of shuffled batches of `batch_size` windows, each padded with empty rows to a
+  multiple of `multiple` (the device count x micro-batches). The last, partial batch is padded
+  only to that multiple, not to a full batch: its size is the same every epoch, so a run
+  compiles at most two step shapes, and no step computes a batch's worth of empty rows (on a
+  small tree, whose windows fit in one batch, that was most of the work). The order depends only
+  on (seed, epoch): a resumed run sees exactly the batches an uninterrupted one would, and the
+  device count changes only the padding."""
   perm = np.random.default_rng([seed, epoch]).permutation(len(w.lengths))
   for b in range(0, len(perm), batch_size):
-    yield pad_batch(*w.gather(perm[b:b + batch_size]), max(rows, batch_size))
+    idx = perm[b:b + batch_size]
+    yield pad_batch(*w.gather(idx), -(-len(idx) // multiple) * multiple)
 
 
 def pad_batch(x, y, lengths, rows: int) -> dict:

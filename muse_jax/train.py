@@ -388,11 +388,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   windows = ip.train_windows(config, videos['train'])
   n_dev = mesh.devices.size
   unit = n_dev * micro_batches(config)  # rows split evenly over devices and micro-batches
-  rows = -(-config.batch_size // unit) * unit
-  logging.info('data: %s videos; %d train windows -> %d steps/epoch of %d rows on %d device(s); '
+  n_win = len(windows.lengths)
+  step_rows = sorted({-(-min(config.batch_size, n_win - b) // unit) * unit
+                      for b in range(0, n_win, config.batch_size)}, reverse=True)
+  logging.info('data: %s videos; %d train windows -> %d steps/epoch of %s rows on %d device(s); '
                'devel/test in %d/%d length buckets; seeds %s',
-               {s: len(v) for s, v in videos.items()}, len(windows.lengths),
-               -(-len(windows.lengths) // config.batch_size), rows, n_dev,
+               {s: len(v) for s, v in videos.items()}, n_win,
+               -(-n_win // config.batch_size), ' or '.join(map(str, step_rows)), n_dev,
                ip.num_eval_shapes(videos['devel']), ip.num_eval_shapes(videos['test']), seeds)
 
   model, tx, state = create_state(config, sum(dims), len(targets), seeds)
@@ -423,12 +425,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state.opt_state.hyperparams['learning_rate'] = replicate(lrs, mesh)
     active = replicate(np.array([t.active for t in trackers]), mesh)
     step_losses, step_finite = [], []
-    for batch in ip.train_batches(windows, config.batch_size, data_seed, epoch, rows):
+    for batch in ip.train_batches(windows, config.batch_size, data_seed, epoch, unit):
       state, loss, finite = train_step(state, shard(batch, mesh), keys, active)
       step_losses.append(loss)
       step_finite.append(finite)
-      if len(step_losses) > 2:  # dispatch is async: without this the host queues every batch
-        step_losses[-3].block_until_ready()
+      # Dispatch is async: without this the host would queue every batch of the epoch in memory.
+      # One step runs while the next batch is gathered.
+      if len(step_losses) > 1:
+        step_losses[-2].block_until_ready()
     step_losses, step_finite = to_host(jnp.stack(step_losses)), to_host(jnp.stack(step_finite))
     if not step_finite.all():
       bad_step, bad_seed = map(int, np.argwhere(~step_finite)[0])

@@ -40,8 +40,7 @@ def _one_step(mesh, batch_size=13):
   loss_fn = losses.get_loss('ccc')
   step = train.make_train_step(model, tx, loss_fn, None)
   n = mesh.devices.size
-  rows = -(-batch_size // n) * n
-  batch = train.shard(next(ip.train_batches(_synthetic_windows(), batch_size, 0, 0, rows)), mesh)
+  batch = train.shard(next(ip.train_batches(_synthetic_windows(), batch_size, 0, 0, n)), mesh)
   params = train.replicate(state.params, mesh)
 
   @jax.jit
@@ -132,6 +131,18 @@ def test_two_processes_train_together_like_one(tiny_tree, tmp_path):
     assert multi['devel'][t]['ccc'] == pytest.approx(single['devel'][t]['ccc'], abs=1e-4)
   # Only process 0 writes outputs: predictions exist once, from one writer.
   assert os.listdir(tmp_path / 'multi' / 'predictions' / 'arousal')
+
+
+def test_batches_are_padded_to_the_device_multiple_only():
+  """Full batches and the last, partial one are padded to the next multiple (devices x micro
+  batches), not the last one to a full batch; every window appears once per epoch."""
+  w = _synthetic_windows(n=20)
+  batches = list(ip.train_batches(w, 8, 0, 1, 3))
+  assert [len(b['lengths']) for b in batches] == [9, 9, 6]
+  assert [int((b['lengths'] > 0).sum()) for b in batches] == [8, 8, 4]
+  rows = np.concatenate([b['x'][b['lengths'] > 0] for b in batches])
+  x, _, _ = w.gather(np.arange(20))
+  assert sorted(map(bytes, rows)) == sorted(map(bytes, x))
 
 
 def test_micro_batches_give_the_whole_batch_gradient():
