@@ -21,7 +21,6 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from muse_jax import config_util  # pylint: disable=wrong-import-position
 from muse_jax import input_pipeline as ip  # pylint: disable=wrong-import-position
-from muse_jax import losses  # pylint: disable=wrong-import-position
 from muse_jax import train  # pylint: disable=wrong-import-position
 
 
@@ -39,18 +38,26 @@ def matmul_flops(n=2048, reps=5) -> float:
 
 
 def step_flops(config, d_in, n_targets) -> float:
-  model, tx, state = train.create_state(config, d_in, n_targets)
-  step = train.make_train_step(model, tx, losses.get_loss(config.loss), None)
-  b, t = config.batch_size, config.win_len
-  batch = {'x': jax.ShapeDtypeStruct((b, t, d_in), jnp.float32),
-           'y': jax.ShapeDtypeStruct((b, t, n_targets), jnp.float32),
-           'lengths': jax.ShapeDtypeStruct((b,), jnp.int32),
-           'mask': jax.ShapeDtypeStruct((b, t), jnp.bool_)}
-  s = config.num_seeds
-  cost = step.lower(state, batch, jax.ShapeDtypeStruct((s, 2), jnp.uint32),
-                    jax.ShapeDtypeStruct((s,), jnp.bool_)).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get('flops', 0.0)) if cost else 0.0
+  """Useful FLOPs of one train step of the Regressor, counted from its matmuls.
+
+  XLA's cost analysis is no help here: it counts a while loop's body once, not once per trip,
+  so the recurrence (and the CPU path's attention blocks) would be counted 1/T-th. Convention of
+  model-FLOPs utilisation: forward matmul FLOPs x 3 (backward = 2 x forward), minus the gradient
+  of the inputs, which training does not compute; padded rows and steps count (they are computed).
+  """
+  m, t = config.model, config.win_len
+  d, gates = m.d_rnn, {'lstm': 4, 'gru': 3}[m.rnn_type]
+  k = 2 if m.rnn_bi else 1
+  proj = 2 * t * d_in * d if d_in != d else 0
+  attn = m.attn_n_layers * (2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d)
+  rnn, width = 0, d
+  for _ in range(m.rnn_n_layers):
+    rnn += k * (2 * t * width * gates * d + 2 * t * d * gates * d)
+    width = k * d
+  head = 2 * t * width * m.d_out_fc + 2 * t * m.d_out_fc * n_targets
+  forward = proj + attn + rnn + head
+  input_grad = proj if proj else 2 * t * d * 3 * d * bool(m.attn_n_layers)
+  return float(config.batch_size * config.num_seeds * (3 * forward - input_grad))
 
 
 def main():

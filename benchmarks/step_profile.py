@@ -1,0 +1,187 @@
+"""Where a train step's time goes, and how fast its op shapes can run on this machine at all.
+
+  ./run.sh py benchmarks/step_profile.py [--batch 1024] [--win 200] [--seeds 1,5] [--trace DIR]
+
+The paper's model (388 inputs -> 64, attention 1 x 8 heads, biLSTM 64, head 64) on random data,
+forward + backward of the CCC loss, jitted, min of --repeat runs, all in one process:
+  * ablations: the full step with blocked (the CPU default) and unblocked attention, without
+    attention, with a unidirectional LSTM, and the full step with S vmapped seeds;
+  * their useful FLOPs (counted from the matmuls, jax_epoch.step_flops) per second, as a share of
+    a 2048^3 float32 matmul's FLOP/s: the target's yardstick; and a floor: those FLOPs at that
+    peak plus the step's transcendentals (LSTM gates, softmax exps; counted likewise) at the
+    machine's measured exp/tanh/logistic rate;
+  * ceilings: the step's own matmul shapes timed alone (the recurrence's h @ W_hh inside a
+    200-step scan, the input projection, the attention score products of one block): what share
+    of peak those shapes reach even with nothing else around them.
+--trace DIR also writes a jax.profiler trace of the full step and prints its 15 longest ops.
+"""
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from muse_jax import config_util  # pylint: disable=wrong-import-position
+from muse_jax import losses  # pylint: disable=wrong-import-position
+from muse_jax import models  # pylint: disable=wrong-import-position
+from jax_epoch import matmul_flops  # pylint: disable=wrong-import-position
+from jax_epoch import step_flops  # pylint: disable=wrong-import-position
+
+BLOCKS = models.ATTN_BLOCK_BYTES  # the CPU default
+
+
+def best_of(f, args, repeat):
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(repeat):
+    t = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - t)
+  return min(times)
+
+
+def counts(kw, a, seeds=1, blocked=True) -> tuple:
+  """(useful FLOPs, transcendentals) of one step: XLA's cost analysis counts loop bodies once,
+  so both are counted from the model's shapes. Transcendentals: 5 per LSTM cell output (3
+  logistic, 2 tanh) and one exp per attention score, twice when blocks are rematerialised."""
+  c = config_util.load_config('valence')
+  c.batch_size, c.win_len, c.num_seeds = a.batch, a.win, seeds
+  c.model.update(kw)
+  m, k = c.model, (2 if c.model.rnn_bi else 1)
+  trans = (5 * a.win * k * m.d_rnn * m.rnn_n_layers
+           + m.attn_n_layers * m.n_heads * a.win ** 2 * (2 if blocked else 1))
+  return step_flops(c, 388, 1), float(a.batch * seeds * trans)
+
+
+def model_step(kw, batch, seeds=1):
+  """Jitted value_and_grad of the CCC loss over `seeds` vmapped parameter sets, and its args."""
+  x, y, lengths = batch
+  model = models.Regressor(**kw)
+  keys = jax.random.split(jax.random.key(0), seeds)
+  params = jax.vmap(lambda k: model.init(k, x[:2], lengths[:2]))(keys)
+  mask = models.length_mask(lengths, x.shape[1])
+  loss = lambda p: losses.get_loss('ccc')(model.apply(p, x, lengths), y, mask)
+  return jax.jit(jax.vmap(jax.value_and_grad(loss))), (params,)
+
+
+def ceilings(a, peak, repeat):
+  """FLOP/s of the step's matmul shapes alone, as a share of peak."""
+  rng = np.random.default_rng(0)
+  arr = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  h, w = arr(2, a.batch, 64), arr(2, 64, 256)
+
+  def recurrence(h, w):  # a.win sequential steps of the biLSTM's hidden matmul
+    return jax.lax.scan(lambda c, _: (jnp.tanh(jnp.einsum('kbh,khg->kbg', c, w)[..., :64]), None),
+                        h, None, length=a.win)[0]
+
+  x, wi = arr(a.batch * a.win, 388), arr(388, 64)
+  c = 2  # windows per attention block at the default block size
+  q, k = arr(a.batch // c, c, a.win, 8, 8), arr(a.batch // c, c, a.win, 8, 8)
+
+  def scores(q, k):  # the score product of every block of a batch, one block at a time
+    return jax.lax.map(lambda qk: jnp.einsum('bqhd,bkhd->bhqk', *qk).max(), (q, k))
+
+  out = {}
+  for name, f, args, flops in [
+      ('recurrence h @ W_hh (scan)', recurrence, (h, w), 2 * 2 * a.batch * 64 * 256 * a.win),
+      ('input projection', lambda x, w: x @ w, (x, wi), 2 * a.batch * a.win * 388 * 64),
+      ('attention scores (blocks)', scores, (q, k), 2 * a.batch * 8 * a.win * a.win * 8)]:
+    s = best_of(jax.jit(f), args, repeat)
+    out[name] = {'s': round(s, 4), 'gflops_per_s': round(flops / s / 1e9, 1),
+                 'share_of_peak': round(flops / s / peak, 3)}
+  return out
+
+
+def transcendental_rate(repeat) -> float:
+  """exp / tanh / logistic evaluations per second over a 64M-element array (both cores)."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1 << 26,)), jnp.float32)
+  f = jax.jit(lambda x: jnp.exp(-x) + jnp.tanh(x) + jax.nn.sigmoid(x))
+  return 3 * x.size / best_of(f, (x,), repeat)
+
+
+def top_ops(trace_dir, n=15):
+  path = sorted(glob.glob(os.path.join(trace_dir, 'plugins/profile/*/*.trace.json.gz')))[-1]
+  events = json.load(gzip.open(path))['traceEvents']
+  total, count = collections.Counter(), collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X' and not e['name'].startswith(('$', 'Thunk', 'Slinky')):
+      total[e['name']] += e['dur']
+      count[e['name']] += 1
+  return [(name, round(us / 1e3, 1), count[name]) for name, us in total.most_common(n)]
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--batch', type=int, default=1024)
+  ap.add_argument('--win', type=int, default=200)
+  ap.add_argument('--seeds', default='1,5')
+  ap.add_argument('--repeat', type=int, default=3)
+  ap.add_argument('--trace', default='')
+  a = ap.parse_args()
+  rng = np.random.default_rng(0)
+  lengths = jnp.asarray(rng.integers(a.win // 2, a.win + 1, size=a.batch), jnp.int32)
+  batch = (jnp.asarray(rng.normal(size=(a.batch, a.win, 388)), jnp.float32),
+           jnp.asarray(rng.normal(size=(a.batch, a.win, 1)), jnp.float32), lengths)
+  peak = matmul_flops()
+  print(f'# matmul peak {peak / 1e9:.1f} GFLOP/s; batch {a.batch} x {a.win} x 388; '
+        f'{os.cpu_count()} cpus, jax {jax.__version__}', flush=True)
+
+  base = {}
+  variants = [('full, blocked attention (default)', base, 'auto'),
+              ('full, unblocked attention', base, None),
+              ('no attention', dict(attn_n_layers=0), None),
+              ('no attention, unidirectional LSTM', dict(attn_n_layers=0, rnn_bi=False), None)]
+  rows = []
+  for name, kw, blocks in variants:
+    flops, trans = counts(kw, a, blocked=blocks == 'auto')
+    models.ATTN_BLOCK_BYTES = BLOCKS if blocks == 'auto' else None
+    f, args = model_step(kw, batch)
+    s = best_of(f, args, a.repeat)
+    rows.append((name, s, flops, trans))
+  for n in [int(v) for v in a.seeds.split(',') if int(v) > 1]:
+    models.ATTN_BLOCK_BYTES = BLOCKS
+    f, args = model_step(base, batch, n)
+    rows.append((f'full, {n} seeds vmapped', best_of(f, args, a.repeat), n * rows[0][2],
+                 n * rows[0][3]))
+  models.ATTN_BLOCK_BYTES = BLOCKS
+  rate = transcendental_rate(a.repeat)
+  report = {'peak_gflops_per_s': round(peak / 1e9, 1), 'steps': [], 'ceilings': {},
+            'transcendentals_per_s': rate}
+  print(f'# transcendentals (exp, tanh, logistic): {rate / 1e9:.2f} G/s')
+  # floor: the step's matmul FLOPs at peak plus its transcendentals at the measured rate.
+  print(f'{"fwd+bwd of the CCC loss":38s} {"s":>6s} {"GFLOP":>6s} {"GFLOP/s":>8s} '
+        f'{"of peak":>8s} {"G transc.":>9s} {"floor s":>7s}')
+  for name, s, flops, trans in rows:
+    floor = flops / peak + trans / rate
+    print(f'{name:38s} {s:6.3f} {flops / 1e9:6.1f} {flops / s / 1e9:8.1f} {flops / s / peak:8.1%} '
+          f'{trans / 1e9:9.2f} {floor:7.3f}')
+    report['steps'].append({'name': name, 's': round(s, 4), 'gflop': round(flops / 1e9, 2),
+                            'share_of_peak': round(flops / s / peak, 3),
+                            'g_transcendentals': round(trans / 1e9, 3),
+                            'floor_s': round(floor, 4)})
+  report['ceilings'] = ceilings(a, peak, a.repeat)
+  for name, c in report['ceilings'].items():
+    print(f'ceiling: {name:32s} {c["s"]:7.3f} s {c["gflops_per_s"]:8.1f} GFLOP/s '
+          f'{c["share_of_peak"]:8.1%} of peak')
+  if a.trace:
+    f, args = model_step(base, batch)
+    jax.block_until_ready(f(*args))
+    with jax.profiler.trace(a.trace):
+      jax.block_until_ready(f(*args))
+    report['top_ops'] = top_ops(a.trace)
+    for name, ms, n in report['top_ops']:
+      print(f'op {name:40s} {ms:9.1f} ms  x{n}')
+  print(json.dumps(report))
+
+
+if __name__ == '__main__':
+  main()
