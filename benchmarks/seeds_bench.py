@@ -35,9 +35,9 @@ def main():
   common.tree_args(ap, epochs=3)
   ap.add_argument('--seeds', type=int, default=5)
   ap.add_argument('--batch', type=int, default=0, help='0 = the paper\'s 1024')
-  ap.add_argument('--micro_batch', type=int, default=256,
-                  help='gradient accumulation slice (bounds memory: 5 seeds x 1024 windows '
-                       'of attention do not fit in 24 GiB otherwise); 0 = whole batch')
+  ap.add_argument('--micro_batch', type=int, default=0,
+                  help='gradient accumulation slice (bounds memory); 0 = whole batch (5 seeds x '
+                       '1024 windows fit in 24 GiB since attention is computed in blocks)')
   a = ap.parse_args()
   feats = a.features.split(',')
   root = common.subset_tree(common.full_tree(feats, a.root), a.fraction)
