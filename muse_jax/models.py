@@ -227,8 +227,8 @@ def dot_product_attention(q, k, v, lengths, *, dropout_rate: float = 0.0, dropou
                     (split(q), split(k), split(v), split(lengths), rngs))
     return jnp.moveaxis(y, 0, 1).reshape(q.shape)
   # Long windows (whole videos in evaluation): one window at a time, tq queries per block.
-  tq = max(1, min(t, block_bytes // (h * t * q.dtype.itemsize)))
-  nq = -(-t // tq)
+  nq = -(-t // max(1, block_bytes // (h * t * q.dtype.itemsize)))
+  tq = -(-t // nq)  # equal blocks: 400 queries -> 2 x 200, not 327 + 73 padded to 2 x 327
   qb = jnp.pad(q, ((0, 0), (0, nq * tq - t), (0, 0), (0, 0))).reshape(b, nq, tq, h, dh)
   rngs = jax.random.split(dropout_rng, (b, nq)) if drop else jnp.zeros((b, nq))
 
