@@ -215,8 +215,8 @@ def model_bytes(frames: int, train_frames: int, train_windows: int, dim: int, wi
                  resident once touched, dropped by the kernel under memory pressure);
     statistics:  accumulated video by video: videos + one video in float64 (negligible);
     windows:     spans into the videos, gathered per batch: nothing kept;
-    training:    videos + one batch gathered from the videos and its device copy
-                 (2 x batch x win x dim x 4) + the XLA temporaries of the train step (`step_temp`,
+    training:    videos + two batches, the step's and the next one being gathered (one step is
+                 in flight at a time; 2 x batch x win x dim x 4) + the XLA temporaries of the train step (`step_temp`,
                  measured: mostly attention scores, batch x heads x win^2 x 4 B each, which do not
                  depend on dim; micro_batch_size divides them).
   """
