@@ -16,7 +16,7 @@ def get_config():
   c.feature_sets = ('egemaps',)   # early fusion: joined per frame, in this order
   c.normalize = 'all'             # z-normalise with train stats: 'all', 'none' or 'set1,set2'
   c.add_segment_id = False        # append segment_id as an extra input column
-  c.inputs_on_disk = 'auto'       # normalised inputs in a memory-mapped file instead of RAM:
+  c.inputs_on_disk = 'auto'       # inputs written to a memory-mapped file as read, not in RAM:
                                   # 'auto' (when over 1/4 of the machine's memory), 'yes', 'no'
   c.nan_policy = 'zero'           # NaN feature cells: 'zero' (0 after z-norm = train mean) | 'error'
   c.targets = ('valence',)        # one model predicts these jointly

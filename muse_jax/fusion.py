@@ -56,9 +56,10 @@ def grid_feature_set(runs: list, feature_sets: list) -> str:
 def load_runs(runs: list, targets: list, root: str, grid: dict) -> dict:
   """{input name: {split: [video dict]}} for every run and target, aligned to `grid`.
 
-  `grid` is a loaded feature set ({split: [video dict]}, `build.load_feature_set`); each result
-  video is its grid video with `features` = the run's predictions [T, 1]. Runs trained on another
-  tree, and missing or misaligned predictions, are errors naming the run, target and video.
+  `grid` is {split: [video dict]} of a built set (`build.load_feature_set`; `features` may be left
+  out); each result video is its grid video with `features` = the run's predictions [T, 1]. Runs
+  trained on another tree, and missing or misaligned predictions, are errors naming the run,
+  target and video.
   """
   root = os.path.realpath(root)
   out = {}

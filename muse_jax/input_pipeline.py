@@ -1,8 +1,8 @@
 """From the built tfds dataset to fixed-shape, masked batches.
 
-Stages, in order: load the configured feature sets (building them on first use) and, for late
-fusion, the predictions of `config.fusion_runs` (muse_jax.fusion) -> join them per video on the
-label grid (early fusion) -> z-normalise with train-partition statistics (kept in the
+Stages, in order: read the configured feature sets (building them on first use) and, for late
+fusion, the predictions of `config.fusion_runs` (muse_jax.fusion) -> join them video by video on
+the label grid (early fusion; large inputs go to a mapped file as they are joined) -> z-normalise with train-partition statistics (kept in the
 workdir so evaluate/predict reuse exactly the training normalisation) -> NaN policy -> cut train
 videos into windows / pad devel and test videos whole into a few length buckets.
 
