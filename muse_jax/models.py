@@ -63,12 +63,14 @@ def sinusoidal_encoding(t: int, d: int) -> np.ndarray:
 
 
 class RecurrentLayer(nn.Module):
-  """One LSTM/GRU layer, both directions of a bidirectional layer run in a single scan.
+  """One LSTM/GRU layer; a bidirectional one runs its directions as two independent scans.
 
-  The input projection of all steps is one matmul outside the loop; the scan only does h @ W_hh,
-  batched over the stacked directions. Parameters have a leading direction axis (0 = forward,
-  1 = backward) and hold torch's matrices transposed: w_ih [K, D, G*H], w_hh [K, H, G*H],
-  b_ih/b_hh [K, G*H] with gates in torch's order (LSTM i,f,g,o; GRU r,z,n).
+  The input projection of all steps is one matmul outside the loop; each scan only does h @ W_hh.
+  Two scans beat one over stacked directions on CPU, where XLA runs them concurrently, one per
+  core (fwd+bwd of the paper's step 2.90 -> 2.37 s, benchmarks/RESULTS.md). Parameters have a
+  leading direction axis (0 = forward, 1 = backward) and hold torch's matrices transposed:
+  w_ih [K, D, G*H], w_hh [K, H, G*H], b_ih/b_hh [K, G*H] with gates in torch's order (LSTM
+  i,f,g,o; GRU r,z,n).
   """
   hidden: int
   cell: str = 'lstm'
@@ -87,38 +89,45 @@ class RecurrentLayer(nn.Module):
     mask = length_mask(lengths, x.shape[1])
     # Zeroing padded inputs keeps NaN/inf padding out of gradients of valid steps.
     x = jnp.where(mask[..., None], x, 0.0)
-    xs = jnp.stack([x, reverse_within_length(x, lengths)][:k])  # [K, B, T, D]
+    xs = [x, reverse_within_length(x, lengths)][:k]
     if self.cell == 'lstm':
       bias = b_ih + b_hh
     else:  # GRU's b_hn sits inside r * (W_hn h + b_hn): only the r, z parts fold in here.
       bias = b_ih + jnp.where(jnp.arange(g * h) < 2 * h, b_hh, 0.0)
-      b_hn = b_hh[:, None, 2 * h:]
-    gx = jnp.einsum('kbtd,kdg->tkbg', xs, w_ih) + bias[:, None, :]
+      b_hn = b_hh[:, 2 * h:]
 
-    def lstm_step(carry, gx_t):
-      hid, c = carry
-      gates = gx_t + jnp.einsum('kbh,khg->kbg', hid, w_hh)
-      i, f, gg, o = jnp.split(gates, 4, axis=-1)
-      c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
-      hid = jax.nn.sigmoid(o) * jnp.tanh(c)
-      return (hid, c), hid
+    def direction(j):
+      """One direction's scan; the gates come time-major [T, B, G] out of the matmul (only the
+      smaller input is transposed)."""
+      w = w_hh[j]
 
-    def gru_step(hid, gx_t):
-      xr, xz, xn = jnp.split(gx_t, 3, axis=-1)
-      hr, hz, hn = jnp.split(jnp.einsum('kbh,khg->kbg', hid, w_hh), 3, axis=-1)
-      r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-      n = jnp.tanh(xn + r * (hn + b_hn))
-      hid = (1.0 - z) * n + z * hid
-      return hid, hid
+      def lstm_step(carry, gx_t):
+        hid, c = carry
+        i, f, gg, o = jnp.split(gx_t + hid @ w, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
+        hid = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (hid, c), hid
 
-    h0 = jnp.zeros((k, x.shape[0], h), gx.dtype)
-    if self.cell == 'lstm':
-      _, ys = jax.lax.scan(lstm_step, (h0, h0), gx)
-    else:
-      _, ys = jax.lax.scan(gru_step, h0, gx)
-    ys = jnp.transpose(ys, (1, 2, 0, 3))  # [K, B, T, H]
+      def gru_step(hid, gx_t):
+        xr, xz, xn = jnp.split(gx_t, 3, axis=-1)
+        hr, hz, hn = jnp.split(hid @ w, 3, axis=-1)
+        r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * (hn + b_hn[j]))
+        hid = (1.0 - z) * n + z * hid
+        return hid, hid
+
+      gx = jnp.transpose(xs[j], (1, 0, 2)) @ w_ih[j] + bias[j]
+      h0 = jnp.zeros((x.shape[0], h), gx.dtype)
+      if self.cell == 'lstm':
+        _, ys = jax.lax.scan(lstm_step, (h0, h0), gx)
+      else:
+        _, ys = jax.lax.scan(gru_step, h0, gx)
+      return jnp.transpose(ys, (1, 0, 2))  # [B, T, H]
+
+    outs = [direction(j) for j in range(k)]
     # Padded steps come after all valid ones in both directions, so they never reach valid outputs.
-    outs = [ys[0]] if k == 1 else [ys[0], reverse_within_length(ys[1], lengths)]
+    if k == 2:
+      outs[1] = reverse_within_length(outs[1], lengths)
     return jnp.where(mask[..., None], jnp.concatenate(outs, axis=-1), 0.0)
 
 
