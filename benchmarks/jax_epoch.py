@@ -102,9 +102,15 @@ def main():
   }
   if not a.no_flops:
     d_in = int(ip.NormStats.load(os.path.join(work, 'norm_stats.npz')).mean.shape[0])
-    out['flops_per_step'] = step_flops(c, d_in, 1)
+    # Rows computed per epoch: full batches, and the last one padded only to the device and
+    # micro-batch multiple (input_pipeline.train_batches).
+    n = len(ip.train_windows(c, ip.load_videos(c)[0]['train']).lengths)
+    unit = jax.device_count() * train.micro_batches(c)
+    rows = sum(-(-min(c.batch_size, n - b) // unit) * unit for b in range(0, n, c.batch_size))
+    out['flops_per_step'] = step_flops(c, d_in, 1)  # a full batch
     out['steps_per_epoch'] = log[-1]['steps']
-    out['step_flops_per_s'] = out['flops_per_step'] * log[-1]['steps'] / out['train_s_median']
+    out['train_windows'], out['rows_per_epoch'] = n, rows
+    out['step_flops_per_s'] = out['flops_per_step'] * rows / c.batch_size / out['train_s_median']
     out['matmul_flops_per_s'] = matmul_flops()
     out['fraction_of_matmul'] = round(out['step_flops_per_s'] / out['matmul_flops_per_s'], 3)
   print(json.dumps(out))

@@ -56,7 +56,9 @@ def get_config():
   c.num_epochs = 100
   c.early_stopping_patience = 15
   c.seed = 314                    # seeds seed, seed+1, ... (the paper's 314, 315, ...)
-  c.num_seeds = 1                 # models trained side by side (vmapped in one compiled step)
+  c.num_seeds = 1                 # models trained side by side (in one compiled step)
+  c.seed_loop = 'auto'            # how that step runs them: 'vmap' (one op S times larger: for
+                                  # GPU/TPU), 'map' (one after the other: CPU), 'auto' = by device
   c.data_seed = -1                # shuffling order of train windows; -1 = seed
   c.eval_seed = -1                # seed used by evaluate/predict outputs; -1 = best devel CCC
   c.nonfinite_policy = 'stop'     # NaN/Inf loss or gradient: 'stop' (exit, keep last good

@@ -1,8 +1,9 @@
 """Training, evaluation and prediction: `train_and_evaluate(config, workdir)` is the whole loop.
 
 - Seeds: `config.num_seeds` models (seeds seed, seed+1, ...) train side by side: parameters and
-  optimiser state carry a leading seed axis and one jitted, vmapped step updates them all on the
-  same batch (different init and dropout). Each seed has its own plateau schedule, early stopping
+  optimiser state carry a leading seed axis and one jitted step updates them all on the same
+  batch (different init and dropout), vmapped or, on CPU, one seed after the other
+  (config.seed_loop). Each seed has its own plateau schedule, early stopping
   and best parameters; the paper keeps the seed with the best devel CCC.
 - Devices: batches are sharded over all devices on a `data` mesh axis, parameters replicated;
   global batches are padded with empty rows to a multiple of the device count, and the loss
@@ -79,6 +80,8 @@ def validate_config(config) -> None:
   need(config.num_epochs >= 1, f'num_epochs must be >= 1, got {config.num_epochs}')
   need(config.early_stopping_patience >= 1, 'early_stopping_patience must be >= 1')
   need(config.num_seeds >= 1, f'num_seeds must be >= 1, got {config.num_seeds}')
+  need(config.get('seed_loop', 'auto') in ('auto', 'vmap', 'map'),
+       f"seed_loop must be 'auto', 'vmap' or 'map', got {config.get('seed_loop')!r}")
   need(config.inputs_on_disk in ('auto', 'yes', 'no'),
        f"inputs_on_disk must be 'auto', 'yes' or 'no', got {config.inputs_on_disk!r}")
   need(config.num_devices >= 0, f'num_devices must be >= 0 (0 = all), got {config.num_devices}')
@@ -137,14 +140,42 @@ def dropout_keys(seeds) -> jax.Array:
   return jnp.stack([jax.random.key_data(jax.random.fold_in(jax.random.key(s), 1)) for s in seeds])
 
 
-def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=False):
+def seeds_mapped(config) -> bool:
+  """Whether the seeds of a step run one after the other (lax.map) rather than vmapped.
+
+  vmap turns every op into one S times larger: on an accelerator that fills the device. On CPU
+  the step already keeps every core busy and the larger ops run slower per seed (5 seeds
+  vmapped: 7.2x one seed's step, benchmarks/RESULTS.md), so 'auto' maps seeds on CPU, where a
+  map costs S x one seed and holds one seed's temporaries at a time.
+  """
+  mode = config.get('seed_loop', 'auto')
+  return mode == 'map' or (mode == 'auto' and jax.default_backend() == 'cpu')
+
+
+def _over_seeds(fn, mapped: bool, in_axes):
+  """fn applied per seed over the leading axis of the in_axes=0 arguments: vmap or lax.map."""
+  if not mapped:
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def looped(*args):
+    per_seed = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
+
+    def one(xs):
+      it = iter(xs)
+      return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
+    return jax.lax.map(one, per_seed)
+  return looped
+
+
+def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=False,
+                    seeds_map: bool = False):
   """(state, batch, keys [S], active [S] bool) -> (state, loss [S], finite [S]).
 
   Inactive (early-stopped) seeds and non-finite steps are not applied; the host reads `finite`
   once per epoch and stops or counts, per config.nonfinite_policy. With n_micro > 1 the
   gradient is accumulated over that many interleaved slices of the batch (bounded memory, same
   result): each slice's mean loss is weighted by its valid sequences (CCC) or frames (per_frame
-  losses, MSE/L1), which is exactly the whole batch's mean.
+  losses, MSE/L1), which is exactly the whole batch's mean. seeds_map: see seeds_mapped.
   """
   def loss_of(params, batch, key):
     pred = model.apply({'params': params}, batch['x'], batch['lengths'], deterministic=False,
@@ -184,18 +215,17 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
     return keep(new_params, params), keep(new_opt_state, opt_state), loss, finite | ~active
 
   def train_step(state, batch, keys, active):
-    params, opt_state, loss, finite = jax.vmap(
-        one_seed, in_axes=(0, 0, 0, 0, None, None))(state.params, state.opt_state, keys, active,
-                                                     state.step, batch)
+    params, opt_state, loss, finite = _over_seeds(one_seed, seeds_map, (0, 0, 0, 0, None, None))(
+        state.params, state.opt_state, keys, active, state.step, batch)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss, finite
   return jax.jit(train_step, donate_argnums=(0,))
 
 
-def make_eval_step(model):
+def make_eval_step(model, seeds_map: bool = False):
   """(params [S, ...], batch) -> predictions [S, B, T, K]."""
   def eval_step(params, batch):
-    return jax.vmap(lambda p: model.apply({'params': p}, batch['x'], batch['lengths'],
-                                          deterministic=True))(params)
+    apply = lambda p: model.apply({'params': p}, batch['x'], batch['lengths'], deterministic=True)
+    return _over_seeds(apply, seeds_map, (0,))(params)
   return jax.jit(eval_step)
 
 
@@ -400,8 +430,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model, tx, state = create_state(config, sum(dims), len(targets), seeds)
   weights = jnp.asarray(config.loss_weights, jnp.float32) if len(config.loss_weights) else None
   train_step = make_train_step(model, tx, losses.get_loss(config.loss), weights,
-                               micro_batches(config), per_frame=config.loss != 'ccc')
-  eval_step = make_eval_step(model)
+                               micro_batches(config), per_frame=config.loss != 'ccc',
+                               seeds_map=seeds_mapped(config))
+  eval_step = make_eval_step(model, seeds_mapped(config))
   signature = model_signature(config, dims)
 
   mngr = checkpoint_manager(workdir)
@@ -530,7 +561,8 @@ def _restore_for_eval(config, workdir):
     raise MuseError(f'{workdir}: no checkpoint found; train first (--mode=train)')
   videos, dims = prepare_data(config, workdir, fit_stats=False)
   model, _, state = create_state(config, sum(dims), len(ip.parse_list(config.targets)))
-  return workdir, mngr, state, model_signature(config, dims), videos, make_eval_step(model)
+  return (workdir, mngr, state, model_signature(config, dims), videos,
+          make_eval_step(model, seeds_mapped(config)))
 
 
 def evaluate(config, workdir: str) -> dict:

@@ -1,4 +1,4 @@
-"""Data parallelism over simulated devices, multi-host over loopback, vmapped seeds.
+"""Data parallelism over simulated devices, multi-host over loopback, seeds side by side.
 
 conftest.py gives this process 8 CPU devices (XLA_FLAGS, set before JAX initialises).
 """
@@ -86,24 +86,27 @@ def test_short_run_same_devel_ccc_on_1_and_8_devices(tiny_tree, tmp_path):
   assert r8['best_epoch'] == r1['best_epoch']
 
 
-def test_vmapped_seeds_equal_separate_runs(tiny_tree, tmp_path):
+def test_seeds_side_by_side_equal_separate_runs(tiny_tree, tmp_path):
+  """Seeds in one step, vmapped or looped (config.seed_loop), train as separate runs would."""
   data_dir = str(tmp_path / 'tfds')
-  both = train.train_and_evaluate(
-      tiny_config(tiny_tree, data_dir, num_epochs=3, num_seeds=2, num_devices=1),
-      str(tmp_path / 'both'))
+  together = {mode: train.train_and_evaluate(
+      tiny_config(tiny_tree, data_dir, num_epochs=3, num_seeds=2, num_devices=1, seed_loop=mode),
+      str(tmp_path / mode)) for mode in ('vmap', 'map')}
   for i, seed in enumerate((314, 315)):
     alone = train.train_and_evaluate(
         tiny_config(tiny_tree, data_dir, num_epochs=3, seed=seed, data_seed=314, num_devices=1),
         str(tmp_path / f'seed{seed}'))
-    got = both['seeds'][i]
-    assert got['seed'] == seed
-    assert got['best_epoch'] == alone['best_epoch']
-    for t in ('arousal', 'valence'):
-      assert got['devel'][t]['ccc'] == pytest.approx(alone['devel'][t]['ccc'], abs=1e-4)
-  cccs = [s['devel']['mean_ccc'] for s in both['seeds']]
-  assert both['best_seed'] == (314, 315)[int(np.argmax(cccs))]
-  assert both['devel_ccc_mean'] == pytest.approx(np.mean(cccs))
-  assert cccs[0] != cccs[1]  # different init really gives different models
+    for both in together.values():
+      got = both['seeds'][i]
+      assert got['seed'] == seed
+      assert got['best_epoch'] == alone['best_epoch']
+      for t in ('arousal', 'valence'):
+        assert got['devel'][t]['ccc'] == pytest.approx(alone['devel'][t]['ccc'], abs=1e-4)
+  for both in together.values():
+    cccs = [s['devel']['mean_ccc'] for s in both['seeds']]
+    assert both['best_seed'] == (314, 315)[int(np.argmax(cccs))]
+    assert both['devel_ccc_mean'] == pytest.approx(np.mean(cccs))
+    assert cccs[0] != cccs[1]  # different init really gives different models
 
 
 def _free_port():
