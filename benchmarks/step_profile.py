@@ -5,7 +5,7 @@
 The paper's model (388 inputs -> 64, attention 1 x 8 heads, biLSTM 64, head 64) on random data,
 forward + backward of the CCC loss, jitted, min of --repeat runs, all in one process:
   * ablations: the full step with blocked (the CPU default) and unblocked attention, without
-    attention, with a unidirectional LSTM, and the full step with S vmapped seeds;
+    attention, with a unidirectional LSTM, and the full step with S seeds, vmapped or mapped;
   * their useful FLOPs (counted from the matmuls, jax_epoch.step_flops) per second, as a share of
     a 2048^3 float32 matmul's FLOP/s: the target's yardstick; and a floor: those FLOPs at that
     peak plus the step's transcendentals (LSTM gates, softmax exps; counted likewise) at the
@@ -62,15 +62,17 @@ def counts(kw, a, seeds=1, blocked=True) -> tuple:
   return step_flops(c, 388, 1), float(a.batch * seeds * trans)
 
 
-def model_step(kw, batch, seeds=1):
-  """Jitted value_and_grad of the CCC loss over `seeds` vmapped parameter sets, and its args."""
+def model_step(kw, batch, seeds=1, mapped=False):
+  """Jitted value_and_grad of the CCC loss over `seeds` parameter sets, vmapped or mapped one
+  after the other (config.seed_loop), and its args."""
   x, y, lengths = batch
   model = models.Regressor(**kw)
   keys = jax.random.split(jax.random.key(0), seeds)
   params = jax.vmap(lambda k: model.init(k, x[:2], lengths[:2]))(keys)
   mask = models.length_mask(lengths, x.shape[1])
   loss = lambda p: losses.get_loss('ccc')(model.apply(p, x, lengths), y, mask)
-  return jax.jit(jax.vmap(jax.value_and_grad(loss))), (params,)
+  grad = jax.value_and_grad(loss)
+  return jax.jit(lambda p: jax.lax.map(grad, p) if mapped else jax.vmap(grad)(p)), (params,)
 
 
 def ceilings(a, peak, repeat):
@@ -149,9 +151,10 @@ def main():
     rows.append((name, s, flops, trans))
   for n in [int(v) for v in a.seeds.split(',') if int(v) > 1]:
     models.ATTN_BLOCK_BYTES = BLOCKS
-    f, args = model_step(base, batch, n)
-    rows.append((f'full, {n} seeds vmapped', best_of(f, args, a.repeat), n * rows[0][2],
-                 n * rows[0][3]))
+    for mapped in (False, True):
+      f, args = model_step(base, batch, n, mapped)
+      rows.append((f'full, {n} seeds {"mapped" if mapped else "vmapped"}',
+                   best_of(f, args, a.repeat), n * rows[0][2], n * rows[0][3]))
   models.ATTN_BLOCK_BYTES = BLOCKS
   rate = transcendental_rate(a.repeat)
   report = {'peak_gflops_per_s': round(peak / 1e9, 1), 'steps': [], 'ceilings': {},
