@@ -1,5 +1,5 @@
-"""Seeds side by side: `config.num_seeds=5` (vmapped in one compiled step) vs 5 sequential
-single-seed runs of the paper config on the full-scale demo tree.
+"""Seeds side by side: `config.num_seeds=5` (one compiled step; `config.seed_loop`) vs 5
+sequential single-seed runs of the paper config on the full-scale demo tree.
 
   ./run.sh py benchmarks/seeds_bench.py [--root TREE] [--epochs 3] [--seeds 5]
 
