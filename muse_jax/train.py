@@ -145,8 +145,8 @@ def seeds_mapped(config) -> bool:
 
   vmap turns every op into one S times larger: on an accelerator that fills the device. On CPU
   the step already keeps every core busy and the larger ops run slower per seed (5 seeds
-  vmapped: 7.2x one seed's step, benchmarks/RESULTS.md), so 'auto' maps seeds on CPU, where a
-  map costs S x one seed and holds one seed's temporaries at a time.
+  vmapped: 7.0x one seed's step, mapped: 4.45x; benchmarks/RESULTS.md), so 'auto' maps seeds on
+  CPU, where the map also holds one seed's temporaries at a time.
   """
   mode = config.get('seed_loop', 'auto')
   return mode == 'map' or (mode == 'auto' and jax.default_backend() == 'cpu')
