@@ -84,7 +84,7 @@ def main():
   c.num_seeds, c.seed, c.micro_batch_size = a.seeds, a.seed, a.micro_batch
   work = tempfile.mkdtemp(prefix='jax_epoch_')
   t0 = time.perf_counter()
-  results = train.train_and_evaluate(c, work)
+  train.train_and_evaluate(c, work)
   total = time.perf_counter() - t0
   log = [json.loads(l) for l in open(os.path.join(work, 'metrics.jsonl'))]
   epoch_s = [r['seconds'] for r in log]
