@@ -105,8 +105,7 @@ def main():
     # Rows computed per epoch: full batches, and the last one padded only to the device and
     # micro-batch multiple (input_pipeline.train_batches).
     n = len(ip.train_windows(c, ip.load_videos(c)[0]['train']).lengths)
-    unit = jax.device_count() * train.micro_batches(c)
-    rows = sum(-(-min(c.batch_size, n - b) // unit) * unit for b in range(0, n, c.batch_size))
+    rows = sum(ip.step_rows(n, c.batch_size, jax.device_count() * train.micro_batches(c)))
     out['flops_per_step'] = step_flops(c, d_in, 1)  # a full batch
     out['steps_per_epoch'] = log[-1]['steps']
     out['train_windows'], out['rows_per_epoch'] = n, rows

@@ -427,9 +427,15 @@ def train_batches(w: Windows, batch_size: int, seed: int, epoch: int,
   on (seed, epoch): a resumed run sees exactly the batches an uninterrupted one would, and the
   device count changes only the padding."""
   perm = np.random.default_rng([seed, epoch]).permutation(len(w.lengths))
-  for b in range(0, len(perm), batch_size):
-    idx = perm[b:b + batch_size]
-    yield pad_batch(*w.gather(idx), -(-len(idx) // multiple) * multiple)
+  for b, rows in zip(range(0, len(perm), batch_size), step_rows(len(perm), batch_size, multiple)):
+    yield pad_batch(*w.gather(perm[b:b + batch_size]), rows)
+
+
+def step_rows(n_windows: int, batch_size: int, multiple: int = 1) -> list:
+  """Rows of each step of an epoch (train_batches' padding): batch_size windows, the last step
+  the rest, each rounded up to a multiple of `multiple`."""
+  return [-(-min(batch_size, n_windows - b) // multiple) * multiple
+          for b in range(0, n_windows, batch_size)]
 
 
 def pad_batch(x, y, lengths, rows: int) -> dict:

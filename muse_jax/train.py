@@ -152,19 +152,15 @@ def seeds_mapped(config) -> bool:
   return mode == 'map' or (mode == 'auto' and jax.default_backend() == 'cpu')
 
 
-def _over_seeds(fn, mapped: bool, in_axes):
-  """fn applied per seed over the leading axis of the in_axes=0 arguments: vmap or lax.map."""
-  if not mapped:
-    return jax.vmap(fn, in_axes=in_axes)
-
-  def looped(*args):
-    per_seed = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
-
-    def one(xs):
-      it = iter(xs)
-      return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
-    return jax.lax.map(one, per_seed)
-  return looped
+def _over_seeds(fn, mapped: bool, n_per_seed: int):
+  """fn applied per seed: its first n_per_seed arguments carry a leading seed axis, the rest are
+  shared by all seeds; vmapped, or mapped one seed after the other."""
+  def over(*args):
+    per_seed, shared = args[:n_per_seed], args[n_per_seed:]
+    if mapped:
+      return jax.lax.map(lambda xs: fn(*xs, *shared), per_seed)
+    return jax.vmap(lambda *xs: fn(*xs, *shared))(*per_seed)
+  return over
 
 
 def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=False,
@@ -215,7 +211,7 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
     return keep(new_params, params), keep(new_opt_state, opt_state), loss, finite | ~active
 
   def train_step(state, batch, keys, active):
-    params, opt_state, loss, finite = _over_seeds(one_seed, seeds_map, (0, 0, 0, 0, None, None))(
+    params, opt_state, loss, finite = _over_seeds(one_seed, seeds_map, 4)(
         state.params, state.opt_state, keys, active, state.step, batch)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss, finite
   return jax.jit(train_step, donate_argnums=(0,))
@@ -225,7 +221,7 @@ def make_eval_step(model, seeds_map: bool = False):
   """(params [S, ...], batch) -> predictions [S, B, T, K]."""
   def eval_step(params, batch):
     apply = lambda p: model.apply({'params': p}, batch['x'], batch['lengths'], deterministic=True)
-    return _over_seeds(apply, seeds_map, (0,))(params)
+    return _over_seeds(apply, seeds_map, 1)(params)
   return jax.jit(eval_step)
 
 
@@ -419,8 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   n_dev = mesh.devices.size
   unit = n_dev * micro_batches(config)  # rows split evenly over devices and micro-batches
   n_win = len(windows.lengths)
-  step_rows = sorted({-(-min(config.batch_size, n_win - b) // unit) * unit
-                      for b in range(0, n_win, config.batch_size)}, reverse=True)
+  step_rows = sorted(set(ip.step_rows(n_win, config.batch_size, unit)), reverse=True)
   logging.info('data: %s videos; %d train windows -> %d steps/epoch of %s rows on %d device(s); '
                'devel/test in %d/%d length buckets; seeds %s',
                {s: len(v) for s, v in videos.items()}, n_win,
