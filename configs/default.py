@@ -66,6 +66,8 @@ def get_config():
 
   # Devices: batches are sharded over the first num_devices devices (0 = all of them).
   c.num_devices = 0
+  c.reuse_cpu_buffers = True      # CPU: keep XLA's big buffers allocated across steps instead of
+                                  # page-faulting them in every step (muse_jax.host_memory)
 
   # Outputs.
   c.num_plot_videos = 3           # devel videos plotted (prediction vs label) at the end

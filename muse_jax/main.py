@@ -35,6 +35,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   import jax  # pylint: disable=import-outside-toplevel
+  from muse_jax import host_memory  # pylint: disable=import-outside-toplevel
+  if _CONFIG.value.get('reuse_cpu_buffers', True) is True:
+    host_memory.prefer_sync_dispatch()  # before anything creates a JAX backend
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from muse_jax import host_memory
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
 from muse_jax import metrics as metrics_lib
@@ -85,6 +86,8 @@ def validate_config(config) -> None:
   need(config.inputs_on_disk in ('auto', 'yes', 'no'),
        f"inputs_on_disk must be 'auto', 'yes' or 'no', got {config.inputs_on_disk!r}")
   need(config.num_devices >= 0, f'num_devices must be >= 0 (0 = all), got {config.num_devices}')
+  need(isinstance(config.get('reuse_cpu_buffers', True), bool),
+       f'reuse_cpu_buffers must be True or False, got {config.get("reuse_cpu_buffers")!r}')
   need(-1 <= config.eval_seed < config.num_seeds,
        f'eval_seed must be -1 (best) or in [0, num_seeds={config.num_seeds}), '
        f'got {config.eval_seed}')
@@ -399,6 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Resumes from the workdir's checkpoint when there is one (a finished run just re-reports).
   """
   validate_config(config)
+  host_memory.reuse_cpu_buffers(config.get('reuse_cpu_buffers', True))
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   targets = ip.parse_list(config.targets)
@@ -455,8 +459,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, loss, finite = train_step(state, shard(batch, mesh), keys, active)
       step_losses.append(loss)
       step_finite.append(finite)
-      # Dispatch is async: without this the host would queue every batch of the epoch in memory.
-      # One step runs while the next batch is gathered.
+      # Where dispatch is async (GPU/TPU; CPU when host_memory is off), this keeps one step in
+      # flight while the next batch is gathered, instead of queueing the epoch's batches.
       if len(step_losses) > 1:
         step_losses[-2].block_until_ready()
     step_losses, step_finite = to_host(jnp.stack(step_losses)), to_host(jnp.stack(step_finite))
@@ -548,6 +552,7 @@ def finish(config, workdir, mngr, state, signature, videos, eval_step, mesh) -> 
 
 def _restore_for_eval(config, workdir):
   validate_config(config)
+  host_memory.reuse_cpu_buffers(config.get('reuse_cpu_buffers', True))
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise MuseError(f'{workdir}: no checkpoint found; train first (--mode=train)')
