@@ -1,6 +1,7 @@
 """Where a train step's time goes, and how fast its op shapes can run on this machine at all.
 
   ./run.sh py benchmarks/step_profile.py [--batch 1024] [--win 200] [--seeds 1,5] [--trace DIR]
+                                         [--reuse_cpu_buffers 1]
 
 The paper's model (388 inputs -> 64, attention 1 x 8 heads, biLSTM 64, head 64) on random data,
 forward + backward of the CCC loss, jitted, min of --repeat runs, all in one process:
@@ -13,6 +14,8 @@ forward + backward of the CCC loss, jitted, min of --repeat runs, all in one pro
   * ceilings: the step's own matmul shapes timed alone (the recurrence's h @ W_hh inside a
     200-step scan, the input projection, the attention score products of one block): what share
     of peak those shapes reach even with nothing else around them.
+Each step also reports its minor page faults per call (muse_jax.host_memory: with
+--reuse_cpu_buffers 0 every step faults its temporaries in again).
 --trace DIR also writes a jax.profiler trace of the full step and prints its 15 longest ops.
 """
 import argparse
@@ -21,6 +24,7 @@ import glob
 import gzip
 import json
 import os
+import resource
 import sys
 import time
 
@@ -31,6 +35,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from muse_jax import config_util  # pylint: disable=wrong-import-position
+from muse_jax import host_memory  # pylint: disable=wrong-import-position
 from muse_jax import losses  # pylint: disable=wrong-import-position
 from muse_jax import models  # pylint: disable=wrong-import-position
 from jax_epoch import matmul_flops  # pylint: disable=wrong-import-position
@@ -39,13 +44,18 @@ from jax_epoch import step_flops  # pylint: disable=wrong-import-position
 BLOCKS = models.ATTN_BLOCK_BYTES  # the CPU default
 
 
+FAULTS = []  # minor page faults per timed call of the last best_of
+
+
 def best_of(f, args, repeat):
   jax.block_until_ready(f(*args))
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(repeat):
     t = time.perf_counter()
     jax.block_until_ready(f(*args))
     times.append(time.perf_counter() - t)
+  FAULTS[:] = [(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeat]
   return min(times)
 
 
@@ -128,14 +138,18 @@ def main():
   ap.add_argument('--seeds', default='1,5')
   ap.add_argument('--repeat', type=int, default=3)
   ap.add_argument('--trace', default='')
+  ap.add_argument('--reuse_cpu_buffers', type=int, default=1,
+                  help='muse_jax.host_memory, as training does (0: buffers faulted in per step)')
   a = ap.parse_args()
+  reuse = host_memory.reuse_cpu_buffers(bool(a.reuse_cpu_buffers))
   rng = np.random.default_rng(0)
   lengths = jnp.asarray(rng.integers(a.win // 2, a.win + 1, size=a.batch), jnp.int32)
   batch = (jnp.asarray(rng.normal(size=(a.batch, a.win, 388)), jnp.float32),
            jnp.asarray(rng.normal(size=(a.batch, a.win, 1)), jnp.float32), lengths)
   peak = matmul_flops()
   print(f'# matmul peak {peak / 1e9:.1f} GFLOP/s; batch {a.batch} x {a.win} x 388; '
-        f'{os.cpu_count()} cpus, jax {jax.__version__}', flush=True)
+        f'{os.cpu_count()} cpus, jax {jax.__version__}; large buffers reused: {reuse}',
+        flush=True)
 
   base = {}
   variants = [('full, blocked attention (default)', base, 'auto'),
@@ -148,29 +162,29 @@ def main():
     models.ATTN_BLOCK_BYTES = BLOCKS if blocks == 'auto' else None
     f, args = model_step(kw, batch)
     s = best_of(f, args, a.repeat)
-    rows.append((name, s, flops, trans))
+    rows.append((name, s, flops, trans, FAULTS[0]))
   for n in [int(v) for v in a.seeds.split(',') if int(v) > 1]:
     models.ATTN_BLOCK_BYTES = BLOCKS
     for mapped in (False, True):
       f, args = model_step(base, batch, n, mapped)
       rows.append((f'full, {n} seeds {"mapped" if mapped else "vmapped"}',
-                   best_of(f, args, a.repeat), n * rows[0][2], n * rows[0][3]))
+                   best_of(f, args, a.repeat), n * rows[0][2], n * rows[0][3], FAULTS[0]))
   models.ATTN_BLOCK_BYTES = BLOCKS
   rate = transcendental_rate(a.repeat)
   report = {'peak_gflops_per_s': round(peak / 1e9, 1), 'steps': [], 'ceilings': {},
-            'transcendentals_per_s': rate}
+            'transcendentals_per_s': rate, 'reuse_cpu_buffers': reuse}
   print(f'# transcendentals (exp, tanh, logistic): {rate / 1e9:.2f} G/s')
   # floor: the step's matmul FLOPs at peak plus its transcendentals at the measured rate.
   print(f'{"fwd+bwd of the CCC loss":38s} {"s":>6s} {"GFLOP":>6s} {"GFLOP/s":>8s} '
-        f'{"of peak":>8s} {"G transc.":>9s} {"floor s":>7s}')
-  for name, s, flops, trans in rows:
+        f'{"of peak":>8s} {"G transc.":>9s} {"floor s":>7s} {"faults":>8s}')
+  for name, s, flops, trans, faults in rows:
     floor = flops / peak + trans / rate
     print(f'{name:38s} {s:6.3f} {flops / 1e9:6.1f} {flops / s / 1e9:8.1f} {flops / s / peak:8.1%} '
-          f'{trans / 1e9:9.2f} {floor:7.3f}')
+          f'{trans / 1e9:9.2f} {floor:7.3f} {faults:8.0f}')
     report['steps'].append({'name': name, 's': round(s, 4), 'gflop': round(flops / 1e9, 2),
                             'share_of_peak': round(flops / s / peak, 3),
                             'g_transcendentals': round(trans / 1e9, 3),
-                            'floor_s': round(floor, 4)})
+                            'floor_s': round(floor, 4), 'page_faults_per_step': round(faults)})
   report['ceilings'] = ceilings(a, peak, a.repeat)
   for name, c in report['ceilings'].items():
     print(f'ceiling: {name:32s} {c["s"]:7.3f} s {c["gflops_per_s"]:8.1f} GFLOP/s '

@@ -1,8 +1,8 @@
 """Large CPU buffers reused across steps (muse_jax.host_memory).
 
 The allocator settings are per process and must precede JAX's backend, so each case runs in a
-fresh interpreter and counts the page faults of one call of a jitted function whose 96 MB output
-is freed before the next call.
+fresh interpreter: it calls a jitted function with ~200 MB of temporaries (two matmul results of
+96 MB each) 12 times and counts the minor page faults of the calls after the first.
 """
 import json
 import os
@@ -12,19 +12,20 @@ import sys
 import pytest
 
 _PROBE = r'''
-import json, resource, sys
+import json, math, resource, sys
 import jax, jax.numpy as jnp
 from muse_jax import host_memory
 applied = host_memory.reuse_cpu_buffers(sys.argv[1] == '1')
-f = jax.jit(lambda x: x * 1.5 + 1.0)
-x = jnp.ones((24, 1024, 1024), jnp.float32)  # 96 MB: glibc mmaps blocks over 32 MB by default
-for _ in range(3):
-  jax.block_until_ready(f(x))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-y = jax.block_until_ready(f(x))
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({'applied': applied, 'faults': faults, 'pages': x.nbytes // 4096,
-                  'ok': bool(y[0, 0, 0] == 2.5)}))
+f = jax.jit(lambda x, w: jnp.sum(jnp.tanh(x @ w) @ w, axis=0))  # small output, big temporaries
+x = jnp.ones((24 * 1024, 1024), jnp.float32)  # 96 MB: glibc mmaps blocks over 32 MB by default
+w = jnp.full((1024, 1024), 1e-3, jnp.float32)
+faults = []
+for _ in range(12):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  y = jax.block_until_ready(f(x, w))
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({'applied': applied, 'faults': faults, 'temp_pages': 2 * x.nbytes // 4096,
+                  'ok': bool(abs(float(y[0]) / (math.tanh(1.024) * 1.024 * 24 * 1024) - 1) < 1e-3)}))
 '''
 
 
@@ -35,7 +36,9 @@ def _probe(enable: bool) -> dict:
       __file__)))] + [p for p in [env.get('PYTHONPATH')] if p])
   out = subprocess.run([sys.executable, '-c', _PROBE, '1' if enable else '0'], env=env,
                        capture_output=True, text=True, timeout=300, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  r['share'] = sum(r['faults'][1:]) / (len(r['faults']) - 1) / r['temp_pages']
+  return r
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
@@ -43,10 +46,12 @@ def test_large_buffers_are_reused_instead_of_faulted_in_every_call():
   reused, fresh = _probe(True), _probe(False)
   assert reused['applied'] and not fresh['applied']
   assert reused['ok'] and fresh['ok']
-  # Default: the output's pages are mapped and faulted in again on every call (the control:
-  # shows the probe detects the cost). Reused: the pages of the previous call's freed output.
-  assert fresh['faults'] > 0.9 * fresh['pages'], fresh
-  assert reused['faults'] < 0.05 * reused['pages'], reused
+  # Default: every call maps its temporaries anew and faults every page in (the control: shows
+  # the probe sees the cost). Reused: the heap's pages of earlier calls serve later ones; the heap
+  # still grows now and then while its free space settles (measured: 8-12 % of the pages per call
+  # on average over calls 2-12, against 100 %).
+  assert fresh['share'] > 0.9, fresh
+  assert reused['share'] < 0.4, reused
 
 
 def test_cli_trains_the_same_with_and_without_buffer_reuse(tiny_tree, tmp_path):
