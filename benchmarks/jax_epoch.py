@@ -75,6 +75,7 @@ def main():
   ap.add_argument('--data_dir', default=os.path.join(tempfile.gettempdir(), 'muse_jax_bench',
                                                       'tfds'))
   ap.add_argument('--no_flops', action='store_true')
+  ap.add_argument('--seed_loop', default='auto', help='config.seed_loop: auto | vmap | map')
   ap.add_argument('--reuse_cpu_buffers', type=int, default=1,
                   help='config.reuse_cpu_buffers (0: large buffers page-faulted in every step)')
   a = ap.parse_args()
@@ -84,7 +85,7 @@ def main():
   c.win_len, c.hop_len, c.batch_size = a.win, a.hop, a.batch
   c.num_epochs, c.early_stopping_patience = a.epochs, a.epochs + 1
   c.num_seeds, c.seed, c.micro_batch_size = a.seeds, a.seed, a.micro_batch
-  c.reuse_cpu_buffers = bool(a.reuse_cpu_buffers)
+  c.reuse_cpu_buffers, c.seed_loop = bool(a.reuse_cpu_buffers), a.seed_loop
   work = tempfile.mkdtemp(prefix='jax_epoch_')
   t0 = time.perf_counter()
   train.train_and_evaluate(c, work)

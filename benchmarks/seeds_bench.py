@@ -24,6 +24,8 @@ def run(root, a, seeds, seed):
     cmd.append(f'--batch={a.batch}')
   if a.micro_batch:
     cmd.append(f'--micro_batch={a.micro_batch}')
+  if seeds > 1:
+    cmd.append(f'--seed_loop={a.seed_loop}')
   t0 = time.perf_counter()
   out = common.run_json(cmd)
   out['wall_s'] = time.perf_counter() - t0
@@ -35,6 +37,7 @@ def main():
   common.tree_args(ap, epochs=3)
   ap.add_argument('--seeds', type=int, default=5)
   ap.add_argument('--batch', type=int, default=0, help='0 = the paper\'s 1024')
+  ap.add_argument('--seed_loop', default='auto', help='config.seed_loop of the N-seed run')
   ap.add_argument('--micro_batch', type=int, default=0,
                   help='gradient accumulation slice (bounds memory); 0 = whole batch (5 seeds x '
                        '1024 windows fit in 24 GiB since attention is computed in blocks)')

@@ -156,7 +156,7 @@ class RNN(nn.Module):
 # many score bytes (a few windows, or a few queries of one long video), every pass stays in cache:
 # ~3x faster fwd+bwd on CPU (benchmarks/RESULTS.md) and far less memory. On GPU/TPU the unblocked
 # form is faster (one big kernel instead of a loop), so 'auto' blocks on CPU only.
-ATTN_BLOCK_BYTES = 8 << 20
+ATTN_BLOCK_BYTES = 4 << 20
 
 
 def _attention_block(q, k, v, lengths, scale):
