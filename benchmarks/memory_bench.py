@@ -134,7 +134,9 @@ def child(args):
   import jax
   from muse_jax import config_util
   from muse_jax import input_pipeline as ip
+  from muse_jax import host_memory
   from muse_jax import train
+  host_memory.reuse_cpu_buffers(_config(args).get('reuse_cpu_buffers', True))  # as main does
   jax.numpy.zeros(1).block_until_ready()  # the backend is part of the baseline
   stages.leave()
   # Outside any wrapped call we are in the epoch loop: model init, compilation, train steps.
