@@ -136,7 +136,8 @@ def child(args):
   from muse_jax import input_pipeline as ip
   from muse_jax import host_memory
   from muse_jax import train
-  host_memory.reuse_cpu_buffers(_config(args).get('reuse_cpu_buffers', True))  # as main does
+  config = _config(args)
+  host_memory.reuse_cpu_buffers(config.reuse_cpu_buffers)  # as main does
   jax.numpy.zeros(1).block_until_ready()  # the backend is part of the baseline
   stages.leave()
   # Outside any wrapped call we are in the epoch loop: model init, compilation, train steps.
@@ -165,7 +166,6 @@ def child(args):
   train.make_eval_step = _capture(train.make_eval_step, 'eval step (largest)', captured,
                                   bigger=lambda a: a[1]['x'].shape[0] * a[1]['x'].shape[1] ** 2)
 
-  config = _config(args)
   config.data_root, config.data_dir = args.root, args.data_dir
   t0 = time.perf_counter()
   if args.data_only:

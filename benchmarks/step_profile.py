@@ -44,10 +44,8 @@ from jax_epoch import step_flops  # pylint: disable=wrong-import-position
 BLOCKS = models.ATTN_BLOCK_BYTES  # the CPU default
 
 
-FAULTS = []  # minor page faults per timed call of the last best_of
-
-
-def best_of(f, args, repeat):
+def timed(f, args, repeat) -> tuple:
+  """(min seconds over `repeat` calls after a warm-up, minor page faults per call)."""
   jax.block_until_ready(f(*args))
   times = []
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -55,8 +53,11 @@ def best_of(f, args, repeat):
     t = time.perf_counter()
     jax.block_until_ready(f(*args))
     times.append(time.perf_counter() - t)
-  FAULTS[:] = [(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeat]
-  return min(times)
+  return min(times), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeat
+
+
+def best_of(f, args, repeat):
+  return timed(f, args, repeat)[0]
 
 
 def counts(kw, a, seeds=1, blocked=True) -> tuple:
@@ -161,14 +162,13 @@ def main():
     flops, trans = counts(kw, a, blocked=blocks == 'auto')
     models.ATTN_BLOCK_BYTES = BLOCKS if blocks == 'auto' else None
     f, args = model_step(kw, batch)
-    s = best_of(f, args, a.repeat)
-    rows.append((name, s, flops, trans, FAULTS[0]))
+    rows.append((name, *timed(f, args, a.repeat), flops, trans))
   for n in [int(v) for v in a.seeds.split(',') if int(v) > 1]:
     models.ATTN_BLOCK_BYTES = BLOCKS
     for mapped in (False, True):
       f, args = model_step(base, batch, n, mapped)
       rows.append((f'full, {n} seeds {"mapped" if mapped else "vmapped"}',
-                   best_of(f, args, a.repeat), n * rows[0][2], n * rows[0][3], FAULTS[0]))
+                   *timed(f, args, a.repeat), n * rows[0][3], n * rows[0][4]))
   models.ATTN_BLOCK_BYTES = BLOCKS
   rate = transcendental_rate(a.repeat)
   report = {'peak_gflops_per_s': round(peak / 1e9, 1), 'steps': [], 'ceilings': {},
@@ -177,7 +177,7 @@ def main():
   # floor: the step's matmul FLOPs at peak plus its transcendentals at the measured rate.
   print(f'{"fwd+bwd of the CCC loss":38s} {"s":>6s} {"GFLOP":>6s} {"GFLOP/s":>8s} '
         f'{"of peak":>8s} {"G transc.":>9s} {"floor s":>7s} {"faults":>8s}')
-  for name, s, flops, trans, faults in rows:
+  for name, s, faults, flops, trans in rows:
     floor = flops / peak + trans / rate
     print(f'{name:38s} {s:6.3f} {flops / 1e9:6.1f} {flops / s / 1e9:8.1f} {flops / s / peak:8.1%} '
           f'{trans / 1e9:9.2f} {floor:7.3f} {faults:8.0f}')

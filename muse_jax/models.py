@@ -160,16 +160,12 @@ class RNN(nn.Module):
 ATTN_BLOCK_BYTES = 4 << 20
 
 
-# The block's products per layout: 'bthd' = [B, T, H, dh] (blocks of windows, as the layer makes
-# them); 'bhtd' = head-major [B, H, T, dh] (query blocks of one long window: k and v are
-# transposed once per window instead of once per block; the forward of a 6,144-frame video
-# 195 -> 115 ms). The gradient is computed in 'bthd' for both.
-_EINSUMS = {
-    'bthd': dict(s='bqhd,bkhd->bhqk', y='bhqk,bkhd->bqhd', dv='bhqk,bqhd->bkhd',
-                 dq='bhqk,bkhd->bqhd', key_axis=1),
-    'bhtd': dict(s='bhqd,bhkd->bhqk', y='bhqk,bhkd->bhqd', dv='bhqk,bhqd->bhkd',
-                 dq='bhqk,bhkd->bhqd', key_axis=2),
-}
+# The block's forward products per layout, (scores, output, key axis): 'bthd' = [B, T, H, dh]
+# (blocks of windows, as the layer makes them); 'bhtd' = head-major [B, H, T, dh] (query blocks of
+# one long window: k and v are transposed once per window instead of once per block; the forward
+# of a 6,144-frame video 195 -> 115 ms). The gradient is computed in 'bthd' for both.
+_EINSUMS = {'bthd': ('bqhd,bkhd->bhqk', 'bhqk,bkhd->bqhd', 1),
+            'bhtd': ('bhqd,bhkd->bhqk', 'bhqk,bhkd->bhqd', 2)}
 
 
 def _attention_block(q, k, v, lengths, scale, layout='bthd'):
@@ -179,11 +175,11 @@ def _attention_block(q, k, v, lengths, scale, layout='bthd'):
   Padded keys get the dtype's most negative value instead of -inf, so a fully padded row attends
   uniformly (finite, later zeroed) instead of producing NaN as torch does.
   """
-  e = _EINSUMS[layout]
-  s = jnp.einsum(e['s'], q * scale, k)
-  valid = length_mask(lengths, k.shape[e['key_axis']])[:, None, None, :]
+  scores, out, key_axis = _EINSUMS[layout]
+  s = jnp.einsum(scores, q * scale, k)
+  valid = length_mask(lengths, k.shape[key_axis])[:, None, None, :]
   p = jax.nn.softmax(jnp.where(valid, s, jnp.finfo(s.dtype).min), axis=-1)
-  return jnp.einsum(e['y'], p, v), p
+  return jnp.einsum(out, p, v), p
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -206,14 +202,12 @@ def _attend_bwd(layout, res, dy):
     dq, dk, dv, _, _ = _attend_bwd('bthd', (swap(q), swap(k), swap(v), lengths, p, scale),
                                    swap(dy))
     return swap(dq), swap(dk), swap(dv), None, None
-  e = _EINSUMS[layout]
-  dv = jnp.einsum(e['dv'], p, dy)
-  dp = jnp.einsum(e['s'], dy, v)
+  dv = jnp.einsum('bhqk,bqhd->bkhd', p, dy)
+  dp = jnp.einsum('bqhd,bkhd->bhqk', dy, v)
   ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
-  valid = length_mask(lengths, k.shape[e['key_axis']])[:, None, None, :]
-  ds = jnp.where(valid, ds, 0.0)  # masked scores are constants
-  dq = jnp.einsum(e['dq'], ds, k) * scale
-  dk = jnp.einsum(e['dv'], ds, q * scale)
+  ds = jnp.where(length_mask(lengths, k.shape[1])[:, None, None, :], ds, 0.0)  # masked: constant
+  dq = jnp.einsum('bhqk,bkhd->bqhd', ds, k) * scale
+  dk = jnp.einsum('bhqk,bqhd->bkhd', ds, q * scale)
   return dq, dk, dv, None, None
 
 
@@ -242,7 +236,7 @@ def dot_product_attention(q, k, v, lengths, *, dropout_rate: float = 0.0, dropou
       return _attend(q, k, v, lengths, scale, layout)
     _, p = _attention_block(q, k, v, lengths, scale, layout)
     keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, p.shape)
-    return jnp.einsum(_EINSUMS[layout]['y'], jnp.where(keep, p / (1.0 - dropout_rate), 0.0), v)
+    return jnp.einsum(_EINSUMS[layout][1], jnp.where(keep, p / (1.0 - dropout_rate), 0.0), v)
 
   if block_bytes == 'auto':
     block_bytes = ATTN_BLOCK_BYTES if jax.default_backend() == 'cpu' else None

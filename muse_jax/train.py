@@ -147,9 +147,9 @@ def seeds_mapped(config) -> bool:
   """Whether the seeds of a step run one after the other (lax.map) rather than vmapped.
 
   vmap turns every op into one S times larger: on an accelerator that fills the device. On CPU
-  the step already keeps every core busy and the larger ops run slower per seed (5 seeds
-  vmapped: 7.0x one seed's step, mapped: 4.45x; benchmarks/RESULTS.md), so 'auto' maps seeds on
-  CPU, where the map also holds one seed's temporaries at a time.
+  one seed's step already keeps every core busy and both forms take the same time (5 seeds: 8.4 s
+  vmapped, 8.8 s mapped; benchmarks/RESULTS.md), so 'auto' maps seeds on CPU, where the map
+  holds one seed's temporaries at a time instead of S.
   """
   mode = config.get('seed_loop', 'auto')
   return mode == 'map' or (mode == 'auto' and jax.default_backend() == 'cpu')
