@@ -78,6 +78,8 @@ def main():
   ap.add_argument('--seed_loop', default='auto', help='config.seed_loop: auto | vmap | map')
   ap.add_argument('--reuse_cpu_buffers', type=int, default=1,
                   help='config.reuse_cpu_buffers (0: large buffers page-faulted in every step)')
+  ap.add_argument('--compilation_cache_dir', default='none',
+                  help="config.compilation_cache_dir; 'none' (default here) measures cold compiles")
   a = ap.parse_args()
   c = config_util.load_config('valence')
   c.data_root, c.data_dir = a.root, a.data_dir
@@ -86,6 +88,7 @@ def main():
   c.num_epochs, c.early_stopping_patience = a.epochs, a.epochs + 1
   c.num_seeds, c.seed, c.micro_batch_size = a.seeds, a.seed, a.micro_batch
   c.reuse_cpu_buffers, c.seed_loop = bool(a.reuse_cpu_buffers), a.seed_loop
+  c.compilation_cache_dir = a.compilation_cache_dir
   work = tempfile.mkdtemp(prefix='jax_epoch_')
   t0 = time.perf_counter()
   train.train_and_evaluate(c, work)

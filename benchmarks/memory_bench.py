@@ -196,6 +196,7 @@ def _config(a):
   from muse_jax import config_util
   config = config_util.load_config(a.config)
   config.num_epochs = a.epochs
+  config.compilation_cache_dir = 'none'  # compiles measured as a first run makes them
   if a.features:
     config.feature_sets = tuple(a.features.split(','))
   if a.inputs_on_disk:

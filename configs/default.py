@@ -68,6 +68,8 @@ def get_config():
   c.num_devices = 0
   c.reuse_cpu_buffers = True      # CPU: keep XLA's big buffers allocated across steps instead of
                                   # page-faulting them in every step (muse_jax.host_memory)
+  c.compilation_cache_dir = 'auto'  # compiled steps kept on disk for the next run: 'auto' =
+                                  # ~/.cache/muse_jax/xla, a folder, or 'none' (compile_cache)
 
   # Outputs.
   c.num_plot_videos = 3           # devel videos plotted (prediction vs label) at the end

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from muse_jax import compile_cache
 from muse_jax import host_memory
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
@@ -88,6 +89,9 @@ def validate_config(config) -> None:
   need(config.num_devices >= 0, f'num_devices must be >= 0 (0 = all), got {config.num_devices}')
   need(isinstance(config.get('reuse_cpu_buffers', True), bool),
        f'reuse_cpu_buffers must be True or False, got {config.get("reuse_cpu_buffers")!r}')
+  need(isinstance(config.get('compilation_cache_dir', 'auto'), str),
+       "compilation_cache_dir must be 'auto', a folder or 'none', got "
+       f"{config.get('compilation_cache_dir')!r}")
   need(-1 <= config.eval_seed < config.num_seeds,
        f'eval_seed must be -1 (best) or in [0, num_seeds={config.num_seeds}), '
        f'got {config.eval_seed}')
@@ -398,13 +402,20 @@ def _physical_memory() -> int:
     return 1 << 40  # unknown: never spill automatically
 
 
+def _process_settings(config):
+  """Process-wide runtime settings, before anything compiles: large CPU buffers kept across
+  steps (host_memory) and the persistent compilation cache (compile_cache)."""
+  host_memory.reuse_cpu_buffers(config.get('reuse_cpu_buffers', True))
+  compile_cache.enable(config.get('compilation_cache_dir', 'auto'))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains on train, selects on devel, writes checkpoints, metrics, predictions and plots.
 
   Resumes from the workdir's checkpoint when there is one (a finished run just re-reports).
   """
   validate_config(config)
-  host_memory.reuse_cpu_buffers(config.get('reuse_cpu_buffers', True))
+  _process_settings(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   targets = ip.parse_list(config.targets)
@@ -554,7 +565,7 @@ def finish(config, workdir, mngr, state, signature, videos, eval_step, mesh) -> 
 
 def _restore_for_eval(config, workdir):
   validate_config(config)
-  host_memory.reuse_cpu_buffers(config.get('reuse_cpu_buffers', True))
+  _process_settings(config)
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise MuseError(f'{workdir}: no checkpoint found; train first (--mode=train)')
