@@ -75,7 +75,8 @@ def counts(kw, a, seeds=1, blocked=True) -> tuple:
 
 def model_step(kw, batch, seeds=1, mapped=False):
   """Jitted value_and_grad of the CCC loss over `seeds` parameter sets, vmapped or mapped one
-  after the other (config.seed_loop), and its args."""
+  after the other (config.seed_loop; each mapped body vmapped over a size-1 axis, as
+  train._over_seeds does), and its args."""
   x, y, lengths = batch
   model = models.Regressor(**kw)
   keys = jax.random.split(jax.random.key(0), seeds)
@@ -83,7 +84,8 @@ def model_step(kw, batch, seeds=1, mapped=False):
   mask = models.length_mask(lengths, x.shape[1])
   loss = lambda p: losses.get_loss('ccc')(model.apply(p, x, lengths), y, mask)
   grad = jax.value_and_grad(loss)
-  return jax.jit(lambda p: jax.lax.map(grad, p) if mapped else jax.vmap(grad)(p)), (params,)
+  return jax.jit(lambda p: jax.lax.map(grad, p, batch_size=1) if mapped
+                 else jax.vmap(grad)(p)), (params,)
 
 
 def ceilings(a, peak, repeat):
