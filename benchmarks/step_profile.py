@@ -17,6 +17,7 @@ forward + backward of the CCC loss, jitted, min of --repeat runs, all in one pro
 Each step also reports its minor page faults per call (muse_jax.host_memory: with
 --reuse_cpu_buffers 0 every step faults its temporaries in again).
 --trace DIR also writes a jax.profiler trace of the full step and prints its 15 longest ops.
+--per_call N only times N calls of the full step, one line each (RESULTS: "two speeds").
 """
 import argparse
 import collections
@@ -141,6 +142,9 @@ def main():
   ap.add_argument('--seeds', default='1,5')
   ap.add_argument('--repeat', type=int, default=3)
   ap.add_argument('--trace', default='')
+  ap.add_argument('--per_call', type=int, default=0,
+                  help='only time N calls of the full step, one line each (wall, CPU, faults, '
+                       'context switches): shows whether calls of one process vary')
   ap.add_argument('--reuse_cpu_buffers', type=int, default=1,
                   help='muse_jax.host_memory, as training does (0: buffers faulted in per step)')
   a = ap.parse_args()
@@ -155,6 +159,17 @@ def main():
         flush=True)
 
   base = {}
+  if a.per_call:
+    f, args = model_step(base, batch)
+    jax.block_until_ready(f(*args))
+    for _ in range(a.per_call):
+      r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+      jax.block_until_ready(f(*args))
+      s, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+      print(f'{s:6.3f} s  user {r1.ru_utime - r0.ru_utime:5.2f} s  sys '
+            f'{r1.ru_stime - r0.ru_stime:4.2f} s  faults {r1.ru_minflt - r0.ru_minflt:6d}  '
+            f'context switches {r1.ru_nvcsw - r0.ru_nvcsw:6d}', flush=True)
+    return
   variants = [('full, blocked attention (default)', base, 'auto'),
               ('full, unblocked attention', base, None),
               ('no attention', dict(attn_n_layers=0), None),
