@@ -7,9 +7,9 @@ it alone.
 """
 import json
 import os
+import subprocess
 
 from test_reliability import command  # pylint: disable=wrong-import-order
-import subprocess
 
 
 def _run(workdir, tree, data_dir, cache):
