@@ -2,8 +2,8 @@
 
 Each run is a fresh process without the test session's JAX_* cache variables, as a user's run:
 the first fills the folder given by config.compilation_cache_dir, a rerun of the same programs
-adds nothing to it (every executable came from disk) and reports the same metrics; 'none' leaves
-it alone.
+adds nothing to it (every executable came from disk) and reports the same metrics, an unreadable
+entry is compiled again with a warning, and 'none' leaves the folder alone.
 """
 import json
 import os
@@ -39,7 +39,14 @@ def test_rerun_loads_every_step_from_the_cache_with_the_same_results(tiny_tree, 
   assert _entries(cache) == filled  # nothing compiled that was not in the cache
   assert again['devel'] == first['devel'] and again['test'] == first['test']
 
-  proc, off = _run(str(tmp_path / 'run3'), tiny_tree, data_dir, 'none')
+  biggest = max(filled, key=lambda n: os.path.getsize(os.path.join(cache, n)))
+  with open(os.path.join(cache, biggest), 'wb') as f:  # e.g. a disk error, a killed writer
+    f.write(b'not an executable')
+  proc, mended = _run(str(tmp_path / 'run3'), tiny_tree, data_dir, cache)
+  assert 'Error reading persistent compilation cache entry' in proc.stderr
+  assert mended['devel'] == first['devel'] and mended['test'] == first['test']
+
+  proc, off = _run(str(tmp_path / 'run4'), tiny_tree, data_dir, 'none')
   assert 'compilation cache:' not in proc.stderr
   assert off['devel'] == first['devel']
   assert _entries(cache) == filled
