@@ -12,10 +12,13 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-jax.config.update('jax_compilation_cache_dir',
-                  os.path.join(tempfile.gettempdir(), 'muse_jax_test_jit_cache'))
+_CACHE = os.path.join(tempfile.gettempdir(), 'muse_jax_test_jit_cache')
+jax.config.update('jax_compilation_cache_dir', _CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+# Child processes (the command run as a user would) share it too, instead of filling the user's
+# own cache (muse_jax.compile_cache: a JAX_COMPILATION_CACHE_DIR that is set wins).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
 
 from muse_jax.data import demo  # pylint: disable=wrong-import-position
 
