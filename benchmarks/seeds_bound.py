@@ -47,7 +47,7 @@ def child(a):
   for name, seeds, mapped in [('one seed', 1, False), ('seeds mapped', a.seeds, True),
                               ('seeds vmapped', a.seeds, False)]:
     f, args = sp.model_step({}, batch, seeds, mapped)
-    # More repeats for the short step: the heap settles over the first few calls.
+    # More calls for the short step: one process's calls run at two speeds (RESULTS.md).
     out[name] = sp.best_of(f, args, a.repeat * (2 if seeds == 1 else 1))
   print(json.dumps(out), flush=True)
 
