@@ -35,13 +35,10 @@ def child(a):
   import step_profile as sp  # pylint: disable=import-outside-toplevel
   from jax_epoch import matmul_flops  # pylint: disable=import-outside-toplevel
 
-  rng = np.random.default_rng(0)
-  lengths = jnp.asarray(rng.integers(a.win // 2, a.win + 1, size=a.batch), jnp.int32)
-  batch = (jnp.asarray(rng.normal(size=(a.batch, a.win, 388)), jnp.float32),
-           jnp.asarray(rng.normal(size=(a.batch, a.win, 1)), jnp.float32), lengths)
+  batch = sp.random_batch(a.batch, a.win)
   out = {'cores': len(os.sched_getaffinity(0)), 'peak_flops': matmul_flops()}
   # A streaming elementwise pass (256 MB in, 256 MB out): memory bandwidth, shared by all cores.
-  big = jnp.asarray(rng.normal(size=(1 << 26,)), jnp.float32)
+  big = jnp.asarray(np.random.default_rng(0).normal(size=(1 << 26,)), jnp.float32)
   out['stream_bytes_per_s'] = 2 * big.nbytes / sp.best_of(jax.jit(lambda x: x * 2.0 + 1.0),
                                                           (big,), a.repeat)
   for name, seeds, mapped in [('one seed', 1, False), ('seeds mapped', a.seeds, True),

@@ -39,6 +39,7 @@ from muse_jax import config_util  # pylint: disable=wrong-import-position
 from muse_jax import host_memory  # pylint: disable=wrong-import-position
 from muse_jax import losses  # pylint: disable=wrong-import-position
 from muse_jax import models  # pylint: disable=wrong-import-position
+from muse_jax import train  # pylint: disable=wrong-import-position
 from jax_epoch import matmul_flops  # pylint: disable=wrong-import-position
 from jax_epoch import step_flops  # pylint: disable=wrong-import-position
 
@@ -74,10 +75,18 @@ def counts(kw, a, seeds=1, blocked=True) -> tuple:
   return step_flops(c, 388, 1), float(a.batch * seeds * trans)
 
 
+def random_batch(batch: int, win: int) -> tuple:
+  """(x [B, T, 388], y [B, T, 1], lengths [B] in [T/2, T]): random data of the paper's shapes."""
+  rng = np.random.default_rng(0)
+  lengths = jnp.asarray(rng.integers(win // 2, win + 1, size=batch), jnp.int32)
+  return (jnp.asarray(rng.normal(size=(batch, win, 388)), jnp.float32),
+          jnp.asarray(rng.normal(size=(batch, win, 1)), jnp.float32), lengths)
+
+
 def model_step(kw, batch, seeds=1, mapped=False):
   """Jitted value_and_grad of the CCC loss over `seeds` parameter sets, vmapped or mapped one
-  after the other (config.seed_loop; each mapped body vmapped over a size-1 axis, as
-  train._over_seeds does), and its args."""
+  after the other (config.seed_loop) exactly as training runs them (train._over_seeds), and its
+  args."""
   x, y, lengths = batch
   model = models.Regressor(**kw)
   keys = jax.random.split(jax.random.key(0), seeds)
@@ -85,8 +94,7 @@ def model_step(kw, batch, seeds=1, mapped=False):
   mask = models.length_mask(lengths, x.shape[1])
   loss = lambda p: losses.get_loss('ccc')(model.apply(p, x, lengths), y, mask)
   grad = jax.value_and_grad(loss)
-  return jax.jit(lambda p: jax.lax.map(grad, p, batch_size=1) if mapped
-                 else jax.vmap(grad)(p)), (params,)
+  return jax.jit(train._over_seeds(grad, mapped, 1)), (params,)  # pylint: disable=protected-access
 
 
 def ceilings(a, peak, repeat):
@@ -149,10 +157,7 @@ def main():
                   help='muse_jax.host_memory, as training does (0: buffers faulted in per step)')
   a = ap.parse_args()
   reuse = host_memory.reuse_cpu_buffers(bool(a.reuse_cpu_buffers))
-  rng = np.random.default_rng(0)
-  lengths = jnp.asarray(rng.integers(a.win // 2, a.win + 1, size=a.batch), jnp.int32)
-  batch = (jnp.asarray(rng.normal(size=(a.batch, a.win, 388)), jnp.float32),
-           jnp.asarray(rng.normal(size=(a.batch, a.win, 1)), jnp.float32), lengths)
+  batch = random_batch(a.batch, a.win)
   peak = matmul_flops()
   print(f'# matmul peak {peak / 1e9:.1f} GFLOP/s; batch {a.batch} x {a.win} x 388; '
         f'{os.cpu_count()} cpus, jax {jax.__version__}; large buffers reused: {reuse}',
