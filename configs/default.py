@@ -18,7 +18,10 @@ def get_config():
   c.add_segment_id = False        # append segment_id as an extra input column
   c.inputs_on_disk = 'auto'       # inputs written to a memory-mapped file as read, not in RAM:
                                   # 'auto' (when over 1/4 of the machine's memory), 'yes', 'no'
-  c.nan_policy = 'zero'           # NaN feature cells: 'zero' (0 after z-norm = train mean) | 'error'
+  c.nan_policy = 'zero'           # NaN/Inf feature cells, and cells over max_abs_z train std from
+                                  # the train mean (e.g. 1e30 missing-value markers): 'zero' (set
+                                  # to the train mean, one log line per file) | 'error' (stop)
+  c.max_abs_z = 1e3               # that bound, in train std (no real train value reaches sqrt(N))
   c.targets = ('valence',)        # one model predicts these jointly
   c.win_len = 200                 # train windows (frames at 4 Hz)
   c.hop_len = 100

@@ -1,5 +1,14 @@
-"""Shared plumbing of the command-line entry points: user errors as one line, quiet libraries."""
+"""Shared plumbing of the command-line entry points: user errors as one line, quiet libraries.
+
+What a user can fix ends the command with one line `error: ...` and exit status 2, never a
+traceback: a MuseError (bad data, config or workdir), a full or read-only disk met while writing
+(the message names the path; checkpoints are only ever renamed into place, so the workdir keeps
+its last good one), and Ctrl-C (exit 130; the same command resumes).
+"""
+import errno
 import logging as py_logging
+import os
+import signal
 import sys
 
 from absl import app
@@ -7,6 +16,11 @@ from absl import app
 from muse_jax.errors import MuseError
 
 _NOISY = ('/orbax/', '/tensorflow_datasets/')
+INTERRUPTED = 'interrupted; rerun the same command to resume'
+_DISK_ERRNOS = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is exceeded',
+                errno.EROFS: 'the file system is read-only'}
+_DISK_TEXT = {'No space left on device': errno.ENOSPC, 'Disk quota exceeded': errno.EDQUOT,
+              'Read-only file system': errno.EROFS}
 
 
 class _LibraryFilter(py_logging.Filter):
@@ -14,10 +28,22 @@ class _LibraryFilter(py_logging.Filter):
   configuration') so the console shows the run's progress; their warnings still pass."""
 
   def filter(self, record):
+    if record.levelno >= py_logging.ERROR and _about_full_disk(record):
+      return False  # orbax's writer threads and tasks each report it: run_app says it once
     if not any(n in record.pathname for n in _NOISY):
       return True
     return record.levelno >= py_logging.WARNING and 'custom data configuration' not in str(
         record.msg)
+
+
+def _about_full_disk(record) -> bool:
+  if record.exc_info and record.exc_info[1] is not None and disk_error(record.exc_info[1]):
+    return True
+  try:
+    text = record.getMessage()
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return any(t in text for t in _DISK_TEXT)
 
 
 def quiet_library_logs() -> None:
@@ -26,21 +52,73 @@ def quiet_library_logs() -> None:
   py_logging.getLogger('absl').addFilter(_LibraryFilter())
 
 
+def disk_error(e: BaseException) -> str | None:
+  """A one-line message if `e` (or what caused it: orbax and tensorstore rewrap I/O errors) is a
+  full, over-quota or read-only disk; else None."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    code = e.errno if isinstance(e, OSError) else None
+    if code not in _DISK_ERRNOS:
+      code = next((c for t, c in _DISK_TEXT.items() if t in str(e)), None)
+    if code is not None:
+      path = getattr(e, 'filename', None) or _path_in(str(e))
+      if path and '.orbax-checkpoint-tmp' in path:  # name the checkpoint, not orbax's internals
+        path = path.split('.orbax-checkpoint-tmp')[0] + ' (checkpoint)'
+      where = f'{path}: ' if path else ''
+      return (f'{where}cannot write ({_DISK_ERRNOS[code]}); runs keep their last good checkpoint '
+              'and builds are redone from the start: free space (or point --workdir/--data_dir '
+              'elsewhere) and rerun the same command')
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _path_in(text: str) -> str | None:
+  for word in text.replace('"', ' ').replace("'", ' ').split():
+    if word.startswith('/') and len(word) > 1:
+      return word.rstrip(':,;.')
+  return None
+
+
+def _exit_on_signals():
+  """Ctrl-C (or a scheduler's SIGTERM): the process ends with one line. Library threads (orbax, tfds, XLA) would each
+  print their own traceback as KeyboardInterrupt unwinds them: leave without running them down
+  (the workdir is consistent at any instant: every output is renamed into place)."""
+  def handler(signum, frame):
+    del frame
+    sys.stderr.write(f'error: {INTERRUPTED}\n')
+    sys.stderr.flush()
+    os._exit(128 + signum)  # pylint: disable=protected-access
+  signal.signal(signal.SIGINT, handler)
+  signal.signal(signal.SIGTERM, handler)
+
+
 def run_app(main, **kwargs) -> None:
   """absl app.run, with MuseError printed as `error: <message>` and exit status 2."""
   def wrapped(argv):
     quiet_library_logs()
     return main(argv)
+  _exit_on_signals()
   try:
     app.run(wrapped, **kwargs)
   except MuseError as e:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except
+    msg = disk_error(e)
+    if msg is None:
+      raise
+    sys.stderr.write(f'error: {msg}\n')
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: the checkpoint writer's threads would print tracebacks as the interpreter
+    # tears down under them (their event loop is gone). Everything on disk is renamed into place.
+    os._exit(2)  # pylint: disable=protected-access
 
 
 def call(fn, *args):
   """For argparse entry points: (0, fn(*args)), or (2, None) after printing one `error:` line for
-  a MuseError or a missing package of the optional `features` extra."""
+  a MuseError, a full disk or a missing package of the optional `features` extra."""
   try:
     return 0, fn(*args)
   except MuseError as e:
@@ -48,4 +126,9 @@ def call(fn, *args):
   except ModuleNotFoundError as e:
     print(f'error: {e.name} is not installed; install the extra: pip install -e .[features]',
           file=sys.stderr)
+  except OSError as e:
+    msg = disk_error(e)
+    if msg is None:
+      raise
+    print(f'error: {msg}', file=sys.stderr)
   return 2, None

@@ -28,6 +28,11 @@ from muse_jax.errors import MuseError
 SPLITS = ('train', 'devel', 'test')
 TARGETS = ('arousal', 'valence')
 EPS = 1e-6  # added to the train std, as the authors' code does
+# Cells this many train std from the train mean are treated like NaN (config.max_abs_z): no real
+# feature gets there in train (a column's largest |z| over N frames is at most sqrt(N - 1)).
+DEFAULT_MAX_ABS_Z = 1e3
+# Labels beyond this get a warning naming the file: every MuSe release's lie within [-1, 1].
+LABEL_WARN_ABS = 5.0
 SEGMENT_ID = 'segment_id'
 
 
@@ -44,20 +49,38 @@ class Video:
 
 @dataclasses.dataclass
 class NormStats:
-  """Per-column mean/std from the train partition; columns follow `names` x `dims`."""
+  """Per-column statistics of the train partition; columns follow `names` x `dims`.
+
+  `mean`/`std` are what is applied (identity for unnormalised inputs, std 1 for columns constant
+  over train); `raw_mean`/`raw_std` are the train statistics of every column, which the
+  out-of-range check uses whether a column is normalised or not.
+  """
   names: list
   dims: list
   mean: np.ndarray
   std: np.ndarray
   normalized: list        # per name: was it normalised
+  raw_mean: np.ndarray = None
+  raw_std: np.ndarray = None
   path: str = ''          # the workdir file it was loaded from, for messages
+
+  def __post_init__(self):
+    if self.raw_mean is None:  # written by an older version: the applied statistics
+      self.raw_mean, self.raw_std = self.mean, self.std
 
   def apply(self, x):
     return (x - self.mean) / self.std
 
+  def out_of_range(self, x, max_abs_z: float) -> np.ndarray:
+    """Cells that are not finite or lie over max_abs_z train std from the train mean (a column
+    constant over train: max_abs_z from its value, in its own units)."""
+    scale = np.where(self.raw_std > 0, self.raw_std, 1.0).astype(np.float32)
+    with np.errstate(invalid='ignore', over='ignore'):
+      return ~(np.abs(x - self.raw_mean) <= max_abs_z * scale)  # NaN compares False
+
   def save(self, path):
     tmp = path + '.tmp.npz'
-    np.savez(tmp, mean=self.mean, std=self.std,
+    np.savez(tmp, mean=self.mean, std=self.std, raw_mean=self.raw_mean, raw_std=self.raw_std,
              meta=json.dumps({'names': self.names, 'dims': self.dims,
                               'normalized': self.normalized}))
     os.replace(tmp, path)
@@ -68,7 +91,9 @@ class NormStats:
       raise MuseError(f'{path}: no normalisation statistics; train in this workdir first')
     with np.load(path) as z:
       meta = json.loads(str(z['meta']))
-      return cls(meta['names'], meta['dims'], z['mean'], z['std'], meta['normalized'], path)
+      raw = (z['raw_mean'], z['raw_std']) if 'raw_mean' in z else (None, None)
+      return cls(meta['names'], meta['dims'], z['mean'], z['std'], meta['normalized'], *raw,
+                 path=path)
 
 
 def parse_list(value) -> list:
@@ -166,8 +191,11 @@ def load_videos(config, spill_dir: str | None = None, spill_over: float | None =
         diff = sorted(set(ids(name, split)) ^ set(order[split]))[:5]
         raise MuseError(f'{split}: feature sets {names[0]} and {name} hold different videos '
                         f'(e.g. {diff}); rebuild or fix the tree')
-  if not order['train']:
-    raise MuseError(f'{root}: the train partition has no videos (metadata/partition.csv)')
+  for split in ('train', 'devel'):  # devel selects the epoch, the seed and the lr schedule
+    if not order[split]:
+      raise MuseError(f'{os.path.join(root, reader.PARTITION_CSV)}: the {split} partition has no '
+                      f'videos; list some as {split} (training needs train and devel videos)')
+  far_off = []
   spill = None
   if spill_dir is not None:
     # The joined length of a video is its shortest source (_join_grid): the exact size up front.
@@ -189,6 +217,11 @@ def load_videos(config, spill_dir: str | None = None, spill_over: float | None =
       has = all(bool(first[f'has_{t}']) for t in targets)
       if not has:
         y[:] = np.nan
+      else:
+        a = np.nan_to_num(np.abs(y), nan=0.0, posinf=np.inf)
+        if (a > LABEL_WARN_ABS).any():
+          r, k = np.unravel_index(np.argmax(a), a.shape)
+          far_off.append((reader.label_path(root, targets[k], vid), float(y[r, k])))
       x = np.concatenate(cols, axis=1).astype(np.float32, copy=False)
       if spill:
         spill.write(x)
@@ -196,6 +229,13 @@ def load_videos(config, spill_dir: str | None = None, spill_over: float | None =
       videos.append(Video(vid, np.asarray(first['timestamp'][:n]),
                           np.asarray(first['segment_id'][:n]), x, y, has))
     out[split] = videos
+  for path, value in far_off[:5]:
+    logging.warning('%s: label value %.6g is far off the release scale (labels of the MuSe '
+                    'releases lie within [-1, 1]); check the file, or that every label file has '
+                    'the same scale', path, value)
+  if len(far_off) > 5:
+    logging.warning('%d more label files hold values beyond +-%g', len(far_off) - 5,
+                    LABEL_WARN_ABS)
   if spill:
     spill.map([v for split in SPLITS for v in out[split]])
   return out, dims
@@ -283,87 +323,161 @@ def data_dir_of(config) -> str:
   return os.path.abspath(os.path.expanduser(d))
 
 
-def compute_stats(config, train_videos, dims) -> NormStats:
-  """Train-partition mean/std per column (NaN cells ignored); identity for unnormalised sets.
-
-  Accumulated video by video in float64 (sum, sum of squares, count): no copy of the train data.
-  """
-  names = input_names(config)
-  d = train_videos[0].x.shape[1]
+def _moments(videos, shift, exclude=None):
+  """Sums (float64, shifted: sums of squares stay exact) over the videos' finite cells, leaving
+  out cells `exclude(x)` flags."""
+  d = len(shift)
   total, total_sq, count = np.zeros(d), np.zeros(d), np.zeros(d)
-  with np.errstate(invalid='ignore'):  # shift by a rough mean: sums of squares stay exact
-    shift = np.nan_to_num(np.nanmean(np.where(np.isfinite(train_videos[0].x), train_videos[0].x,
-                                              np.nan).astype(np.float64), axis=0))
-  for v in train_videos:
-    x = v.x.astype(np.float64) - shift
-    ok = np.isfinite(x)
-    x = np.where(ok, x, 0.0)
+  for v in videos:
+    ok = np.isfinite(v.x)
+    if exclude is not None:
+      ok &= ~exclude(v.x)
+    x = np.where(ok, v.x.astype(np.float64) - shift, 0.0)
     total += x.sum(0)
     total_sq += (x * x).sum(0)
     count += ok.sum(0)
   n = np.maximum(count, 1)
   mean = total / n
-  std = np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0)) + EPS
-  mean += shift
+  return mean + shift, np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
+
+
+def compute_stats(config, train_videos, dims) -> NormStats:
+  """Train-partition mean/std per column; identity for unnormalised inputs.
+
+  Accumulated video by video (no copy of the train data). Non-finite cells are left out, and so
+  are cells over config.max_abs_z std from a first pass's mean (finite missing-value markers
+  such as 1e30 would otherwise set the scale of their column); the normalisation then treats
+  those cells by config.nan_policy. A column constant over train is centred but not divided by
+  its (zero) std, which would blow any other value up to ~1e6: one log line per input set.
+  """
+  names = input_names(config)
+  x0 = train_videos[0].x
+  with np.errstate(invalid='ignore'):
+    shift = np.nan_to_num(np.nanmean(np.where(np.isfinite(x0), x0, np.nan).astype(np.float64),
+                                      axis=0))
+  mean, std = _moments(train_videos, shift)
+  bound = float(config.get('max_abs_z', DEFAULT_MAX_ABS_Z))
+  first = NormStats(names, list(dims), mean.astype(np.float32), std.astype(np.float32), [],
+                    mean.astype(np.float32), std.astype(np.float32))
+  n_out = sum(int(first.out_of_range(v.x, bound)[np.isfinite(v.x)].sum()) for v in train_videos)
+  if n_out:
+    mean, std = _moments(train_videos, shift, lambda x: first.out_of_range(x, bound))
+    logging.warning('train statistics: %d finite cells over %g train std from the mean left out '
+                    '(config.max_abs_z); they are treated by nan_policy', n_out, bound)
+  constant = std <= 1e-6 * np.abs(mean)  # float32 data: exactly constant, up to rounding
+  raw_mean, raw_std = mean.copy(), np.where(constant, 0.0, std)
+  std = np.where(constant, 1.0, std + EPS)
   normalized = normalized_names(config)
+  labels = column_labels(config, dims)
   start = 0
   for name, d in zip(names, dims):
+    cols = slice(start, start + d)
     if name not in normalized:
-      mean[start:start + d], std[start:start + d] = 0.0, 1.0
+      mean[cols], std[cols] = 0.0, 1.0
+    elif constant[cols].any():
+      idx = np.flatnonzero(constant[cols])
+      logging.warning('%s: %d column(s) constant over the train partition (%s); centred, not '
+                      'scaled', name, len(idx), ', '.join(
+                          f'{labels[start + j]} = {raw_mean[start + j]:.6g}' for j in idx[:5])
+                      + (', ...' if len(idx) > 5 else ''))
     start += d
   return NormStats(names, list(dims), mean.astype(np.float32), std.astype(np.float32),
-                   [n in normalized for n in names])
+                   [n in normalized for n in names], raw_mean.astype(np.float32),
+                   raw_std.astype(np.float32))
+
+
+def column_labels(config, dims) -> list:
+  """A name per input column for messages: '<set>:<column header>' (as built), else '<set>[j]'."""
+  out = []
+  data_dir = data_dir_of(config) if config.get('data_dir') is not None else None
+  for name, d in zip(input_names(config), dims):
+    info = (build.build_info(data_dir, name) or {}) if data_dir and d > 1 else {}
+    cols = info.get('columns') or []
+    out += ([f'{name}:{c}' for c in cols] if len(cols) == d
+            else [name] if d == 1 else [f'{name}[{j}]' for j in range(d)])
+  return out
 
 
 def _cell_source(config, stats: NormStats, v: Video, split: str, row: int, col: int) -> str:
-  """Where a joined input cell comes from: the feature file, timestamp and file column."""
+  """Where a joined input cell comes from: the feature file, its line, timestamp and column."""
   start = 0
   for name, d in zip(stats.names, stats.dims):
     if col < start + d:
       break
     start += d
-  where = f'video {v.id} ({split}), timestamp {v.timestamp[row]}'
+  t = int(v.timestamp[row])
+  where = f'video {v.id} ({split}), timestamp {t}'
   root = os.path.abspath(os.path.expanduser(config.data_root or '.'))
   path = reader.feature_path(root, name, v.id)
   if name != SEGMENT_ID and os.path.exists(path):
-    number, header = reader.feature_column(path, col - start)
-    return f'{path}: {where}, column {number} ({header!r})'
+    try:
+      number, header = reader.feature_column(root, name, v.id, col - start)
+      table = reader.read_table(path)
+      hit = np.flatnonzero(table.column(next(c for c in table.columns
+                                              if c.lower() == 'timestamp')) == t)
+      line = f'line {table.lines[hit[0]]}, ' if len(hit) else ''
+      return f'{path}: {line}column {number} ({header!r}), {where}'
+    except (MuseError, StopIteration, IndexError):
+      pass
   return f'{where}: input {name}, column {col - start + 1}'
+
+
+MAX_POLICY_LINES = 20  # per run: past that, one summary line (a release may have hundreds)
 
 
 def normalize(config, videos: dict, stats: NormStats) -> dict:
   """Applies stats and the NaN policy in place; returns videos.
 
-  NaN policy (NaN cells of the release, Inf cells the reader turned into NaN): 'zero' sets them to
-  0 after normalisation, i.e. the train mean, with one log line counting them; 'error' stops at
-  the first one, naming its file, timestamp and column.
+  Bad cells are non-finite ones (NaN cells of the release, Inf cells the reader turned into NaN)
+  and finite ones over config.max_abs_z train std from the train mean (missing-value markers such
+  as 1e30: left as they are, one of them turns a whole video's predictions into NaN).
+  Policy 'zero' sets them to 0 after normalisation, i.e. the train mean, with one log line per
+  file; 'error' stops at the first one, naming its file, line and column.
   """
   names = input_names(config)
   where = stats.path or 'normalisation statistics'
   if stats.names != names:
     raise MuseError(f'{where}: this workdir was trained on inputs {stats.names}, this config asks '
                     f'for {names}; use a fresh workdir, or the inputs it was trained on')
-  n_cells, n_videos = 0, 0
+  bound = float(config.get('max_abs_z', DEFAULT_MAX_ABS_Z))
+  root = os.path.abspath(os.path.expanduser(config.data_root or '.'))
+  n_cells, n_files, lines = 0, 0, 0
   for split, vs in videos.items():
     for v in vs:
       if v.x.shape[1] != stats.mean.shape[0]:
         raise MuseError(f'{where}: {stats.mean.shape[0]} input columns, video {v.id} has '
                         f'{v.x.shape[1]}; use a fresh workdir')
-      bad = ~np.isfinite(v.x)
+      bad = stats.out_of_range(v.x, bound)
       if bad.any():
         if config.nan_policy == 'error':
           r, c = np.argwhere(bad)[0]
-          raise MuseError(f'{_cell_source(config, stats, v, split, r, c)}: NaN or Inf value and '
-                          'config.nan_policy is error; fix the file, or set '
+          what = 'NaN or Inf' if not np.isfinite(v.x[r, c]) else (
+              f'{float(v.x[r, c]):.6g}, over {bound:g} train std from the train mean')
+          raise MuseError(f'{_cell_source(config, stats, v, split, r, c)}: {what} '
+                          '(config.nan_policy is error); fix the file, or set '
                           '--config.nan_policy=zero to replace such cells by the train mean')
-        n_cells, n_videos = n_cells + int(bad.sum()), n_videos + 1
+        start = 0
+        for name, d in zip(stats.names, stats.dims):
+          b = bad[:, start:start + d]
+          if b.any():
+            k, far = int(b.sum()), int((b & np.isfinite(v.x[:, start:start + d])).sum())
+            n_cells, n_files = n_cells + k, n_files + 1
+            if lines < MAX_POLICY_LINES:
+              lines += 1
+              path = (reader.feature_path(root, name, v.id)
+                      if name in parse_list(config.feature_sets) else f'input {name}')
+              logging.info('%s: video %s (%s): %d cells %sset to the train mean (nan_policy '
+                           'zero)', path, v.id, split, k,
+                           f'(of them {far} finite but over {bound:g} train std) ' if far
+                           else 'NaN or Inf ')
+          start += d
       # In place: inputs mapped from disk stay in the map instead of being copied into memory.
       np.subtract(v.x, stats.mean, out=v.x)
       np.divide(v.x, stats.std, out=v.x)
       v.x[bad] = 0.0
-  if n_cells:
-    logging.info('NaN policy zero: %d non-finite input cells in %d videos set to 0 after '
-                 'normalisation (= the train mean)', n_cells, n_videos)
+  if n_files > lines:
+    logging.info('NaN policy zero: %d non-finite or out-of-range input cells in %d files set to '
+                 'the train mean (%d files not listed above)', n_cells, n_files, n_files - lines)
   return videos
 
 

@@ -3,6 +3,7 @@
 Thin by design (as the flax examples): flags -> config -> train/evaluate/predict in train.py.
 User errors (bad data, config or workdir) end as one line `error: ...` and exit status 2.
 """
+import os
 import sys
 
 from absl import app
@@ -12,6 +13,7 @@ from ml_collections import config_flags
 
 from muse_jax import cli
 from muse_jax import config_util
+from muse_jax.errors import MuseError
 
 config_util.ensure_configs_importable()
 
@@ -36,7 +38,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   import jax  # pylint: disable=import-outside-toplevel
   from muse_jax import host_memory  # pylint: disable=import-outside-toplevel
-  if _CONFIG.value.get('reuse_cpu_buffers', True) is True:
+  if _config().get('reuse_cpu_buffers', True) is True:
     host_memory.prefer_sync_dispatch()  # before anything creates a JAX backend
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
@@ -46,7 +48,7 @@ def main(argv):
     logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
   from muse_jax import train  # pylint: disable=import-outside-toplevel
-  config = _CONFIG.value
+  config = _config()
   with config.unlocked():
     if FLAGS.data_root is not None:
       config.data_root = FLAGS.data_root
@@ -58,6 +60,38 @@ def main(argv):
   results = run(config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(summary(results))
+
+
+def _config():
+  """The parsed config; a config file that is missing or fails to load is one line."""
+  try:
+    config = _CONFIG.value
+    config.get('seed')  # a file that failed to load gives a stand-in that raises on use
+    return config
+  except Exception as e:  # pylint: disable=broad-except
+    path = _config_path(sys.argv) or '?'
+    if _missing(path):
+      raise MuseError(_missing(path)) from None
+    cause = e.__cause__ or e
+    raise MuseError(f'{path}: config file failed to load ({type(cause).__name__}: '
+                    f'{str(cause).strip().splitlines()[-1] if str(cause).strip() else ""})') from None
+
+
+def _config_path(argv) -> str | None:
+  return next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+
+
+def _missing(path: str) -> str | None:
+  """The message for a --config file that does not exist (None if it does)."""
+  if os.path.exists(path.split(':')[0]):
+    return None
+  return (f'{path}: config file not found; pass --config=configs/<name>.py (the repository has: '
+          f'{", ".join(_known_configs())})')
+
+
+def _known_configs() -> list:
+  return sorted(n[:-3] for n in os.listdir(config_util.CONFIGS)
+                if n.endswith('.py') and not n.startswith('_'))
 
 
 def summary(results: dict) -> str:
@@ -73,10 +107,49 @@ def summary(results: dict) -> str:
 def _parse_flags(argv):
   try:
     return FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-    msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+  except Exception as e:  # pylint: disable=broad-except
+    path = _config_path(argv)
+    if path and _missing(path):
+      sys.stderr.write(f'error: {_missing(path)}\n')
+      sys.exit(2)
+    msg = _unknown_field(argv)
+    cause = e
+    while cause.__cause__ is not None and not isinstance(cause, SyntaxError):
+      cause = cause.__cause__
+    if isinstance(cause, SyntaxError):
+      msg = (f'{cause.filename}: line {cause.lineno}: config file failed to load (SyntaxError: '
+             f'{cause.msg})')
+    elif msg is None:
+      msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     sys.stderr.write(f'error: command line: {msg} (see --helpfull)\n')
     sys.exit(2)
+
+
+def _unknown_field(argv) -> str | None:
+  """"unknown config field 'x'" when a --config.x override names no field of the config file."""
+  path = _config_path(argv)
+  if path is None:
+    return None
+  try:
+    config = config_util.load_config(os.path.abspath(path))
+  except Exception:  # pylint: disable=broad-except
+    return None  # the config file itself is the problem: reported when it is loaded
+  for a in argv:
+    if not a.startswith('--config.'):
+      continue
+    field = a[len('--config.'):].split('=', 1)[0]
+    node = config
+    for i, part in enumerate(field.split('.')):
+      keys = list(node.keys()) if hasattr(node, 'keys') else []
+      if part not in keys:
+        near = [k for k in keys if k.lower().startswith(part.lower()[:3])][:5]
+        parent = '.'.join(field.split('.')[:i])
+        return (f"unknown config field {field!r}" + (f' (fields of {parent}: ' if parent else
+                ' (similar fields: ' if near else '') +
+                (', '.join(keys) if parent else ', '.join(near)) +
+                (')' if parent or near else ''))
+      node = node[part]
+  return None
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@
   each seed's best-so-far parameters and all host counters, so a killed job resumes exactly and
   evaluate/predict restore the best parameters from the same place.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -37,6 +38,7 @@ from muse_jax import losses
 from muse_jax import metrics as metrics_lib
 from muse_jax import models
 from muse_jax import outputs
+from muse_jax import workdir as wd
 from muse_jax.errors import MuseError
 
 LOSSES = ('ccc', 'mse', 'l1')
@@ -74,6 +76,7 @@ def validate_config(config) -> None:
   need(config.loss in LOSSES, f'loss must be one of {LOSSES}, got {config.loss!r}')
   need(config.nan_policy in NAN_POLICIES,
        f'nan_policy must be one of {NAN_POLICIES}, got {config.nan_policy!r}')
+  need(config.get('max_abs_z', 1.0) > 0, f'max_abs_z must be > 0, got {config.get("max_abs_z")}')
   need(config.nonfinite_policy in NONFINITE_POLICIES,
        f'nonfinite_policy must be one of {NONFINITE_POLICIES}, got {config.nonfinite_policy!r}')
   need(config.learning_rate > 0, f'learning_rate must be > 0, got {config.learning_rate}')
@@ -302,6 +305,7 @@ class SeedTracker:
   """One seed's plateau schedule (torch ReduceLROnPlateau: mode min, rel threshold 1e-4,
   cooldown 0) and early stopping. Serialised into every checkpoint."""
   lr: float
+  seed: int = -1          # which seed (for logs, and tests that script a seed's devel scores)
   plateau_best: float = float('inf')
   plateau_bad: int = 0
   best_ccc: float = -float('inf')
@@ -335,8 +339,9 @@ class SeedTracker:
 def checkpoint_manager(workdir: str, read_only: bool = False):
   path = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   # cleanup_tmp_directories: a save cut by a kill leaves `<step>.orbax-checkpoint-tmp`; never
-  # read as a checkpoint, it is removed when the next run opens the workdir.
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, read_only=read_only,
+  # read as a checkpoint, it is removed when the next run opens the workdir. Two epochs are kept:
+  # a latest one damaged on disk (truncated, a full disk) falls back to the one before (restore).
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, read_only=read_only,
                                          enable_async_checkpointing=False, create=not read_only,
                                          cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(path, options=options, item_names=('state', 'meta'))
@@ -349,10 +354,7 @@ def model_signature(config, dims) -> dict:
           'seeds': seeds_of(config)}
 
 
-def restore(mngr, state, signature, workdir):
-  step = mngr.latest_step()
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  saved = meta['signature']
+def _check_signature(saved, signature, workdir) -> None:
   diff = [k for k in signature if signature[k] != saved.get(k)]
   if diff:
     k = diff[0]
@@ -364,10 +366,37 @@ def restore(mngr, state, signature, workdir):
           for f in sorted(set(old) | set(new)) if old.get(f) != new.get(f)) + ')'
     raise MuseError(f'{workdir}: its checkpoint was written for a different {what}; use another '
                     'workdir or the config it was trained with')
+
+
+def restore(mngr, state, signature, workdir):
+  """(state, meta) of the newest readable epoch. A damaged newest epoch (cut short on disk)
+  is reported and the one before is used; in a writable workdir the damaged one is deleted so
+  training redoes that epoch."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))['state']
-  return restored, meta
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for i, step in enumerate(steps):
+    try:
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:  # pylint: disable=broad-except
+      meta, error = None, e
+    if meta is not None:
+      _check_signature(meta['signature'], signature, workdir)
+      try:
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))['state']
+        return restored, meta
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+    older = f'falling back to epoch {steps[i + 1]}' if i + 1 < len(steps) else 'no older epoch'
+    logging.warning('%s: checkpoint of epoch %d is unreadable (%s: %s); %s', mngr.directory,
+                    step, type(error).__name__, str(error).splitlines()[0][:200] if str(error)
+                    else '', older)
+    try:
+      mngr.delete(step)
+    except Exception:  # pylint: disable=broad-except
+      pass  # a read-only manager (evaluate, predict) leaves the workdir as it is
+  raise MuseError(f'{mngr.directory}: no readable checkpoint (epochs {steps} are damaged); '
+                  'train again in a new --workdir')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -409,24 +438,37 @@ def _process_settings(config):
   compile_cache.enable(config.get('compilation_cache_dir', 'auto'))
 
 
+def _holding(workdir: str, what: str):
+  """The workdir's lock, held by process 0 for the whole job (the others follow its lead)."""
+  return wd.locked(workdir, what) if jax.process_index() == 0 else contextlib.nullcontext()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains on train, selects on devel, writes checkpoints, metrics, predictions and plots.
 
-  Resumes from the workdir's checkpoint when there is one (a finished run just re-reports).
+  Resumes from the workdir's checkpoint when there is one (a finished run just re-reports); a
+  resume may change only the fields of `workdir.RESUMABLE`. One run at a time per workdir.
   """
   validate_config(config)
   _process_settings(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = wd.prepare(workdir)
+  with _holding(workdir, 'train'):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   targets = ip.parse_list(config.targets)
   seeds = seeds_of(config)
   data_seed = config.seed if config.data_seed < 0 else config.data_seed
   t_start = time.time()
+  mngr = checkpoint_manager(workdir)
+  config_json = json.loads(config.to_json_best_effort())
+  if mngr.latest_step() is not None:
+    wd.check_resume(workdir, config_json)  # before any data work: a refused resume costs nothing
   videos, dims = prepare_data(config, workdir, fit_stats=True)
   if jax.process_index() == 0:
     outputs.remove_stale_tmp(workdir)
-    outputs.write_json(os.path.join(workdir, 'config.json'),
-                       json.loads(config.to_json_best_effort()))
+    outputs.write_json(os.path.join(workdir, wd.CONFIG_FILE), config_json)
   mesh = make_mesh(config.num_devices)
   windows = ip.train_windows(config, videos['train'])
   n_dev = mesh.devices.size
@@ -447,16 +489,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_step = make_eval_step(model, seeds_mapped(config))
   signature = model_signature(config, dims)
 
-  mngr = checkpoint_manager(workdir)
-  trackers = [SeedTracker(lr=config.learning_rate) for _ in seeds]
-  start_epoch, skipped = 1, 0
+  trackers = [SeedTracker(lr=config.learning_rate, seed=seed) for seed in seeds]
+  start_epoch, skipped, initial = 1, 0, None
   if mngr.latest_step() is not None:
     state, meta = restore(mngr, state, signature, workdir)
     start_epoch, skipped = meta['epoch'] + 1, meta['skipped_steps']
     trackers = [SeedTracker(**t) for t in meta['trackers']]
+    initial = meta.get('initial_devel')
     logging.info('resuming after epoch %d from %s', meta['epoch'], mngr.directory)
   state = replicate(state, mesh)
   keys = replicate(dropout_keys(seeds), mesh)
+  # A checkpoint holds the state's arrays and some metadata; 2x: a margin for orbax's layout.
+  ckpt_bytes = 2 * sum(x.nbytes for x in jax.tree.leaves(state)) + (1 << 20)
+  if start_epoch == 1:
+    # The untrained model's devel score: what training must beat for its parameters to be kept.
+    _, devel0 = evaluate_split(eval_step, state.params, videos['devel'], targets, mesh)
+    initial = [m['mean_ccc'] for m in devel0]
+    _log_epoch(0, [float('nan')] * len(seeds), devel0, trackers, targets,
+               [t.lr for t in trackers], 0.0, np.zeros(len(seeds), bool), seeds)
   log = outputs.MetricLog(workdir, resume_after=start_epoch - 1)
   for epoch in range(start_epoch, config.num_epochs + 1):
     if not any(t.active for t in trackers):
@@ -503,9 +553,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                'seeds': [{'seed': seed, 'train_loss': float(train_loss[s]), 'lr': float(lrs[s]),
                           'devel': devel[s] if devel else None}
                          for s, seed in enumerate(seeds)]})
-    _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improved)
+    _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improved, seeds)
     meta = {'epoch': epoch, 'skipped_steps': skipped, 'signature': signature,
-            'trackers': [dataclasses.asdict(t) for t in trackers]}
+            'trackers': [dataclasses.asdict(t) for t in trackers], 'initial_devel': initial}
+    if jax.process_index() == 0:
+      kept = (f'the workdir keeps the last good checkpoint (epoch {epoch - 1})' if epoch > 1
+              else 'no checkpoint was written')
+      wd.check_space(workdir, ckpt_bytes, f'the checkpoint of epoch {epoch}', kept)
     mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)))
   mngr.wait_until_finished()
@@ -523,10 +577,13 @@ def _keep_best(state, improved):
   return state.replace(best_params=jax.tree.map(pick, state.params, state.best_params))
 
 
-def _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improved):
+def _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improved, seeds):
   for s, t in enumerate(trackers):
     ccc = ' '.join(f'{k} {devel[s][k]["ccc"]:.4f}' for k in targets) if devel else 'n/a'
-    prefix = f'epoch {epoch:3d}' + (f' seed {s}' if len(trackers) > 1 else '')
+    prefix = f'epoch {epoch:3d}' + (f' seed {seeds[s]}' if len(trackers) > 1 else '')
+    if epoch == 0:
+      logging.info('%s  devel CCC %s  (untrained)', prefix, ccc)
+      continue
     logging.info('%s  loss %.4f  devel CCC %s  lr %.2g  %.1fs%s%s', prefix, train_loss[s], ccc,
                  lrs[s], seconds, '  *' if improved[s] else '',
                  '' if t.active else '  (stopped)')
@@ -534,7 +591,12 @@ def _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improv
 
 def finish(config, workdir, mngr, state, signature, videos, eval_step, mesh) -> dict:
   """Scores every partition with each seed's best parameters; writes the chosen seed's
-  predictions (challenge CSVs) and plots; returns the results dict."""
+  predictions (challenge CSVs) and plots; returns the results dict.
+
+  Refuses (one-line MuseError, nothing written) a chosen seed whose training never beat the
+  untrained model on devel, or whose predictions are not finite: exit 0 means trained, finite
+  outputs.
+  """
   state, meta = restore(mngr, state, signature, workdir)
   params = replicate(state.best_params, mesh)
   trackers = [SeedTracker(**t) for t in meta['trackers']]
@@ -544,9 +606,15 @@ def finish(config, workdir, mngr, state, signature, videos, eval_step, mesh) -> 
   devel_ccc = [m['mean_ccc'] for m in per_split['devel'][1]] if per_split['devel'][1] else []
   best = int(np.nanargmax(devel_ccc)) if devel_ccc and np.isfinite(devel_ccc).any() else 0
   chosen = best if config.eval_seed < 0 else config.eval_seed
+  _check_trained(workdir, trackers[chosen], seeds[chosen], devel_ccc, chosen,
+                 meta.get('initial_devel'))
+  for split, (preds, _) in per_split.items():
+    _check_finite(preds[chosen], videos[split], split, seeds[chosen])
   results = {'targets': targets, 'epochs_run': meta['epoch'], 'seed': seeds[chosen],
              'best_seed': seeds[best], 'best_epoch': trackers[chosen].best_epoch,
              'skipped_steps': meta['skipped_steps']}
+  if meta.get('initial_devel'):
+    results['initial_devel_ccc'] = meta['initial_devel'][chosen]
   for split, (_, m) in per_split.items():
     results[split] = m[chosen] if m else None
   results['seeds'] = [{'seed': seed, 'best_epoch': trackers[s].best_epoch,
@@ -563,10 +631,33 @@ def finish(config, workdir, mngr, state, signature, videos, eval_step, mesh) -> 
   return results
 
 
+def _check_trained(workdir, tracker, seed, devel_ccc, chosen, initial) -> None:
+  """The chosen seed's best parameters must come from training and beat the untrained model."""
+  what = f'seed {seed}'
+  ccc = devel_ccc[chosen] if devel_ccc else float('nan')
+  if tracker.best_epoch == 0 or not np.isfinite(ccc):
+    raise MuseError(
+        f'{workdir}: devel CCC of {what} was never finite (best epoch 0: only the untrained '
+        'parameters exist), so nothing was scored or written; look for absurd values in the devel '
+        'inputs or labels (e.g. 1e30 as a missing-value marker; see config.max_abs_z)')
+  if initial is not None and not tracker.best_ccc > initial[chosen]:
+    raise MuseError(
+        f'{workdir}: training never beat the untrained model on devel ({what}: best devel CCC '
+        f'{tracker.best_ccc:.4f} at epoch {tracker.best_epoch}, untrained {initial[chosen]:.4f}), '
+        'so no predictions were written; check that labels and features belong together, or try '
+        'another learning_rate or more num_epochs')
+
+
+def _check_finite(preds, videos, split, seed) -> None:
+  for v, p in zip(videos, preds):
+    if not np.isfinite(p).all():
+      row = int(np.argmax(~np.isfinite(p).all(axis=1)))
+      raise MuseError(f'non-finite prediction for {split} video {v.id} at timestamp '
+                      f'{v.timestamp[row]} (seed {seed}); no predictions were written; look for '
+                      'absurd input values there, or lower config.max_abs_z')
+
+
 def _restore_for_eval(config, workdir):
-  validate_config(config)
-  _process_settings(config)
-  workdir = os.path.abspath(workdir)
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise MuseError(f'{workdir}: no checkpoint found; train first (--mode=train)')
   mngr = checkpoint_manager(workdir, read_only=True)
@@ -574,18 +665,22 @@ def _restore_for_eval(config, workdir):
     raise MuseError(f'{workdir}: no checkpoint found; train first (--mode=train)')
   videos, dims = prepare_data(config, workdir, fit_stats=False)
   model, _, state = create_state(config, sum(dims), len(ip.parse_list(config.targets)))
-  return (workdir, mngr, state, model_signature(config, dims), videos,
+  return (mngr, state, model_signature(config, dims), videos,
           make_eval_step(model, seeds_mapped(config)))
 
 
 def evaluate(config, workdir: str) -> dict:
   """Restores the best parameters, recomputes every partition's metrics, rewrites predictions;
   writes `eval_results.json` (training's `results.json` is left as it was)."""
-  workdir, mngr, state, signature, videos, eval_step = _restore_for_eval(config, workdir)
-  results = finish(config, workdir, mngr, state, signature, videos, eval_step,
-                   make_mesh(config.num_devices))
-  if jax.process_index() == 0:
-    outputs.write_json(os.path.join(workdir, 'eval_results.json'), results)
+  validate_config(config)
+  _process_settings(config)
+  workdir = wd.prepare(workdir)
+  with _holding(workdir, 'evaluate'):
+    mngr, state, signature, videos, eval_step = _restore_for_eval(config, workdir)
+    results = finish(config, workdir, mngr, state, signature, videos, eval_step,
+                     make_mesh(config.num_devices))
+    if jax.process_index() == 0:
+      outputs.write_json(os.path.join(workdir, 'eval_results.json'), results)
   return results
 
 
@@ -633,7 +728,7 @@ class Predictor:
     if raw_x.ndim != 2 or raw_x.shape[1] != sum(self.dims):
       raise MuseError(f'expected features [T, {sum(self.dims)}] for inputs '
                       f'{dict(zip(self.inputs, self.dims))}, got {raw_x.shape}')
-    bad = ~np.isfinite(raw_x)
+    bad = self.stats.out_of_range(raw_x, float(self.config.get('max_abs_z', ip.DEFAULT_MAX_ABS_Z)))
     x = np.where(bad, 0.0, self.stats.apply(raw_x)).astype(np.float32)
     video = ip.Video('input', np.arange(len(x)) * 250, np.ones(len(x), np.int32), x,
                      np.full((len(x), len(self.targets)), np.nan, np.float32), False)

@@ -41,7 +41,7 @@ except ImportError:  # not POSIX: builds are not locked
 
 FINGERPRINT_FILE = 'muse_build.json'
 # Bump when the reader policies or the storage format change: older builds are then rebuilt.
-POLICY_VERSION = 2
+POLICY_VERSION = 3  # 3: feature columns matched by name
 _READ_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -120,7 +120,7 @@ def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
   path = builder_dir(data_dir, name)
   records = record_index(tfds.builder_from_directory(path).as_data_source())
   info = dict(fp, built_s=round(time.time() - t0, 3), dim=dim, stats=builder.stats,
-              records=records)
+              records=records, columns=builder.columns)
   tmp = os.path.join(path, FINGERPRINT_FILE + '.tmp')
   with open(tmp, 'w') as f:
     json.dump(info, f)
@@ -133,18 +133,31 @@ def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
 @contextlib.contextmanager
 def _lock(data_dir: str, name: str):
   base = os.path.join(data_dir, muse_car.NAME)
-  os.makedirs(base, exist_ok=True)
-  with open(os.path.join(base, f'.{name}.lock'), 'w') as f:
+  try:
+    os.makedirs(base, exist_ok=True)
+    f = open(os.path.join(base, f'.{name}.lock'), 'w')
+  except OSError as e:
+    raise MuseError(f'{data_dir}: cannot build feature set {name} there ({e.strerror}); point '
+                    '--data_dir at a writable folder') from None
+  with f:
     if fcntl is not None:
       fcntl.flock(f, fcntl.LOCK_EX)
     yield
+
+
+def _up_to_date(path: str, fp: dict) -> tuple:
+  """(whether the build in `path` matches fingerprint `fp`, its stored info or None)."""
+  old = _read_json(os.path.join(path, FINGERPRINT_FILE))
+  done = os.path.exists(os.path.join(path, 'dataset_info.json'))
+  return bool(done and old and old.get('digest') == fp['digest']), old
 
 
 def ensure_built(root: str, data_dir: str, feature_sets) -> None:
   """Builds every missing or stale feature set of `root` into `data_dir`.
 
   `feature_sets`: list or comma string of folder names under label_aligned/. Unknown names are a
-  MuseError listing the available ones; so is any problem in the sources (see reader.py).
+  MuseError listing the available ones; so is any problem in the sources (see reader.py). An
+  up-to-date build is only read: the lock is taken to build, so a read-only data_dir works.
   """
   root = os.path.abspath(os.path.expanduser(root))
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
@@ -155,13 +168,14 @@ def ensure_built(root: str, data_dir: str, feature_sets) -> None:
   reader.read_partition(root)  # fail early on a missing/broken partition file
   dims = {name: reader.check_feature_set(root, name) for name in names}
   for name in names:
+    path = builder_dir(data_dir, name)
+    if _up_to_date(path, fingerprint(root, name))[0]:
+      logging.info('%s: up to date in %s', name, path)
+      continue
     with _lock(data_dir, name):  # two runs starting at once build a set once
       fp = fingerprint(root, name)
-      path = builder_dir(data_dir, name)
-      old = _read_json(os.path.join(path, FINGERPRINT_FILE))
-      done = os.path.exists(os.path.join(path, 'dataset_info.json'))
-      if done and old and old.get('digest') == fp['digest']:
-        logging.info('%s: up to date in %s', name, path)
+      done, old = _up_to_date(path, fp)
+      if done:  # the other run built it while this one waited
         continue
       if os.path.exists(path):
         why = _why_stale(old, fp) if old else 'no fingerprint (interrupted or foreign build)'

@@ -148,6 +148,7 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
     self.error = None   # message of the MuseError of a failed build (tfds rewraps exceptions)
     self.stats = {}     # per split: what the reader policies did, summed over videos
+    self.columns = []   # the set's feature column names, in stored order
 
   # tfds prints 'Downloading and preparing dataset Unknown size ...' to stdout around every
   # build; build.py logs one line per build instead.
@@ -182,6 +183,7 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
     try:
       partition = reader.read_partition(root)
       reader.check_feature_set(root, name)
+      self.columns = reader.set_columns(root, name)
       extra = reader.unlisted_feature_files(root, name, partition)
     except MuseError as e:
       self.error = str(e)
@@ -202,7 +204,7 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
     total = self.stats.setdefault(split, {})
     for vid in ids:
       try:
-        video, stats = reader.read_video_with_stats(root, name, vid, split, expected_dim=dim)
+        video, stats = reader.read_video_with_stats(root, name, vid, split, self.columns)
       except MuseError as e:
         self.error = str(e)
         raise

@@ -133,6 +133,7 @@ def read_table(path: str) -> Table:
     columns = [c.strip() for c in next(csv.reader([header.decode('utf-8').strip('\r')]))]
   except UnicodeDecodeError:
     _fail(f'{path}: the header line is not UTF-8 text; is this a CSV file?')
+  check_header(path, columns)
   if not body or body.isspace():
     _fail(f'{path}: header only, no data rows')
   n_lines = body.count(b'\n') + (not body.endswith(b'\n'))
@@ -161,7 +162,26 @@ def _read_header(path: str) -> list:
   line = line.removeprefix(b'\xef\xbb\xbf').decode('utf-8', errors='replace').strip()
   if not line:
     _fail(f'{path}: empty file; expected a header line and data rows')
-  return [c.strip() for c in next(csv.reader([line]))]
+  return check_header(path, [c.strip() for c in next(csv.reader([line]))])
+
+
+_INDEX_COLUMN = re.compile(r'^(unnamed: *\d+|index|)$', re.IGNORECASE)
+
+
+def check_header(path: str, columns: list, index_ok: bool = False) -> list:
+  """One-line errors for headers that would be misread: another separator (a one-column header
+  holding ';' or tabs), and a leading column without a name, which is what pandas' to_csv writes
+  for the row index (it would become a feature). Returns columns."""
+  if len(columns) == 1:
+    for sep, name in ((';', 'semicolon'), ('\t', 'tab'), ('|', 'bar')):
+      if sep in columns[0]:
+        _fail(f'{path}: the header has no commas but {columns[0].count(sep)} {name}s: the '
+              f'separator looks like {sep!r}; save the file comma-separated (e.g. pandas '
+              "to_csv(path, index=False), or read_csv(path, sep=';') then write it back)")
+  if not index_ok and columns and _INDEX_COLUMN.match(columns[0]) and len(columns) > 1:
+    _fail(f'{path}: the first column has no name ({columns[0]!r}): it looks like a written row '
+          'index (pandas to_csv without index=False); remove that column')
+  return columns
 
 
 def _find(columns: list, name: str):
@@ -221,6 +241,7 @@ def read_partition(root: str) -> dict:
           if r and any(c.strip() for c in r)]
   if not rows:
     _fail(f'{path}: empty file; expected the header Id,Proposal and one row per video')
+  check_header(path, [c.strip() for c in rows[0][1]], index_ok=True)  # columns found by name
   header = [c.strip().lower() for c in rows[0][1]]
   id_col = next((header.index(c) for c in _PARTITION_ID_COLUMNS if c in header), None)
   part_col = next((header.index(c) for c in _PARTITION_NAME_COLUMNS if c in header), None)
@@ -260,31 +281,65 @@ def _feature_files(root: str, name: str) -> list:
 
 def feature_dim(root: str, name: str) -> int:
   """Dimension D of a feature set, from the header of its first file (an error if unusable)."""
+  return len(set_columns(root, name))
+
+
+def set_columns(root: str, name: str) -> list:
+  """The feature column names of a set: those of its first file (natural id order). Every other
+  file must have the same names, in any order (read_video_with_stats)."""
   folder = os.path.join(root, FEATURE_DIR, name)
   if not os.path.isdir(folder):
     _fail(f'{folder}: no such feature folder')
   first = os.path.join(folder, _feature_files(root, name)[0])
-  return _feature_columns(first)[1]
+  return [c for c, _ in _feature_columns(first)]
 
 
-def _feature_columns(path: str) -> tuple:
-  """(indices of the feature columns, D) from a feature file header."""
+def _feature_columns(path: str) -> list:
+  """[(name, index in the file)] of the feature columns of a feature file's header."""
   columns = _read_header(path)
   low = [c.lower() for c in columns]
   for need in ('timestamp', 'segment_id'):
     if need not in low:
       _fail(f'{path}: no {need!r} column in the header; feature files start with '
             'timestamp,segment_id followed by the feature columns')
-  idx = [i for i, c in enumerate(low) if c not in ('timestamp', 'segment_id')]
-  if not idx:
+  out = [(c, i) for i, c in enumerate(columns) if c.lower() not in ('timestamp', 'segment_id')]
+  if not out:
     _fail(f'{path}: no feature columns besides timestamp and segment_id')
-  return idx, len(idx)
+  seen = {}
+  for c, i in out:
+    if c in seen:
+      _fail(f'{path}: columns {seen[c] + 1} and {i + 1} are both named {c!r}; feature columns are '
+            'read by name, so each needs its own')
+    seen[c] = i
+  return out
 
 
-def feature_column(path: str, j: int) -> tuple:
-  """(1-based column number, header name) of feature j of a feature file, for messages."""
-  idx, _ = _feature_columns(path)
-  return idx[j] + 1, _read_header(path)[idx[j]]
+def _column_order(path: str, expected: list) -> list:
+  """Indices of `expected` (the set's feature names) in this file's columns; errors name the
+  first column that differs."""
+  have = _feature_columns(path)
+  names = [c for c, _ in have]
+  if names == expected:
+    return [i for _, i in have]
+  if len(names) != len(expected):
+    _fail(f'{path}: {len(names)} feature columns, but this feature set has {len(expected)} (from '
+          'its first file); all videos of a feature set need the same columns')
+  where = dict(have)
+  missing = [c for c in expected if c not in where]
+  if missing:
+    j = next(j for j, c in enumerate(names) if c not in expected)
+    _fail(f'{path}: column {have[j][1] + 1} is named {names[j]!r}, which the first file of this '
+          f'feature set does not have (it has {missing[0]!r} instead); all files of a feature set '
+          'need the same column names (any order)')
+  logging.info('%s: feature columns in another order than the set\'s first file; read by name',
+               path)
+  return [where[c] for c in expected]
+
+
+def feature_column(root: str, name: str, vid: str, j: int) -> tuple:
+  """(1-based column number in video vid's file, header name) of the set's feature j."""
+  column = set_columns(root, name)[j]
+  return dict(_feature_columns(feature_path(root, name, vid)))[column] + 1, column
 
 
 def discover_feature_sets(root: str) -> dict:
@@ -378,7 +433,7 @@ def _align(label_t: np.ndarray, feat_t: np.ndarray, feat_lines: np.ndarray, wher
 
 
 def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str | None = None,
-                          expected_dim: int | None = None) -> tuple:
+                          columns: list | None = None) -> tuple:
   """`read_video` plus a dict of what the policies did (nan/inf cells, zero rows, padding...)."""
   fpath = feature_path(root, feature_set, vid)
   if not os.path.exists(fpath):
@@ -404,12 +459,10 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
     logging.info('%s: video %s (%s) has no label file for %s; example kept with NaN labels',
                  fpath, vid, partition or 'partition not given', ' and '.join(missing))
 
-  idx_cols, dim = _feature_columns(fpath)
-  if expected_dim is not None and dim != expected_dim:
-    _fail(f'{fpath}: {dim} feature columns, but this feature set has {expected_dim} (from its '
-          'first file); all videos of a feature set need the same columns')
+  columns = set_columns(root, feature_set) if columns is None else columns
+  idx_cols = _column_order(fpath, columns)
   table = read_table(fpath)
-  if len(table.columns) != dim + 2:
+  if len(table.columns) != len(columns) + 2:
     _fail(f'{fpath}: header changed while reading; re-run')
   feat_t = _time_column(table)
   x = table.values[:, idx_cols].astype(np.float32)
@@ -451,12 +504,12 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
 
 
 def read_video(root: str, feature_set: str, vid: str, partition: str | None = None,
-               expected_dim: int | None = None) -> dict:
+               columns: list | None = None) -> dict:
   """One video on its label grid.
 
   Returns timestamp int64 [T], segment_id int32 [T], features float32 [T, D], arousal and valence
   float32 [T] (NaN when there is no label file), has_arousal and has_valence (bool). With
-  `partition` 'train'/'devel', missing label files are an error; with `expected_dim`, a feature
-  file of another width is.
+  `partition` 'train'/'devel', missing label files are an error. Feature columns are matched by
+  name to `columns` (default: the set's first file, `set_columns`) and returned in that order.
   """
-  return read_video_with_stats(root, feature_set, vid, partition, expected_dim)[0]
+  return read_video_with_stats(root, feature_set, vid, partition, columns)[0]

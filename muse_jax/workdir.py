@@ -1,0 +1,180 @@
+"""A run's workdir: checked before any work, held by one run at a time, its config kept true.
+
+Why a lock: two runs on one workdir (a resubmitted cluster job, a second terminal) both train,
+both save checkpoints and interleave `metrics.jsonl`; each would end with exit 0 and outputs that
+belong to neither. The lock is an exclusive `flock` on `<workdir>/.lock`, so the kernel releases
+it when its holder dies (even by kill -9): a lock file left by a dead run is simply taken over,
+with one log line. The file names the holder (pid, host, start time) for the message the next
+run prints.
+
+Why a config check on resume: the checkpoint holds the parameters, optimiser state and schedule of
+one config. A resumed run with another learning rate would keep the old one while config.json
+recorded the new one. Fields that cannot change mid-run stop the run, naming the field; fields
+that can (`RESUMABLE`) are applied, logged and written to config.json.
+"""
+import contextlib
+import datetime
+import errno
+import json
+import os
+import shutil
+import socket
+
+from absl import logging
+
+from muse_jax.errors import MuseError
+
+try:
+  import fcntl  # pylint: disable=g-import-not-at-top
+except ImportError:  # not POSIX: workdirs are not locked
+  fcntl = None
+
+LOCK_FILE = '.lock'
+CONFIG_FILE = 'config.json'
+# Fields a resumed run may change: they do not touch what the checkpoint holds (parameters,
+# optimiser state, schedule) or what the data is. num_epochs and nonfinite_policy change how the
+# run goes on, which is why one resumes with them; the others change only how it runs or what
+# it writes at the end.
+RESUMABLE = ('num_epochs', 'nonfinite_policy', 'num_plot_videos', 'eval_seed', 'num_devices',
+             'micro_batch_size', 'inputs_on_disk', 'reuse_cpu_buffers', 'compilation_cache_dir',
+             'seed_loop', 'data_dir')
+
+
+def _fail_os(workdir: str, e: OSError, doing: str):
+  why = e.strerror or str(e)
+  hint = {errno.EROFS: 'it is on a read-only file system', errno.EACCES: 'permission denied',
+          errno.ENOTDIR: 'a part of the path is a file', errno.EEXIST: 'it is a file',
+          errno.ENOSPC: 'the disk is full'}.get(e.errno, why)
+  raise MuseError(f'{workdir}: cannot {doing} ({hint}); choose a writable folder as --workdir')
+
+
+def prepare(workdir: str, writable: bool = True) -> str:
+  """The absolute workdir, created if missing; one-line errors for a file, a path under a file,
+  or (writable) a folder this process cannot write."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise MuseError(f'{workdir}: --workdir is a file, not a folder; choose a folder (it is '
+                    'created if missing)')
+  parent = os.path.dirname(workdir)
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if parent and not os.path.isdir(parent):
+    raise MuseError(f'{workdir}: --workdir is under {parent}, which is a file; choose a folder')
+  if not writable:
+    return workdir
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+    with open(probe, 'w', encoding='utf-8') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    _fail_os(workdir, e, 'write to it')
+  return workdir
+
+
+def _holder(path: str) -> dict:
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.loads(f.read() or '{}')
+  except (OSError, ValueError):
+    return {}
+
+
+def _describe(h: dict) -> str:
+  if not h:
+    return 'another run'
+  return (f'the run of pid {h.get("pid")} on host {h.get("host")}'
+          + (f', started {h["started"]}' if h.get('started') else ''))
+
+
+@contextlib.contextmanager
+def locked(workdir: str, what: str = 'run'):
+  """Holds `<workdir>/.lock` for the block; a second run gets a one-line MuseError naming the
+  holder. A lock file whose holder died (nobody holds the flock) is taken over with a log line."""
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    _fail_os(workdir, e, 'create its lock file')
+  f = os.fdopen(fd, 'r+', encoding='utf-8')
+  try:
+    if fcntl is not None:
+      try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        raise MuseError(f'{workdir}: in use by {_describe(_holder(path))}; wait for it to '
+                        'finish (or stop it), or use another --workdir') from None
+    old = _holder(path)
+    if old and old.get('pid') != os.getpid():
+      logging.warning('%s: lock of %s, which is no longer running, taken over', workdir,
+                      _describe(old))
+    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'what': what,
+          'started': datetime.datetime.now().isoformat(timespec='seconds')}
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps(me))
+    f.flush()
+    try:
+      yield
+    finally:
+      f.seek(0)
+      f.truncate()  # a clean exit leaves an empty lock file: nothing to take over
+      f.flush()
+  finally:
+    f.close()  # releases the flock
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+  return out
+
+
+def saved_config(workdir: str) -> dict | None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:
+    raise MuseError(f'{path}: unreadable ({e}); restore it, or use a new --workdir') from None
+
+
+def check_resume(workdir: str, config: dict) -> list:
+  """On resume: a one-line MuseError for the first field that cannot change mid-run; returns the
+  changed fields that can, as (field, old, new). Fields unknown to the saved config (written by an
+  older version) are not compared."""
+  saved = saved_config(workdir)
+  if saved is None:
+    return []
+  old, new = _flat(saved), _flat(config)
+  changed = [(k, old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k]]
+  for k, a, b in changed:
+    if k not in RESUMABLE:
+      raise MuseError(
+          f'{workdir}: resuming with {k}={json.dumps(b)}, but this workdir was trained with '
+          f'{k}={json.dumps(a)}; {k} cannot change in a run in progress: rerun with the config it '
+          'was started with (its config.json), or use a new --workdir')
+  for k, a, b in changed:
+    logging.warning('%s: resumed with %s=%s (was %s); applied, config.json updated', workdir, k,
+                    json.dumps(b), json.dumps(a))
+  return changed
+
+
+def check_space(workdir: str, need: int, what: str, kept: str) -> None:
+  """A one-line MuseError when the workdir's disk has less than `need` bytes free for `what`.
+
+  Checked before each checkpoint: a save that runs out of space midway fails inside orbax's and
+  tensorstore's writer threads, which print dozens of tracebacks before the error surfaces.
+  """
+  try:
+    free = shutil.disk_usage(workdir).free
+  except OSError:
+    return
+  if free < need:
+    raise MuseError(f'{workdir}: disk full ({free / 2**20:.1f} MiB free, {what} needs about '
+                    f'{need / 2**20:.1f} MiB); {kept}; free space and rerun the same command to '
+                    'resume')

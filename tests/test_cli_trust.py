@@ -1,0 +1,413 @@
+"""Nothing silently wrong, through the command a user runs (`python -m muse_jax.main`).
+
+A catalogue of what real users feed the tool: finite missing-value markers, constant columns,
+columns written in another order or with a pandas index, `;`-separated files, a partition
+without devel videos, labels off the release's scale, two runs on one workdir, a resume with
+another config, broken paths, full and read-only disks, a damaged checkpoint, Ctrl-C. Each ends
+either in exit 0 with trained, finite outputs and a log line saying what was done, or in exit 2
+with one `error:` line and no traceback. Runs are 1-2 tiny epochs in a child process with one
+CPU device, sharing the session's compilation cache.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from muse_jax.data import demo
+from muse_jax.data import reader
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETS = 'egemaps,fasttext'
+SENTINEL = '1e30'
+
+
+@pytest.fixture(scope='module')
+def pristine(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('trust') / 'root')
+  summary = demo.make_tree(root, scale='tiny', seed=0, features=SETS)
+  return root, summary
+
+
+class Tree:
+  """A fresh copy of the pristine tree, the CLI on it, and edits that break it."""
+
+  def __init__(self, pristine, tmp):
+    src, self.summary = pristine
+    self.tmp = str(tmp)
+    self.root = os.path.join(self.tmp, 'root')
+    shutil.copytree(src, self.root)
+    self.data_dir = os.path.join(self.tmp, 'tfds')
+    self.workdir = os.path.join(self.tmp, 'work')
+    self.splits = self.summary['splits']
+
+  def feat(self, vid, name='egemaps'):
+    return reader.feature_path(self.root, name, vid)
+
+  def label(self, vid, target='arousal'):
+    return reader.label_path(self.root, target, vid)
+
+  def lines(self, path):
+    with open(path, encoding='utf-8') as f:
+      return f.read().splitlines()
+
+  def write(self, path, lines):
+    with open(path, 'w', encoding='utf-8') as f:
+      f.write(''.join(l + '\n' for l in lines))
+
+  def set_row(self, path, line, value, first_col=2):
+    """Every cell of 1-based `line` from column first_col on (the feature cells) := value."""
+    lines = self.lines(path)
+    cells = lines[line - 1].split(',')
+    cells[first_col:] = [value] * (len(cells) - first_col)
+    lines[line - 1] = ','.join(cells)
+    self.write(path, lines)
+
+  def command(self, *args, workdir=None):
+    return [sys.executable, '-m', 'muse_jax.main', f'--config={REPO}/configs/tiny.py',
+            f'--workdir={workdir or self.workdir}', f'--data_root={self.root}',
+            f'--data_dir={self.data_dir}', '--config.num_epochs=1', *args]
+
+  def run(self, *args, workdir=None, prefix=()):
+    return subprocess.run([*prefix, *self.command(*args, workdir=workdir)], capture_output=True,
+                          text=True, env=env(), cwd=self.tmp, timeout=300)
+
+  def predictions(self, workdir=None):
+    base = os.path.join(workdir or self.workdir, 'predictions')
+    out = {}
+    for target in os.listdir(base):
+      for name in os.listdir(os.path.join(base, target)):
+        out[f'{target}/{name[:-4]}'] = np.loadtxt(os.path.join(base, target, name),
+                                                  delimiter=',', skiprows=1)
+    return out
+
+  def results(self, workdir=None):
+    with open(os.path.join(workdir or self.workdir, 'results.json'), encoding='utf-8') as f:
+      return json.load(f)
+
+
+def env():
+  e = dict(os.environ)
+  e.pop('XLA_FLAGS', None)  # one CPU device, as a plain user run
+  return e
+
+
+@pytest.fixture
+def tree(pristine, tmp_path):
+  return Tree(pristine, tmp_path)
+
+
+def one_error(proc, *words) -> str:
+  """Exit 2, exactly one `error:` line holding `words`, no traceback."""
+  err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  for w in words:
+    assert w in err[0], (w, err[0])
+  return err[0]
+
+
+def ok(proc) -> str:
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  return proc.stderr
+
+
+def assert_trained_and_finite(tree, workdir=None):
+  results = tree.results(workdir)
+  assert results['best_epoch'] >= 1
+  assert results['devel']['mean_ccc'] > results['initial_devel_ccc']
+  preds = tree.predictions(workdir)
+  assert len(preds) == 2 * sum(len(v) for v in tree.splits.values())
+  for name, p in preds.items():
+    assert np.isfinite(p).all(), name
+
+
+# ------------------------------------------------------------------------------------------------
+# Input that used to end in exit 0 with garbage.
+
+
+def test_finite_sentinels_in_devel_and_test_become_the_train_mean(tree):
+  devel, test = tree.splits['devel'][0], tree.splits['test'][0]
+  tree.set_row(tree.feat(devel), 5, SENTINEL)
+  tree.set_row(tree.feat(test), 3, '-' + SENTINEL)
+  log = ok(tree.run())
+  for vid, split in ((devel, 'devel'), (test, 'test')):
+    assert f'{tree.feat(vid)}: video {vid} ({split}): 88 cells (of them 88 finite but over 1000 ' \
+        'train std) set to the train mean (nan_policy zero)' in log
+  assert_trained_and_finite(tree)
+
+
+def test_finite_sentinel_with_nan_policy_error_names_file_line_column(tree):
+  devel = tree.splits['devel'][0]
+  tree.set_row(tree.feat(devel), 5, SENTINEL)
+  header = tree.lines(tree.feat(devel))[0].split(',')
+  one_error(tree.run('--config.nan_policy=error'),
+            f'{tree.feat(devel)}: line 5, column 3 ({header[2]!r}), video {devel} (devel)',
+            '1e+30, over 1000 train std from the train mean', '--config.nan_policy=zero')
+
+
+def test_column_constant_over_train_is_centred_not_scaled(tree):
+  header = tree.lines(tree.feat(tree.splits['train'][0]))[0].split(',')
+  col = 7  # 0-based file column: feature j = col - 2
+  for split, vids in tree.splits.items():
+    for vid in vids:
+      lines = tree.lines(tree.feat(vid))
+      for i in range(1, len(lines)):
+        cells = lines[i].split(',')
+        cells[col] = '0.5' if split == 'train' else str(0.5 + 0.1 * (i % 3))
+        lines[i] = ','.join(cells)
+      tree.write(tree.feat(vid), lines)
+  log = ok(tree.run())
+  assert (f'egemaps: 1 column(s) constant over the train partition (egemaps:{header[col]} = 0.5);'
+          ' centred, not scaled') in log
+  with np.load(os.path.join(tree.workdir, 'norm_stats.npz')) as z:
+    assert z['std'][col - 2] == 1.0 and z['mean'][col - 2] == pytest.approx(0.5)
+  assert_trained_and_finite(tree)
+
+
+def test_reordered_feature_columns_are_read_by_name(tree):
+  vid = tree.splits['train'][1]
+  before = reader.read_video(tree.root, 'egemaps', vid)['features']
+  lines = [l.split(',') for l in tree.lines(tree.feat(vid))]
+  order = [0, 1] + list(range(len(lines[0]) - 1, 1, -1))  # feature columns reversed
+  tree.write(tree.feat(vid), [','.join(r[i] for i in order) for r in lines])
+  np.testing.assert_array_equal(reader.read_video(tree.root, 'egemaps', vid)['features'], before)
+  log = ok(tree.run())
+  assert f"{tree.feat(vid)}: feature columns in another order than the set's first file" in log
+
+
+def test_renamed_feature_column_is_one_line(tree):
+  vid = tree.splits['train'][1]
+  lines = tree.lines(tree.feat(vid))
+  header = lines[0].split(',')
+  old, header[10] = header[10], 'my_feature'
+  tree.write(tree.feat(vid), [','.join(header)] + lines[1:])
+  one_error(tree.run(), f"{tree.feat(vid)}: column 11 is named 'my_feature'",
+            f'(it has {old!r} instead)', 'same column names')
+
+
+def test_written_pandas_index_column_is_one_line(tree):
+  folder = os.path.join(tree.root, reader.FEATURE_DIR, 'fasttext')
+  for name in os.listdir(folder):
+    lines = tree.lines(os.path.join(folder, name))
+    tree.write(os.path.join(folder, name),
+               [',' + lines[0]] + [f'{i},{l}' for i, l in enumerate(lines[1:])])
+  one_error(tree.run(), 'fasttext', 'the first column has no name',
+            'looks like a written row index', 'index=False')
+
+
+def test_semicolon_separated_csv_is_one_line(tree):
+  path = tree.label(tree.splits['devel'][0], 'valence')
+  tree.write(path, [l.replace(',', ';') for l in tree.lines(path)])
+  one_error(tree.run(), f'{path}: the header has no commas but 2 semicolons',
+            "the separator looks like ';'")
+
+
+def test_partition_without_devel_videos_is_one_line(tree):
+  path = os.path.join(tree.root, reader.PARTITION_CSV)
+  tree.write(path, [l.replace(',devel', ',train') for l in tree.lines(path)])
+  one_error(tree.run(), f'{path}: the devel partition has no videos')
+
+
+def test_labels_off_the_release_scale_are_named(tree):
+  devel_vid = tree.splits['devel'][1]
+  path = max((tree.label(v, 'valence') for v in tree.splits['train']),  # x50 lands beyond 5
+             key=lambda p: np.abs(np.loadtxt(p, delimiter=',', skiprows=1)).max())
+  lines = [l.split(',') for l in tree.lines(path)]
+  k = lines[0].index('value')
+  for r in lines[1:]:
+    r[k] = str(float(r[k]) * 50)
+  tree.write(path, [','.join(r) for r in lines])
+  devel_path = tree.label(devel_vid, 'arousal')
+  lines = [l.split(',') for l in tree.lines(devel_path)]
+  lines[4][lines[0].index('value')] = SENTINEL
+  tree.write(devel_path, [','.join(r) for r in lines])
+  proc = tree.run()
+  assert f'{path}: label value' in proc.stderr and 'far off the release scale' in proc.stderr
+  assert f'{devel_path}: label value 1e+30 is far off the release scale' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_training_that_never_beats_the_untrained_model_is_an_error(tree):
+  # A learning rate so small that no parameter changes in float32: epoch 1 scores exactly what
+  # the untrained model does, on any CPU.
+  msg = one_error(tree.run('--config.learning_rate=1e-30'), 'training never beat the untrained '
+                  'model on devel', 'no predictions were written')
+  assert 'seed 314' in msg
+  assert not os.path.exists(os.path.join(tree.workdir, 'predictions'))
+  assert not os.path.exists(os.path.join(tree.workdir, 'results.json'))
+
+
+# ------------------------------------------------------------------------------------------------
+# The workdir: one run at a time, a resume that keeps config.json true.
+
+
+def test_two_runs_on_one_workdir_started_together(tree):
+  ok(tree.run(workdir=os.path.join(tree.tmp, 'first')))  # builds: both runs below start at once
+  procs = [subprocess.Popen(tree.command('--config.num_epochs=3'), stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env(), cwd=tree.tmp)
+           for _ in range(2)]
+  errs = [p.communicate(timeout=300)[1] for p in procs]
+  codes = sorted(p.returncode for p in procs)
+  assert codes == [0, 2], errs
+  lost = errs[[p.returncode for p in procs].index(2)]
+  err = [l for l in lost.splitlines() if l.startswith('error:')]
+  assert len(err) == 1 and 'Traceback' not in lost, lost
+  assert f'{tree.workdir}: in use by the run of pid ' in err[0] and ' on host ' in err[0]
+  with open(os.path.join(tree.workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    assert [json.loads(l)['epoch'] for l in f] == [1, 2, 3]  # one run's epochs, not two
+
+
+def test_lock_of_a_dead_run_is_taken_over(tree):
+  os.makedirs(tree.workdir)
+  with open(os.path.join(tree.workdir, '.lock'), 'w', encoding='utf-8') as f:
+    json.dump({'pid': 999999, 'host': 'elsewhere', 'started': '2026-01-01T00:00:00'}, f)
+  log = ok(tree.run())
+  assert 'lock of the run of pid 999999 on host elsewhere' in log and 'taken over' in log
+
+
+def test_resume_with_another_config(tree):
+  ok(tree.run())
+  msg = one_error(tree.run('--config.learning_rate=1e-4'), 'resuming with learning_rate=0.0001',
+                  'trained with learning_rate=0.005', 'cannot change in a run in progress')
+  assert 'config.json' in msg
+  with open(os.path.join(tree.workdir, 'config.json'), encoding='utf-8') as f:
+    assert json.load(f)['learning_rate'] == 0.005  # still the truth
+  log = ok(tree.run('--config.num_epochs=2'))
+  assert 'resumed with num_epochs=2 (was 1); applied, config.json updated' in log
+  assert 'resuming after epoch 1' in log
+  with open(os.path.join(tree.workdir, 'config.json'), encoding='utf-8') as f:
+    assert json.load(f)['num_epochs'] == 2
+  assert tree.results()['epochs_run'] == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# What used to be a traceback.
+
+
+def test_command_line_and_path_mistakes(tree):
+  proc = tree.run('--config.foo=1')
+  one_error(proc, "unknown config field 'foo'")
+  cmd = tree.command()
+  cmd[3] = f'--config={REPO}/configs/no_such.py'
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=tree.tmp, timeout=120)
+  one_error(proc, f'{REPO}/configs/no_such.py: config file not found', 'tiny')
+  afile = os.path.join(tree.tmp, 'afile')
+  open(afile, 'w', encoding='utf-8').close()
+  one_error(tree.run(workdir=afile), f'{afile}: --workdir is a file')
+  one_error(tree.run(workdir=os.path.join(afile, 'sub', 'w')), f'is under {afile}, which is a file')
+
+
+def _can_mount() -> bool:
+  if os.geteuid() != 0 or shutil.which('unshare') is None:
+    return False
+  return subprocess.run(['unshare', '-m', 'sh', '-c', 'mount -t tmpfs -o size=1M tmpfs /mnt'],
+                        capture_output=True, check=False).returncode == 0
+
+
+needs_mount = pytest.mark.skipif(not _can_mount(), reason='needs root and mount namespaces')
+
+
+def in_namespace(tree, script, *args, workdir=None):
+  """Runs the CLI after `script` (shell, in a private mount namespace: nothing leaks out)."""
+  cmd = ' '.join(f"'{a}'" for a in tree.command(*args, workdir=workdir))
+  return subprocess.run(['unshare', '-m', 'sh', '-c', f'set -e; {script}; exec {cmd}'],
+                        capture_output=True, text=True, env=env(), cwd=tree.tmp, timeout=300)
+
+
+@needs_mount
+def test_read_only_workdir_and_read_only_built_data_dir(tree):
+  ok(tree.run())  # builds into data_dir
+  ro = os.path.join(tree.tmp, 'ro')
+  os.makedirs(ro)
+  one_error(in_namespace(tree, f'mount -t tmpfs tmpfs {ro}; mount -o remount,ro {ro}',
+                         workdir=os.path.join(ro, 'w')),
+            f'{ro}/w: cannot write to it (it is on a read-only file system)')
+  # An up-to-date build on a read-only mount is just read.
+  proc = in_namespace(tree, f'mount --bind {tree.data_dir} {tree.data_dir}; '
+                      f'mount -o remount,ro,bind {tree.data_dir}',
+                      workdir=os.path.join(tree.tmp, 'w2'))
+  ok(proc)
+  assert_trained_and_finite(tree, os.path.join(tree.tmp, 'w2'))
+
+
+@needs_mount
+def test_disk_full_keeps_the_last_good_checkpoint_then_resumes(tree):
+  ok(tree.run())  # builds elsewhere: only the workdir is on the small disk
+  small = os.path.join(tree.tmp, 'small')
+  os.makedirs(small)
+  workdir = os.path.join(small, 'w')
+  cmd = lambda *a: ' '.join(f"'{x}'" for x in tree.command(*a, workdir=workdir))
+  out = lambda i: os.path.join(tree.tmp, f'run{i}')
+  script = f"""
+    mount -t tmpfs -o size=4m tmpfs {small}
+    {cmd()} 2>{out(1)}.err; echo $? >{out(1)}.rc
+    free=$(df -k --output=avail {small} | tail -n 1)
+    head -c $(( (free - 600) * 1024 )) /dev/zero >{small}/filler || true
+    {cmd('--config.num_epochs=3')} 2>{out(2)}.err; echo $? >{out(2)}.rc
+    rm {small}/filler
+    {cmd('--config.num_epochs=3')} 2>{out(3)}.err; echo $? >{out(3)}.rc
+    cp -r {workdir} {tree.tmp}/kept"""
+  subprocess.run(['unshare', '-m', 'sh', '-c', script], env=env(), cwd=tree.tmp, timeout=600,
+                 check=True)
+  runs = []
+  for i in (1, 2, 3):
+    with open(f'{out(i)}.err', encoding='utf-8') as f, open(f'{out(i)}.rc', encoding='utf-8') as g:
+      runs.append(subprocess.CompletedProcess([], int(g.read()), '', f.read()))
+  ok(runs[0])
+  one_error(runs[1], f'{workdir}: disk full', 'the checkpoint of epoch 2',
+            'the workdir keeps the last good checkpoint (epoch 1)',
+            'free space and rerun the same command')
+  assert 'resuming after epoch 1' in ok(runs[2])
+  assert tree.results(os.path.join(tree.tmp, 'kept'))['epochs_run'] == 3
+
+
+@needs_mount
+def test_disk_full_during_the_build_is_one_line(tree):
+  small = os.path.join(tree.tmp, 'small')
+  os.makedirs(small)
+  proc = in_namespace(tree, f'mount -t tmpfs -o size=300k tmpfs {small}',
+                      f'--data_dir={small}/tfds')
+  one_error(proc, 'the disk is full', 'rerun the same command')
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(tree):
+  ok(tree.run('--config.num_epochs=2'))
+  ckpt = os.path.join(tree.workdir, 'checkpoints')
+  assert sorted(os.listdir(ckpt)) == ['1', '2']
+  for folder, _, files in os.walk(os.path.join(ckpt, '2', 'state')):
+    for name in files:  # every file of epoch 2's state cut to half
+      path = os.path.join(folder, name)
+      with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+  log = ok(tree.run('--config.num_epochs=3'))
+  assert 'checkpoint of epoch 2 is unreadable' in log and 'falling back to epoch 1' in log
+  assert 'resuming after epoch 1' in log
+  assert tree.results()['epochs_run'] == 3
+  assert sorted(os.listdir(ckpt)) == ['2', '3']
+
+
+def test_ctrl_c_is_one_line_and_the_same_command_resumes(tree):
+  proc = subprocess.Popen(tree.command('--config.num_epochs=40'), stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True, env=env(), cwd=tree.tmp)
+  log = []
+  for line in proc.stderr:
+    log.append(line)
+    if '] epoch   2' in line:
+      proc.send_signal(signal.SIGINT)
+      break
+  rest = proc.stderr.read()
+  assert proc.wait(timeout=60) == 130
+  text = ''.join(log) + rest
+  assert 'Traceback' not in text
+  assert [l for l in text.splitlines() if l.startswith('error:')] == [
+      'error: interrupted; rerun the same command to resume']
+  time.sleep(0.1)
+  again = ok(tree.run('--config.num_epochs=40'))
+  assert 'resuming after epoch' in again
