@@ -24,6 +24,7 @@ from muse_jax import cli
 from muse_jax import config_util
 from muse_jax import input_pipeline as ip
 from muse_jax import train
+from muse_jax import workdir as wd
 from muse_jax.data import demo
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
@@ -57,13 +58,6 @@ class Run:
   fused: tuple = ()  # late fusion: the first-level runs it read
 
 
-def _flat(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
-  return out
-
-
 def train_once(config, workdir: str) -> dict:
   """results.json of a finished run with this config, else train (or resume) it.
 
@@ -73,8 +67,8 @@ def train_once(config, workdir: str) -> dict:
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
-      have = _flat(json.load(f))
-    diff = sorted(k for k in set(have) | set(_flat(want)) if have.get(k) != _flat(want).get(k))
+      have = wd.flat(json.load(f))
+    diff = sorted(k for k in set(have) | set(wd.flat(want)) if have.get(k) != wd.flat(want).get(k))
     if diff:
       raise MuseError(f'{workdir}: started with another config (differs in {", ".join(diff)}); '
                       'delete that workdir or pick another --out')

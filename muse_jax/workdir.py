@@ -125,11 +125,26 @@ def locked(workdir: str, what: str = 'run'):
     f.close()  # releases the flock
 
 
-def _flat(d: dict, prefix: str = '') -> dict:
+def flat(d: dict, prefix: str = '') -> dict:
+  """{'model': {'d_rnn': 64}} -> {'model.d_rnn': 64}."""
   out = {}
   for k, v in d.items():
-    out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+    out.update(flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
   return out
+
+
+def _same(a, b) -> bool:
+  """Equal config values; list fields compare by items ('a,b' on the command line, ('a', 'b')
+  in a config file)."""
+  if a == b:
+    return True
+  def items(v):
+    if isinstance(v, str):
+      return [s.strip() for s in v.split(',') if s.strip()]
+    if isinstance(v, (list, tuple)):
+      return [s for x in v for s in items(str(x))]
+    return None
+  return items(a) is not None and items(a) == items(b)
 
 
 def saved_config(workdir: str) -> dict | None:
@@ -150,8 +165,8 @@ def check_resume(workdir: str, config: dict) -> list:
   saved = saved_config(workdir)
   if saved is None:
     return []
-  old, new = _flat(saved), _flat(config)
-  changed = [(k, old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k]]
+  old, new = flat(saved), flat(config)
+  changed = [(k, old[k], new[k]) for k in sorted(new) if k in old and not _same(old[k], new[k])]
   for k, a, b in changed:
     if k not in RESUMABLE:
       raise MuseError(

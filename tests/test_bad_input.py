@@ -190,8 +190,10 @@ def test_non_finite_cells_with_nan_policy_error(case):
   case.edit_cell(case.feat(), 6, 5, 'nan')
   timestamp = case.lines(case.feat())[5].split(',')[0]
   msg = case.error(nan_policy='error')
-  assert msg.startswith(f'{case.feat()}: video {case.vid} (train), timestamp {timestamp}, column 5')
-  assert 'NaN or Inf value' in msg and '--config.nan_policy=zero' in msg
+  header = case.lines(case.feat())[0].split(',')
+  assert msg.startswith(f'{case.feat()}: line 6, column 5 ({header[4]!r}), video {case.vid} '
+                        f'(train), timestamp {timestamp}: NaN or Inf (config.nan_policy is error)')
+  assert '--config.nan_policy=zero' in msg
 
 
 def test_duplicated_timestamp(case):
@@ -251,6 +253,12 @@ def test_workdir_of_another_model_config(case):
   config = case.config()
   config.model.d_rnn = 32
   msg = case.error(model=config.model)
+  assert msg == (f'{case.workdir}: resuming with model.d_rnn=32, but this workdir was trained with '
+                 'model.d_rnn=16; model.d_rnn cannot change in a run in progress: rerun with the '
+                 'config it was started with (its config.json), or use a new --workdir')
+  # A workdir without config.json (an older version's) is still checked by the checkpoint.
+  os.remove(os.path.join(case.workdir, 'config.json'))
+  msg = case.error(model=config.model)
   assert msg == (f'{case.workdir}: its checkpoint was written for a different model config '
                  '(model.d_rnn 16 in the checkpoint, 32 now); use another workdir or the config '
                  'it was trained with')
@@ -258,6 +266,10 @@ def test_workdir_of_another_model_config(case):
 
 def test_workdir_of_other_inputs(case):
   train.train_and_evaluate(case.config(), case.workdir)
+  msg = case.error(feature_sets=('egemaps',))
+  assert msg.startswith(f'{case.workdir}: resuming with feature_sets=["egemaps"], but this workdir '
+                        'was trained with feature_sets=["egemaps", "fasttext"]')
+  os.remove(os.path.join(case.workdir, 'config.json'))  # an older version's workdir
   msg = case.error(feature_sets=('egemaps',))
   assert os.path.join(case.workdir, 'norm_stats.npz') in msg and 'fresh workdir' in msg
 
@@ -281,7 +293,7 @@ def test_cli_ragged_row(case):
 def test_cli_workdir_of_another_model_config(case):
   train.train_and_evaluate(case.config(), case.workdir)
   assert_one_error_line(case.cli('--config.model.d_rnn=32'), case.workdir,
-                        'model.d_rnn 16 in the checkpoint, 32 now')
+                        'resuming with model.d_rnn=32', 'trained with model.d_rnn=16')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,7 +319,8 @@ def test_nan_and_inf_cells_policy(case, absl_logs):
   logs = messages(absl_logs)
   assert f'{case.feat()}: 2 Inf cells set to NaN' in logs
   assert f'{case.feat()}: 1 NaN cells kept as NaN' in logs
-  assert any(l.startswith('NaN policy zero: 3 non-finite input cells') for l in logs), logs
+  assert (f'{case.feat()}: video {case.vid} (train): 3 cells NaN or Inf set to the train mean '
+          '(nan_policy zero)') in logs, logs
   assert results['skipped_steps'] == 0
 
 

@@ -34,6 +34,8 @@ def test_training_beats_untrained_model(trained):
   _, untrained = train.evaluate_split(train.make_eval_step(model), state.params,
                                       videos['devel'], ['arousal', 'valence'], mesh)
   assert results['devel']['mean_ccc'] > untrained[0]['mean_ccc'] + 0.1
+  # The run scored the same untrained model first: what its kept parameters had to beat.
+  assert results['initial_devel_ccc'] == pytest.approx(untrained[0]['mean_ccc'], abs=1e-6)
   assert 1 <= results['best_epoch'] <= results['epochs_run'] <= config.num_epochs
 
 
@@ -171,3 +173,19 @@ def test_inputs_on_disk_without_space_is_one_line_error(tiny_tree, tmp_path, mon
   monkeypatch.setattr(ip.shutil, 'disk_usage', lambda path: types.SimpleNamespace(free=1000))
   with pytest.raises(MuseError, match=r'spill: cannot hold the inputs on disk \(0.0 GiB free'):
     ip.load_videos(config, spill_dir=str(tmp_path / 'spill'))
+
+
+def test_seed_tracker_plateau_cuts_and_early_stop():
+  """The schedule on a scripted devel sequence (the real runs' timing is float-level)."""
+  config = tiny_config('', '', plateau_patience=1, plateau_factor=0.5, min_learning_rate=0.002,
+                       early_stopping_patience=4)
+  t = train.SeedTracker(lr=0.005, seed=314)
+  seen = []
+  for epoch, ccc in enumerate([0.1, 0.2, float('nan'), 0.2, 0.15, 0.1, 0.9], start=1):
+    if not t.active:
+      break
+    seen.append((t.update(ccc, epoch, config), t.lr, t.active))
+  assert seen == [(True, 0.005, True), (True, 0.005, True), (False, 0.005, True),
+                  (False, 0.0025, True), (False, 0.0025, True),
+                  (False, 0.002, False)]  # NaN never improves; the lr floor; 0.9 never seen
+  assert (t.best_epoch, t.best_ccc, t.since_best) == (2, 0.2, 4)
