@@ -102,18 +102,22 @@ def run_app(main, **kwargs) -> None:
   try:
     app.run(wrapped, **kwargs)
   except MuseError as e:
-    sys.stderr.write(f'error: {e}\n')
-    sys.exit(2)
+    _exit_with(f'error: {e}')
   except Exception as e:  # pylint: disable=broad-except
     msg = disk_error(e)
     if msg is None:
       raise
-    sys.stderr.write(f'error: {msg}\n')
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Not sys.exit: the checkpoint writer's threads would print tracebacks as the interpreter
-    # tears down under them (their event loop is gone). Everything on disk is renamed into place.
-    os._exit(2)  # pylint: disable=protected-access
+    _exit_with(f'error: {msg}')
+
+
+def _exit_with(line: str) -> None:
+  """Prints `line` and exits 2 at once. Not sys.exit: orbax's and tensorstore's threads print
+  tracebacks when the interpreter tears down under them (their executors and event loops are
+  gone). Nothing is lost: every output is written to a temporary name and renamed into place."""
+  sys.stderr.write(line + '\n')
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(2)  # pylint: disable=protected-access
 
 
 def call(fn, *args):
