@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # muse_jax's one entry point: sets itself up on a fresh machine, then runs a job.
 #   ./run.sh                 the main job: demo tree -> dataset -> train both targets -> results table
-#   ./run.sh test [ARGS]     the whole test suite (ARGS go to pytest)
+#   ./run.sh test [ARGS]     the whole test suite, 2 workers (ARGS go to pytest; MUSE_TEST_JOBS)
 #   ./run.sh reproduce [ROOT] [ARGS]  the paper's pipeline (unimodal, early and late fusion runs per
 #                            target) -> results table; on the demo tree, or on ROOT (a MuSe copy)
 #   ./run.sh main ARGS       python -m muse_jax.main ARGS
@@ -69,7 +69,9 @@ case "$cmd" in
     exec "$py" -m muse_jax.job --out "$out" "$@" ;;
   test)
     set +e
-    "$py" -m pytest -q "$@" tests
+    # Two workers (pytest-xdist): most tests are short training runs bound by one Python thread.
+    # MUSE_TEST_JOBS=0 runs everything in this process.
+    "$py" -m pytest -q -n "${MUSE_TEST_JOBS:-2}" "$@" tests
     rc=$?
     set -e
     if [ $rc -eq 5 ]; then echo "run.sh: pytest collected no tests" >&2; exit 1; fi

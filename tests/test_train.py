@@ -189,3 +189,20 @@ def test_seed_tracker_plateau_cuts_and_early_stop():
                   (False, 0.0025, True), (False, 0.0025, True),
                   (False, 0.002, False)]  # NaN never improves; the lr floor; 0.9 never seen
   assert (t.best_epoch, t.best_ccc, t.since_best) == (2, 0.2, 4)
+
+
+def test_guards_refuse_untrained_or_non_finite_outputs(tmp_path):
+  """The last checks before anything is written (the CLI tests reach the first one for real)."""
+  t = train.SeedTracker(lr=0.005, seed=314)  # best_epoch 0: no epoch ever scored
+  with pytest.raises(MuseError, match=r'devel CCC of seed 314 was never finite'):
+    train._check_trained(str(tmp_path), t, 314, [float('nan')], 0, None)
+  t.update(0.2, 1, tiny_config('', ''))
+  with pytest.raises(MuseError, match=r'never beat the untrained model on devel \(seed 314: best '
+                     r'devel CCC 0.2000 at epoch 1, untrained 0.2500\)'):
+    train._check_trained(str(tmp_path), t, 314, [0.2], 0, [0.25])
+  train._check_trained(str(tmp_path), t, 314, [0.2], 0, [0.1])  # beat it: no error
+  v = ip.Video('7', np.array([0, 250, 500]), np.ones(3, np.int32), np.zeros((3, 1), np.float32),
+               np.zeros((3, 1), np.float32), True)
+  train._check_finite([np.zeros((3, 1))], [v], 'test', 314)
+  with pytest.raises(MuseError, match=r'non-finite prediction for test video 7 at timestamp 250'):
+    train._check_finite([np.array([[0.0], [np.nan], [0.0]])], [v], 'test', 314)

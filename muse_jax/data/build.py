@@ -30,6 +30,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from muse_jax import cli
 from muse_jax.data import muse_car
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
@@ -297,12 +298,13 @@ def main(argv=None) -> int:
                   help='comma list of feature sets (default: every folder in the tree)')
   args = ap.parse_args(argv)
   logging.set_verbosity(logging.INFO)
-  try:
+  def build_all():
     names = _parse_names(args.features) or list(reader.discover_feature_sets(args.root))
     ensure_built(args.root, args.data_dir, names)
-  except MuseError as e:
-    sys.stderr.write(f'error: {e}\n')
-    return 2
+    return names
+  rc, names = cli.call(build_all)  # one `error:` line for bad data or a full disk
+  if rc:
+    return rc
   for name in names:
     info = build_info(args.data_dir, name) or {}
     stats = info.get('stats', {})
