@@ -13,3 +13,13 @@ def tiny_config(tree, data_dir, **overrides):
   for k, v in overrides.items():
     setattr(c, k, v)
   return c
+
+
+def read_lines(path) -> list:
+  with open(path, encoding='utf-8') as f:
+    return f.read().splitlines()
+
+
+def write_lines(path, lines) -> None:
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(''.join(l + '\n' for l in lines))

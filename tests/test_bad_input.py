@@ -19,6 +19,7 @@ from muse_jax import config_util
 from muse_jax import train
 from muse_jax.data import demo
 from muse_jax.data import reader
+import helpers  # pylint: disable=wrong-import-order
 from muse_jax.errors import MuseError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,13 +67,8 @@ class Case:
     return os.path.join(self.root, reader.PARTITION_CSV)
 
   # Edits.
-  def lines(self, path):
-    with open(path, encoding='utf-8') as f:
-      return f.read().splitlines()
-
-  def write(self, path, lines):
-    with open(path, 'w', encoding='utf-8') as f:
-      f.write(''.join(l + '\n' for l in lines))
+  lines = staticmethod(helpers.read_lines)
+  write = staticmethod(helpers.write_lines)
 
   def edit_cell(self, path, line, column, value):
     """Sets the cell at 1-based `line` and `column` of a CSV to `value`."""

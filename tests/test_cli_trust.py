@@ -21,6 +21,7 @@ import pytest
 from muse_jax.data import build
 from muse_jax.data import demo
 from muse_jax.data import reader
+import helpers  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = 'egemaps,fasttext'
@@ -55,13 +56,8 @@ class Tree:
   def label(self, vid, target='arousal'):
     return reader.label_path(self.root, target, vid)
 
-  def lines(self, path):
-    with open(path, encoding='utf-8') as f:
-      return f.read().splitlines()
-
-  def write(self, path, lines):
-    with open(path, 'w', encoding='utf-8') as f:
-      f.write(''.join(l + '\n' for l in lines))
+  lines = staticmethod(helpers.read_lines)
+  write = staticmethod(helpers.write_lines)
 
   def set_row(self, path, line, value, first_col=2):
     """Every cell of 1-based `line` from column first_col on (the feature cells) := value."""
