@@ -130,8 +130,8 @@ def call(fn, *args):
   except ModuleNotFoundError as e:
     print(f'error: {e.name} is not installed; install the extra: pip install -e .[features]',
           file=sys.stderr)
-  except OSError as e:
-    msg = disk_error(e)
+  except Exception as e:  # pylint: disable=broad-except
+    msg = disk_error(e)  # tfds and array_record rewrap I/O errors
     if msg is None:
       raise
     print(f'error: {msg}', file=sys.stderr)

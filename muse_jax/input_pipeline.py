@@ -33,6 +33,8 @@ EPS = 1e-6  # added to the train std, as the authors' code does
 DEFAULT_MAX_ABS_Z = 1e3
 # Labels beyond this get a warning naming the file: every MuSe release's lie within [-1, 1].
 LABEL_WARN_ABS = 5.0
+# A float32 feature of this magnitude is a missing-value marker (1e30, FLT_MAX), never a value.
+SENTINEL_ABS = 1e20
 SEGMENT_ID = 'segment_id'
 
 
@@ -62,27 +64,31 @@ class NormStats:
   normalized: list        # per name: was it normalised
   raw_mean: np.ndarray = None
   raw_std: np.ndarray = None
+  n_train: int = 0        # train frames: the bound is never below sqrt(n_train) (see below)
   path: str = ''          # the workdir file it was loaded from, for messages
-
-  def __post_init__(self):
-    if self.raw_mean is None:  # written by an older version: the applied statistics
-      self.raw_mean, self.raw_std = self.mean, self.std
 
   def apply(self, x):
     return (x - self.mean) / self.std
 
   def out_of_range(self, x, max_abs_z: float) -> np.ndarray:
-    """Cells that are not finite or lie over max_abs_z train std from the train mean (a column
-    constant over train: max_abs_z from its value, in its own units)."""
-    scale = np.where(self.raw_std > 0, self.raw_std, 1.0).astype(np.float32)
+    """Cells that are not finite, of a magnitude no feature has (SENTINEL_ABS), or over
+    max(max_abs_z, sqrt(n_train)) train std from the train mean (a column constant over train:
+    that many of its own units from its value). Over N frames no train value of a column lies
+    more than sqrt(N - 1) std from its mean, so genuine train data is never out of range.
+    Statistics of an older version (no raw_*): only the first two checks."""
     with np.errstate(invalid='ignore', over='ignore'):
-      return ~(np.abs(x - self.raw_mean) <= max_abs_z * scale)  # NaN compares False
+      ok = np.abs(x) < SENTINEL_ABS  # NaN compares False
+      if self.raw_mean is not None:
+        bound = max(max_abs_z, float(np.sqrt(max(self.n_train, 1))))
+        scale = np.where(self.raw_std > 0, self.raw_std, 1.0).astype(np.float32)
+        ok &= np.abs(x - self.raw_mean) <= bound * scale
+    return ~ok
 
   def save(self, path):
     tmp = path + '.tmp.npz'
     np.savez(tmp, mean=self.mean, std=self.std, raw_mean=self.raw_mean, raw_std=self.raw_std,
              meta=json.dumps({'names': self.names, 'dims': self.dims,
-                              'normalized': self.normalized}))
+                              'normalized': self.normalized, 'n_train': self.n_train}))
     os.replace(tmp, path)
 
   @classmethod
@@ -93,7 +99,7 @@ class NormStats:
       meta = json.loads(str(z['meta']))
       raw = (z['raw_mean'], z['raw_std']) if 'raw_mean' in z else (None, None)
       return cls(meta['names'], meta['dims'], z['mean'], z['std'], meta['normalized'], *raw,
-                 path=path)
+                 n_train=meta.get('n_train', 0), path=path)
 
 
 def parse_list(value) -> list:
@@ -324,47 +330,56 @@ def data_dir_of(config) -> str:
 
 
 def _moments(videos, shift, exclude=None):
-  """Sums (float64, shifted: sums of squares stay exact) over the videos' finite cells, leaving
-  out cells `exclude(x)` flags."""
+  """(mean, std, largest |x - shift|, count) per column over the videos' usable cells: finite,
+  under SENTINEL_ABS and not flagged by `exclude(x)`. Float64 sums of shifted values, so sums
+  of squares stay exact."""
   d = len(shift)
-  total, total_sq, count = np.zeros(d), np.zeros(d), np.zeros(d)
+  total, total_sq, count, far = np.zeros(d), np.zeros(d), np.zeros(d), np.zeros(d)
   for v in videos:
-    ok = np.isfinite(v.x)
+    with np.errstate(invalid='ignore'):
+      ok = np.abs(v.x) < SENTINEL_ABS
     if exclude is not None:
       ok &= ~exclude(v.x)
     x = np.where(ok, v.x.astype(np.float64) - shift, 0.0)
     total += x.sum(0)
     total_sq += (x * x).sum(0)
     count += ok.sum(0)
+    if len(x):
+      far = np.maximum(far, np.abs(x).max(0))
   n = np.maximum(count, 1)
   mean = total / n
-  return mean + shift, np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
+  return mean + shift, np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0)), far, count
 
 
 def compute_stats(config, train_videos, dims) -> NormStats:
   """Train-partition mean/std per column; identity for unnormalised inputs.
 
-  Accumulated video by video (no copy of the train data). Non-finite cells are left out, and so
-  are cells over config.max_abs_z std from a first pass's mean (finite missing-value markers
-  such as 1e30 would otherwise set the scale of their column); the normalisation then treats
-  those cells by config.nan_policy. A column constant over train is centred but not divided by
-  its (zero) std, which would blow any other value up to ~1e6: one log line per input set.
+  Accumulated video by video (no copy of the train data). Left out: non-finite cells, cells of
+  a magnitude no feature has (|x| >= SENTINEL_ABS: missing-value markers such as 1e30 or FLT_MAX,
+  which would otherwise set the scale of their column), and cells out of range after a first
+  pass (NormStats.out_of_range; a second pass only when some may be). The normalisation then
+  treats those cells by config.nan_policy. A column constant over train is centred but not
+  divided by its (zero) std, which would blow any other value up to ~1e6: one warning per set.
   """
   names = input_names(config)
   x0 = train_videos[0].x
   with np.errstate(invalid='ignore'):
-    shift = np.nan_to_num(np.nanmean(np.where(np.isfinite(x0), x0, np.nan).astype(np.float64),
-                                      axis=0))
-  mean, std = _moments(train_videos, shift)
+    shift = np.nan_to_num(np.nanmean(np.where(np.abs(x0) < SENTINEL_ABS, x0, np.nan).astype(
+        np.float64), axis=0))
+  mean, std, far, count = _moments(train_videos, shift)
+  n_train = sum(len(v.x) for v in train_videos)
   bound = float(config.get('max_abs_z', DEFAULT_MAX_ABS_Z))
   first = NormStats(names, list(dims), mean.astype(np.float32), std.astype(np.float32), [],
-                    mean.astype(np.float32), std.astype(np.float32))
-  n_out = sum(int(first.out_of_range(v.x, bound)[np.isfinite(v.x)].sum()) for v in train_videos)
-  if n_out:
-    mean, std = _moments(train_videos, shift, lambda x: first.out_of_range(x, bound))
-    logging.warning('train statistics: %d finite cells over %g train std from the mean left out '
-                    '(config.max_abs_z); they are treated by nan_policy', n_out, bound)
-  constant = std <= 1e-6 * np.abs(mean)  # float32 data: exactly constant, up to rounding
+                    mean.astype(np.float32), std.astype(np.float32), n_train)
+  limit = max(bound, np.sqrt(max(n_train, 1))) * np.where(std > 0, std, 1.0)
+  if (far + np.abs(mean - shift) > limit).any():  # some cell may be out of range: count them
+    n_out = sum(int(np.count_nonzero(first.out_of_range(v.x, bound) & np.isfinite(v.x)))
+                for v in train_videos)
+    if n_out:
+      mean, std, _, count = _moments(train_videos, shift, lambda x: first.out_of_range(x, bound))
+      logging.warning('train statistics: %d finite cells over %g train std from the mean left '
+                      'out (config.max_abs_z); they are treated by nan_policy', n_out, bound)
+  constant = (std <= 1e-6 * np.abs(mean)) & (count > 0)  # float32 data: constant up to rounding
   raw_mean, raw_std = mean.copy(), np.where(constant, 0.0, std)
   std = np.where(constant, 1.0, std + EPS)
   normalized = normalized_names(config)
@@ -383,15 +398,15 @@ def compute_stats(config, train_videos, dims) -> NormStats:
     start += d
   return NormStats(names, list(dims), mean.astype(np.float32), std.astype(np.float32),
                    [n in normalized for n in names], raw_mean.astype(np.float32),
-                   raw_std.astype(np.float32))
+                   raw_std.astype(np.float32), n_train)
 
 
 def column_labels(config, dims) -> list:
   """A name per input column for messages: '<set>:<column header>' (as built), else '<set>[j]'."""
   out = []
-  data_dir = data_dir_of(config) if config.get('data_dir') is not None else None
+  data_dir = data_dir_of(config)
   for name, d in zip(input_names(config), dims):
-    info = (build.build_info(data_dir, name) or {}) if data_dir and d > 1 else {}
+    info = (build.build_info(data_dir, name) or {}) if d > 1 else {}
     cols = info.get('columns') or []
     out += ([f'{name}:{c}' for c in cols] if len(cols) == d
             else [name] if d == 1 else [f'{name}[{j}]' for j in range(d)])
@@ -440,6 +455,7 @@ def normalize(config, videos: dict, stats: NormStats) -> dict:
     raise MuseError(f'{where}: this workdir was trained on inputs {stats.names}, this config asks '
                     f'for {names}; use a fresh workdir, or the inputs it was trained on')
   bound = float(config.get('max_abs_z', DEFAULT_MAX_ABS_Z))
+  shown = max(bound, float(np.sqrt(max(stats.n_train, 1))))  # the bound in effect, for messages
   root = os.path.abspath(os.path.expanduser(config.data_root or '.'))
   n_cells, n_files, lines = 0, 0, 0
   for split, vs in videos.items():
@@ -452,7 +468,7 @@ def normalize(config, videos: dict, stats: NormStats) -> dict:
         if config.nan_policy == 'error':
           r, c = np.argwhere(bad)[0]
           what = 'NaN or Inf' if not np.isfinite(v.x[r, c]) else (
-              f'{float(v.x[r, c]):.6g}, over {bound:g} train std from the train mean')
+              f'{float(v.x[r, c]):.6g}, over {shown:g} train std from the train mean')
           raise MuseError(f'{_cell_source(config, stats, v, split, r, c)}: {what} '
                           '(config.nan_policy is error); fix the file, or set '
                           '--config.nan_policy=zero to replace such cells by the train mean')
@@ -468,7 +484,7 @@ def normalize(config, videos: dict, stats: NormStats) -> dict:
                       if name in parse_list(config.feature_sets) else f'input {name}')
               logging.info('%s: video %s (%s): %d cells %sset to the train mean (nan_policy '
                            'zero)', path, v.id, split, k,
-                           f'(of them {far} finite but over {bound:g} train std) ' if far
+                           f'(of them {far} finite but over {shown:g} train std) ' if far
                            else 'NaN or Inf ')
           start += d
       # In place: inputs mapped from disk stay in the map instead of being copied into memory.

@@ -63,7 +63,7 @@ def train_once(config, workdir: str) -> dict:
 
   A workdir started with another config is an error, not a silent resume of mixed settings.
   """
-  want = json.loads(config.to_json_best_effort())
+  want = wd.config_record(config)
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:

@@ -369,34 +369,38 @@ def _check_signature(saved, signature, workdir) -> None:
 
 
 def restore(mngr, state, signature, workdir):
-  """(state, meta) of the newest readable epoch. A damaged newest epoch (cut short on disk)
-  is reported and the one before is used; in a writable workdir the damaged one is deleted so
-  training redoes that epoch."""
+  """(state, meta) of the newest readable epoch. A newest epoch that cannot be read (cut short
+  on disk) is reported and the one before is used; only once an older one has been read are the
+  newer ones deleted (in a writable workdir: training redoes them). If none can be read, nothing
+  is deleted: the failure may not be the checkpoint's (memory, permissions, a network mount)."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   steps = sorted(mngr.all_steps(), reverse=True)
+  failed = []
   for i, step in enumerate(steps):
     try:
       meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-    except Exception as e:  # pylint: disable=broad-except
-      meta, error = None, e
-    if meta is not None:
       _check_signature(meta['signature'], signature, workdir)
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))['state']
+    except MuseError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      failed.append((step, e))
+      older = f'falling back to epoch {steps[i + 1]}' if i + 1 < len(steps) else 'no older epoch'
+      text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+      logging.warning('%s: checkpoint of epoch %d is unreadable (%s: %s); %s', mngr.directory,
+                      step, type(e).__name__, text, older)
+      continue
+    for bad, _ in failed:
       try:
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))['state']
-        return restored, meta
-      except Exception as e:  # pylint: disable=broad-except
-        error = e
-    older = f'falling back to epoch {steps[i + 1]}' if i + 1 < len(steps) else 'no older epoch'
-    logging.warning('%s: checkpoint of epoch %d is unreadable (%s: %s); %s', mngr.directory,
-                    step, type(error).__name__, str(error).splitlines()[0][:200] if str(error)
-                    else '', older)
-    try:
-      mngr.delete(step)
-    except Exception:  # pylint: disable=broad-except
-      pass  # a read-only manager (evaluate, predict) leaves the workdir as it is
-  raise MuseError(f'{mngr.directory}: no readable checkpoint (epochs {steps} are damaged); '
-                  'train again in a new --workdir')
+        mngr.delete(bad)
+      except Exception:  # pylint: disable=broad-except
+        pass  # a read-only manager (evaluate, predict) leaves the workdir as it is
+    return restored, meta
+  step, e = failed[0]
+  raise MuseError(f'{mngr.directory}: no checkpoint could be read (epoch {step}: '
+                  f'{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ""}); '
+                  'if the files are damaged, train again in a new --workdir') from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -414,13 +418,11 @@ def prepare_data(config, workdir, fit_stats: bool):
   spill_over = 0.25 * _physical_memory() if config.inputs_on_disk == 'auto' else None
   videos, dims = ip.load_videos(config, spill_dir, spill_over)
   stats_path = os.path.join(workdir, 'norm_stats.npz')
-  if fit_stats and not os.path.exists(stats_path):
-    stats = ip.compute_stats(config, videos['train'], dims)
-    if jax.process_index() == 0:
-      stats.save(stats_path)
-  else:
-    stats = ip.NormStats.load(stats_path)
+  fit = fit_stats and not os.path.exists(stats_path)
+  stats = ip.compute_stats(config, videos['train'], dims) if fit else ip.NormStats.load(stats_path)
   ip.normalize(config, videos, stats)
+  if fit and jax.process_index() == 0:  # only once the data passed: a fixed file is refitted
+    stats.save(stats_path)
   return videos, dims
 
 
@@ -438,9 +440,29 @@ def _process_settings(config):
   compile_cache.enable(config.get('compilation_cache_dir', 'auto'))
 
 
+@contextlib.contextmanager
 def _holding(workdir: str, what: str):
-  """The workdir's lock, held by process 0 for the whole job (the others follow its lead)."""
-  return wd.locked(workdir, what) if jax.process_index() == 0 else contextlib.nullcontext()
+  """The workdir's lock, held by process 0 for the whole job. In a multi-host job the others
+  learn whether it got it, so a refused job ends on every process instead of leaving them
+  waiting at the next barrier."""
+  if jax.process_count() == 1:
+    with wd.locked(workdir, what):
+      yield
+    return
+  lock = wd.locked(workdir, what) if jax.process_index() == 0 else contextlib.nullcontext()
+  error = None
+  try:
+    lock.__enter__()
+  except MuseError as e:
+    error = e
+  refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+  if refused:
+    raise error or MuseError(f'{workdir}: process 0 could not take the workdir lock (its log says '
+                             'why)')
+  try:
+    yield
+  finally:
+    lock.__exit__(None, None, None)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -462,7 +484,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   data_seed = config.seed if config.data_seed < 0 else config.data_seed
   t_start = time.time()
   mngr = checkpoint_manager(workdir)
-  config_json = json.loads(config.to_json_best_effort())
+  config_json = wd.config_record(config)
   if mngr.latest_step() is not None:
     wd.check_resume(workdir, config_json)  # before any data work: a refused resume costs nothing
   videos, dims = prepare_data(config, workdir, fit_stats=True)
@@ -556,10 +578,9 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improved, seeds)
     meta = {'epoch': epoch, 'skipped_steps': skipped, 'signature': signature,
             'trackers': [dataclasses.asdict(t) for t in trackers], 'initial_devel': initial}
-    if jax.process_index() == 0:
-      kept = (f'the workdir keeps the last good checkpoint (epoch {epoch - 1})' if epoch > 1
-              else 'no checkpoint was written')
-      wd.check_space(workdir, ckpt_bytes, f'the checkpoint of epoch {epoch}', kept)
+    kept = (f'the workdir keeps the last good checkpoint (epoch {epoch - 1})' if epoch > 1
+            else 'no checkpoint was written')
+    wd.check_space(workdir, ckpt_bytes, f'the checkpoint of epoch {epoch}', kept)  # every process
     mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)))
   mngr.wait_until_finished()
@@ -637,15 +658,18 @@ def _check_trained(workdir, tracker, seed, devel_ccc, chosen, initial) -> None:
   ccc = devel_ccc[chosen] if devel_ccc else float('nan')
   if tracker.best_epoch == 0 or not np.isfinite(ccc):
     raise MuseError(
-        f'{workdir}: devel CCC of {what} was never finite (best epoch 0: only the untrained '
-        'parameters exist), so nothing was scored or written; look for absurd values in the devel '
-        'inputs or labels (e.g. 1e30 as a missing-value marker; see config.max_abs_z)')
-  if initial is not None and not tracker.best_ccc > initial[chosen]:
+        f'{workdir}: devel CCC of {what} is not finite (' + (
+            'in no epoch: only the untrained parameters exist' if tracker.best_epoch == 0
+            else f'with its best parameters, of epoch {tracker.best_epoch}') +
+        '), so nothing was scored or written; look for absurd values in the devel inputs or '
+        'labels (e.g. 1e30 as a missing-value marker; see config.max_abs_z)')
+  if (initial is not None and np.isfinite(initial[chosen])
+      and not tracker.best_ccc > initial[chosen]):
     raise MuseError(
         f'{workdir}: training never beat the untrained model on devel ({what}: best devel CCC '
         f'{tracker.best_ccc:.4f} at epoch {tracker.best_epoch}, untrained {initial[chosen]:.4f}), '
         'so no predictions were written; check that labels and features belong together, or try '
-        'another learning_rate or more num_epochs')
+        'another learning_rate or more num_epochs in a new --workdir')
 
 
 def _check_finite(preds, videos, split, seed) -> None:
@@ -654,7 +678,8 @@ def _check_finite(preds, videos, split, seed) -> None:
       row = int(np.argmax(~np.isfinite(p).all(axis=1)))
       raise MuseError(f'non-finite prediction for {split} video {v.id} at timestamp '
                       f'{v.timestamp[row]} (seed {seed}); no predictions were written; look for '
-                      'absurd input values there, or lower config.max_abs_z')
+                      'absurd input values there (or train with a lower config.max_abs_z in a new '
+                      '--workdir)')
 
 
 def _restore_for_eval(config, workdir):
@@ -676,6 +701,8 @@ def evaluate(config, workdir: str) -> dict:
   _process_settings(config)
   workdir = wd.prepare(workdir)
   with _holding(workdir, 'evaluate'):
+    # Preprocessing fields (nan_policy, max_abs_z, data_root, ...) must be the training's.
+    wd.check_resume(workdir, wd.config_record(config), evaluating=True)
     mngr, state, signature, videos, eval_step = _restore_for_eval(config, workdir)
     results = finish(config, workdir, mngr, state, signature, videos, eval_step,
                      make_mesh(config.num_devices))
@@ -729,7 +756,11 @@ class Predictor:
       raise MuseError(f'expected features [T, {sum(self.dims)}] for inputs '
                       f'{dict(zip(self.inputs, self.dims))}, got {raw_x.shape}')
     bad = self.stats.out_of_range(raw_x, float(self.config.get('max_abs_z', ip.DEFAULT_MAX_ABS_Z)))
+    if bad.any():
+      logging.warning('%d input cells NaN, Inf or out of range set to the train mean', bad.sum())
     x = np.where(bad, 0.0, self.stats.apply(raw_x)).astype(np.float32)
     video = ip.Video('input', np.arange(len(x)) * 250, np.ones(len(x), np.int32), x,
                      np.full((len(x), len(self.targets)), np.nan, np.float32), False)
-    return predict_videos(self._eval, self.params, [video], self._mesh)[0][0]
+    pred = predict_videos(self._eval, self.params, [video], self._mesh)[0][0]
+    _check_finite([pred], [video], 'new', seed='chosen')
+    return pred

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 
 from absl import logging
 
@@ -64,9 +65,8 @@ def prepare(workdir: str, writable: bool = True) -> str:
     return workdir
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
-    with open(probe, 'w', encoding='utf-8') as f:
-      f.write('ok')
+    fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=workdir)
+    os.close(fd)
     os.remove(probe)
   except OSError as e:
     _fail_os(workdir, e, 'write to it')
@@ -105,6 +105,9 @@ def locked(workdir: str, what: str = 'run'):
       except BlockingIOError:
         raise MuseError(f'{workdir}: in use by {_describe(_holder(path))}; wait for it to '
                         'finish (or stop it), or use another --workdir') from None
+      except OSError as e:  # a file system without locks (some NFS and FUSE mounts)
+        logging.warning('%s: cannot lock the workdir (%s); make sure no other run uses it',
+                        workdir, e.strerror or e)
     old = _holder(path)
     if old and old.get('pid') != os.getpid():
       logging.warning('%s: lock of %s, which is no longer running, taken over', workdir,
@@ -158,24 +161,49 @@ def saved_config(workdir: str) -> dict | None:
     raise MuseError(f'{path}: unreadable ({e}); restore it, or use a new --workdir') from None
 
 
-def check_resume(workdir: str, config: dict) -> list:
-  """On resume: a one-line MuseError for the first field that cannot change mid-run; returns the
-  changed fields that can, as (field, old, new). Fields unknown to the saved config (written by an
-  older version) are not compared."""
+# What evaluate must share with training: how the tree becomes normalised inputs.
+PREPROCESSING = ('data_root', 'normalize', 'add_segment_id', 'nan_policy', 'max_abs_z',
+                 'fusion_runs')
+PATHS = ('data_root', 'data_dir')  # stored absolute: a resume from another folder still matches
+
+
+def config_record(config) -> dict:
+  """The config as config.json holds it: JSON, with its paths absolute."""
+  out = json.loads(config.to_json_best_effort())
+  for k in PATHS:
+    if out.get(k):
+      out[k] = os.path.abspath(os.path.expanduser(out[k]))
+  return out
+
+
+def check_resume(workdir: str, config: dict, evaluating: bool = False) -> list:
+  """On resume (or evaluate): a one-line MuseError for the first field that cannot change
+  mid-run; returns the changed fields that can, as (field, old, new), and logs them. Fields
+  unknown to the saved config (written by an older version) are not compared."""
   saved = saved_config(workdir)
   if saved is None:
     return []
   old, new = flat(saved), flat(config)
+  for k in PATHS:  # an older version stored them as typed
+    if old.get(k):
+      old[k] = os.path.abspath(os.path.expanduser(old[k]))
   changed = [(k, old[k], new[k]) for k in sorted(new) if k in old and not _same(old[k], new[k])]
+  doing = 'evaluating' if evaluating else 'resuming'
+  if evaluating:  # only what turns the data into inputs; the checkpoint checks the model
+    changed = [c for c in changed if c[0] in PREPROCESSING or c[0] in RESUMABLE]
   for k, a, b in changed:
     if k not in RESUMABLE:
       raise MuseError(
-          f'{workdir}: resuming with {k}={json.dumps(b)}, but this workdir was trained with '
+          f'{workdir}: {doing} with {k}={json.dumps(b)}, but this workdir was trained with '
           f'{k}={json.dumps(a)}; {k} cannot change in a run in progress: rerun with the config it '
           'was started with (its config.json), or use a new --workdir')
   for k, a, b in changed:
-    logging.warning('%s: resumed with %s=%s (was %s); applied, config.json updated', workdir, k,
-                    json.dumps(b), json.dumps(a))
+    if evaluating:
+      logging.info('%s: evaluating with %s=%s (trained with %s)', workdir, k, json.dumps(b),
+                   json.dumps(a))
+    else:
+      logging.warning('%s: resumed with %s=%s (was %s); applied, config.json updated', workdir, k,
+                      json.dumps(b), json.dumps(a))
   return changed
 
 

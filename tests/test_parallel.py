@@ -91,6 +91,8 @@ def test_short_run_same_devel_ccc_on_1_and_8_devices(tiny_tree, tmp_path):
                                 str(tmp_path / 'eight'))
   for t in ('arousal', 'valence'):
     assert r8['devel'][t]['ccc'] == pytest.approx(r1['devel'][t]['ccc'], abs=TOL)
+  # The epoch moved the model far more than TOL: a sharding bug could not hide in the tolerance.
+  assert abs(r1['devel']['mean_ccc'] - r1['initial_devel_ccc']) > 10 * TOL
 
 
 def test_seeds_side_by_side_equal_separate_runs(tiny_tree, tmp_path):

@@ -194,7 +194,7 @@ def test_seed_tracker_plateau_cuts_and_early_stop():
 def test_guards_refuse_untrained_or_non_finite_outputs(tmp_path):
   """The last checks before anything is written (the CLI tests reach the first one for real)."""
   t = train.SeedTracker(lr=0.005, seed=314)  # best_epoch 0: no epoch ever scored
-  with pytest.raises(MuseError, match=r'devel CCC of seed 314 was never finite'):
+  with pytest.raises(MuseError, match=r'devel CCC of seed 314 is not finite \(in no epoch'):
     train._check_trained(str(tmp_path), t, 314, [float('nan')], 0, None)
   t.update(0.2, 1, tiny_config('', ''))
   with pytest.raises(MuseError, match=r'never beat the untrained model on devel \(seed 314: best '
