@@ -72,8 +72,8 @@ class Tree:
             f'--workdir={workdir or self.workdir}', f'--data_root={self.root}',
             f'--data_dir={self.data_dir}', '--config.num_epochs=1', *args]
 
-  def run(self, *args, workdir=None, prefix=()):
-    return subprocess.run([*prefix, *self.command(*args, workdir=workdir)], capture_output=True,
+  def run(self, *args, workdir=None):
+    return subprocess.run(self.command(*args, workdir=workdir), capture_output=True,
                           text=True, env=env(), cwd=self.tmp, timeout=300)
 
   def predictions(self, workdir=None):

@@ -179,7 +179,7 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     root = str(dl_manager.manual_dir)
-    name, dim = self.builder_config.name, self.builder_config.dim
+    name = self.builder_config.name
     try:
       partition = reader.read_partition(root)
       reader.check_feature_set(root, name)
@@ -197,10 +197,10 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
       if not ids:  # tfds cannot write an empty split: leave it out, load_feature_set gives []
         logging.warning('%s: partition.csv lists no %s videos; no %s split', root, split, split)
         continue
-      splits[split] = self._generate_examples(root, name, dim, split, ids)
+      splits[split] = self._generate_examples(root, name, split, ids)
     return splits
 
-  def _generate_examples(self, root, name, dim, split, ids):
+  def _generate_examples(self, root, name, split, ids):
     total = self.stats.setdefault(split, {})
     for vid in ids:
       try:
