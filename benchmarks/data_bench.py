@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from muse_jax.data import build  # pylint: disable=wrong-import-position
 from muse_jax.data import demo  # pylint: disable=wrong-import-position
 from muse_jax.data import reader  # pylint: disable=wrong-import-position
+from muse_jax.data import layout  # pylint: disable=wrong-import-position
 
 WIN, HOP = 200, 100
 
@@ -80,10 +81,10 @@ def run_muse_jax(root, data_dir, feats, target):
   wins = []
   for i, v in enumerate(sets[0]['train']):
     if v[f'has_{target}']:
-      xs = [s['train'][i]['features'] for s in sets]
+      xs = [s['train'][i].x for s in sets]
       wins += [([x[a:b] for x in xs], v[target][a:b]) for a, b in cut(len(v[target]))]
   t1 = time.perf_counter()
-  joined = {split: [np.nan_to_num(np.hstack([s[split][i]['features'] for s in sets]), copy=False)
+  joined = {split: [np.nan_to_num(np.hstack([s[split][i].x for s in sets]), copy=False)
                     for i in range(len(videos))] for split, videos in sets[0].items()}
   t2 = time.perf_counter()
   del joined
@@ -109,12 +110,12 @@ def check_same_data(root, data_dir, feats, target, n=3):
   """The built data equals the CSVs parsed by pandas (first n train videos)."""
   sets = [build.load_feature_set(data_dir, f) for f in feats]
   for i in range(n):
-    vid = sets[0]['train'][i]['id']
-    y = pd.read_csv(reader.label_path(root, target, vid))['value'].to_numpy(np.float32)
+    vid = sets[0]['train'][i].id
+    y = pd.read_csv(layout.label_path(root, target, vid))['value'].to_numpy(np.float32)
     np.testing.assert_array_equal(sets[0]['train'][i][target], y)
     for f, s in zip(feats, sets):
-      x = pd.read_csv(reader.feature_path(root, f, vid)).to_numpy()[:len(y), 2:]
-      np.testing.assert_array_equal(s['train'][i]['features'][:len(x)], x.astype(np.float32))
+      x = pd.read_csv(layout.feature_path(root, f, vid)).to_numpy()[:len(y), 2:]
+      np.testing.assert_array_equal(s['train'][i].x[:len(x)], x.astype(np.float32))
 
 
 def main():

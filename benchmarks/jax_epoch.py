@@ -22,6 +22,9 @@ import numpy as np  # pylint: disable=wrong-import-position
 from muse_jax import config_util  # pylint: disable=wrong-import-position
 from muse_jax import input_pipeline as ip  # pylint: disable=wrong-import-position
 from muse_jax import train  # pylint: disable=wrong-import-position
+from muse_jax import normalization  # pylint: disable=wrong-import-position
+from muse_jax import sources  # pylint: disable=wrong-import-position
+from muse_jax import steps  # pylint: disable=wrong-import-position
 
 
 def matmul_flops(n=2048, reps=5) -> float:
@@ -108,11 +111,11 @@ def main():
       'seeds': a.seeds, 'devices': jax.device_count(), 'jax': jax.__version__,
   }
   if not a.no_flops:
-    d_in = int(ip.NormStats.load(os.path.join(work, 'norm_stats.npz')).mean.shape[0])
+    d_in = int(normalization.NormStats.load(os.path.join(work, 'norm_stats.npz')).mean.shape[0])
     # Rows computed per epoch: full batches, and the last one padded only to the device and
     # micro-batch multiple (input_pipeline.train_batches).
-    n = len(ip.train_windows(c, ip.load_videos(c)[0]['train']).lengths)
-    rows = sum(ip.step_rows(n, c.batch_size, jax.device_count() * train.micro_batches(c)))
+    n = len(ip.train_windows(c, sources.load_videos(config_util.parse(c))[0]['train']).lengths)
+    rows = sum(ip.step_rows(n, c.batch_size, jax.device_count() * steps.micro_batches(c)))
     out['flops_per_step'] = step_flops(c, d_in, 1)  # a full batch
     out['steps_per_epoch'] = log[-1]['steps']
     out['train_windows'], out['rows_per_epoch'] = n, rows

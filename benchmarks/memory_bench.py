@@ -22,6 +22,8 @@ measurement, and applies it to deepspectrum (4096-d) over all of MuSe-CaR.
 """
 # Imports inside functions: the child measures them as its first stage.
 # pylint: disable=g-import-not-at-top,import-outside-toplevel
+from muse_jax import sources
+from muse_jax import steps
 import argparse
 import json
 import os
@@ -134,7 +136,7 @@ def child(args):
   import jax
   from muse_jax import config_util
   from muse_jax import input_pipeline as ip
-  from muse_jax import host_memory
+  from muse_jax.runtime import host_memory
   from muse_jax import train
   config = _config(args)
   host_memory.reuse_cpu_buffers(config.reuse_cpu_buffers)  # as main does
@@ -152,24 +154,24 @@ def child(args):
   stages.wrap(train, 'evaluate_split',
               lambda: 'finish: evaluate every split' if in_finish else 'training: devel eval')
   stages.wrap(train, 'finish', lambda: in_finish.append(1) or 'finish: restore + outputs')
-  prepare = train.prepare_data
+  prepare = sources.prepare_data
 
   def wrapped_prepare(*a, **k):
     try:
       return prepare(*a, **k)
     finally:
       stages.leave()  # 'data' ends; windows are cut next, in their own stage
-  train.prepare_data = wrapped_prepare
+  sources.prepare_data = wrapped_prepare
   captured = {}
-  train.make_train_step = _capture(train.make_train_step, 'train step', captured)
+  steps.make_train_step = _capture(steps.make_train_step, 'train step', captured)
   # The largest eval batch for memory: attention scores grow with rows x length^2.
-  train.make_eval_step = _capture(train.make_eval_step, 'eval step (largest)', captured,
+  steps.make_eval_step = _capture(steps.make_eval_step, 'eval step (largest)', captured,
                                   bigger=lambda a: a[1]['x'].shape[0] * a[1]['x'].shape[1] ** 2)
 
   config.data_root, config.data_dir = args.root, args.data_dir
   t0 = time.perf_counter()
   if args.data_only:
-    videos, _ = train.prepare_data(config, args.workdir, fit_stats=True)
+    videos, _ = sources.prepare_data(config_util.parse(config), args.workdir, fit_stats=True)
     ip.train_windows(config, videos['train'])
     results = {'devel': {'mean_ccc': float('nan')}}
   else:
@@ -264,7 +266,7 @@ def main():
   from muse_jax import input_pipeline as ip
   from muse_jax.data import build
   config = _config(a)
-  sets = ip.parse_list(config.feature_sets)
+  sets = config_util.parse_list(config.feature_sets)
   root = common.subset_tree(common.full_tree(sets, a.root), a.fraction)
   t0 = time.perf_counter()
   data_dir = common.ensure_built(root, sets)  # outside the child: a run normally finds it built

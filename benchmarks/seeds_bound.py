@@ -27,7 +27,7 @@ def child(a):
     os.sched_setaffinity(0, set(range(a.cores)))
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from muse_jax import host_memory  # pylint: disable=import-outside-toplevel
+  from muse_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel
   host_memory.reuse_cpu_buffers(True)  # as training does (must precede JAX's CPU client)
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel

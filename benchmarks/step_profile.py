@@ -36,14 +36,16 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from muse_jax import config_util  # pylint: disable=wrong-import-position
-from muse_jax import host_memory  # pylint: disable=wrong-import-position
+from muse_jax.runtime import host_memory  # pylint: disable=wrong-import-position
 from muse_jax import losses  # pylint: disable=wrong-import-position
 from muse_jax import models  # pylint: disable=wrong-import-position
 from muse_jax import train  # pylint: disable=wrong-import-position
+from muse_jax.ops import attention  # pylint: disable=wrong-import-position
+from muse_jax import steps  # pylint: disable=wrong-import-position
 from jax_epoch import matmul_flops  # pylint: disable=wrong-import-position
 from jax_epoch import step_flops  # pylint: disable=wrong-import-position
 
-BLOCKS = models.ATTN_BLOCK_BYTES  # the CPU default
+BLOCKS = attention.BLOCK_BYTES  # the CPU default
 
 
 def timed(f, args, repeat) -> tuple:
@@ -85,16 +87,16 @@ def random_batch(batch: int, win: int) -> tuple:
 
 def model_step(kw, batch, seeds=1, mapped=False):
   """Jitted value_and_grad of the CCC loss over `seeds` parameter sets, vmapped or mapped one
-  after the other (config.seed_loop) exactly as training runs them (train._over_seeds), and its
+  after the other (config.seed_loop) exactly as training runs them (steps.over_seeds), and its
   args."""
   x, y, lengths = batch
   model = models.Regressor(**kw)
   keys = jax.random.split(jax.random.key(0), seeds)
   params = jax.vmap(lambda k: model.init(k, x[:2], lengths[:2]))(keys)
-  mask = models.length_mask(lengths, x.shape[1])
+  mask = attention.length_mask(lengths, x.shape[1])
   loss = lambda p: losses.get_loss('ccc')(model.apply(p, x, lengths), y, mask)
   grad = jax.value_and_grad(loss)
-  return jax.jit(train._over_seeds(grad, mapped, 1)), (params,)  # pylint: disable=protected-access
+  return jax.jit(steps.over_seeds(grad, mapped, 1)), (params,)  # pylint: disable=protected-access
 
 
 def ceilings(a, peak, repeat):
@@ -182,16 +184,16 @@ def main():
   rows = []
   for name, kw, blocks in variants:
     flops, trans = counts(kw, a, blocked=blocks == 'auto')
-    models.ATTN_BLOCK_BYTES = BLOCKS if blocks == 'auto' else None
+    attention.BLOCK_BYTES = BLOCKS if blocks == 'auto' else None
     f, args = model_step(kw, batch)
     rows.append((name, *timed(f, args, a.repeat), flops, trans))
   for n in [int(v) for v in a.seeds.split(',') if int(v) > 1]:
-    models.ATTN_BLOCK_BYTES = BLOCKS
+    attention.BLOCK_BYTES = BLOCKS
     for mapped in (False, True):
       f, args = model_step(base, batch, n, mapped)
       rows.append((f'full, {n} seeds {"mapped" if mapped else "vmapped"}',
                    *timed(f, args, a.repeat), n * rows[0][3], n * rows[0][4]))
-  models.ATTN_BLOCK_BYTES = BLOCKS
+  attention.BLOCK_BYTES = BLOCKS
   rate = transcendental_rate(a.repeat)
   report = {'peak_gflops_per_s': round(peak / 1e9, 1), 'steps': [], 'ceilings': {},
             'transcendentals_per_s': rate, 'reuse_cpu_buffers': reuse}

@@ -1,4 +1,4 @@
-"""Shared plumbing of the command-line entry points: user errors as one line, quiet libraries.
+"""The one error wrapper of the command-line entry points: user errors as one line.
 
 What a user can fix ends the command with one line `error: ...` and exit status 2, never a
 traceback: a MuseError (bad data, config or workdir), a full or read-only disk met while writing
@@ -6,7 +6,6 @@ traceback: a MuseError (bad data, config or workdir), a full or read-only disk m
 its last good one), and Ctrl-C (exit 130; the same command resumes).
 """
 import errno
-import logging as py_logging
 import os
 import signal
 import sys
@@ -15,41 +14,11 @@ from absl import app
 
 from muse_jax.errors import MuseError
 
-_NOISY = ('/orbax/', '/tensorflow_datasets/')
 INTERRUPTED = 'interrupted; rerun the same command to resume'
 _DISK_ERRNOS = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is exceeded',
                 errno.EROFS: 'the file system is read-only'}
 _DISK_TEXT = {'No space left on device': errno.ENOSPC, 'Disk quota exceeded': errno.EDQUOT,
               'Read-only file system': errno.EROFS}
-
-
-class _LibraryFilter(py_logging.Filter):
-  """Drops orbax's and tfds' INFO chatter (per-save throughput lines, 'Using custom data
-  configuration') so the console shows the run's progress; their warnings still pass."""
-
-  def filter(self, record):
-    if record.levelno >= py_logging.ERROR and _about_full_disk(record):
-      return False  # orbax's writer threads and tasks each report it: run_app says it once
-    if not any(n in record.pathname for n in _NOISY):
-      return True
-    return record.levelno >= py_logging.WARNING and 'custom data configuration' not in str(
-        record.msg)
-
-
-def _about_full_disk(record) -> bool:
-  if record.exc_info and record.exc_info[1] is not None and disk_error(record.exc_info[1]):
-    return True
-  try:
-    text = record.getMessage()
-  except Exception:  # pylint: disable=broad-except
-    return False
-  return any(t in text for t in _DISK_TEXT)
-
-
-def quiet_library_logs() -> None:
-  for handler in py_logging.getLogger().handlers + py_logging.getLogger('absl').handlers:
-    handler.addFilter(_LibraryFilter())
-  py_logging.getLogger('absl').addFilter(_LibraryFilter())
 
 
 def disk_error(e: BaseException) -> str | None:
@@ -96,7 +65,8 @@ def _exit_on_signals():
 def run_app(main, **kwargs) -> None:
   """absl app.run, with MuseError printed as `error: <message>` and exit status 2."""
   def wrapped(argv):
-    quiet_library_logs()
+    from muse_jax.runtime import logs  # pylint: disable=import-outside-toplevel
+    logs.quiet()  # absl's handler exists now; runtime.configure installs the same filter
     return main(argv)
   _exit_on_signals()
   try:
@@ -123,6 +93,8 @@ def _exit_with(line: str) -> None:
 def call(fn, *args):
   """For argparse entry points: (0, fn(*args)), or (2, None) after printing one `error:` line for
   a MuseError, a full disk or a missing package of the optional `features` extra."""
+  from muse_jax.runtime import logs  # pylint: disable=import-outside-toplevel
+  logs.quiet()
   try:
     return 0, fn(*args)
   except MuseError as e:

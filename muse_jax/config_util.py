@@ -1,10 +1,25 @@
-"""Loading config files (configs/*.py with `get_config()`) outside the absl flag machinery."""
+"""Configs at the edge: loading `configs/*.py`, parsing the list fields once, validating all.
+
+A config file reads like a hyperparameter table (ml_collections, `get_config()`); its list fields
+take tuples or comma strings ('egemaps,fasttext' works on the command line). `validate_config`
+turns a config into a `Spec`, with every list parsed and every path made absolute, or stops with
+one line naming the field; the rest of the program reads the Spec and never re-parses.
+"""
+import dataclasses
 import importlib.util
 import os
 import sys
 
+from muse_jax.data import layout
+from muse_jax.errors import MuseError
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, 'configs')
+FUSION_PREFIX = 'run:'  # input names of late fusion's sources: run:<workdir name>/<target>
+LOSSES = ('ccc', 'mse', 'l1')
+NAN_POLICIES = ('zero', 'error')
+NONFINITE_POLICIES = ('stop', 'skip')
+ATTENTION = ('auto', 'blocked', 'plain')
 
 
 def ensure_configs_importable() -> None:
@@ -24,3 +39,183 @@ def load_config(path: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def parse_list(value) -> list:
+  """Tuple/list/comma string config fields -> list of names."""
+  if isinstance(value, str):
+    value = (value,)
+  out = []
+  for v in value:
+    out += [s.strip() for s in str(v).split(',') if s.strip()]
+  return out
+
+
+def fusion_input_names(runs: list, targets: list) -> list:
+  """`run:<workdir basename>/<target>` per run and target, in that order (the column order)."""
+  names = [os.path.basename(os.path.normpath(r)) for r in runs]
+  for i, name in enumerate(names):
+    if name in names[:i]:
+      raise MuseError(f'config.fusion_runs: {runs[names.index(name)]} and {runs[i]} share the name '
+                      f'{name!r}; input columns are named after workdir folders, rename one')
+  return [f'{FUSION_PREFIX}{name}/{t}' for name in names for t in targets]
+
+
+def data_dir_of(config) -> str:
+  d = config.get('data_dir') or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  return os.path.abspath(os.path.expanduser(d))
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A config with its list fields parsed and paths absolute; `config` holds the scalars."""
+  config: object
+  feature_sets: tuple
+  targets: tuple
+  fusion_runs: tuple   # absolute workdirs of first-level runs (late fusion), else ()
+  inputs: tuple        # input names in column order: sets, fusion runs, segment_id
+  normalized: tuple    # the inputs that are z-normalised
+  seeds: tuple
+  data_seed: int
+  data_root: str       # absolute, '' when not set
+  data_dir: str        # absolute
+
+  @property
+  def loss_weights(self):
+    return list(self.config.loss_weights)
+
+
+def parse(config) -> Spec:
+  """The Spec of a config, without validating it (validate_config does both)."""
+  sets = tuple(parse_list(config.feature_sets))
+  targets = tuple(parse_list(config.targets))
+  runs = tuple(os.path.abspath(os.path.expanduser(r))
+               for r in parse_list(config.get('fusion_runs', '')))
+  inputs = sets + tuple(fusion_input_names(list(runs), list(targets)))
+  inputs += (layout.SEGMENT_ID,) if config.add_segment_id else ()
+  norm = parse_list(config.normalize)
+  if norm == ['all']:
+    normalized = inputs
+  elif norm == ['none']:
+    normalized = ()
+  else:
+    unknown = sorted(set(norm) - set(inputs))
+    if unknown:
+      raise MuseError(f'config.normalize names {unknown} that are not inputs of this run '
+                      f"{list(inputs)}; use 'all', 'none' or a comma list of input names")
+    normalized = tuple(norm)
+  root = config.get('data_root') or ''
+  return Spec(config=config, feature_sets=sets, targets=targets, fusion_runs=runs, inputs=inputs,
+              normalized=normalized, seeds=tuple(config.seed + i for i in range(config.num_seeds)),
+              data_seed=config.seed if config.data_seed < 0 else config.data_seed,
+              data_root=os.path.abspath(os.path.expanduser(root)) if root else '',
+              data_dir=data_dir_of(config))
+
+
+def validate_config(config) -> Spec:
+  """Fails fast, with one line, on values that cannot work (before data loading or compute)."""
+  def need(ok, msg):
+    if not ok:
+      raise MuseError(f'config: {msg}')
+  spec = parse(config)
+  sets, targets = list(spec.feature_sets), list(spec.targets)
+  need(sets or spec.fusion_runs, 'feature_sets is empty; name at least one feature folder, '
+       'e.g. egemaps (or finished runs in fusion_runs, for late fusion)')
+  need(len(set(sets)) == len(sets), f'feature_sets lists a set twice: {sets}')
+  need(targets and set(targets) <= set(layout.TARGETS),
+       f'targets {targets} must be a non-empty subset of {list(layout.TARGETS)}')
+  need(config.win_len >= 1, f'win_len must be >= 1, got {config.win_len}')
+  need(1 <= config.hop_len <= config.win_len,
+       f'hop_len must be in [1, win_len={config.win_len}], got {config.hop_len}')
+  need(config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}')
+  need(config.micro_batch_size >= 0, f'micro_batch_size must be >= 0 (0 = whole batch), got '
+       f'{config.micro_batch_size}')
+  need(config.loss in LOSSES, f'loss must be one of {LOSSES}, got {config.loss!r}')
+  need(config.nan_policy in NAN_POLICIES,
+       f'nan_policy must be one of {NAN_POLICIES}, got {config.nan_policy!r}')
+  need(config.get('max_abs_z', 1.0) > 0, f'max_abs_z must be > 0, got {config.get("max_abs_z")}')
+  need(config.nonfinite_policy in NONFINITE_POLICIES,
+       f'nonfinite_policy must be one of {NONFINITE_POLICIES}, got {config.nonfinite_policy!r}')
+  need(config.learning_rate > 0, f'learning_rate must be > 0, got {config.learning_rate}')
+  need(0 < config.plateau_factor < 1,
+       f'plateau_factor must be in (0, 1), got {config.plateau_factor}')
+  need(config.num_epochs >= 1, f'num_epochs must be >= 1, got {config.num_epochs}')
+  need(config.early_stopping_patience >= 1, 'early_stopping_patience must be >= 1')
+  need(config.num_seeds >= 1, f'num_seeds must be >= 1, got {config.num_seeds}')
+  need(config.get('seed_loop', 'auto') in ('auto', 'vmap', 'map'),
+       f"seed_loop must be 'auto', 'vmap' or 'map', got {config.get('seed_loop')!r}")
+  need(config.get('attention', 'auto') in ATTENTION,
+       f"attention must be one of {ATTENTION}, got {config.get('attention')!r}")
+  need(config.inputs_on_disk in ('auto', 'yes', 'no'),
+       f"inputs_on_disk must be 'auto', 'yes' or 'no', got {config.inputs_on_disk!r}")
+  need(config.num_devices >= 0, f'num_devices must be >= 0 (0 = all), got {config.num_devices}')
+  need(isinstance(config.get('reuse_cpu_buffers', True), bool),
+       f'reuse_cpu_buffers must be True or False, got {config.get("reuse_cpu_buffers")!r}')
+  need(isinstance(config.get('compilation_cache_dir', 'auto'), str),
+       "compilation_cache_dir must be 'auto', a folder or 'none', got "
+       f"{config.get('compilation_cache_dir')!r}")
+  need(-1 <= config.eval_seed < config.num_seeds,
+       f'eval_seed must be -1 (best) or in [0, num_seeds={config.num_seeds}), '
+       f'got {config.eval_seed}')
+  weights = list(config.loss_weights)
+  need(not weights or len(weights) == len(targets),
+       f'loss_weights has {len(weights)} values for {len(targets)} targets')
+  model_fields(config.model, len(targets))
+  return spec
+
+
+_SIZES = {'d_rnn': 1, 'rnn_n_layers': 1, 'attn_n_layers': 0, 'n_heads': 1, 'd_out_fc': 1}
+_DROPOUTS = ('rnn_dropout', 'attn_dropout', 'out_dropout')
+_FLAGS = ('rnn_bi', 'pos_encoding')
+_RNN_TYPES = ('gru', 'lstm')
+
+
+def model_fields(model_cfg, n_targets: int) -> tuple:
+  """(model name, keyword arguments) of `config.model`, validated: one line per bad field.
+
+  Fields that belong only to the other model are ignored, so a config can switch `name` without
+  deleting fields; fields no model knows are typos and rejected. Missing fields take the module's
+  defaults.
+  """
+  from muse_jax import models  # pylint: disable=import-outside-toplevel  (flax: only when needed)
+  cfg = dict(model_cfg)
+  name = cfg.pop('name', None)
+  if name not in models.MODELS:
+    raise MuseError(f"config.model.name={name!r} is unknown; use one of {sorted(models.MODELS)}")
+  fields = {n: models.config_fields(c) for n, c in models.MODELS.items()}
+  known = set().union(*fields.values()) - {'n_targets'}
+  unknown = sorted(set(cfg) - known)
+  if unknown:
+    raise MuseError(f'config.model.{unknown[0]} is not a model field; known: {sorted(known)}')
+  if isinstance(n_targets, bool) or not isinstance(n_targets, int) or n_targets < 1:
+    raise MuseError(f'n_targets={n_targets!r} is invalid: need at least one target')
+  cls = models.MODELS[name]
+  kw = {f: cfg.get(f, cls.__dataclass_fields__[f].default) for f in fields[name]}
+  kw['n_targets'] = n_targets
+
+  def bad(field, why):
+    return MuseError(f'config.model.{field}={kw[field]!r} is invalid: {why}')
+
+  def is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+  for f, lo in _SIZES.items():
+    if f in kw and not (isinstance(kw[f], int) and not isinstance(kw[f], bool) and kw[f] >= lo):
+      raise bad(f, f'need an integer >= {lo}')
+  for f in _DROPOUTS:
+    if f in kw and not (is_num(kw[f]) and 0.0 <= kw[f] < 1.0):
+      raise bad(f, 'need a rate in [0, 1)')
+  for f in _FLAGS:
+    if f in kw and not isinstance(kw[f], bool):
+      raise bad(f, 'need True or False')
+  if kw.get('rnn_type', 'lstm') not in _RNN_TYPES:
+    raise bad('rnn_type', f'use one of {list(_RNN_TYPES)}')
+  if kw.get('attn_n_layers') and kw['d_rnn'] % kw['n_heads']:
+    raise MuseError(f"config.model.d_rnn={kw['d_rnn']} is not divisible by "
+                    f"config.model.n_heads={kw['n_heads']}")
+  out_bias = (kw['out_bias'],) if is_num(kw['out_bias']) else kw['out_bias']
+  if (not isinstance(out_bias, (list, tuple)) or len(out_bias) not in (1, n_targets)
+      or not all(map(is_num, out_bias))):
+    raise bad('out_bias', f'need 1 or {n_targets} (one per target) numbers')
+  kw['out_bias'] = tuple(float(v) for v in out_bias)
+  return name, kw

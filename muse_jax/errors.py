@@ -3,12 +3,7 @@
 Raised with a single-line message naming the file (and row/column) and what to do; the CLI entry
 points print it as `error: <message>` and exit with status 2 instead of a traceback.
 """
-from typing import NoReturn
 
 
 class MuseError(Exception):
   """A user-fixable problem; str(e) is a complete one-line message."""
-
-
-def fail(msg: str) -> NoReturn:
-  raise MuseError(msg)

@@ -1,7 +1,7 @@
 """Late fusion's input source: the per-frame predictions of finished runs, one column per run.
 
 The paper's second level reads the prediction CSVs of several unimodal / early-fusion models and
-stacks them per frame. Here that is one more input source of `input_pipeline.load_videos`: each
+stacks them per frame. Here that is one more input source of `sources.load_videos`: each
 (run, target) becomes a one-column "feature set" on the label grid, so windows, normalisation,
 checkpoints, metrics and prediction files all work unchanged and there is no second trainer.
 
@@ -10,26 +10,16 @@ A run is the workdir of a finished `train.train_and_evaluate`: its `config.json`
 Labels and the frame grid come from the MuSe tree, through a built feature set (by default the
 first set of the first run, already built by it); prediction rows are matched by timestamp.
 """
+import dataclasses
 import json
 import os
 
 from absl import logging
 import numpy as np
 
+from muse_jax import config_util
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
-
-PREFIX = 'run:'
-
-
-def input_names(runs: list, targets: list) -> list:
-  """`run:<workdir basename>/<target>` per run and target, in that order (the column order)."""
-  names = [os.path.basename(os.path.normpath(r)) for r in runs]
-  for i, name in enumerate(names):
-    if name in names[:i]:
-      raise MuseError(f'config.fusion_runs: {runs[names.index(name)]} and {runs[i]} share the name '
-                      f'{name!r}; input columns are named after workdir folders, rename one')
-  return [f'{PREFIX}{name}/{t}' for name in names for t in targets]
 
 
 def run_config(run: str) -> dict:
@@ -54,16 +44,16 @@ def grid_feature_set(runs: list, feature_sets: list) -> str:
 
 
 def load_runs(runs: list, targets: list, root: str, grid: dict) -> dict:
-  """{input name: {split: [video dict]}} for every run and target, aligned to `grid`.
+  """{input name: {split: [Video]}} for every run and target, aligned to `grid`.
 
-  `grid` is {split: [video dict]} of a built set (`build.load_feature_set`; `features` may be left
-  out); each result video is its grid video with `features` = the run's predictions [T, 1]. Runs
+  `grid` is {split: [Video]} of a built set (`build.load_feature_set`; `x` may be None); each
+  result video is its grid video with `x` = the run's predictions [T, 1]. Runs
   trained on another tree, and missing or misaligned predictions, are errors naming the run,
   target and video.
   """
   root = os.path.realpath(root)
   out = {}
-  names = iter(input_names(runs, targets))
+  names = iter(config_util.fusion_input_names(runs, targets))
   for run in runs:
     run_root = run_config(run).get('data_root') or ''
     if run_root and os.path.realpath(os.path.expanduser(run_root)) != root:
@@ -75,9 +65,9 @@ def load_runs(runs: list, targets: list, root: str, grid: dict) -> dict:
   return out
 
 
-def _aligned(run: str, target: str, split: str, v: dict) -> dict:
+def _aligned(run: str, target: str, split: str, v):
   """Grid video `v` with the run's predictions of `target` as its one feature column."""
-  vid, grid_t = v['id'], v['timestamp']
+  vid, grid_t = v.id, v.timestamp
   path = os.path.join(run, 'predictions', target, f'{vid}.csv')
   if not os.path.exists(path):
     raise MuseError(f'{path}: run {run} has no {target} predictions for {split} video {vid}; '
@@ -93,7 +83,7 @@ def _aligned(run: str, target: str, split: str, v: dict) -> dict:
   idx = np.minimum(np.searchsorted(t, grid_t), len(t) - 1)
   hit = t[idx] == grid_t
   k = len(grid_t) if hit.all() else int(np.argmin(hit))  # leading run of matched grid frames
-  labelled = v['has_arousal'] or v['has_valence']
+  labelled = any(v.labelled)
   # A labelled grid must be covered; an unlabelled one (each file's own length) may end early.
   if k == 0 or (k < len(grid_t) and (labelled or hit[k:].any())):
     raise MuseError(f'{path}: no prediction for timestamp {grid_t[k]} of {split} video {vid} '
@@ -102,6 +92,4 @@ def _aligned(run: str, target: str, split: str, v: dict) -> dict:
   if k < len(grid_t):
     logging.info('%s: ends %d frames before the grid of unlabelled video %s; using the first %d',
                  path, len(grid_t) - k, vid, k)
-  out = {key: a[:k] if isinstance(a, np.ndarray) else a for key, a in v.items()}
-  out['features'] = value[idx[:k], None]
-  return out
+  return dataclasses.replace(v.head(k), x=value[idx[:k], None])

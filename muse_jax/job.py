@@ -11,9 +11,11 @@ from absl import flags
 from muse_jax import baselines
 from muse_jax import cli
 from muse_jax import config_util
-from muse_jax import input_pipeline as ip
+from muse_jax import runtime
+from muse_jax import sources
 from muse_jax import train
 from muse_jax.data import demo
+from muse_jax.data import layout
 
 flags.DEFINE_string('out', 'out', 'Output folder: demo tree, tfds build, one workdir per target.')
 flags.DEFINE_string('config', 'demo', 'Config name under configs/ or a path.')
@@ -26,7 +28,7 @@ def run(out: str, config_name: str = 'demo', scale: str = 'demo') -> list:
   out = os.path.abspath(out)
   root = demo.tree_in(out, scale)
   rows = []
-  for target in ip.TARGETS:
+  for target in layout.TARGETS:
     config = config_util.load_config(config_name)
     config.data_root, config.data_dir = root, os.path.join(out, 'tfds')
     config.targets = (target,)
@@ -34,7 +36,7 @@ def run(out: str, config_name: str = 'demo', scale: str = 'demo') -> list:
     t0 = time.time()
     results = train.train_and_evaluate(config, workdir)
     seconds = time.time() - t0
-    videos, _ = train.prepare_data(config, workdir, fit_stats=False)
+    videos, _ = sources.prepare_data(config_util.parse(config), workdir, fit_stats=False)
     linear = baselines.ridge_metrics(videos['train'], videos['devel'], [target])
     rows.append({'target': target, 'linear_devel': linear[target]['ccc'],
                  'devel': results['devel'][target]['ccc'],
@@ -57,6 +59,7 @@ def table(rows) -> str:
 
 def main(argv):
   del argv
+  runtime.configure(config_util.load_config(FLAGS.config))
   t0 = time.time()
   rows = run(FLAGS.out, FLAGS.config, FLAGS.scale)
   text = table(rows)

@@ -1,7 +1,8 @@
 """Command line: `python -m muse_jax.main --config=configs/valence.py --workdir=DIR [--mode=...]`.
 
-Thin by design (as the flax examples): flags -> config -> train/evaluate/predict in train.py.
-User errors (bad data, config or workdir) end as one line `error: ...` and exit status 2.
+Thin by design (as the flax examples): flags -> config -> `runtime.configure` (process settings,
+once) -> `train.train_and_evaluate`, `inference.evaluate` or `inference.predict`. User errors (bad
+data, config or workdir) end as one line `error: ...` and exit status 2 (`cli`).
 """
 import os
 import sys
@@ -22,7 +23,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/
                                           lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs, predictions, results.')
 flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'],
-                  'train (resumes if the workdir has a checkpoint), evaluate or predict.')
+                  'train (resumes if the workdir has a checkpoint); evaluate (metrics and '
+                  'predictions again, eval_results.json); predict (predictions only, no labels '
+                  'needed, into <workdir>/predict/).')
 flags.DEFINE_string('data_root', None, 'MuSe-layout tree; overrides config.data_root.')
 flags.DEFINE_string('data_dir', None, 'tfds data_dir; overrides config.data_dir.')
 flags.DEFINE_bool('distributed', False, 'Multi-host: jax.distributed.initialize() with the '
@@ -36,27 +39,27 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _config()
   import jax  # pylint: disable=import-outside-toplevel
-  from muse_jax import host_memory  # pylint: disable=import-outside-toplevel
-  if _config().get('reuse_cpu_buffers', True) is True:
-    host_memory.prefer_sync_dispatch()  # before anything creates a JAX backend
-  if FLAGS.distributed or FLAGS.coordinator_address:
+  if FLAGS.distributed or FLAGS.coordinator_address:  # before anything creates a JAX backend
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     if jax.process_index() != 0:  # process 0 speaks for the job
       logging.set_verbosity(logging.WARNING)
+  from muse_jax import runtime  # pylint: disable=import-outside-toplevel
+  runtime.configure(config)
+  if jax.process_count() > 1:
     logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
-  from muse_jax import train  # pylint: disable=import-outside-toplevel
-  config = _config()
+  from muse_jax import inference, train  # pylint: disable=import-outside-toplevel
   with config.unlocked():
     if FLAGS.data_root is not None:
       config.data_root = FLAGS.data_root
     if FLAGS.data_dir is not None:
       config.data_dir = FLAGS.data_dir
   logging.info('mode %s, workdir %s', FLAGS.mode, FLAGS.workdir)
-  run = {'train': train.train_and_evaluate, 'evaluate': train.evaluate,
-         'predict': train.predict}[FLAGS.mode]
+  run = {'train': train.train_and_evaluate, 'evaluate': inference.evaluate,
+         'predict': inference.predict}[FLAGS.mode]
   results = run(config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(summary(results))
@@ -95,12 +98,18 @@ def _known_configs() -> list:
 
 
 def summary(results: dict) -> str:
+  """The lines printed at the end: best epoch and CCC per target (predict: where it wrote)."""
+  if 'predictions' in results and 'devel' not in results:
+    return (f'predictions of seed {results["seed"]} (epoch {results["best_epoch"]}) for '
+            f'{sum(results["videos"].values())} videos in {results["predictions"]}')
   lines = [f'best epoch {results["best_epoch"]}']
   for split in ('devel', 'test'):
     m = results.get(split)
     if m:
       lines.append(f'{split}: ' + '  '.join(
           f'{t} CCC {m[t]["ccc"]:.4f}' for t in results['targets']))
+    elif split == 'test':
+      lines.append('test: no labels in this tree, no test CCC (predictions are written)')
   return '\n'.join(lines)
 
 
@@ -110,8 +119,7 @@ def _parse_flags(argv):
   except Exception as e:  # pylint: disable=broad-except
     path = _config_path(argv)
     if path and _missing(path):
-      sys.stderr.write(f'error: {_missing(path)}\n')
-      sys.exit(2)
+      raise MuseError(_missing(path)) from None
     msg = _unknown_field(argv)
     cause = e
     while cause.__cause__ is not None and not isinstance(cause, SyntaxError):
@@ -121,8 +129,7 @@ def _parse_flags(argv):
              f'{cause.msg})')
     elif msg is None:
       msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-    sys.stderr.write(f'error: command line: {msg} (see --helpfull)\n')
-    sys.exit(2)
+    raise MuseError(f'command line: {msg} (see --helpfull)') from None
 
 
 def _unknown_field(argv) -> str | None:

@@ -1,37 +1,25 @@
 """Everything a run writes besides checkpoints: JSON, metric logs, challenge CSVs, plots.
 
-Files are written to a temporary name and renamed, so a killed job never leaves a half-written file
-that looks complete. Only process 0 calls these in multi-host runs.
+Every file is written atomically (files.py). Only process 0 calls these in multi-host runs.
 """
 import json
 import os
-import re
 
 import numpy as np
 
-
-def _atomic_write(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
+from muse_jax import files
 
 
-_TMP = re.compile(r'\.tmp\d+$|\.tmp\.(npz|png)$')
-
-
-def remove_stale_tmp(workdir: str) -> None:
-  """Deletes temporary files a killed job left behind (never read: only renamed files count)."""
-  for folder, dirs, files in os.walk(workdir):
-    dirs[:] = [d for d in dirs if d != 'checkpoints']  # orbax cleans its own
-    for name in files:
-      if _TMP.search(name):
-        os.remove(os.path.join(folder, name))
+def pyplot():
+  """matplotlib's pyplot on the file-only Agg backend (no display on a cluster node)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
 
 
 def write_json(path: str, obj) -> None:
-  _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + '\n')
+  files.atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + '\n')
 
 
 class MetricLog:
@@ -57,7 +45,7 @@ class MetricLog:
             continue  # a line cut by a kill
           if r.get('epoch', 0) <= resume_after:
             self.records.append(r)
-    _atomic_write(self.path, ''.join(json.dumps(r) + '\n' for r in self.records))
+    files.atomic_write(self.path, ''.join(json.dumps(r) + '\n' for r in self.records))
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self.tb = SummaryWriter(os.path.join(workdir, 'tb'), purge_step=resume_after + 1)
 
@@ -87,23 +75,20 @@ class MetricLog:
       self.tb.close()
 
 
-def write_predictions(workdir: str, videos, preds, targets) -> None:
-  """Challenge format: <workdir>/predictions/<target>/<Id>.csv, `timestamp,value,segment_id`."""
+def write_predictions(folder: str, videos, preds, targets) -> None:
+  """Challenge format: <folder>/<target>/<Id>.csv, `timestamp,value,segment_id`."""
   for v, p in zip(videos, preds):
     for k, target in enumerate(targets):
       rows = np.column_stack([v.timestamp, p[:, k], v.segment_id])
       lines = ['timestamp,value,segment_id'] + [
           f'{int(t)},{val:.7g},{int(s)}' for t, val, s in rows.tolist()]
-      _atomic_write(os.path.join(workdir, 'predictions', target, f'{v.id}.csv'),
+      files.atomic_write(os.path.join(folder, target, f'{v.id}.csv'),
                     '\n'.join(lines) + '\n')
 
 
 def plot_videos(workdir: str, videos, preds, targets) -> None:
   """PNG per video: prediction vs label over time, one panel per target."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  os.makedirs(os.path.join(workdir, 'plots'), exist_ok=True)
+  plt = pyplot()
   for v, p in zip(videos, preds):
     fig, axes = plt.subplots(len(targets), 1, figsize=(10, 2.6 * len(targets)), squeeze=False)
     t = (v.timestamp - v.timestamp[0]) / 1000.0
@@ -116,7 +101,6 @@ def plot_videos(workdir: str, videos, preds, targets) -> None:
     axes[-1, 0].set_xlabel('seconds')
     fig.suptitle(f'video {v.id}')
     fig.tight_layout()
-    path = os.path.join(workdir, 'plots', f'{v.id}.png')
-    fig.savefig(path + '.tmp.png', dpi=80)
+    with files.atomic_path(os.path.join(workdir, 'plots', f'{v.id}.png'), '.png') as tmp:
+      fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(path + '.tmp.png', path)

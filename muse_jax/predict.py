@@ -3,7 +3,7 @@
   python -m muse_jax.predict --workdir W --wav F [--transcript T] [--model_dir DIR] --out OUTDIR
 
 Extracts the feature sets the model reads (egemaps, egemaps_lld from the audio; bert from the
-transcript) on the 250 ms grid of the recording, runs `train.Predictor` (which applies the
+transcript) on the label grid of the recording, runs `inference.Predictor` (which applies the
 workdir's train-partition normalisation) and writes `OUTDIR/<target>.csv` (`timestamp,value`)
 and `OUTDIR/prediction.png`. The extraction must match what the model was trained on: a model
 trained on the challenge's own egemaps files sees features from a different extractor setting,
@@ -17,9 +17,9 @@ from absl import logging
 import numpy as np
 
 from muse_jax import cli
+from muse_jax import outputs
+from muse_jax.data.layout import SEGMENT_ID
 from muse_jax.errors import MuseError
-
-SEGMENT_ID = 'segment_id'
 AUDIO_SETS = ('egemaps', 'egemaps_lld')
 TEXT_SETS = ('bert',)
 
@@ -69,10 +69,8 @@ def extract_inputs(inputs: list, dims: list, wav: str, transcript: str | None = 
 def write_outputs(out: str, timestamps: np.ndarray, preds: np.ndarray, targets: list,
                   title: str) -> dict:
   """OUTDIR/<target>.csv (timestamp,value) and OUTDIR/prediction.png; returns the paths."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   import pandas as pd  # pylint: disable=import-outside-toplevel
+  plt = outputs.pyplot()
   os.makedirs(out, exist_ok=True)
   paths = {}
   for k, target in enumerate(targets):
@@ -97,8 +95,8 @@ def write_outputs(out: str, timestamps: np.ndarray, preds: np.ndarray, targets: 
 def predict_recording(workdir: str, wav: str, out: str, transcript: str | None = None,
                       model_dir: str | None = None, win_s: float = 3.0,
                       seed_index: int | None = None) -> dict:
-  from muse_jax import train  # pylint: disable=import-outside-toplevel
-  predictor = train.Predictor(workdir, seed_index)
+  from muse_jax import inference  # pylint: disable=import-outside-toplevel
+  predictor = inference.Predictor(workdir, seed_index)
   raw, timestamps = extract_inputs(list(predictor.inputs), list(predictor.dims), wav, transcript,
                                    model_dir, win_s)
   preds = np.asarray(predictor(raw))
@@ -119,6 +117,8 @@ def main(argv=None) -> int:
   p.add_argument('--out', required=True, help='folder for <target>.csv and prediction.png')
   args = p.parse_args(argv)
   logging.set_verbosity(logging.ERROR)  # orbax's read-only checkpoint notes are noise here
+  from muse_jax import runtime  # pylint: disable=import-outside-toplevel
+  runtime.configure()
   rc, paths = cli.call(predict_recording, args.workdir, args.wav, args.out, args.transcript,
                        args.model_dir, args.win_s, args.seed_index)
   if rc:

@@ -22,10 +22,11 @@ import numpy as np
 
 from muse_jax import cli
 from muse_jax import config_util
-from muse_jax import input_pipeline as ip
+from muse_jax import runtime
 from muse_jax import train
 from muse_jax import workdir as wd
 from muse_jax.data import demo
+from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
 
@@ -41,7 +42,7 @@ flags.DEFINE_list('early_fusion', ['egemaps+fasttext'], 'Early-fusion runs, sets
                   'combinations with a set the tree lacks are left out.')
 flags.DEFINE_integer('fusion_top', 3, 'Late fusion over the best N first-level runs by devel CCC, '
                      'as the paper fused its best models (0: all of them).')
-flags.DEFINE_list('targets', list(ip.TARGETS), 'Targets, one model per run and target.')
+flags.DEFINE_list('targets', list(layout.TARGETS), 'Targets, one model per run and target.')
 flags.DEFINE_integer('num_epochs', 0, 'Overrides num_epochs of every run (0: the configs).')
 FLAGS = flags.FLAGS
 
@@ -81,7 +82,7 @@ def train_once(config, workdir: str) -> dict:
 
 def run(out: str, root: str = '', scale: str = 'demo', config_name: str = '',
         fusion_config: str = '', features=(), early_fusion=('egemaps+fasttext',),
-        fusion_top: int = 3, targets=ip.TARGETS, num_epochs: int = 0) -> list:
+        fusion_top: int = 3, targets=layout.TARGETS, num_epochs: int = 0) -> list:
   """Trains (or reads back) every run; returns [Run] in table order, target by target."""
   out = os.path.abspath(out)
   root = os.path.abspath(os.path.expanduser(root)) if root else demo.tree_in(out, scale)
@@ -192,6 +193,7 @@ def main(argv):
   if len(argv) > 1:
     raise MuseError(f'unexpected arguments {argv[1:]}; the tree is --root (./run.sh reproduce '
                     'ROOT passes it)')
+  runtime.configure(config_util.load_config(FLAGS.config or 'default'))
   t0 = time.time()
   runs = run(FLAGS.out, FLAGS.root, FLAGS.scale, FLAGS.config, FLAGS.fusion_config,
              FLAGS.features, FLAGS.early_fusion, FLAGS.fusion_top, FLAGS.targets,

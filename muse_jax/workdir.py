@@ -38,7 +38,7 @@ CONFIG_FILE = 'config.json'
 # it writes at the end.
 RESUMABLE = ('num_epochs', 'nonfinite_policy', 'num_plot_videos', 'eval_seed', 'num_devices',
              'micro_batch_size', 'inputs_on_disk', 'reuse_cpu_buffers', 'compilation_cache_dir',
-             'seed_loop', 'data_dir')
+             'seed_loop', 'attention', 'data_dir')
 
 
 def _fail_os(workdir: str, e: OSError, doing: str):
@@ -150,6 +150,43 @@ def _same(a, b) -> bool:
   return items(a) is not None and items(a) == items(b)
 
 
+def read_json(path: str, default=None):
+  """A JSON file's content, or `default` when it does not exist."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return default
+
+
+@contextlib.contextmanager
+def held(workdir: str, what: str):
+  """The workdir's lock (`locked`), held by process 0 for the whole job. In a multi-host job the
+  others learn whether it got it, so a refused job ends on every process instead of leaving them
+  waiting at the next barrier."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    with locked(workdir, what):
+      yield
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  lock = locked(workdir, what) if jax.process_index() == 0 else contextlib.nullcontext()
+  error = None
+  try:
+    lock.__enter__()
+  except MuseError as e:
+    error = e
+  refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+  if refused:
+    raise error or MuseError(f'{workdir}: process 0 could not take the workdir lock (its log says '
+                             'why)')
+  try:
+    yield
+  finally:
+    lock.__exit__(None, None, None)
+
+
 def saved_config(workdir: str) -> dict | None:
   path = os.path.join(workdir, CONFIG_FILE)
   try:
@@ -176,10 +213,12 @@ def config_record(config) -> dict:
   return out
 
 
-def check_resume(workdir: str, config: dict, evaluating: bool = False) -> list:
+def check_resume(workdir: str, config: dict, evaluating: bool = False,
+                 other_tree: bool = False) -> list:
   """On resume (or evaluate): a one-line MuseError for the first field that cannot change
   mid-run; returns the changed fields that can, as (field, old, new), and logs them. Fields
-  unknown to the saved config (written by an older version) are not compared."""
+  unknown to the saved config (written by an older version) are not compared. `other_tree`
+  (predict): data_root and data_dir may differ too."""
   saved = saved_config(workdir)
   if saved is None:
     return []
@@ -191,6 +230,8 @@ def check_resume(workdir: str, config: dict, evaluating: bool = False) -> list:
   doing = 'evaluating' if evaluating else 'resuming'
   if evaluating:  # only what turns the data into inputs; the checkpoint checks the model
     changed = [c for c in changed if c[0] in PREPROCESSING or c[0] in RESUMABLE]
+  if other_tree:
+    changed = [c for c in changed if c[0] not in PATHS]
   for k, a, b in changed:
     if k not in RESUMABLE:
       raise MuseError(

@@ -17,10 +17,15 @@ jax.config.update('jax_compilation_cache_dir', _CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 # Child processes (the command run as a user would) share it too, instead of filling the user's
-# own cache (muse_jax.compile_cache: a JAX_COMPILATION_CACHE_DIR that is set wins).
+# own cache (muse_jax.runtime.compile_cache: a JAX_COMPILATION_CACHE_DIR that is set wins).
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
 
+from muse_jax import runtime  # pylint: disable=wrong-import-position
 from muse_jax.data import demo  # pylint: disable=wrong-import-position
+
+# As the entry points do (train_and_evaluate itself leaves the process alone): the compilation
+# cache set above is kept, large CPU buffers are reused across steps.
+runtime.configure()
 
 
 @pytest.fixture(scope='session')

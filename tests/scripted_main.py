@@ -11,10 +11,10 @@ import json
 import os
 import runpy
 
-from muse_jax import train
+from muse_jax import schedule
 
 _SCRIPT = {int(k): v for k, v in json.loads(os.environ['SCRIPTED_DEVEL']).items()}
-_update = train.SeedTracker.update
+_update = schedule.SeedTracker.update
 
 
 def _scripted(self, devel_ccc, epoch, config):
@@ -23,5 +23,5 @@ def _scripted(self, devel_ccc, epoch, config):
   return _update(self, scores[min(epoch, len(scores)) - 1], epoch, config)
 
 
-train.SeedTracker.update = _scripted
+schedule.SeedTracker.update = _scripted
 runpy.run_module('muse_jax.main', run_name='__main__', alter_sys=True)

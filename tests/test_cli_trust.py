@@ -21,6 +21,7 @@ import pytest
 from muse_jax.data import build
 from muse_jax.data import demo
 from muse_jax.data import reader
+from muse_jax.data import layout
 import helpers  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,10 +52,10 @@ class Tree:
     build.ensure_built(self.root, self.data_dir, SETS)
 
   def feat(self, vid, name='egemaps'):
-    return reader.feature_path(self.root, name, vid)
+    return layout.feature_path(self.root, name, vid)
 
   def label(self, vid, target='arousal'):
-    return reader.label_path(self.root, target, vid)
+    return layout.label_path(self.root, target, vid)
 
   lines = staticmethod(helpers.read_lines)
   write = staticmethod(helpers.write_lines)
@@ -149,11 +150,11 @@ def test_quirks_of_real_files_end_in_trained_finite_outputs(tree):
   tree.set_row(tree.feat(devel), 5, SENTINEL)
   tree.set_row(tree.feat(test), 3, '-' + SENTINEL)
   vid = tree.splits['train'][1]
-  before = reader.read_video(tree.root, 'egemaps', vid)['features']
+  before = reader.read_video(tree.root, 'egemaps', vid).x
   lines = [l.split(',') for l in tree.lines(tree.feat(vid))]
   order = [0, 1] + list(range(len(lines[0]) - 1, 1, -1))  # feature columns reversed
   tree.write(tree.feat(vid), [','.join(r[i] for i in order) for r in lines])
-  np.testing.assert_array_equal(reader.read_video(tree.root, 'egemaps', vid)['features'], before)
+  np.testing.assert_array_equal(reader.read_video(tree.root, 'egemaps', vid).x, before)
   scaled = max((tree.label(v, 'valence') for v in tree.splits['train']),  # x50 lands beyond 5
                key=lambda p: np.abs(np.loadtxt(p, delimiter=',', skiprows=1)).max())
   lines = [l.split(',') for l in tree.lines(scaled)]
@@ -195,7 +196,7 @@ def test_renamed_feature_column_is_one_line(tree):
 
 
 def test_written_pandas_index_column_is_one_line(tree):
-  folder = os.path.join(tree.root, reader.FEATURE_DIR, 'fasttext')
+  folder = os.path.join(tree.root, layout.FEATURE_DIR, 'fasttext')
   for name in os.listdir(folder):
     lines = tree.lines(os.path.join(folder, name))
     tree.write(os.path.join(folder, name),
@@ -212,7 +213,7 @@ def test_semicolon_separated_csv_is_one_line(tree):
 
 
 def test_partition_without_devel_videos_is_one_line(tree):
-  path = os.path.join(tree.root, reader.PARTITION_CSV)
+  path = os.path.join(tree.root, layout.PARTITION_CSV)
   tree.write(path, [l.replace(',devel', ',train') for l in tree.lines(path)])
   one_error(tree.run(), f'{path}: the devel partition has no videos')
 

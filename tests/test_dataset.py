@@ -14,6 +14,7 @@ from muse_jax.data import build
 from muse_jax.data import demo
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
+from muse_jax.data import layout
 
 SETS = ('egemaps', 'fasttext', 'vggface', 'vggish')
 
@@ -38,7 +39,7 @@ def built(tree, tmp_path_factory):
 
 
 def by_id(loaded):
-  return {v['id']: (split, v) for split, vs in loaded.items() for v in vs}
+  return {v.id: (split, v) for split, vs in loaded.items() for v in vs}
 
 
 def csv_values(path):
@@ -54,18 +55,18 @@ def test_built_dataset_equals_the_csvs(tree, built):
     videos = by_id(loaded[name])
     for vid in ids:
       _, v = videos[vid]
-      feats = csv_values(reader.feature_path(root, name, vid))
-      ar = pd.read_csv(reader.label_path(root, 'arousal', vid))
-      va = pd.read_csv(reader.label_path(root, 'valence', vid))
+      feats = csv_values(layout.feature_path(root, name, vid))
+      ar = pd.read_csv(layout.label_path(root, 'arousal', vid))
+      va = pd.read_csv(layout.label_path(root, 'valence', vid))
       n = len(ar)
-      assert v['features'].dtype == np.float32 and v['timestamp'].dtype == np.int64
-      assert v['segment_id'].dtype == np.int32 and v['features'].shape[0] == n
-      np.testing.assert_array_equal(v['features'][:len(feats)], feats[:n, 2:].astype(np.float32))
-      np.testing.assert_array_equal(v['timestamp'], ar['timestamp'].to_numpy())
-      np.testing.assert_array_equal(v['segment_id'], ar['segment_id'].to_numpy())
-      np.testing.assert_array_equal(v['arousal'], ar['value'].to_numpy(np.float32))
-      np.testing.assert_array_equal(v['valence'], va['value'].to_numpy(np.float32))
-      assert v['has_arousal'] is True and v['has_valence'] is True
+      assert v.x.dtype == np.float32 and v.timestamp.dtype == np.int64
+      assert v.segment_id.dtype == np.int32 and v.x.shape[0] == n
+      np.testing.assert_array_equal(v.x[:len(feats)], feats[:n, 2:].astype(np.float32))
+      np.testing.assert_array_equal(v.timestamp, ar['timestamp'].to_numpy())
+      np.testing.assert_array_equal(v.segment_id, ar['segment_id'].to_numpy())
+      np.testing.assert_array_equal(v.label('arousal'), ar['value'].to_numpy(np.float32))
+      np.testing.assert_array_equal(v.label('valence'), va['value'].to_numpy(np.float32))
+      assert v.has('arousal') is True and v.has('valence') is True
 
 
 def test_splits_follow_partition_and_duplicates_are_dropped(tree, built):
@@ -74,11 +75,11 @@ def test_splits_follow_partition_and_duplicates_are_dropped(tree, built):
   part = reader.read_partition(root)
   assert list(part) == sorted(part, key=int)  # natural (numeric) order
   dup = summary['quirks']['duplicated_partition_id']
-  with open(os.path.join(root, reader.PARTITION_CSV)) as f:
+  with open(os.path.join(root, layout.PARTITION_CSV)) as f:
     assert sum(line.split(',')[0] == dup for line in f) == 2
   for name in SETS:
-    for split in reader.PARTITIONS:
-      ids = [v['id'] for v in loaded[name][split]]
+    for split in layout.SPLITS:
+      ids = [v.id for v in loaded[name][split]]
       assert ids == summary['splits'][split]  # once each, natural order
 
 
@@ -90,12 +91,12 @@ def test_test_videos_without_labels_get_unlabelled_examples(tree, built):
   videos = by_id(loaded['egemaps'])
   for vid in missing:
     split, v = videos[vid]
-    assert split == 'test' and not v['has_arousal'] and not v['has_valence']
-    assert np.isnan(v['arousal']).all() and np.isnan(v['valence']).all()
-    feats = csv_values(reader.feature_path(root, 'egemaps', vid))
-    np.testing.assert_array_equal(v['timestamp'], feats[:, 0])  # the feature file's own grid
-  labelled = [v for v in loaded['egemaps']['test'] if v['id'] not in missing]
-  assert labelled and all(v['has_valence'] for v in labelled)
+    assert split == 'test' and not v.has('arousal') and not v.has('valence')
+    assert np.isnan(v.label('arousal')).all() and np.isnan(v.label('valence')).all()
+    feats = csv_values(layout.feature_path(root, 'egemaps', vid))
+    np.testing.assert_array_equal(v.timestamp, feats[:, 0])  # the feature file's own grid
+  labelled = [v for v in loaded['egemaps']['test'] if v.id not in missing]
+  assert labelled and all(v.has('valence') for v in labelled)
 
 
 def test_longer_feature_file_is_truncated_and_shorter_one_padded(tree, built):
@@ -103,18 +104,18 @@ def test_longer_feature_file_is_truncated_and_shorter_one_padded(tree, built):
   _, loaded = built
   q = summary['quirks']['longer_feature_file']
   _, v = by_id(loaded[q['feature_set']])[q['id']]
-  n = len(pd.read_csv(reader.label_path(root, 'arousal', q['id'])))
-  feats = csv_values(reader.feature_path(root, q['feature_set'], q['id']))
-  assert len(feats) == n + q['extra_rows'] and v['features'].shape[0] == n
+  n = len(pd.read_csv(layout.label_path(root, 'arousal', q['id'])))
+  feats = csv_values(layout.feature_path(root, q['feature_set'], q['id']))
+  assert len(feats) == n + q['extra_rows'] and v.x.shape[0] == n
 
   q = summary['quirks']['shorter_feature_file']
   _, v = by_id(loaded[q['feature_set']])[q['id']]
-  feats = csv_values(reader.feature_path(root, q['feature_set'], q['id']))[:, 2:]
-  labels = pd.read_csv(reader.label_path(root, 'arousal', q['id']))
+  feats = csv_values(layout.feature_path(root, q['feature_set'], q['id']))[:, 2:]
+  labels = pd.read_csv(layout.label_path(root, 'arousal', q['id']))
   assert len(feats) == len(labels) - q['missing_rows']
-  np.testing.assert_array_equal(v['timestamp'], labels['timestamp'].to_numpy())
-  np.testing.assert_array_equal(v['features'][:len(feats)], feats.astype(np.float32))
-  np.testing.assert_array_equal(v['features'][len(feats):],
+  np.testing.assert_array_equal(v.timestamp, labels['timestamp'].to_numpy())
+  np.testing.assert_array_equal(v.x[:len(feats)], feats.astype(np.float32))
+  np.testing.assert_array_equal(v.x[len(feats):],
                                 np.repeat(feats[-1:].astype(np.float32), q['missing_rows'], 0))
 
 
@@ -123,23 +124,23 @@ def test_user_named_feature_folder_is_discovered(tree, built):
   _, loaded = built
   assert reader.discover_feature_sets(root) == {
       'egemaps': 88, 'fasttext': 300, 'vggface': 512, 'vggish': 128}
-  assert all(v['features'].shape[1] == 128 for vs in loaded['vggish'].values() for v in vs)
+  assert all(v.x.shape[1] == 128 for vs in loaded['vggish'].values() for v in vs)
 
 
 def test_nan_and_zero_rows_kept_inf_becomes_nan(tree, built, tmp_path):
   root, summary = tree
   _, loaded = built
-  nan = sum(np.isnan(v['features']).sum() for vs in loaded['vggface'].values() for v in vs)
-  zero = sum((v['features'] == 0).all(1).sum() for vs in loaded['vggface'].values() for v in vs)
+  nan = sum(np.isnan(v.x).sum() for vs in loaded['vggface'].values() for v in vs)
+  zero = sum((v.x == 0).all(1).sum() for vs in loaded['vggface'].values() for v in vs)
   assert nan == summary['quirks']['nan_cells']['vggface'] > 0
   assert zero >= 1
   info = build.build_info(built[0], 'vggface')
   assert sum(s['nan_cells'] for s in info['stats'].values()) == nan
   copy = small_copy(root, tmp_path, 'egemaps')
   vid = summary['splits']['train'][0]
-  edit_line(reader.feature_path(copy, 'egemaps', vid), 3, lambda c: c[:4] + ['-inf'] + c[5:])
+  edit_line(layout.feature_path(copy, 'egemaps', vid), 3, lambda c: c[:4] + ['-inf'] + c[5:])
   v = reader.read_video(copy, 'egemaps', vid, 'train')
-  assert np.isnan(v['features'][1, 2]) and np.isfinite(v['features'][0]).all()
+  assert np.isnan(v.x[1, 2]) and np.isfinite(v.x[0]).all()
 
 
 def test_2021_label_column_order_is_read_by_name(tree, tmp_path):
@@ -147,17 +148,17 @@ def test_2021_label_column_order_is_read_by_name(tree, tmp_path):
   copy = small_copy(root, tmp_path, 'egemaps')
   vid = summary['splits']['train'][0]
   before = reader.read_video(copy, 'egemaps', vid, 'train')
-  path = reader.label_path(copy, 'valence', vid)
+  path = layout.label_path(copy, 'valence', vid)
   pd.read_csv(path)[['timestamp', 'segment_id', 'value']].to_csv(path, index=False)
   after = reader.read_video(copy, 'egemaps', vid, 'train')
-  for k in ('valence', 'segment_id', 'timestamp'):
-    np.testing.assert_array_equal(before[k], after[k])
+  for k in ('y', 'segment_id', 'timestamp'):
+    np.testing.assert_array_equal(getattr(before, k), getattr(after, k))
 
 
 def test_empty_split_is_fine(tree, tmp_path):
   root, _ = tree
   copy = small_copy(root, tmp_path, 'egemaps')
-  path = os.path.join(copy, reader.PARTITION_CSV)
+  path = os.path.join(copy, layout.PARTITION_CSV)
   with open(path) as f:
     lines = [l for l in f if not l.strip().endswith(',devel')]
   with open(path, 'w') as f:
@@ -177,28 +178,28 @@ def test_stale_build_is_rebuilt_others_untouched(tree, tmp_path):
   first = {n: stamp(n) for n in ('egemaps', 'fasttext')}
   build.ensure_built(copy, data_dir, 'egemaps,fasttext')
   assert {n: stamp(n) for n in first} == first  # up to date: nothing rebuilt
-  shutil.copytree(os.path.join(copy, reader.FEATURE_DIR, 'egemaps'),
-                  os.path.join(copy, reader.FEATURE_DIR, 'mine'))
+  shutil.copytree(os.path.join(copy, layout.FEATURE_DIR, 'egemaps'),
+                  os.path.join(copy, layout.FEATURE_DIR, 'mine'))
   build.ensure_built(copy, data_dir, ['egemaps', 'mine'])
   assert stamp('egemaps') == first['egemaps']  # a new folder does not rebuild others
   vid = summary['splits']['train'][1]
-  edit_line(reader.feature_path(copy, 'egemaps', vid), 2, lambda c: c[:2] + ['12345.5'] + c[3:])
+  edit_line(layout.feature_path(copy, 'egemaps', vid), 2, lambda c: c[:2] + ['12345.5'] + c[3:])
   build.ensure_built(copy, data_dir, ['egemaps', 'fasttext'])
   assert stamp('egemaps') != first['egemaps'] and stamp('fasttext') == first['fasttext']
   _, v = by_id(build.load_feature_set(data_dir, 'egemaps'))[vid]
-  assert v['features'][0, 0] == np.float32(12345.5)
+  assert v.x[0, 0] == np.float32(12345.5)
 
 
 def test_load_works_in_a_fresh_process(built):
   data_dir, loaded = built
   code = ('import json, sys; from muse_jax.data import build; '
           'd = build.load_feature_set(sys.argv[1], "vggish"); '
-          'print(json.dumps({s: [[v["id"], v["features"].shape[1]] for v in vs] '
+          'print(json.dumps({s: [[v.id, v.x.shape[1]] for v in vs] '
           'for s, vs in d.items()}))')
   out = subprocess.run([sys.executable, '-c', code, data_dir], capture_output=True, text=True,
                        check=True, timeout=120).stdout
   got = json.loads(out.strip().splitlines()[-1])
-  assert got == {s: [[v['id'], 128] for v in vs] for s, vs in loaded['vggish'].items()}
+  assert got == {s: [[v.id, 128] for v in vs] for s, vs in loaded['vggish'].items()}
 
 
 def test_record_index_is_stored_and_matches_the_data(built):
@@ -208,15 +209,15 @@ def test_record_index_is_stored_and_matches_the_data(built):
     path = build.builder_dir(data_dir, name)
     assert stored == build.record_index(tfds.builder_from_directory(path).as_data_source())
     fs = build.FeatureSet(data_dir, name)
-    assert fs.dim == loaded[name]['train'][0]['features'].shape[1]
+    assert fs.dim == loaded[name]['train'][0].x.shape[1]
     for split, vs in loaded[name].items():
-      assert fs.ids(split) == [v['id'] for v in vs]
-      assert sorted(stored.get(split, [])) == sorted([v['id'], len(v['timestamp'])] for v in vs)
+      assert fs.ids(split) == [v.id for v in vs]
+      assert sorted(stored.get(split, [])) == sorted([v.id, len(v.timestamp)] for v in vs)
       for v in vs[:2]:
-        got = fs.read(split, v['id'])
-        assert fs.rows(split, v['id']) == len(v['timestamp'])
-        for k in v:
-          np.testing.assert_array_equal(got[k], v[k])
+        got = fs.read(split, v.id)
+        assert fs.rows(split, v.id) == len(v.timestamp)
+        for k in ('id', 'timestamp', 'segment_id', 'x', 'y', 'targets', 'labelled'):
+          np.testing.assert_array_equal(getattr(got, k), getattr(v, k))
 
 
 def test_build_without_record_index_still_loads(tree, built, tmp_path, caplog):
@@ -235,9 +236,9 @@ def test_build_without_record_index_still_loads(tree, built, tmp_path, caplog):
     again = build.load_feature_set(copy, 'vggish')
   assert 'no record index' in caplog.text
   for split, vs in loaded['vggish'].items():
-    assert [v['id'] for v in again[split]] == [v['id'] for v in vs]
+    assert [v.id for v in again[split]] == [v.id for v in vs]
     for a, b in zip(again[split], vs):
-      np.testing.assert_array_equal(a['features'], b['features'])
+      np.testing.assert_array_equal(a.x, b.x)
 
 
 def test_large_split_builds_without_tensorflow(tree, built, tmp_path, monkeypatch):
@@ -249,9 +250,9 @@ def test_large_split_builds_without_tensorflow(tree, built, tmp_path, monkeypatc
   build.ensure_built(root, str(tmp_path / 'd'), ['egemaps'])
   again = build.load_feature_set(str(tmp_path / 'd'), 'egemaps')
   for split, vs in loaded['egemaps'].items():
-    assert [v['id'] for v in again[split]] == [v['id'] for v in vs]
+    assert [v.id for v in again[split]] == [v.id for v in vs]
     for a, b in zip(again[split], vs):
-      np.testing.assert_array_equal(a['features'], b['features'])
+      np.testing.assert_array_equal(a.x, b.x)
   assert not list((tmp_path / 'd').rglob('bucket_*'))
 
 
@@ -282,7 +283,7 @@ def test_cli(tree, tmp_path, capsys):
 def small_copy(root, dst, *sets):
   """Partition, labels and the given feature sets of `root`, copied under `dst`."""
   out = os.path.join(str(dst), 'tree')
-  for rel in ['metadata', reader.LABEL_DIR] + [os.path.join(reader.FEATURE_DIR, s) for s in sets]:
+  for rel in ['metadata', layout.LABEL_DIR] + [os.path.join(layout.FEATURE_DIR, s) for s in sets]:
     shutil.copytree(os.path.join(root, rel), os.path.join(out, rel))
   return out
 
@@ -320,10 +321,10 @@ def _shift_times(path, ms):
 
 
 # (case, mutation(root, vid, other), words the message must contain; {v}/{o} = vid/other)
-FEAT = lambda r, v: reader.feature_path(r, 'egemaps', v)
-AROUSAL = lambda r, v: reader.label_path(r, 'arousal', v)
-VALENCE = lambda r, v: reader.label_path(r, 'valence', v)
-PART = lambda r: os.path.join(r, reader.PARTITION_CSV)
+FEAT = lambda r, v: layout.feature_path(r, 'egemaps', v)
+AROUSAL = lambda r, v: layout.label_path(r, 'arousal', v)
+VALENCE = lambda r, v: layout.label_path(r, 'valence', v)
+PART = lambda r: os.path.join(r, layout.PARTITION_CSV)
 BAD_INPUTS = [
     ('missing partition', lambda r, v, o: os.remove(PART(r)), ['partition.csv', 'not found']),
     ('empty partition file', lambda r, v, o: _write(PART(r), ''), ['partition.csv', 'empty']),
@@ -398,7 +399,7 @@ def test_feature_set_errors(tree, tmp_path):
   copy = small_copy(root, tmp_path, 'egemaps')
   with pytest.raises(MuseError, match=r"unknown feature set 'nosuch'.*egemaps \(88\)"):
     build.ensure_built(copy, str(tmp_path / 'd'), ['egemaps', 'nosuch'])
-  os.makedirs(os.path.join(copy, reader.FEATURE_DIR, 'vggish'))
+  os.makedirs(os.path.join(copy, layout.FEATURE_DIR, 'vggish'))
   assert reader.discover_feature_sets(copy) == {'egemaps': 88}  # skipped, with a warning
   with pytest.raises(MuseError, match='vggish: feature folder is empty'):
     build.ensure_built(copy, str(tmp_path / 'd'), ['vggish'])

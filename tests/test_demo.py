@@ -11,6 +11,7 @@ import pytest
 from muse_jax.data import demo
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
+from muse_jax.data import layout
 
 
 def _files(root):
@@ -20,23 +21,23 @@ def _files(root):
 
 def test_layout_names_and_dimensions(tiny_tree):
   root = tiny_tree
-  with open(os.path.join(root, reader.PARTITION_CSV)) as f:
+  with open(os.path.join(root, layout.PARTITION_CSV)) as f:
     assert f.readline().strip() == 'Id,Proposal'
   assert reader.discover_feature_sets(root) == {
       k: demo.FEATURE_SETS[k] for k in demo.DEFAULT_FEATURES}
   part = reader.read_partition(root)
   n = len(part)
-  counts = {p: sum(q == p for q in part.values()) for p in reader.PARTITIONS}
+  counts = {p: sum(q == p for q in part.values()) for p in layout.SPLITS}
   assert counts == {'train': round(0.57 * n), 'devel': round(0.21 * n),
                     'test': n - round(0.57 * n) - round(0.21 * n)}
   vid = next(v for v, p in part.items() if p == 'train')
-  for target in reader.TARGETS:
-    with open(reader.label_path(root, target, vid)) as f:
+  for target in layout.TARGETS:
+    with open(layout.label_path(root, target, vid)) as f:
       assert f.readline().strip() == 'timestamp,value,segment_id'  # the 2020 order
-  header = pd.read_csv(reader.feature_path(root, 'egemaps', vid), nrows=1).columns
+  header = pd.read_csv(layout.feature_path(root, 'egemaps', vid), nrows=1).columns
   assert list(header[:3]) == ['timestamp', 'segment_id', 'F0semitoneFrom27.5Hz_sma3nz_amean']
   assert len(set(header)) == 90 and 'equivalentSoundLevel_dBp' in header
-  au = pd.read_csv(reader.feature_path(root, 'au', vid), nrows=1).columns
+  au = pd.read_csv(layout.feature_path(root, 'au', vid), nrows=1).columns
   assert 'AU01_r' in au and 'AU28_c' in au and len(au) == 37
 
 
@@ -44,7 +45,7 @@ def test_grid_segments_and_lengths(tiny_tree):
   starts, lengths = [], []
   for vid, p in reader.read_partition(tiny_tree).items():
     v = reader.read_video(tiny_tree, 'egemaps', vid, p)
-    t, seg = v['timestamp'], v['segment_id']
+    t, seg = v.timestamp, v.segment_id
     assert (t % 250 == 0).all() and (np.diff(t) == 250).all()
     assert seg[0] == 1 and set(np.diff(seg)) <= {0, 1}  # 1, 2, ... in contiguous runs
     starts.append(t[0])
@@ -57,20 +58,20 @@ def test_every_documented_quirk_is_present(tiny_tree):
   root = tiny_tree
   with open(os.path.join(root, demo.MARKER)) as f:
     q = json.load(f)['quirks']
-  with open(os.path.join(root, reader.PARTITION_CSV)) as f:
+  with open(os.path.join(root, layout.PARTITION_CSV)) as f:
     ids = [line.split(',')[0] for line in f.read().splitlines()[1:]]
   assert ids.count(q['duplicated_partition_id']) == 2
   for vid in q['unlabelled_test_ids']:
-    assert not os.path.exists(reader.label_path(root, 'arousal', vid))
-    assert os.path.exists(reader.feature_path(root, 'egemaps', vid))
+    assert not os.path.exists(layout.label_path(root, 'arousal', vid))
+    assert os.path.exists(layout.feature_path(root, 'egemaps', vid))
   for name in ('au', 'vggface'):
     assert q['zero_rows'][name] > 0 and q['nan_cells'][name] > 0
   for key, sign in (('longer_feature_file', 1), ('shorter_feature_file', -1)):
     f = q[key]
-    n_feat = len(pd.read_csv(reader.feature_path(root, f['feature_set'], f['id'])))
-    n_lab = len(pd.read_csv(reader.label_path(root, 'arousal', f['id'])))
+    n_feat = len(pd.read_csv(layout.feature_path(root, f['feature_set'], f['id'])))
+    n_lab = len(pd.read_csv(layout.label_path(root, 'arousal', f['id'])))
     assert n_feat - n_lab == sign * f.get('extra_rows', f.get('missing_rows'))
-  vg = pd.read_csv(reader.feature_path(root, 'vggface', q['shorter_feature_file']['id']))
+  vg = pd.read_csv(layout.feature_path(root, 'vggface', q['shorter_feature_file']['id']))
   assert vg.shape[1] == 514
 
 
@@ -83,7 +84,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
   assert not mismatch and not errors
   demo.make_tree(str(tmp_path / 'c'), 'tiny', seed=8, features='egemaps,au')
   vid = a['splits']['train'][0]
-  path = os.path.join(reader.FEATURE_DIR, 'egemaps', f'{vid}.csv')
+  path = os.path.join(layout.FEATURE_DIR, 'egemaps', f'{vid}.csv')
   assert not os.path.exists(tmp_path / 'c' / path) or not filecmp.cmp(
       tmp_path / 'a' / path, tmp_path / 'c' / path, shallow=False)
   # Other sets in between change nothing of these (labels, partition, egemaps, au).
@@ -153,9 +154,9 @@ def _ridge_ccc(train, devel, target, alpha=10.0):
   a = design(train)
   reg = alpha * np.eye(a.shape[1])
   reg[-1, -1] = 0
-  y = np.concatenate([v[1][target] for v in train])
+  y = np.concatenate([v[1].label(target) for v in train])
   w = np.linalg.solve(a.T @ a + reg, a.T @ y)
-  return _ccc(np.concatenate([v[1][target] for v in devel]), design(devel) @ w)
+  return _ccc(np.concatenate([v[1].label(target) for v in devel]), design(devel) @ w)
 
 
 @pytest.fixture(scope='module')
@@ -177,7 +178,7 @@ def test_labels_need_temporal_context(demo_videos, sets, target):
   def views(split, context):
     out = []
     for v in demo_videos[split]:
-      xs = [np.nan_to_num(v[n]['features']).astype(np.float64) for n in sets]
+      xs = [np.nan_to_num(v[n].x).astype(np.float64) for n in sets]
       if context:
         xs = [_smooth_lag(x, demo.VIEWS[n].lag, 16) for x, n in zip(xs, sets)]
       out.append((np.hstack(xs), v[sets[0]]))

@@ -14,6 +14,7 @@ import pytest
 from muse_jax.errors import MuseError
 from muse_jax.features import text
 from muse_jax.features import writer
+from muse_jax.data import layout
 
 
 def _audio_extra():
@@ -27,7 +28,7 @@ def _text_extra():
 
 
 def _read(root, feature_set, vid='1'):
-  return pd.read_csv(writer.feature_path(root, feature_set, vid))
+  return pd.read_csv(layout.feature_path(root, feature_set, vid))
 
 
 # ------------------------------------------------------------------------------------------------

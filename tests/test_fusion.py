@@ -1,6 +1,7 @@
 """Early fusion (joined, normalised feature sets), late fusion over finished runs, reproduce."""
 import json
 import os
+import types
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,11 @@ from muse_jax import input_pipeline as ip
 from muse_jax import reproduce
 from muse_jax import train
 from muse_jax.data import build
+from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
+from muse_jax import inference
+from muse_jax import normalization
+from muse_jax import sources
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,26 +33,26 @@ def test_early_fusion_joins_sets_in_config_order_and_normalises_each_as_asked(ti
   data_dir = str(tmp_path / 'tfds')
   config = tiny_config(tiny_tree, data_dir, feature_sets=('fasttext', 'egemaps'),
                        normalize='fasttext', add_segment_id=True)
-  videos, dims = ip.load_videos(config)
+  videos, dims = sources.load_videos(config_util.parse(config))
   assert dims == [300, 88, 1]
   raw = {v.id: v.x.copy() for vs in videos.values() for v in vs}
-  stats = ip.compute_stats(config, videos['train'], dims)
+  stats = normalization.compute_stats(config_util.parse(config), videos['train'], dims)
   assert stats.names == ['fasttext', 'egemaps', 'segment_id']
   assert stats.normalized == [True, False, False]
-  ip.normalize(config, videos, stats)
+  normalization.normalize(config_util.parse(config), videos, stats)
 
-  alone = {name: {v['id']: v for vs in build.load_feature_set(data_dir, name).values() for v in vs}
+  alone = {name: {v.id: v for vs in build.load_feature_set(data_dir, name).values() for v in vs}
            for name in ('fasttext', 'egemaps')}
   for split, vs in videos.items():
     assert vs, split
     for v in vs:
       n = len(v.x)
       ft, eg = alone['fasttext'][v.id], alone['egemaps'][v.id]
-      np.testing.assert_array_equal(v.timestamp, ft['timestamp'][:n])
-      np.testing.assert_allclose(v.x[:, :300], (ft['features'][:n] - stats.mean[:300])
+      np.testing.assert_array_equal(v.timestamp, ft.timestamp[:n])
+      np.testing.assert_allclose(v.x[:, :300], (ft.x[:n] - stats.mean[:300])
                                  / stats.std[:300], rtol=1e-5, atol=1e-5)
-      np.testing.assert_array_equal(v.x[:, 300:388], eg['features'][:n])  # untouched
-      np.testing.assert_array_equal(v.x[:, 388], ft['segment_id'][:n])
+      np.testing.assert_array_equal(v.x[:, 300:388], eg.x[:n])  # untouched
+      np.testing.assert_array_equal(v.x[:, 388], ft.segment_id[:n])
       np.testing.assert_array_equal(raw[v.id][:, 300:], v.x[:, 300:])
   train_x = np.concatenate([v.x for v in videos['train']]).astype(np.float64)
   np.testing.assert_allclose(train_x[:, :300].mean(0), 0.0, atol=1e-4)
@@ -57,15 +62,16 @@ def test_early_fusion_joins_sets_in_config_order_and_normalises_each_as_asked(ti
 
 def test_join_grid_keeps_common_prefix_and_names_disagreeing_sets():
   t = np.arange(10) * 250
-  assert ip._join_grid('7', {'a': {'timestamp': t}, 'b': {'timestamp': t[:8]}}) == 8
+  at = lambda ts: types.SimpleNamespace(timestamp=ts)
+  assert sources._join_grid('7', {'a': at(t), 'b': at(t[:8])}) == 8
   with pytest.raises(MuseError, match=r'video 7: feature sets a and b disagree at row 3'):
-    ip._join_grid('7', {'a': {'timestamp': t}, 'b': {'timestamp': np.r_[t[:3], t[3:] + 1]}})
+    sources._join_grid('7', {'a': at(t), 'b': at(np.r_[t[:3], t[3:] + 1])})
 
 
 def test_whole_video_windows_hold_one_video_each(tiny_tree, tmp_path):
   config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), feature_sets=('egemaps',),
                        whole_videos=True)
-  videos, _ = ip.load_videos(config)
+  videos, _ = sources.load_videos(config_util.parse(config))
   w = ip.train_windows(config, videos['train'])
   assert sorted(w.lengths) == sorted(len(v.x) for v in videos['train'])
   assert w.win_len == max(w.lengths)
@@ -90,7 +96,7 @@ def test_late_fusion_trains_on_the_runs_and_beats_the_worse_input(pipeline):
   devel = [r.results['devel']['valence']['ccc'] for r in runs]
   assert devel[2] > min(devel[:2]) + 0.05, devel
   late = runs[2].workdir
-  stats = ip.NormStats.load(os.path.join(late, 'norm_stats.npz'))
+  stats = normalization.NormStats.load(os.path.join(late, 'norm_stats.npz'))
   assert stats.names == ['run:egemaps/valence', 'run:fasttext/valence'] and stats.dims == [1, 1]
   assert len(runs[2].results['seeds']) == 5
   preds = lambda w: sorted(os.listdir(os.path.join(w, 'predictions', 'valence')))
@@ -103,7 +109,7 @@ def test_late_fusion_evaluate_restores_the_same_model(pipeline):
   config = config_util.load_config(os.path.join(REPO, 'configs', 'late_fusion.py'))
   config.data_root, config.data_dir = _data(out)
   config.targets, config.fusion_runs = ('valence',), ','.join(r.workdir for r in runs[:2])
-  again = train.evaluate(config, late.workdir)
+  again = inference.evaluate(config, late.workdir)
   assert again['devel'] == late.results['devel']
 
 
@@ -125,10 +131,10 @@ def test_missing_predictions_name_the_run_target_and_video(pipeline, tmp_path):
   config.targets, config.fusion_runs = ('valence',), f'{runs[0].workdir},{broken}'
   with pytest.raises(MuseError, match=rf'run {broken} has no valence predictions for \w+ video '
                                       rf'{vid}'):
-    ip.load_videos(config)
+    sources.load_videos(config_util.parse(config))
   config.targets = ('arousal',)  # the runs predict valence only
   with pytest.raises(MuseError, match='no arousal predictions'):
-    ip.load_videos(config)
+    sources.load_videos(config_util.parse(config))
 
 
 def test_fusion_runs_must_be_finished_runs_with_distinct_names(pipeline, tmp_path):
@@ -137,10 +143,10 @@ def test_fusion_runs_must_be_finished_runs_with_distinct_names(pipeline, tmp_pat
   config.data_root, config.data_dir = _data(out)
   config.fusion_runs = f'{runs[0].workdir},{tmp_path}/egemaps'
   with pytest.raises(MuseError, match='share the name'):
-    train.validate_config(config)
+    config_util.validate_config(config)
   config.fusion_runs = f'{runs[0].workdir},{tmp_path}/nothing'
   with pytest.raises(MuseError, match='no config.json'):
-    ip.load_videos(config)
+    sources.load_videos(config_util.parse(config))
 
 
 def test_predictions_align_by_timestamp_and_may_end_early_only_without_labels(tmp_path):
@@ -150,9 +156,8 @@ def test_predictions_align_by_timestamp_and_may_end_early_only_without_labels(tm
   t = 1000 + 250 * np.arange(6)
 
   def video(vid, labelled):
-    return {'id': vid, 'timestamp': t, 'segment_id': np.ones(6, np.int32),
-            'features': np.zeros((6, 3), np.float32), 'valence': np.zeros(6, np.float32),
-            'arousal': np.zeros(6, np.float32), 'has_arousal': labelled, 'has_valence': labelled}
+    return Video(vid, t, np.ones(6, np.int32), np.zeros((6, 3), np.float32),
+                 np.zeros((6, 2), np.float32), ('arousal', 'valence'), (labelled, labelled))
 
   def predict(vid, ts):
     rows = ''.join(f'{x},{x / 1000},1\n' for x in ts)
@@ -163,8 +168,8 @@ def test_predictions_align_by_timestamp_and_may_end_early_only_without_labels(tm
   predict('2', t[:4])           # unlabelled: ends 2 frames early
   grid = {'train': [video('1', True)], 'test': [video('2', False)]}
   out = fusion.load_runs([str(run)], ['valence'], str(tmp_path), grid)['run:r/valence']
-  np.testing.assert_allclose(out['train'][0]['features'][:, 0], t / 1000)
-  assert len(out['test'][0]['timestamp']) == 4 and out['test'][0]['features'].shape == (4, 1)
+  np.testing.assert_allclose(out['train'][0].x[:, 0], t / 1000)
+  assert len(out['test'][0].timestamp) == 4 and out['test'][0].x.shape == (4, 1)
   predict('1', t[:4])           # labelled: must cover the grid
   with pytest.raises(MuseError, match=r'no prediction for timestamp 2000 of train video 1'):
     fusion.load_runs([str(run)], ['valence'], str(tmp_path), grid)

@@ -14,7 +14,7 @@ import pytest
 _PROBE = r'''
 import json, math, resource, sys, time
 import jax, jax.numpy as jnp
-from muse_jax import host_memory
+from muse_jax.runtime import host_memory
 applied = host_memory.reuse_cpu_buffers(sys.argv[1] == '1')
 f = jax.jit(lambda x, w: jnp.sum(jnp.tanh(x @ w) @ w, axis=0))  # small output, big temporaries
 x = jnp.ones((24 * 1024, 1024), jnp.float32)  # 96 MB: glibc mmaps blocks over 32 MB by default

@@ -9,6 +9,7 @@ import pytest
 
 from muse_jax import convert, models
 from muse_jax.errors import MuseError
+from muse_jax.ops import attention
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 TOL = 1e-5
@@ -41,12 +42,14 @@ def test_rnn_matches_torch_packed(name):
   assert np.all(np.asarray(y)[~_valid(lengths, x.shape[1])] == 0)
 
 
-@pytest.mark.parametrize('blocks', ['auto', 'unblocked', 'windows', 'queries'])
+@pytest.mark.parametrize('blocks', ['plain', 'default', 'unblocked', 'windows', 'queries'])
 def test_attention_layer_matches_torch(blocks):
   state_dict, x, lengths, expected, _ = _fixture('attention_layer_d8_h2')
   row = 2 * x.shape[1] ** 2 * 4  # one window's score bytes (2 heads)
-  block_bytes = {'auto': 'auto', 'unblocked': None, 'windows': 2 * row, 'queries': row // 3}[blocks]
-  layer = models.AttentionLayer(8, 2, block_bytes=block_bytes)
+  block_bytes = {'plain': None, 'default': attention.BLOCK_BYTES, 'unblocked': None,
+                 'windows': 2 * row, 'queries': row // 3}[blocks]
+  layer = models.AttentionLayer(8, 2, attention='plain' if blocks == 'plain' else 'blocked',
+                                block_bytes=block_bytes)
   y = layer.apply({'params': convert.attention_params_from_torch(state_dict)}, x, lengths)
   assert _max_valid_diff(y, expected, lengths) < TOL
 
@@ -61,7 +64,7 @@ def test_blocked_attention_gradients_match_autodiff():
 
   def reference(q, k, v):
     s = jnp.einsum('bqhd,bkhd->bhqk', q / np.sqrt(dh), k)
-    s = jnp.where(models.length_mask(lengths, t)[:, None, None, :], s, jnp.finfo(s.dtype).min)
+    s = jnp.where(attention.length_mask(lengths, t)[:, None, None, :], s, jnp.finfo(s.dtype).min)
     return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(s, -1), v)
 
   def loss(fn):
@@ -69,9 +72,12 @@ def test_blocked_attention_gradients_match_autodiff():
 
   want = loss(reference)(q, k, v)
   row = h * t * t * 4
+  got = loss(lambda q, k, v: attention.plain_attention(q, k, v, lengths))(q, k, v)
+  for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5, err_msg='plain')
   for block_bytes in (None, 2 * row, 3 * row, row // 5):
-    got = loss(lambda q, k, v: models.dot_product_attention(q, k, v, lengths,
-                                                            block_bytes=block_bytes))(q, k, v)
+    got = loss(lambda q, k, v: attention.blocked_attention(q, k, v, lengths,
+                                                           block_bytes=block_bytes))(q, k, v)
     for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5, err_msg=str(block_bytes))
 
@@ -82,13 +88,13 @@ def test_blocked_attention_dropout_is_seeded():
   q, k, v = (jnp.asarray(rng.normal(size=(b, t, h, dh)), jnp.float32) for _ in range(3))
   lengths = jnp.asarray([24, 10, 3, 0], jnp.int32)
   for block_bytes in (None, 2 * h * t * t * 4, 100):
-    run = lambda key: models.dot_product_attention(q, k, v, lengths, dropout_rate=0.5,
+    run = lambda key: attention.blocked_attention(q, k, v, lengths, dropout_rate=0.5,
                                                    dropout_rng=key, block_bytes=block_bytes)
     a, a2, c = run(jax.random.key(0)), run(jax.random.key(0)), run(jax.random.key(1))
-    plain = models.dot_product_attention(q, k, v, lengths, block_bytes=block_bytes)
+    plain = attention.blocked_attention(q, k, v, lengths, block_bytes=block_bytes)
     assert np.all(np.isfinite(a)) and np.array_equal(a, a2)
     assert not np.allclose(a, c) and not np.allclose(a, plain)
-    g = jax.grad(lambda q: jnp.sum(models.dot_product_attention(
+    g = jax.grad(lambda q: jnp.sum(attention.blocked_attention(
         q, k, v, lengths, dropout_rate=0.5, dropout_rng=jax.random.key(0),
         block_bytes=block_bytes)))(q)
     assert np.all(np.isfinite(g))

@@ -16,6 +16,9 @@ from muse_jax import config_util
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
 from muse_jax import train
+from muse_jax import sharding
+from muse_jax import steps
+from muse_jax.data.video import Video
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +31,8 @@ def _synthetic_windows(n=13, t=48, d=10, seed=0):
   for i, length in enumerate(rng.integers(1, t + 1, size=n)):
     x = rng.normal(size=(length, d)).astype(np.float32)
     y = np.cumsum(x[:, :2], axis=0).astype(np.float32) / 10
-    videos.append(ip.Video(str(i), np.arange(length) * 250, np.ones(length, np.int32), x, y, True))
+    videos.append(Video(str(i), np.arange(length) * 250, np.ones(length, np.int32), x, y,
+                        ('arousal', 'valence'), (True, True)))
   return ip.make_windows(videos, t, t)
 
 
@@ -36,12 +40,12 @@ def _one_step(mesh, batch_size=13):
   """Loss, gradients (what data parallelism averages) and params after one train step."""
   config = config_util.load_config('tiny')
   config.num_seeds = 2
-  model, tx, state = train.create_state(config, 10, 2)
+  model, tx, state = steps.create_state(config, 10, 2)
   loss_fn = losses.get_loss('ccc')
-  step = train.make_train_step(model, tx, loss_fn, None)
+  step = steps.make_train_step(model, tx, loss_fn, None)
   n = mesh.devices.size
-  batch = train.shard(next(ip.train_batches(_synthetic_windows(), batch_size, 0, 0, n)), mesh)
-  params = train.replicate(state.params, mesh)
+  batch = sharding.shard(next(ip.train_batches(_synthetic_windows(), batch_size, 0, 0, n)), mesh)
+  params = sharding.replicate(state.params, mesh)
 
   @jax.jit
   def grads(params, batch):
@@ -51,9 +55,9 @@ def _one_step(mesh, batch_size=13):
     return jax.vmap(jax.grad(loss_of))(params)
 
   g = jax.device_get(grads(params, batch))
-  keys = train.replicate(train.dropout_keys(train.seeds_of(config)), mesh)
-  active = train.replicate(np.array([True, True]), mesh)
-  state, loss, _ = step(train.replicate(state, mesh), batch, keys, active)
+  keys = sharding.replicate(steps.dropout_keys(list(config_util.parse(config).seeds)), mesh)
+  active = sharding.replicate(np.array([True, True]), mesh)
+  state, loss, _ = step(sharding.replicate(state, mesh), batch, keys, active)
   return jax.device_get(state.params), g, np.asarray(loss)
 
 
@@ -62,8 +66,8 @@ def test_eight_devices_are_simulated():
 
 
 def test_train_step_on_8_devices_equals_1_device():
-  p1, g1, l1 = _one_step(train.make_mesh(1))
-  p8, g8, l8 = _one_step(train.make_mesh(8))
+  p1, g1, l1 = _one_step(sharding.make_mesh(1))
+  p8, g8, l8 = _one_step(sharding.make_mesh(8))
   # Other device counts sum in another order: equal to float32 rounding, on any CPU.
   np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(g8), jax.tree.leaves(g1)):
@@ -158,14 +162,14 @@ def test_batches_are_padded_to_the_device_multiple_only():
 
 def test_micro_batches_give_the_whole_batch_gradient():
   config = config_util.load_config('tiny')
-  model, tx, state = train.create_state(config, 10, 2)
+  model, tx, state = steps.create_state(config, 10, 2)
   loss_fn = losses.get_loss('ccc')
   batch = next(ip.train_batches(_synthetic_windows(n=16), 13, 0, 0, 16))  # 3 empty rows
-  keys = train.dropout_keys(train.seeds_of(config))
+  keys = steps.dropout_keys(list(config_util.parse(config).seeds))
   active = np.array([True])
   out = {}
   for m in (1, 4):
-    step = train.make_train_step(model, tx, loss_fn, None, n_micro=m)
+    step = steps.make_train_step(model, tx, loss_fn, None, n_micro=m)
     s = jax.tree.map(np.copy, jax.device_get(state))
     new, loss, _ = step(s, batch, keys, active)
     out[m] = (np.asarray(loss), jax.device_get(new.opt_state.inner_state[0].mu))  # 0.1 * grad

@@ -20,6 +20,10 @@ from muse_jax import input_pipeline as ip
 from muse_jax import train
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
+from muse_jax import config_util
+from muse_jax import inference
+from muse_jax.data import layout
+from muse_jax import sources
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARD = ['--config.num_epochs=10', '--config.learning_rate=0.03', '--config.plateau_patience=1',
         '--config.early_stopping_patience=5', '--config.num_seeds=2',
         '--config.model.out_dropout=0.3', '--config.model.attn_dropout=0.1']
-# Above any untrained model's real score: what the kept parameters must beat (train.finish).
+# Above any untrained model's real score: what the kept parameters must beat (inference.score_best).
 SCRIPTED = {314: [0.7, 0.8, 0.9], 315: [0.5 + 0.05 * e for e in range(1, 11)]}
 # Some exporters write FLT_MAX for a missing value: finite, so the reader keeps it, but the CCC
 # loss of any window holding two of them overflows (their sum is inf) and the step goes NaN.
@@ -122,8 +126,9 @@ def uninterrupted(tiny_tree, data_dir, tmp_path_factory):
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.load(open(os.path.join(workdir, 'results.json'), encoding='utf-8'))
   assert results['epochs_run'] == 10  # seed 315 keeps the run going to the end
-  stopped = [int(e) for e in re.findall(r'\] epoch +(\d+) seed 314 .*\(stopped\)', proc.stderr)]
-  assert min(stopped) == 8, stopped  # seed 314 stops after epoch 8
+  stopped = [int(e) for e in re.findall(r'\] epoch +(\d+) seed 314 .*\(stopped', proc.stderr)]
+  assert stopped == [8], stopped  # seed 314 stops after epoch 8, said once
+  assert not re.search(r'\] epoch +(9|10) seed 314 ', proc.stderr)  # then it is quiet
   with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
     lrs = [json.loads(l)['seeds'][0]['lr'] for l in f]
   assert lrs[:8] == pytest.approx([0.03] * 5 + [0.015] * 2 + [0.0075])  # two plateau cuts
@@ -191,14 +196,14 @@ def sentinel_tree(tiny_tree, dst):
   root = os.path.join(str(dst), 'root')
   shutil.copytree(tiny_tree, root)
   def frames(vid):
-    with open(reader.label_path(root, 'arousal', vid), encoding='utf-8') as f:
+    with open(layout.label_path(root, 'arousal', vid), encoding='utf-8') as f:
       return sum(1 for _ in f)
   vid = min((v for v, p in reader.read_partition(root).items() if p == 'train'), key=frames)
   return root, vid
 
 
 def write_sentinel(root, vid):
-  path = reader.label_path(root, 'arousal', vid)
+  path = layout.label_path(root, 'arousal', vid)
   with open(path, encoding='utf-8') as f:
     lines = f.read().splitlines()
   col = lines[0].split(',').index('value')
@@ -211,7 +216,7 @@ def write_sentinel(root, vid):
 
 def bad_steps(config, workdir, epochs) -> list:
   """(epoch, 1-based step) of every train batch holding a sentinel label, in training order."""
-  videos, _ = train.prepare_data(config, workdir, fit_stats=False)
+  videos, _ = sources.prepare_data(config_util.parse(config), workdir, fit_stats=False)
   w = ip.make_windows(videos['train'], config.win_len, config.hop_len)
   return [(e, i + 1) for e in epochs
           for i, b in enumerate(ip.train_batches(w, config.batch_size, config.seed, e))

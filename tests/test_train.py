@@ -12,6 +12,15 @@ import pytest
 from muse_jax import input_pipeline as ip
 from muse_jax import train
 from muse_jax.errors import MuseError
+from muse_jax import config_util
+from muse_jax import inference
+from muse_jax.data import layout
+from muse_jax import normalization
+from muse_jax import schedule
+from muse_jax import sharding
+from muse_jax import sources
+from muse_jax import steps
+from muse_jax.data.video import Video
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,10 +37,10 @@ def trained(tiny_tree, tmp_path_factory):
 
 def test_training_beats_untrained_model(trained):
   config, work, results = trained
-  videos, dims = train.prepare_data(config, work, fit_stats=False)
-  model, _, state = train.create_state(config, sum(dims), 2)
-  mesh = train.make_mesh()
-  _, untrained = train.evaluate_split(train.make_eval_step(model), state.params,
+  videos, dims = sources.prepare_data(config_util.parse(config), work, fit_stats=False)
+  model, _, state = steps.create_state(config, sum(dims), 2)
+  mesh = sharding.make_mesh()
+  _, untrained = inference.evaluate_split(steps.make_eval_step(model), state.params,
                                       videos['devel'], ['arousal', 'valence'], mesh)
   assert results['devel']['mean_ccc'] > untrained[0]['mean_ccc'] + 0.1
   # The run scored the same untrained model first: what its kept parameters had to beat.
@@ -41,7 +50,7 @@ def test_training_beats_untrained_model(trained):
 
 def test_evaluate_reproduces_best_epoch_metrics(trained):
   config, work, results = trained
-  again = train.evaluate(config, work)
+  again = inference.evaluate(config, work)
   assert again['devel'] == results['devel']
   assert again['test'] == results['test']
   logged = [json.loads(l) for l in open(os.path.join(work, 'metrics.jsonl'))]
@@ -51,7 +60,7 @@ def test_evaluate_reproduces_best_epoch_metrics(trained):
 
 def test_predictions_cover_every_video_on_its_own_grid(trained):
   config, work, _ = trained
-  videos, _ = ip.load_videos(config)
+  videos, _ = sources.load_videos(config_util.parse(config))
   for split, vs in videos.items():
     for v in vs:
       for target in ('arousal', 'valence'):
@@ -86,7 +95,7 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_tree, tmp_path):
 def test_evaluate_without_checkpoint_is_a_clear_error(tiny_tree, tmp_path):
   config = tiny_config(tiny_tree, str(tmp_path / 'tfds'))
   with pytest.raises(MuseError, match='no checkpoint'):
-    train.evaluate(config, str(tmp_path / 'empty'))
+    inference.evaluate(config, str(tmp_path / 'empty'))
 
 
 def test_restore_refuses_other_model_config(trained, tmp_path):
@@ -94,7 +103,7 @@ def test_restore_refuses_other_model_config(trained, tmp_path):
   other = tiny_config(config.data_root, config.data_dir)
   other.model.d_rnn = 32
   with pytest.raises(MuseError, match='different model'):
-    train.evaluate(other, work)
+    inference.evaluate(other, work)
 
 
 @pytest.mark.parametrize('field,value,message', [
@@ -138,7 +147,7 @@ def test_inputs_spilled_to_disk_train_identically(tiny_tree, tmp_path):
   config = tiny_config(tiny_tree, data_dir, num_epochs=2, inputs_on_disk='yes')
   on_disk = train.train_and_evaluate(config, str(tmp_path / 'disk'))
   assert on_disk['devel'] == in_ram['devel'] and on_disk['test'] == in_ram['test']
-  videos, _ = train.prepare_data(config, str(tmp_path / 'disk'), fit_stats=False)
+  videos, _ = sources.prepare_data(config_util.parse(config), str(tmp_path / 'disk'), fit_stats=False)
   assert isinstance(videos['train'][0].x, np.memmap)
   assert not [f for f in os.listdir(tmp_path / 'disk') if f.startswith('.inputs')]  # unlinked
 
@@ -147,17 +156,17 @@ def test_load_videos_spilled_equals_in_memory(tiny_tree, tmp_path):
   """Spilled inputs: the same arrays, views of one mapped file that no longer has a name, and
   normalisation keeps them there."""
   config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), add_segment_id=True)
-  in_ram, dims = ip.load_videos(config)
+  in_ram, dims = sources.load_videos(config_util.parse(config))
   spill = str(tmp_path / 'spill')
-  on_disk, dims2 = ip.load_videos(config, spill_dir=spill)
+  on_disk, dims2 = sources.load_videos(config_util.parse(config), spill_dir=spill)
   assert dims2 == dims
   assert not os.listdir(spill)  # unlinked
-  kept, _ = ip.load_videos(config, spill_dir=spill, spill_over=1 << 40)  # under the threshold
+  kept, _ = sources.load_videos(config_util.parse(config), spill_dir=spill, spill_over=1 << 40)  # under the threshold
   assert not isinstance(kept['train'][0].x, np.memmap)
-  stats = ip.compute_stats(config, in_ram['train'], dims)
+  stats = normalization.compute_stats(config_util.parse(config), in_ram['train'], dims)
   for videos in (in_ram, on_disk):
-    ip.normalize(config, videos, stats)
-  for split in ip.SPLITS:
+    normalization.normalize(config_util.parse(config), videos, stats)
+  for split in layout.SPLITS:
     assert [v.id for v in on_disk[split]] == [v.id for v in in_ram[split]]
     for a, b in zip(on_disk[split], in_ram[split]):
       assert isinstance(a.x, np.memmap) and a.x.shape == b.x.shape
@@ -170,16 +179,16 @@ def test_load_videos_spilled_equals_in_memory(tiny_tree, tmp_path):
 
 def test_inputs_on_disk_without_space_is_one_line_error(tiny_tree, tmp_path, monkeypatch):
   config = tiny_config(tiny_tree, str(tmp_path / 'tfds'))
-  monkeypatch.setattr(ip.shutil, 'disk_usage', lambda path: types.SimpleNamespace(free=1000))
+  monkeypatch.setattr(sources.shutil, 'disk_usage', lambda path: types.SimpleNamespace(free=1000))
   with pytest.raises(MuseError, match=r'spill: cannot hold the inputs on disk \(0.0 GiB free'):
-    ip.load_videos(config, spill_dir=str(tmp_path / 'spill'))
+    sources.load_videos(config_util.parse(config), spill_dir=str(tmp_path / 'spill'))
 
 
 def test_seed_tracker_plateau_cuts_and_early_stop():
   """The schedule on a scripted devel sequence (the real runs' timing is float-level)."""
   config = tiny_config('', '', plateau_patience=1, plateau_factor=0.5, min_learning_rate=0.002,
                        early_stopping_patience=4)
-  t = train.SeedTracker(lr=0.005, seed=314)
+  t = schedule.SeedTracker(lr=0.005, seed=314)
   seen = []
   for epoch, ccc in enumerate([0.1, 0.2, float('nan'), 0.2, 0.15, 0.1, 0.9], start=1):
     if not t.active:
@@ -193,16 +202,16 @@ def test_seed_tracker_plateau_cuts_and_early_stop():
 
 def test_guards_refuse_untrained_or_non_finite_outputs(tmp_path):
   """The last checks before anything is written (the CLI tests reach the first one for real)."""
-  t = train.SeedTracker(lr=0.005, seed=314)  # best_epoch 0: no epoch ever scored
+  t = schedule.SeedTracker(lr=0.005, seed=314)  # best_epoch 0: no epoch ever scored
   with pytest.raises(MuseError, match=r'devel CCC of seed 314 is not finite \(in no epoch'):
-    train._check_trained(str(tmp_path), t, 314, [float('nan')], 0, None)
+    inference.check_trained(str(tmp_path), t, 314, float('nan'), None, 0)
   t.update(0.2, 1, tiny_config('', ''))
   with pytest.raises(MuseError, match=r'never beat the untrained model on devel \(seed 314: best '
                      r'devel CCC 0.2000 at epoch 1, untrained 0.2500\)'):
-    train._check_trained(str(tmp_path), t, 314, [0.2], 0, [0.25])
-  train._check_trained(str(tmp_path), t, 314, [0.2], 0, [0.1])  # beat it: no error
-  v = ip.Video('7', np.array([0, 250, 500]), np.ones(3, np.int32), np.zeros((3, 1), np.float32),
-               np.zeros((3, 1), np.float32), True)
-  train._check_finite([np.zeros((3, 1))], [v], 'test', 314)
+    inference.check_trained(str(tmp_path), t, 314, 0.2, [0.25], 0)
+  inference.check_trained(str(tmp_path), t, 314, 0.2, [0.1], 0)  # beat it: no error
+  v = Video('7', np.array([0, 250, 500]), np.ones(3, np.int32), np.zeros((3, 1), np.float32),
+            np.zeros((3, 1), np.float32), ('valence',), (True,))
+  inference.check_finite([np.zeros((3, 1))], [v], 'test', 314)
   with pytest.raises(MuseError, match=r'non-finite prediction for test video 7 at timestamp 250'):
-    train._check_finite([np.array([[0.0], [np.nan], [0.0]])], [v], 'test', 314)
+    inference.check_finite([np.array([[0.0], [np.nan], [0.0]])], [v], 'test', 314)

@@ -31,8 +31,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from muse_jax import cli
+from muse_jax import config_util
+from muse_jax import files
+from muse_jax.data import layout
 from muse_jax.data import muse_car
 from muse_jax.data import reader
+from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
 try:
@@ -51,11 +55,8 @@ def builder_dir(data_dir: str, name: str) -> str:
                       muse_car.VERSION)
 
 
-def _parse_names(feature_sets) -> list:
-  if isinstance(feature_sets, str):
-    feature_sets = feature_sets.split(',')
-  names = [s.strip() for s in feature_sets if s and s.strip()]
-  return list(dict.fromkeys(names))
+def _names(feature_sets) -> list:
+  return list(dict.fromkeys(config_util.parse_list(feature_sets)))
 
 
 def _listing(root: str, rel: str) -> list:
@@ -75,10 +76,10 @@ def fingerprint(root: str, name: str) -> dict:
   """What a build of `name` depends on; cheap (stat calls only)."""
   root = os.path.abspath(root)
   files = _listing(root, 'metadata')
-  files = [f for f in files if f[0] == reader.PARTITION_CSV]
-  for t in reader.TARGETS:
-    files += _listing(root, os.path.join(reader.LABEL_DIR, t))
-  files += _listing(root, os.path.join(reader.FEATURE_DIR, name))
+  files = [f for f in files if f[0] == layout.PARTITION_CSV]
+  for t in layout.TARGETS:
+    files += _listing(root, os.path.join(layout.LABEL_DIR, t))
+  files += _listing(root, os.path.join(layout.FEATURE_DIR, name))
   blob = json.dumps([root, name, POLICY_VERSION, muse_car.VERSION, files]).encode()
   return {'root': root, 'feature_set': name, 'policy': POLICY_VERSION, 'files': files,
           'digest': hashlib.sha256(blob).hexdigest()}
@@ -122,12 +123,11 @@ def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
   records = record_index(tfds.builder_from_directory(path).as_data_source())
   info = dict(fp, built_s=round(time.time() - t0, 3), dim=dim, stats=builder.stats,
               records=records, columns=builder.columns)
-  tmp = os.path.join(path, FINGERPRINT_FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(info, f)
-  os.replace(tmp, os.path.join(path, FINGERPRINT_FILE))
+  files.atomic_write(os.path.join(path, FINGERPRINT_FILE), json.dumps(info))
   logging.info('built %s (%d-d) from %s in %.1f s: %s', name, dim, root, info['built_s'],
                {s: v.get('videos', 0) for s, v in builder.stats.items()})
+  for line in muse_car.summary_lines(name, builder.stats):
+    logging.info('%s', line)
   return info
 
 
@@ -162,7 +162,7 @@ def ensure_built(root: str, data_dir: str, feature_sets) -> None:
   """
   root = os.path.abspath(os.path.expanduser(root))
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  names = _parse_names(feature_sets)
+  names = _names(feature_sets)
   if not names:
     raise MuseError(f'no feature set requested; {root} has: '
                     + ', '.join(reader.discover_feature_sets(root)))
@@ -199,18 +199,14 @@ def built_feature_sets(data_dir: str) -> list:
                 key=reader.natural_key)
 
 
-def _video_dict(ex) -> dict:
+def video_of(ex) -> Video:
+  """A stored example as the reader's Video (`muse_car.example` reversed)."""
   vid = ex['id']
-  return {
-      'id': vid.decode() if isinstance(vid, bytes) else str(vid),
-      'timestamp': np.asarray(ex['timestamp'], np.int64),
-      'segment_id': np.asarray(ex['segment_id'], np.int32),
-      'features': np.asarray(ex['features'], np.float32),
-      'arousal': np.asarray(ex['arousal'], np.float32),
-      'valence': np.asarray(ex['valence'], np.float32),
-      'has_arousal': bool(ex['has_arousal']),
-      'has_valence': bool(ex['has_valence']),
-  }
+  y = np.stack([np.asarray(ex[t], np.float32) for t in layout.TARGETS], axis=1)
+  return Video(vid.decode() if isinstance(vid, bytes) else str(vid),
+               np.asarray(ex['timestamp'], np.int64), np.asarray(ex['segment_id'], np.int32),
+               np.asarray(ex['features'], np.float32), y, layout.TARGETS,
+               tuple(bool(ex[f'has_{t}']) for t in layout.TARGETS))
 
 
 def record_index(sources) -> dict:
@@ -219,8 +215,8 @@ def record_index(sources) -> dict:
   for split, src in sources.items():
     out[split] = []
     for i in range(len(src)):
-      v = _video_dict(src[i])
-      out[split].append([v['id'], len(v['timestamp'])])
+      v = video_of(src[i])
+      out[split].append([v.id, len(v.timestamp)])
   return out
 
 
@@ -238,7 +234,7 @@ class FeatureSet:
   """A built feature set, read one video at a time (for sets too large to hold at once).
 
   `ids(split)`: video ids in natural order; `rows(split, id)`: its frame count; `dim`: columns;
-  `read(split, id)`: the video dict (keys as `reader.read_video` plus `id`). Works in a fresh
+  `read(split, id)`: its `Video` (as `reader.read_video` made it). Works in a fresh
   process: the builder is restored from its directory, the config need not be declared.
   """
 
@@ -268,24 +264,22 @@ class FeatureSet:
   def rows(self, split: str, vid: str) -> int:
     return self._where[split][vid][1]
 
-  def read(self, split: str, vid: str) -> dict:
-    v = _video_dict(self._sources[split][self._where[split][vid][0]])
-    if v['id'] != vid or len(v['timestamp']) != self.rows(split, vid):
+  def read(self, split: str, vid: str) -> Video:
+    v = video_of(self._sources[split][self._where[split][vid][0]])
+    if v.id != vid or len(v.timestamp) != self.rows(split, vid):
       raise MuseError(f'{self.path}/{FINGERPRINT_FILE}: its record index does not match the data '
                       f'({split} video {vid}); delete {self.path} to rebuild it')
     return v
 
 
 def load_feature_set(data_dir: str, name: str) -> dict:
-  """{split -> [video dict]} of a built set, videos in natural id order, numpy arrays.
-
-  Keys as `reader.read_video` plus `id` (str). Splits with no videos map to [].
-  """
+  """{split -> [Video]} of a built set, videos in natural id order; splits with no videos map
+  to []."""
   fs = FeatureSet(data_dir, name)
   # Reads overlap with decoding in a few threads (array_record releases the GIL): ~1.5x faster.
   with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
     return {split: list(pool.map(functools.partial(fs.read, split), fs.ids(split)))
-            for split in reader.PARTITIONS}
+            for split in layout.SPLITS}
 
 
 def main(argv=None) -> int:
@@ -299,7 +293,7 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   def build_all():
-    names = _parse_names(args.features) or list(reader.discover_feature_sets(args.root))
+    names = _names(args.features) or list(reader.discover_feature_sets(args.root))
     ensure_built(args.root, args.data_dir, names)
     return names
   rc, names = cli.call(build_all)  # one `error:` line for bad data or a full disk

@@ -36,6 +36,8 @@ import zlib
 from absl import logging
 import numpy as np
 
+from muse_jax import cli
+from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
 
@@ -49,7 +51,6 @@ DEFAULT_FEATURES = ('egemaps', 'fasttext', 'au', 'vggface')
 VISUAL = ('au', 'vggface', 'gaze', 'landmarks_2d', 'landmarks_3d', 'openpose', 'pdm', 'pose',
           'xception')
 MARKER = 'demo_tree.json'
-STEP_MS = 250
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +286,7 @@ def _layout(scale: Scale, seed: int) -> dict:
   part[order[:n_train]] = 'train'
   part[order[n_train:n_train + n_devel]] = 'devel'
   part[order[n_train + n_devel:]] = 'test'
-  starts = STEP_MS * rng.integers(0, 60, n) * (rng.random(n) < 0.75)
+  starts = layout.STEP_MS * rng.integers(0, 60, n) * (rng.random(n) < 0.75)
   segments = []
   for t in lens:
     runs = []
@@ -398,12 +399,12 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None) -> di
       'zero_rows': {}, 'nan_cells': {},
   }
   for d in [os.path.join(out, 'metadata')] + [
-      os.path.join(out, reader.LABEL_DIR, t) for t in reader.TARGETS] + [
-      os.path.join(out, reader.FEATURE_DIR, s) for s in names]:
+      os.path.join(out, layout.LABEL_DIR, t) for t in layout.TARGETS] + [
+      os.path.join(out, layout.FEATURE_DIR, s) for s in names]:
     os.makedirs(d, exist_ok=True)
   rows = [f'{vid},{p}' for vid, p in zip(lay['ids'], lay['part'])]
   rows.append(rows[lay['duplicate']])
-  with open(os.path.join(out, reader.PARTITION_CSV), 'w') as f:
+  with open(os.path.join(out, layout.PARTITION_CSV), 'w') as f:
     f.write('Id,Proposal\n' + '\n'.join(rows) + '\n')
 
   frames = 0
@@ -411,12 +412,12 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None) -> di
     n = int(lay['lens'][i])
     frames += n
     extra = 3 if i == lay['longer'] else 0
-    t = lay['starts'][i] + STEP_MS * np.arange(n + extra, dtype=np.int64)
+    t = lay['starts'][i] + layout.STEP_MS * np.arange(n + extra, dtype=np.int64)
     seg = np.concatenate([lay['segments'][i], np.full(extra, lay['segments'][i][-1], np.int32)])
     labels = _latents(seed, i, n + extra)
     if i not in lay['unlabelled']:
-      for k, target in enumerate(reader.TARGETS):
-        _write_csv(reader.label_path(out, target, vid), list(reader.LABEL_COLUMNS),
+      for k, target in enumerate(layout.TARGETS):
+        _write_csv(layout.label_path(out, target, vid), list(reader.LABEL_COLUMNS),
                    [t[:n], labels[k, :n], seg[:n]], [0, 4, 0])
     for name, dim in sets.items():
       m = n + extra if (i == lay['longer'] and name == names[0]) else n
@@ -429,10 +430,10 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None) -> di
         for k, v in counts.items():
           if v:
             quirks[k][name] = quirks[k].get(name, 0) + v
-      _write_csv(reader.feature_path(out, name, vid),
+      _write_csv(layout.feature_path(out, name, vid),
                  ['timestamp', 'segment_id'] + column_names(name, dim),
                  [t[:m], seg[:m], x], [0, 0] + list(_decimals(name, dim, seed)))
-  split_ids = {p: [v for v, q in zip(lay['ids'], lay['part']) if q == p] for p in reader.PARTITIONS}
+  split_ids = {p: [v for v, q in zip(lay['ids'], lay['part']) if q == p] for p in layout.SPLITS}
   summary = {'scale': scale, 'seed': seed, 'videos': len(lay['ids']), 'frames': int(frames),
              'splits': split_ids, 'feature_sets': sets, 'quirks': quirks}
   with open(os.path.join(out, MARKER), 'w') as f:
@@ -446,7 +447,7 @@ def tree_in(out: str, scale: str = 'demo') -> str:
   """`<out>/demo_tree_<scale>` (seed 0), written on first use: the jobs' data when no real tree
   is given."""
   root = os.path.join(os.path.abspath(out), f'demo_tree_{scale}')
-  if not os.path.exists(os.path.join(root, reader.PARTITION_CSV)):
+  if not os.path.exists(os.path.join(root, layout.PARTITION_CSV)):
     logging.info('writing the %s demo tree to %s', scale, root)
     make_tree(root, scale=scale, seed=0)
   return root
@@ -464,11 +465,9 @@ def main(argv=None) -> int:
                   help='comma list of feature sets to write; name:dim for your own')
   args = ap.parse_args(argv)
   logging.set_verbosity(logging.INFO)
-  try:
-    s = make_tree(args.out, args.scale, args.seed, args.features)
-  except MuseError as e:
-    sys.stderr.write(f'error: {e}\n')
-    return 2
+  rc, s = cli.call(make_tree, args.out, args.scale, args.seed, args.features)
+  if rc:
+    return rc
   print(f'{s["root"]}: {s["videos"]} videos ('
         + ', '.join(f'{k} {len(v)}' for k, v in s['splits'].items())
         + f'), {s["frames"]} frames, feature sets '

@@ -2,7 +2,7 @@
 
 The release is under an EULA, so nothing is downloaded: the release root is the manual dir
 (`tfds.download.DownloadConfig(manual_dir=root)`). There is one builder config per feature set,
-named after its folder and discovered from the tree (`configs_for_root`), so a user's own folder
+named after its folder and discovered from the tree (`config_for`), so a user's own folder
 (e.g. vggish, 128-d) works without code changes and adding a set never rebuilds the others.
 Parsing and the policies for the quirks of real data live in `reader.py`. Use `build.py`
 (`ensure_built`, `load_feature_set`) rather than this module directly.
@@ -28,6 +28,7 @@ try:
 except ImportError:  # moved in another tfds version: see shuffle_buckets_without_tensorflow
   _tfds_shuffle = None
 
+from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
 
@@ -124,10 +125,6 @@ def config_for(name: str, dim: int) -> MuseCarConfig:
                        description=f'MuSe-CaR label-aligned feature set {name} ({dim}-d)')
 
 
-def configs_for_root(root: str) -> list:
-  return [config_for(name, dim) for name, dim in reader.discover_feature_sets(root).items()]
-
-
 def _array(shape, dtype):
   # Raw bytes: serialising [T, D] floats as a proto float_list took ~70% of a full build.
   return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
@@ -192,7 +189,7 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
       logging.info('%s: %d feature files of videos not in partition.csv ignored (e.g. %s)',
                    name, len(extra), ', '.join(extra[:5]))
     splits = {}
-    for split in reader.PARTITIONS:
+    for split in layout.SPLITS:
       ids = [v for v, p in partition.items() if p == split]
       if not ids:  # tfds cannot write an empty split: leave it out, load_feature_set gives []
         logging.warning('%s: partition.csv lists no %s videos; no %s split', root, split, split)
@@ -210,4 +207,31 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
         raise
       for k, v in stats.items():
         total[k] = total.get(k, 0) + v
-      yield vid, dict(video, id=vid)
+      yield vid, example(video)
+
+
+def example(video) -> dict:
+  """A reader Video as a tfds example (one array per target; `build.video_of` reverses it)."""
+  out = {'id': video.id, 'timestamp': video.timestamp, 'segment_id': video.segment_id,
+         'features': video.x}
+  for t in layout.TARGETS:
+    out[t], out[f'has_{t}'] = video.label(t), video.has(t)
+  return out
+
+
+def summary_lines(name: str, stats: dict) -> list:
+  """One line per policy that touched a set, summed over its files (not one line per file)."""
+  total = {k: sum(s.get(k, 0) for s in stats.values()) for k in (
+      'zero_rows', 'zero_row_files', 'nan_cells', 'nan_files')}
+  lines = []
+  if total['zero_rows']:
+    lines.append(f'{name}: {total["zero_rows"]} zero-vector rows (e.g. no face found) kept, in '
+                 f'{total["zero_row_files"]} files')
+  if total['nan_cells']:
+    lines.append(f'{name}: {total["nan_cells"]} NaN cells kept as NaN (config.nan_policy decides), '
+                 f'in {total["nan_files"]} files')
+  for split, s in stats.items():
+    if s.get('unlabelled'):
+      lines.append(f'{name}: {s["unlabelled"]} {split} videos have no label files; kept with NaN '
+                   'labels (no metrics for them)')
+  return lines

@@ -1,6 +1,6 @@
-"""Reads a MuSe-Wild 2020 / MuSe-CaR release tree into numpy arrays, one video at a time.
+"""Reads a MuSe-Wild 2020 / MuSe-CaR release tree into `Video`s, one video at a time.
 
-Layout (docs/muse_wild_2020.md): `metadata/partition.csv` (Id,Proposal),
+Layout (`layout.py`, docs/data_format.md): `metadata/partition.csv` (Id,Proposal),
 `c1_muse_wild/feature_segments/label_aligned/<feature_set>/<Id>.csv` (timestamp,segment_id,<D>),
 `c1_muse_wild/label_segments/{arousal,valence}/<Id>.csv` (timestamp,value,segment_id in 2020,
 timestamp,segment_id,value in 2021: columns are always read by name). Pure numpy/pandas so that it
@@ -20,7 +20,8 @@ Policies for the quirks of real releases (each one is logged with the file it co
     error naming the video, the feature set and the first mismatching timestamp.
   * The arousal and valence files of a video must share timestamps and segment ids (error).
   * Inf cells become NaN; NaN cells are kept as NaN (the training pipeline decides what to do
-    with them); zero-vector rows (no face found) are kept. Counts are logged per file.
+    with them); zero-vector rows (no face found) are kept. Counts go into each video's stats,
+    which the build sums and logs once per set (a release has hundreds of files).
   * Malformed CSVs are errors naming the file and, where it applies, the line and column: empty
     file, header only, ragged row, non-numeric cell, non-integral or repeated or out-of-order
     timestamp, wrong label columns, a feature file whose width differs from the set's.
@@ -36,13 +37,11 @@ from absl import logging
 import numpy as np
 import pandas as pd
 
+from muse_jax.data import layout
+from muse_jax.data.layout import FEATURE_DIR, PARTITION_CSV, SPLITS, TARGETS
+from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
-PARTITION_CSV = os.path.join('metadata', 'partition.csv')
-FEATURE_DIR = os.path.join('c1_muse_wild', 'feature_segments', 'label_aligned')
-LABEL_DIR = os.path.join('c1_muse_wild', 'label_segments')
-PARTITIONS = ('train', 'devel', 'test')
-TARGETS = ('arousal', 'valence')
 LABEL_COLUMNS = ('timestamp', 'value', 'segment_id')
 # A feature file may end this many label rows (2 s at 4 Hz) early; the gap is filled by repeating
 # its last row. Real releases differ by a few rows at the end; more than that is misalignment.
@@ -55,14 +54,6 @@ _PARTITION_NAME_COLUMNS = ('proposal', 'partition', 'split')
 def natural_key(s: str):
   """Sort key putting '2' before '10' (numeric order for numeric ids, sane order otherwise)."""
   return tuple((0, int(t), '') if t.isdigit() else (1, 0, t) for t in re.split(r'(\d+)', s) if t)
-
-
-def feature_path(root: str, feature_set: str, vid: str) -> str:
-  return os.path.join(root, FEATURE_DIR, feature_set, f'{vid}.csv')
-
-
-def label_path(root: str, target: str, vid: str) -> str:
-  return os.path.join(root, LABEL_DIR, target, f'{vid}.csv')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,6 +207,16 @@ def _segment_column(table: Table) -> np.ndarray:
   return s.astype(np.int32)
 
 
+_said = set()
+
+
+def _once(msg: str, *args) -> None:
+  """Logs a policy line once per process: the partition file is read by every build and run."""
+  if (msg, args) not in _said:
+    _said.add((msg, args))
+    logging.info(msg, *args)
+
+
 def _inf_to_nan(x: np.ndarray, path: str) -> int:
   inf = np.isinf(x)
   n = int(inf.sum())
@@ -256,15 +257,15 @@ def read_partition(root: str) -> dict:
     vid, part = r[id_col].strip(), r[part_col].strip().lower()
     if not vid:
       _fail(f'{path}: line {line}: empty Id')
-    if part not in PARTITIONS:
+    if part not in SPLITS:
       _fail(f'{path}: line {line}: unknown partition {r[part_col].strip()!r} for video {vid}; '
-            f'use one of {", ".join(PARTITIONS)}')
+            f'use one of {", ".join(SPLITS)}')
     if vid in out:
       if out[vid] != part:
         _fail(f'{path}: line {line}: video {vid} is listed as {part} but line {where[vid]} lists '
               f'it as {out[vid]}; a video belongs to one partition')
-      logging.info('%s: line %d repeats video %s (%s) from line %d; duplicate dropped',
-                   path, line, vid, part, where[vid])
+      _once('%s: line %d repeats video %s (%s) from line %d; duplicate dropped', path, line,
+            vid, part, where[vid])
       continue
     out[vid], where[vid] = part, line
   return {vid: out[vid] for vid in sorted(out, key=natural_key)}
@@ -339,7 +340,7 @@ def _column_order(path: str, expected: list) -> list:
 def feature_column(root: str, name: str, vid: str, j: int) -> tuple:
   """(1-based column number in video vid's file, header name) of the set's feature j."""
   column = set_columns(root, name)[j]
-  return dict(_feature_columns(feature_path(root, name, vid)))[column] + 1, column
+  return dict(_feature_columns(layout.feature_path(root, name, vid)))[column] + 1, column
 
 
 def discover_feature_sets(root: str) -> dict:
@@ -386,7 +387,7 @@ def unlisted_feature_files(root: str, name: str, ids) -> list:
 
 def _read_label(root: str, target: str, vid: str):
   """(timestamp, segment_id, value) of one label file, or None if the file does not exist."""
-  path = label_path(root, target, vid)
+  path = layout.label_path(root, target, vid)
   if not os.path.exists(path):
     return None
   table = read_table(path)
@@ -435,14 +436,14 @@ def _align(label_t: np.ndarray, feat_t: np.ndarray, feat_lines: np.ndarray, wher
 def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str | None = None,
                           columns: list | None = None) -> tuple:
   """`read_video` plus a dict of what the policies did (nan/inf cells, zero rows, padding...)."""
-  fpath = feature_path(root, feature_set, vid)
+  fpath = layout.feature_path(root, feature_set, vid)
   if not os.path.exists(fpath):
     _fail(f'{fpath}: feature file missing for video {vid}, which metadata/partition.csv lists; '
           'add it or remove the video from the partition file')
   labels = {t: _read_label(root, t, vid) for t in TARGETS}
   missing = [t for t in TARGETS if labels[t] is None]
   if missing and partition in ('train', 'devel'):
-    _fail(f'{label_path(root, missing[0], vid)}: label file missing for {partition} video {vid}; '
+    _fail(f'{layout.label_path(root, missing[0], vid)}: label file missing for {partition} video {vid}; '
           'only test videos may come without labels')
   present = [t for t in TARGETS if labels[t] is not None]
   if len(present) == 2:
@@ -453,11 +454,8 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
       i = int(diff[0]) if len(diff) else n
       what = (f'row {i + 1}: timestamp/segment_id {ta[i]}/{sa[i]} vs {tv[i]}/{sv[i]}'
               if i < n else f'lengths {len(ta)} vs {len(tv)} rows')
-      _fail(f'{label_path(root, "valence", vid)}: arousal and valence grids of video {vid} '
+      _fail(f'{layout.label_path(root, "valence", vid)}: arousal and valence grids of video {vid} '
             f'disagree ({what}); both label files must share timestamps')
-  if missing:
-    logging.info('%s: video %s (%s) has no label file for %s; example kept with NaN labels',
-                 fpath, vid, partition or 'partition not given', ' and '.join(missing))
 
   columns = set_columns(root, feature_set) if columns is None else columns
   idx_cols = _column_order(fpath, columns)
@@ -486,29 +484,20 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
   stats['nan_cells'] = int(np.isnan(x).sum()) - stats['inf_cells']
   stats['zero_rows'] = int((x == 0).all(axis=1).sum())
   stats['frames'] = len(t)
-  if stats['nan_cells']:
-    logging.info('%s: %d NaN cells kept as NaN', fpath, stats['nan_cells'])
-  if stats['zero_rows']:
-    logging.info('%s: %d zero-vector rows kept', fpath, stats['zero_rows'])
+  # Per file only in the stats: the build logs one line per set (muse_car.summary_lines).
+  stats.update(nan_files=int(stats['nan_cells'] > 0), zero_row_files=int(stats['zero_rows'] > 0))
   nan = np.full(len(t), np.nan, np.float32)
-  video = {
-      'timestamp': np.asarray(t, np.int64),
-      'segment_id': np.asarray(seg, np.int32),
-      'features': np.ascontiguousarray(x, np.float32),
-      'arousal': labels['arousal'][2] if labels['arousal'] is not None else nan,
-      'valence': labels['valence'][2] if labels['valence'] is not None else nan.copy(),
-      'has_arousal': labels['arousal'] is not None,
-      'has_valence': labels['valence'] is not None,
-  }
+  y = np.stack([labels[k][2] if labels[k] is not None else nan for k in TARGETS], axis=1)
+  video = Video(vid, np.asarray(t, np.int64), np.asarray(seg, np.int32),
+                np.ascontiguousarray(x, np.float32), y, TARGETS,
+                tuple(labels[k] is not None for k in TARGETS))
   return video, stats
 
 
 def read_video(root: str, feature_set: str, vid: str, partition: str | None = None,
-               columns: list | None = None) -> dict:
-  """One video on its label grid.
-
-  Returns timestamp int64 [T], segment_id int32 [T], features float32 [T, D], arousal and valence
-  float32 [T] (NaN when there is no label file), has_arousal and has_valence (bool). With
+               columns: list | None = None) -> Video:
+  """One video on its label grid: features [T, D] of the set, labels [T, 2] of every target
+  (NaN and `labelled` False without a label file). With
   `partition` 'train'/'devel', missing label files are an error. Feature columns are matched by
   name to `columns` (default: the set's first file, `set_columns`) and returned in that order.
   """

@@ -1,13 +1,13 @@
-"""The 250 ms label grid and the release CSV format (`timestamp,segment_id,<D columns>`)."""
+"""The label grid (layout.STEP_MS) and the release CSV format (`timestamp,segment_id,<D>`)."""
 import os
 
 import numpy as np
 import pandas as pd
 
+from muse_jax import files
+from muse_jax.data import layout
+from muse_jax.data.layout import STEP_MS
 from muse_jax.errors import MuseError
-
-STEP_MS = 250
-FEATURE_DIR = os.path.join('c1_muse_wild', 'feature_segments', 'label_aligned')
 
 
 def num_frames(duration_ms: float) -> int:
@@ -21,10 +21,6 @@ def grid(n: int) -> np.ndarray:
   return np.arange(n, dtype=np.int64) * STEP_MS
 
 
-def feature_path(root: str, feature_set: str, vid: str) -> str:
-  return os.path.join(root, FEATURE_DIR, feature_set, f'{vid}.csv')
-
-
 def check_id(vid: str) -> str:
   vid = str(vid).strip()
   if not vid or os.sep in vid or vid in ('.', '..'):
@@ -34,20 +30,15 @@ def check_id(vid: str) -> str:
 
 def write_features(root: str, feature_set: str, vid: str, values: np.ndarray, names: list,
                    segment_id: int = 1) -> str:
-  """Writes one video's set on the grid (row k at k * 250 ms); returns the path.
-
-  Written to a temporary name first so a killed run never leaves a half file that the core would
-  read as a short video.
-  """
+  """Writes one video's set on the grid (row k at k * STEP_MS); returns the path (atomically:
+  a half file would be read as a short video)."""
   values = np.asarray(values, np.float64)
   if values.ndim != 2 or values.shape[1] != len(names):
     raise ValueError(f'values {values.shape} do not match {len(names)} names')
-  path = feature_path(root, feature_set, check_id(vid))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  path = layout.feature_path(root, feature_set, check_id(vid))
   frame = pd.DataFrame(values, columns=list(names))
   frame.insert(0, 'segment_id', np.full(len(values), int(segment_id), np.int64))
   frame.insert(0, 'timestamp', grid(len(values)))
-  tmp = path + '.tmp'
-  frame.to_csv(tmp, index=False, float_format='%.7g')
-  os.replace(tmp, path)
+  with files.atomic_path(path) as tmp:
+    frame.to_csv(tmp, index=False, float_format='%.7g')
   return path

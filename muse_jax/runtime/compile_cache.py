@@ -1,12 +1,12 @@
 """Persistent XLA compilation cache: a repeated run loads its compiled steps from disk.
 
 Why: every run compiles its train step (and the last, smaller batch's), and one evaluation step
-per length bucket for devel, test and the final scoring: on 2 CPU cores about 5 s of a 13 s run on
-1/8 of the full demo tree, 12 s of a 45 s run on the whole tree. Another seed, a sweep over
-anything but shapes (learning rate, patience, loss weights), evaluate or predict after training,
-and a resumed run compile exactly the same programs again. JAX's cache is keyed by the program and
-its compile options, so a hit is the executable a compile would have produced; the results of a
-run do not change (tests/test_compile_cache.py). Measured: benchmarks/RESULTS.md.
+per length bucket for devel, test and the final scoring: a sizeable part of a short run on CPU
+(benchmarks/RESULTS.md). Another seed, a sweep over anything but shapes (learning rate, patience,
+loss weights), evaluate or predict after training, and a resumed run compile exactly the same
+programs again. JAX's cache is keyed by the program and its compile options, so a hit is the
+executable a compile would have produced; the results of a run do not change
+(tests/test_compile_cache.py).
 """
 import os
 
@@ -33,13 +33,18 @@ def enable(setting: str = 'auto'):
   first call in a process decides (the cache is process-wide).
   """
   global _decided
+  off = not setting or str(setting).strip().lower() == 'none'
+  path = None if off else (default_dir() if setting == 'auto'
+                           else os.path.abspath(os.path.expanduser(setting)))
   current = jax.config.jax_compilation_cache_dir
   if current or _decided:
+    if setting != 'auto' and path != (current or None):
+      logging.warning('compilation cache: already %s in this process; %s ignored (the cache is '
+                      'process-wide: set it before the first run)', current or 'off', path or 'off')
     return current or None
   _decided = True
-  if not setting or str(setting).strip().lower() == 'none':
+  if off:
     return None
-  path = default_dir() if setting == 'auto' else os.path.abspath(os.path.expanduser(setting))
   try:
     # Only this user may write there: a cached executable is code the next run executes.
     os.makedirs(path, mode=0o700, exist_ok=True)

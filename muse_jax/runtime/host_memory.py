@@ -1,9 +1,9 @@
 """Keeps XLA's large CPU buffers allocated across steps instead of faulting them in every step.
 
 Why: glibc's malloc serves every block over 32 MB with a fresh mmap and unmaps it on free. XLA:CPU
-allocates an executable's temporaries (3.3 GB for the paper's train step at batch 1024 x 200) and
-its outputs per execution, so each step page-faulted all of it back in: 860,000 minor faults and
-1.4 s of kernel time in a 2.3 s step, and an epoch twice as long (benchmarks/RESULTS.md).
+allocates an executable's temporaries (gigabytes for the paper's train step at batch 1024 x 200)
+and its outputs per execution, so each step page-faulted all of it back in, and kernel time made
+an epoch about twice as long (benchmarks/RESULTS.md has the measurements).
 
 How: big blocks come from the heap (`M_MMAP_MAX` = 0) and a freed heap top is kept for the next
 step (`M_TRIM_THRESHOLD` = max), so a step reuses the pages of the one before. Computations are
@@ -21,6 +21,7 @@ from absl import logging
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
 _state = None  # None: untouched; 'sync': dispatch set, allocator not yet; True/False: final
+_asked = None  # the first reuse_cpu_buffers(enable) of this process decides
 
 
 def _backends_initialized() -> bool:
@@ -39,8 +40,8 @@ def prefer_sync_dispatch() -> bool:
   if _state is None:
     if jax.config.read('jax_cpu_enable_async_dispatch') and _backends_initialized():
       logging.info('host memory: JAX was initialised before muse_jax could set synchronous '
-                   'dispatch; call muse_jax.host_memory.prefer_sync_dispatch() first to keep '
-                   'large CPU buffers allocated across steps')
+                   'dispatch; call muse_jax.runtime.configure() first to keep large CPU buffers '
+                   'allocated across steps')
       _state = False
     else:
       jax.config.update('jax_cpu_enable_async_dispatch', False)  # no effect on GPU/TPU
@@ -51,9 +52,15 @@ def prefer_sync_dispatch() -> bool:
 def reuse_cpu_buffers(enable: bool = True) -> bool:
   """Applies the settings above once per process, if `enable` and on CPU with glibc; returns
   whether they are in effect. Initialises JAX's backend."""
-  global _state
-  if not enable or _state in (True, False):
+  global _state, _asked
+  if _asked is not None:
+    if enable != _asked:
+      logging.warning('host memory: reuse_cpu_buffers=%s ignored: this process already applied '
+                      '%s (a per-process setting)', enable, _asked)
     return _state is True
+  _asked = enable
+  if not enable:
+    return False
   if not sys.platform.startswith('linux') or not prefer_sync_dispatch():
     _state = False
     return False

@@ -1,0 +1,95 @@
+"""Checkpoints: one orbax CheckpointManager per workdir, two epochs kept.
+
+A checkpoint holds the training state, each seed's best-so-far parameters and all host counters
+(`meta`: epoch, schedules, skipped steps, the untrained devel score), so a killed job resumes
+exactly and evaluate/predict restore the best parameters from the same place. Its `signature`
+(model config, inputs, dims, targets, seeds) is checked on every restore.
+"""
+import json
+import os
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+from muse_jax.errors import MuseError
+
+
+def checkpoint_manager(workdir: str, read_only: bool = False):
+  path = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  # cleanup_tmp_directories: a save cut by a kill leaves `<step>.orbax-checkpoint-tmp`; never
+  # read as a checkpoint, it is removed when the next run opens the workdir. Two epochs are kept:
+  # a latest one damaged on disk (truncated, a full disk) falls back to the one before (restore).
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, read_only=read_only,
+                                         enable_async_checkpointing=False, create=not read_only,
+                                         cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(path, options=options, item_names=('state', 'meta'))
+
+
+def model_signature(spec, dims) -> dict:
+  """What a checkpoint's arrays depend on; restore refuses a workdir written for another one."""
+  return {'model': json.loads(spec.config.model.to_json()), 'inputs': list(spec.inputs),
+          'dims': list(dims), 'targets': list(spec.targets), 'seeds': list(spec.seeds)}
+
+
+def _check_signature(saved, signature, workdir) -> None:
+  diff = [k for k in signature if signature[k] != saved.get(k)]
+  if diff:
+    k = diff[0]
+    what = f'{k} ({saved.get(k)} in the checkpoint, {signature[k]} now)'
+    if k == 'model':  # name the fields that differ, not two whole dicts
+      old, new = saved.get(k) or {}, signature[k]
+      what = 'model config (' + ', '.join(
+          f'model.{f} {old.get(f)} in the checkpoint, {new.get(f)} now'
+          for f in sorted(set(old) | set(new)) if old.get(f) != new.get(f)) + ')'
+    raise MuseError(f'{workdir}: its checkpoint was written for a different {what}; use another '
+                    'workdir or the config it was trained with')
+
+
+def restore(mngr, state, signature, workdir):
+  """(state, meta) of the newest readable epoch. A newest epoch that cannot be read (cut short
+  on disk) is reported and the one before is used; only once an older one has been read are the
+  newer ones deleted (in a writable workdir: training redoes them). If none can be read, nothing
+  is deleted: the failure may not be the checkpoint's (memory, permissions, a network mount)."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  steps = sorted(mngr.all_steps(), reverse=True)
+  failed = []
+  for i, step in enumerate(steps):
+    try:
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      _check_signature(meta['signature'], signature, workdir)
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))['state']
+    except MuseError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      failed.append((step, e))
+      older = f'falling back to epoch {steps[i + 1]}' if i + 1 < len(steps) else 'no older epoch'
+      text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+      logging.warning('%s: checkpoint of epoch %d is unreadable (%s: %s); %s', mngr.directory,
+                      step, type(e).__name__, text, older)
+      continue
+    for bad, _ in failed:
+      try:
+        mngr.delete(bad)
+      except Exception:  # pylint: disable=broad-except
+        pass  # a read-only manager (evaluate, predict) leaves the workdir as it is
+    return restored, meta
+  step, e = failed[0]
+  raise MuseError(f'{mngr.directory}: no checkpoint could be read (epoch {step}: '
+                  f'{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ""}); '
+                  'if the files are damaged, train again in a new --workdir') from None
+
+
+def save(mngr, epoch: int, state, meta: dict) -> None:
+  mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                           meta=ocp.args.JsonSave(meta)))
+
+
+def open_trained(workdir: str):
+  """The read-only manager of a trained workdir (evaluate, predict); one line if there is none."""
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    mngr = checkpoint_manager(workdir, read_only=True)
+    if mngr.latest_step() is not None:
+      return mngr
+  raise MuseError(f'{workdir}: no checkpoint found; train first (--mode=train)')

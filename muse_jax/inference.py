@@ -1,0 +1,248 @@
+"""Trained parameters at work: scoring the best epoch, evaluate, predict, and `Predictor`.
+
+- `score_best`: the end of training (and all of `--mode=evaluate`): every partition scored with
+  each seed's best parameters, the chosen seed's predictions written in the challenge format.
+  Exit 0 means trained, finite outputs: a chosen seed that never beat the untrained model on
+  devel, or a non-finite prediction, is one line and nothing is written.
+- `evaluate`: restores the best parameters and recomputes everything, metrics included, into
+  `eval_results.json` (training's `results.json` stays as it was).
+- `predict`: predictions only, for every video of every partition of `config.data_root` (which may
+  be another tree with the same feature sets, labels not needed), into `<workdir>/predict/`.
+- `Predictor`: a trained workdir as a function of one new recording's raw features.
+"""
+import json
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from muse_jax import checkpoint
+from muse_jax import config_util
+from muse_jax import input_pipeline as ip
+from muse_jax import metrics as metrics_lib
+from muse_jax import normalization
+from muse_jax import outputs
+from muse_jax import sharding
+from muse_jax import sources
+from muse_jax import steps
+from muse_jax import workdir as wd
+from muse_jax.data import layout
+from muse_jax.data import video as video_lib
+from muse_jax.errors import MuseError
+from muse_jax.schedule import SeedTracker
+
+
+def predict_videos(eval_step, params, videos, mesh) -> list:
+  """Per seed, per video predictions: [S][video] -> [T_i, K], batched by length bucket."""
+  n_seeds = jax.tree.leaves(params)[0].shape[0]
+  preds = [[None] * len(videos) for _ in range(n_seeds)]
+  for batch, idxs in ip.eval_batches(videos, multiple=mesh.devices.size):
+    out = sharding.to_host(eval_step(params, sharding.shard(batch, mesh)))
+    for s in range(n_seeds):
+      for j, i in enumerate(idxs):
+        preds[s][i] = out[s, j, :len(videos[i].x)]
+  return preds
+
+
+def evaluate_split(eval_step, params, videos, targets, mesh) -> tuple:
+  """(predictions [S][video], metrics per seed or None when the split has no labels)."""
+  preds = predict_videos(eval_step, params, videos, mesh)
+  labelled = [i for i, v in enumerate(videos) if v.has_labels]
+  if not labelled:
+    return preds, None
+  m = [metrics_lib.partition_metrics([videos[i].y for i in labelled],
+                                     [p[i] for i in labelled], targets) for p in preds]
+  return preds, m
+
+
+def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -> dict:
+  """Scores every partition with each seed's best parameters; writes the chosen seed's
+  predictions (challenge CSVs) and plots; returns the results dict."""
+  config = spec.config
+  state, meta = checkpoint.restore(mngr, state, signature, workdir)
+  params = sharding.replicate(state.best_params, mesh)
+  trackers = [SeedTracker(**t) for t in meta['trackers']]
+  targets, seeds = list(spec.targets), list(spec.seeds)
+  per_split = {s: evaluate_split(eval_step, params, videos[s], targets, mesh)
+               for s in layout.SPLITS}
+  devel_ccc = [m['mean_ccc'] for m in per_split['devel'][1]] if per_split['devel'][1] else []
+  best = int(np.nanargmax(devel_ccc)) if devel_ccc and np.isfinite(devel_ccc).any() else 0
+  chosen = best if config.eval_seed < 0 else config.eval_seed
+  check_trained(workdir, trackers[chosen], seeds[chosen],
+                devel_ccc[chosen] if devel_ccc else float('nan'), meta.get('initial_devel'),
+                chosen)
+  for split, (preds, _) in per_split.items():
+    check_finite(preds[chosen], videos[split], split, seeds[chosen])
+  results = {'targets': targets, 'epochs_run': meta['epoch'], 'seed': seeds[chosen],
+             'best_seed': seeds[best], 'best_epoch': trackers[chosen].best_epoch,
+             'skipped_steps': meta['skipped_steps']}
+  if meta.get('initial_devel'):
+    results['initial_devel_ccc'] = meta['initial_devel'][chosen]
+  for split, (_, m) in per_split.items():
+    results[split] = m[chosen] if m else None
+  results['seeds'] = [{'seed': seed, 'best_epoch': trackers[s].best_epoch,
+                       **{split: (m[s] if m else None) for split, (_, m) in per_split.items()}}
+                      for s, seed in enumerate(seeds)]
+  if len(seeds) > 1 and devel_ccc:
+    results['devel_ccc_mean'] = float(np.mean(devel_ccc))
+    results['devel_ccc_std'] = float(np.std(devel_ccc))
+  if per_split['test'][1] is None and videos['test']:
+    logging.info('test: no test video has labels for %s in this tree, so there is no test score '
+                 '(predictions are written)', ', '.join(targets))
+  if jax.process_index() == 0:
+    for split, (preds, _) in per_split.items():
+      outputs.write_predictions(os.path.join(workdir, 'predictions'), videos[split],
+                                preds[chosen], targets)
+    n = config.num_plot_videos
+    outputs.plot_videos(workdir, videos['devel'][:n], per_split['devel'][0][chosen][:n], targets)
+  return results
+
+
+def check_trained(workdir, tracker, seed, ccc, initial, chosen) -> None:
+  """The chosen seed's best parameters must come from training and beat the untrained model.
+
+  `ccc`: its devel CCC with those parameters (as scored now, or as the tracker recorded it);
+  `initial`: each seed's untrained devel CCC (checkpoint meta), or None."""
+  what = f'seed {seed}'
+  if tracker.best_epoch == 0 or not np.isfinite(ccc):
+    raise MuseError(
+        f'{workdir}: devel CCC of {what} is not finite (' + (
+            'in no epoch: only the untrained parameters exist' if tracker.best_epoch == 0
+            else f'with its best parameters, of epoch {tracker.best_epoch}') +
+        '), so nothing was scored or written; look for absurd values in the devel inputs or '
+        'labels (e.g. 1e30 as a missing-value marker; see config.max_abs_z)')
+  if (initial is not None and np.isfinite(initial[chosen])
+      and not tracker.best_ccc > initial[chosen]):
+    raise MuseError(
+        f'{workdir}: training never beat the untrained model on devel ({what}: best devel CCC '
+        f'{tracker.best_ccc:.4f} at epoch {tracker.best_epoch}, untrained {initial[chosen]:.4f}), '
+        'so no predictions were written; check that labels and features belong together, or try '
+        'another learning_rate or more num_epochs in a new --workdir')
+
+
+def check_finite(preds, videos, split, seed) -> None:
+  for v, p in zip(videos, preds):
+    if not np.isfinite(p).all():
+      row = int(np.argmax(~np.isfinite(p).all(axis=1)))
+      raise MuseError(f'non-finite prediction for {split} video {v.id} at timestamp '
+                      f'{v.timestamp[row]} (seed {seed}); no predictions were written; look for '
+                      'absurd input values there (or train with a lower config.max_abs_z in a new '
+                      '--workdir)')
+
+
+def _restored(spec, workdir, require):
+  """What evaluate and predict share: the manager, a state to restore into, the data."""
+  mngr = checkpoint.open_trained(workdir)
+  videos, dims = sources.prepare_data(spec, workdir, fit_stats=False, require=require)
+  mesh = sharding.make_mesh(spec.config.num_devices)
+  platform = sharding.platform(mesh)
+  model, _, state = steps.create_state(spec.config, sum(dims), len(spec.targets), spec.seeds,
+                                       steps.attention_impl(spec.config, platform))
+  eval_step = steps.make_eval_step(model, steps.seeds_mapped(spec.config, platform))
+  return mngr, state, checkpoint.model_signature(spec, dims), videos, eval_step, mesh
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Restores the best parameters, recomputes every partition's metrics, rewrites predictions;
+  writes `eval_results.json` (training's `results.json` is left as it was)."""
+  spec = config_util.validate_config(config)
+  workdir = wd.prepare(workdir)
+  with wd.held(workdir, 'evaluate'):
+    # Preprocessing fields (nan_policy, max_abs_z, data_root, ...) must be the training's.
+    wd.check_resume(workdir, wd.config_record(config), evaluating=True)
+    mngr, state, signature, videos, eval_step, mesh = _restored(spec, workdir, ('train', 'devel'))
+    results = score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh)
+    if jax.process_index() == 0:
+      outputs.write_json(os.path.join(workdir, 'eval_results.json'), results)
+  return results
+
+
+def predict(config, workdir: str) -> dict:
+  """Predictions of the chosen seed's best parameters for every video of `config.data_root`, in
+  `<workdir>/predict/<target>/<Id>.csv` (challenge format); no labels needed, no metrics.
+
+  The seed is config.eval_seed, else the one with the best devel CCC during training (as the
+  checkpoint's schedules recorded it). Returns what `predict.json` holds."""
+  spec = config_util.validate_config(config)
+  workdir = wd.prepare(workdir)
+  with wd.held(workdir, 'predict'):
+    # Another tree is allowed (that is what predict is for); how it becomes inputs is not.
+    wd.check_resume(workdir, wd.config_record(config), evaluating=True, other_tree=True)
+    mngr, state, signature, videos, eval_step, mesh = _restored(spec, workdir, ())
+    state, meta = checkpoint.restore(mngr, state, signature, workdir)
+    trackers = [SeedTracker(**t) for t in meta['trackers']]
+    best = int(np.nanargmax([t.best_ccc if np.isfinite(t.best_ccc) else -np.inf
+                             for t in trackers]))
+    chosen = best if config.eval_seed < 0 else config.eval_seed
+    check_trained(workdir, trackers[chosen], spec.seeds[chosen], trackers[chosen].best_ccc,
+                  meta.get('initial_devel'), chosen)
+    params = sharding.replicate(jax.tree.map(lambda a: a[chosen:chosen + 1], state.best_params),
+                                mesh)
+    out = os.path.join(workdir, 'predict')
+    counts = {}
+    for split in layout.SPLITS:
+      preds = predict_videos(eval_step, params, videos[split], mesh)[0]
+      check_finite(preds, videos[split], split, spec.seeds[chosen])
+      if jax.process_index() == 0:
+        outputs.write_predictions(out, videos[split], preds, list(spec.targets))
+      counts[split] = len(videos[split])
+    results = {'data_root': spec.data_root, 'seed': spec.seeds[chosen],
+               'best_epoch': trackers[chosen].best_epoch, 'targets': list(spec.targets),
+               'videos': counts, 'predictions': out}
+    if jax.process_index() == 0:
+      outputs.write_json(os.path.join(workdir, 'predict.json'), results)
+    logging.info('predictions of seed %d (epoch %d) for %s videos written to %s',
+                 spec.seeds[chosen], trackers[chosen].best_epoch, counts, out)
+  return results
+
+
+class Predictor:
+  """A trained workdir as a function of raw (unnormalised) features, for new recordings.
+
+  `inputs` names the feature sets (and `segment_id`) the model reads, in column order; calling it
+  with one video's joined raw features [T, D] returns predictions [T, K] for `targets`, using the
+  workdir's train statistics, NaN policy and the chosen seed's best parameters.
+  """
+
+  def __init__(self, workdir: str, seed_index: int | None = None):
+    workdir = os.path.abspath(workdir)
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+      raise MuseError(f'{workdir}: no config.json; not a trained muse_jax workdir')
+    with open(path, encoding='utf-8') as f:
+      self.config = ml_collections.ConfigDict(json.load(f))
+    spec = config_util.parse(self.config)
+    self.stats = normalization.NormStats.load(os.path.join(workdir, 'norm_stats.npz'))
+    self.inputs, self.dims = self.stats.names, self.stats.dims
+    self.targets = list(spec.targets)
+    mngr = checkpoint.open_trained(workdir)
+    self._mesh = sharding.make_mesh(1)
+    impl = steps.attention_impl(self.config, sharding.platform(self._mesh))
+    model, _, state = steps.create_state(self.config, sum(self.dims), len(self.targets),
+                                         spec.seeds, impl)
+    state, _ = checkpoint.restore(mngr, state, checkpoint.model_signature(spec, self.dims),
+                                  workdir)
+    if seed_index is None:
+      seed = wd.read_json(os.path.join(workdir, 'results.json'), {}).get('seed')
+      seed_index = list(spec.seeds).index(seed) if seed in spec.seeds else 0
+    self.params = jax.tree.map(lambda a: a[seed_index:seed_index + 1], state.best_params)
+    self._eval = steps.make_eval_step(model)
+    self._max_abs_z = normalization.max_abs_z(spec)
+
+  def __call__(self, raw_x: np.ndarray) -> np.ndarray:
+    raw_x = np.asarray(raw_x, np.float32)
+    if raw_x.ndim != 2 or raw_x.shape[1] != sum(self.dims):
+      raise MuseError(f'expected features [T, {sum(self.dims)}] for inputs '
+                      f'{dict(zip(self.inputs, self.dims))}, got {raw_x.shape}')
+    bad = self.stats.out_of_range(raw_x, self._max_abs_z)
+    if bad.any():
+      logging.warning('%d input cells NaN, Inf or out of range set to the train mean', bad.sum())
+    x = np.where(bad, 0.0, self.stats.apply(raw_x)).astype(np.float32)
+    n = len(x)
+    video = video_lib.unlabelled('input', np.arange(n) * layout.STEP_MS, np.ones(n, np.int32), x,
+                                 self.targets)
+    pred = predict_videos(self._eval, self.params, [video], self._mesh)[0][0]
+    check_finite([pred], [video], 'new', seed='chosen')
+    return pred

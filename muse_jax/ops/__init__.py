@@ -1,0 +1,1 @@
+"""Numerical kernels the models are built from (pure JAX, no Flax)."""
