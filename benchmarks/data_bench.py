@@ -28,7 +28,6 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from muse_jax.data import build  # pylint: disable=wrong-import-position
 from muse_jax.data import demo  # pylint: disable=wrong-import-position
-from muse_jax.data import reader  # pylint: disable=wrong-import-position
 from muse_jax.data import layout  # pylint: disable=wrong-import-position
 
 WIN, HOP = 200, 100

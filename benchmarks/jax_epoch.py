@@ -21,10 +21,11 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from muse_jax import config_util  # pylint: disable=wrong-import-position
 from muse_jax import input_pipeline as ip  # pylint: disable=wrong-import-position
-from muse_jax import train  # pylint: disable=wrong-import-position
 from muse_jax import normalization  # pylint: disable=wrong-import-position
+from muse_jax import runtime  # pylint: disable=wrong-import-position
 from muse_jax import sources  # pylint: disable=wrong-import-position
 from muse_jax import steps  # pylint: disable=wrong-import-position
+from muse_jax import train  # pylint: disable=wrong-import-position
 
 
 def matmul_flops(n=2048, reps=5) -> float:
@@ -93,6 +94,7 @@ def main():
   c.reuse_cpu_buffers, c.seed_loop = bool(a.reuse_cpu_buffers), a.seed_loop
   c.compilation_cache_dir = a.compilation_cache_dir
   work = tempfile.mkdtemp(prefix='jax_epoch_')
+  runtime.configure(c)  # as the entry points do: train_and_evaluate leaves the process alone
   t0 = time.perf_counter()
   train.train_and_evaluate(c, work)
   total = time.perf_counter() - t0

@@ -22,8 +22,6 @@ measurement, and applies it to deepspectrum (4096-d) over all of MuSe-CaR.
 """
 # Imports inside functions: the child measures them as its first stage.
 # pylint: disable=g-import-not-at-top,import-outside-toplevel
-from muse_jax import sources
-from muse_jax import steps
 import argparse
 import json
 import os
@@ -135,25 +133,30 @@ def child(args):
   stages.order.append('imports')
   import jax
   from muse_jax import config_util
+  from muse_jax import inference
   from muse_jax import input_pipeline as ip
-  from muse_jax.runtime import host_memory
+  from muse_jax import normalization
+  from muse_jax import runtime
+  from muse_jax import sources
+  from muse_jax import steps
   from muse_jax import train
   config = _config(args)
-  host_memory.reuse_cpu_buffers(config.reuse_cpu_buffers)  # as main does
+  runtime.configure(config)  # as main does
   jax.numpy.zeros(1).block_until_ready()  # the backend is part of the baseline
   stages.leave()
   # Outside any wrapped call we are in the epoch loop: model init, compilation, train steps.
   stages.stack.append('training: steps')
   stages.order.append('training: steps')
   stages.enter('data')
-  stages.wrap(ip, 'load_videos', 'data: load + join')
-  stages.wrap(ip, 'compute_stats', 'data: train statistics')
-  stages.wrap(ip, 'normalize', 'data: normalise')
+  stages.wrap(sources, 'load_videos', 'data: load + join')
+  stages.wrap(normalization, 'compute_stats', 'data: train statistics')
+  stages.wrap(normalization, 'normalize', 'data: normalise')
   stages.wrap(ip, 'make_windows', 'data: windows')
   in_finish = []
-  stages.wrap(train, 'evaluate_split',
+  stages.wrap(inference, 'evaluate_split',
               lambda: 'finish: evaluate every split' if in_finish else 'training: devel eval')
-  stages.wrap(train, 'finish', lambda: in_finish.append(1) or 'finish: restore + outputs')
+  stages.wrap(inference, 'score_best',
+              lambda: in_finish.append(1) or 'finish: restore + outputs')
   prepare = sources.prepare_data
 
   def wrapped_prepare(*a, **k):
@@ -263,7 +266,7 @@ def main():
     return child(a)
 
   import common
-  from muse_jax import input_pipeline as ip
+  from muse_jax import config_util
   from muse_jax.data import build
   config = _config(a)
   sets = config_util.parse_list(config.feature_sets)

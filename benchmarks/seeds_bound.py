@@ -27,8 +27,8 @@ def child(a):
     os.sched_setaffinity(0, set(range(a.cores)))
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from muse_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel
-  host_memory.reuse_cpu_buffers(True)  # as training does (must precede JAX's CPU client)
+  from muse_jax import runtime  # pylint: disable=import-outside-toplevel
+  runtime.configure()  # as training's entry points do (must precede JAX's CPU client)
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel

@@ -14,7 +14,7 @@ forward + backward of the CCC loss, jitted, min of --repeat runs, all in one pro
   * ceilings: the step's own matmul shapes timed alone (the recurrence's h @ W_hh inside a
     200-step scan, the input projection, the attention score products of one block): what share
     of peak those shapes reach even with nothing else around them.
-Each step also reports its minor page faults per call (muse_jax.host_memory: with
+Each step also reports its minor page faults per call (muse_jax.runtime.host_memory: with
 --reuse_cpu_buffers 0 every step faults its temporaries in again).
 --trace DIR also writes a jax.profiler trace of the full step and prints its 15 longest ops.
 --per_call N only times N calls of the full step, one line each (RESULTS: "two speeds").
@@ -33,19 +33,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import ml_collections  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from muse_jax import config_util  # pylint: disable=wrong-import-position
-from muse_jax.runtime import host_memory  # pylint: disable=wrong-import-position
 from muse_jax import losses  # pylint: disable=wrong-import-position
 from muse_jax import models  # pylint: disable=wrong-import-position
-from muse_jax import train  # pylint: disable=wrong-import-position
-from muse_jax.ops import attention  # pylint: disable=wrong-import-position
+from muse_jax import runtime  # pylint: disable=wrong-import-position
 from muse_jax import steps  # pylint: disable=wrong-import-position
+from muse_jax.ops import attention  # pylint: disable=wrong-import-position
 from jax_epoch import matmul_flops  # pylint: disable=wrong-import-position
 from jax_epoch import step_flops  # pylint: disable=wrong-import-position
 
-BLOCKS = attention.BLOCK_BYTES  # the CPU default
 
 
 def timed(f, args, repeat) -> tuple:
@@ -85,12 +84,12 @@ def random_batch(batch: int, win: int) -> tuple:
           jnp.asarray(rng.normal(size=(batch, win, 1)), jnp.float32), lengths)
 
 
-def model_step(kw, batch, seeds=1, mapped=False):
+def model_step(kw, batch, seeds=1, mapped=False, impl='blocked'):
   """Jitted value_and_grad of the CCC loss over `seeds` parameter sets, vmapped or mapped one
   after the other (config.seed_loop) exactly as training runs them (steps.over_seeds), and its
   args."""
   x, y, lengths = batch
-  model = models.Regressor(**kw)
+  model = models.Regressor(**kw, attention=impl)
   keys = jax.random.split(jax.random.key(0), seeds)
   params = jax.vmap(lambda k: model.init(k, x[:2], lengths[:2]))(keys)
   mask = attention.length_mask(lengths, x.shape[1])
@@ -156,9 +155,11 @@ def main():
                   help='only time N calls of the full step, one line each (wall, CPU, faults, '
                        'context switches): shows whether calls of one process vary')
   ap.add_argument('--reuse_cpu_buffers', type=int, default=1,
-                  help='muse_jax.host_memory, as training does (0: buffers faulted in per step)')
+                  help='muse_jax.runtime.host_memory, as training does (0: buffers faulted in per step)')
   a = ap.parse_args()
-  reuse = host_memory.reuse_cpu_buffers(bool(a.reuse_cpu_buffers))
+  reuse = runtime.configure(ml_collections.ConfigDict(
+      {'reuse_cpu_buffers': bool(a.reuse_cpu_buffers),
+       'compilation_cache_dir': 'none'}))['reuse_cpu_buffers']
   batch = random_batch(a.batch, a.win)
   peak = matmul_flops()
   print(f'# matmul peak {peak / 1e9:.1f} GFLOP/s; batch {a.batch} x {a.win} x 388; '
@@ -177,23 +178,20 @@ def main():
             f'{r1.ru_stime - r0.ru_stime:4.2f} s  faults {r1.ru_minflt - r0.ru_minflt:6d}  '
             f'context switches {r1.ru_nvcsw - r0.ru_nvcsw:6d}', flush=True)
     return
-  variants = [('full, blocked attention (default)', base, 'auto'),
-              ('full, unblocked attention', base, None),
-              ('no attention', dict(attn_n_layers=0), None),
-              ('no attention, unidirectional LSTM', dict(attn_n_layers=0, rnn_bi=False), None)]
+  variants = [('full, blocked attention (CPU default)', base, 'blocked'),
+              ('full, plain attention', base, 'plain'),
+              ('no attention', dict(attn_n_layers=0), 'plain'),
+              ('no attention, unidirectional LSTM', dict(attn_n_layers=0, rnn_bi=False), 'plain')]
   rows = []
-  for name, kw, blocks in variants:
-    flops, trans = counts(kw, a, blocked=blocks == 'auto')
-    attention.BLOCK_BYTES = BLOCKS if blocks == 'auto' else None
-    f, args = model_step(kw, batch)
+  for name, kw, impl in variants:
+    flops, trans = counts(kw, a, blocked=impl == 'blocked')
+    f, args = model_step(kw, batch, impl=impl)
     rows.append((name, *timed(f, args, a.repeat), flops, trans))
   for n in [int(v) for v in a.seeds.split(',') if int(v) > 1]:
-    attention.BLOCK_BYTES = BLOCKS
     for mapped in (False, True):
       f, args = model_step(base, batch, n, mapped)
       rows.append((f'full, {n} seeds {"mapped" if mapped else "vmapped"}',
                    *timed(f, args, a.repeat), n * rows[0][3], n * rows[0][4]))
-  attention.BLOCK_BYTES = BLOCKS
   rate = transcendental_rate(a.repeat)
   report = {'peak_gflops_per_s': round(peak / 1e9, 1), 'steps': [], 'ceilings': {},
             'transcendentals_per_s': rate, 'reuse_cpu_buffers': reuse}

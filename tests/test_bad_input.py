@@ -20,8 +20,8 @@ from muse_jax import train
 from muse_jax.data import demo
 from muse_jax.data import reader
 import helpers  # pylint: disable=wrong-import-order
-from muse_jax.errors import MuseError
 from muse_jax.data import layout
+from muse_jax.errors import MuseError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = ('egemaps', 'fasttext')

@@ -20,8 +20,8 @@ import pytest
 
 from muse_jax.data import build
 from muse_jax.data import demo
-from muse_jax.data import reader
 from muse_jax.data import layout
+from muse_jax.data import reader
 import helpers  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

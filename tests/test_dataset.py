@@ -12,9 +12,9 @@ import tensorflow_datasets as tfds
 
 from muse_jax.data import build
 from muse_jax.data import demo
+from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
-from muse_jax.data import layout
 
 SETS = ('egemaps', 'fasttext', 'vggface', 'vggish')
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from muse_jax.data import demo
+from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
-from muse_jax.data import layout
 
 
 def _files(root):

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from muse_jax.data import layout
 from muse_jax.errors import MuseError
 from muse_jax.features import text
 from muse_jax.features import writer
-from muse_jax.data import layout
 
 
 def _audio_extra():

@@ -15,9 +15,9 @@ import pytest
 from muse_jax import config_util
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
-from muse_jax import train
 from muse_jax import sharding
 from muse_jax import steps
+from muse_jax import train
 from muse_jax.data.video import Video
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 

@@ -16,14 +16,13 @@ import jax
 import numpy as np
 import pytest
 
+from muse_jax import config_util
 from muse_jax import input_pipeline as ip
+from muse_jax import sources
 from muse_jax import train
+from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
-from muse_jax import config_util
-from muse_jax import inference
-from muse_jax.data import layout
-from muse_jax import sources
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,18 +9,17 @@ import types
 import numpy as np
 import pytest
 
-from muse_jax import input_pipeline as ip
-from muse_jax import train
-from muse_jax.errors import MuseError
 from muse_jax import config_util
 from muse_jax import inference
-from muse_jax.data import layout
 from muse_jax import normalization
 from muse_jax import schedule
 from muse_jax import sharding
 from muse_jax import sources
 from muse_jax import steps
+from muse_jax import train
+from muse_jax.data import layout
 from muse_jax.data.video import Video
+from muse_jax.errors import MuseError
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
