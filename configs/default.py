@@ -69,10 +69,13 @@ def get_config():
 
   # Devices: batches are sharded over the first num_devices devices (0 = all of them).
   c.num_devices = 0
+  c.attention = 'auto'            # attention core: 'blocked' (cache-sized blocks: CPU), 'plain'
+                                  # (one kernel: GPU/TPU), 'auto' = by device (muse_jax.ops)
+  # Process-wide, applied once by the entry points (muse_jax.runtime.configure):
   c.reuse_cpu_buffers = True      # CPU: keep XLA's big buffers allocated across steps instead of
-                                  # page-faulting them in every step (muse_jax.host_memory)
+                                  # page-faulting them in every step (runtime.host_memory)
   c.compilation_cache_dir = 'auto'  # compiled steps kept on disk for the next run: 'auto' =
-                                  # ~/.cache/muse_jax/xla, a folder, or 'none' (compile_cache)
+                                  # ~/.cache/muse_jax/xla, a folder, or 'none' (runtime)
 
   # Outputs.
   c.num_plot_videos = 3           # devel videos plotted (prediction vs label) at the end

@@ -18,7 +18,7 @@ from absl import logging
 import numpy as np
 
 from muse_jax import config_util
-from muse_jax.data import reader
+from muse_jax.data import csv_table
 from muse_jax.errors import MuseError
 
 
@@ -73,7 +73,7 @@ def _aligned(run: str, target: str, split: str, v):
     raise MuseError(f'{path}: run {run} has no {target} predictions for {split} video {vid}; '
                     'late fusion needs them for every video of train, devel and test (retrain or '
                     f'--mode=predict that run with {target} among its targets)')
-  table = reader.read_table(path)
+  table = csv_table.read_table(path)
   low = [c.lower() for c in table.columns]
   if 'timestamp' not in low or 'value' not in low:
     raise MuseError(f'{path}: columns {",".join(table.columns)}; expected timestamp,value,'

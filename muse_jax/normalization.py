@@ -17,6 +17,7 @@ import numpy as np
 from muse_jax import files
 from muse_jax.data import build
 from muse_jax.data import layout
+from muse_jax.data import csv_table
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
 
@@ -182,7 +183,7 @@ def _cell_source(spec, stats: NormStats, v, split: str, row: int, col: int) -> s
   if name != layout.SEGMENT_ID and os.path.exists(path):
     try:
       number, header = reader.feature_column(root, name, v.id, col - start)
-      table = reader.read_table(path)
+      table = csv_table.read_table(path)
       hit = np.flatnonzero(table.column(next(c for c in table.columns
                                               if c.lower() == 'timestamp')) == t)
       line = f'line {table.lines[hit[0]]}, ' if len(hit) else ''

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from muse_jax.data import demo
+from muse_jax.data import demo_files
 from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
@@ -118,10 +119,10 @@ def test_format_rows_round_trips():
   x = rng.normal(size=(50, 6)) * np.array([1e-3, 0.1, 1, 10, 1e3, 1e5])
   x[3, 2], x[4, 0], x[5, 1] = np.nan, -0.0, -0.00001
   decimals = np.array([5, 4, 3, 2, 1, 0])
-  got = pd.read_csv(io.BytesIO(demo.format_rows(x, decimals)), header=None).to_numpy()
+  got = pd.read_csv(io.BytesIO(demo_files.format_rows(x, decimals)), header=None).to_numpy()
   want = np.rint(x * 10.0 ** decimals) / 10.0 ** decimals
   np.testing.assert_array_equal(got, want)
-  assert b'-0.0000,' not in demo.format_rows(x, decimals)  # no negative zero
+  assert b'-0.0000,' not in demo_files.format_rows(x, decimals)  # no negative zero
 
 
 def test_full_scale_matches_muse_car_size():

@@ -2,11 +2,13 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from muse_jax import config_util
@@ -20,7 +22,7 @@ from muse_jax import train
 from muse_jax.data import layout
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
-from helpers import tiny_config  # pylint: disable=wrong-import-order
+from helpers import tiny_config, write_lines  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,6 +74,83 @@ def test_predictions_cover_every_video_on_its_own_grid(trained):
         assert np.all(np.isfinite([float(r[1]) for r in rows[1:]]))
   assert os.listdir(os.path.join(work, 'plots'))
   assert os.listdir(os.path.join(work, 'tb'))
+
+
+def test_predict_mode_needs_no_labels_and_matches_evaluate(trained, tmp_path):
+  """--mode=predict on a new tree: its videos, no label files at all, listed as test. The
+  predictions are those evaluate wrote for the same videos (same parameters, same inputs)."""
+  config, work, results = trained
+  root = str(tmp_path / 'new')
+  ids = sorted(os.listdir(os.path.join(config.data_root, layout.FEATURE_DIR, 'egemaps')))[:3]
+  for name in ('egemaps', 'fasttext'):
+    os.makedirs(layout.feature_folder(root, name))
+    for f in ids:
+      shutil.copy(os.path.join(config.data_root, layout.FEATURE_DIR, name, f),
+                  layout.feature_folder(root, name))
+  os.makedirs(os.path.dirname(os.path.join(root, layout.PARTITION_CSV)))
+  write_lines(os.path.join(root, layout.PARTITION_CSV),
+              ['Id,Proposal'] + [f'{f[:-4]},test' for f in ids])
+  new = config.copy_and_resolve_references()
+  new.data_root, new.data_dir = root, str(tmp_path / 'tfds')
+  out = inference.predict(new, work)
+  assert out['videos'] == {'train': 0, 'devel': 0, 'test': 3} and out['seed'] == results['seed']
+  assert out['best_epoch'] == results['best_epoch']
+  assert 'devel' not in out and not os.path.exists(os.path.join(work, 'predict', 'devel'))
+  for target in ('arousal', 'valence'):
+    got = sorted(os.listdir(os.path.join(work, 'predict', target)))
+    assert got == ids
+    for f in ids:  # the training tree's own predictions of these videos (on its label grid)
+      mine = pd.read_csv(os.path.join(work, 'predict', target, f))
+      theirs = pd.read_csv(os.path.join(work, 'predictions', target, f)).set_index('timestamp')
+      common = mine[mine.timestamp.isin(theirs.index)]
+      assert len(common) >= 0.9 * len(theirs), f
+      np.testing.assert_allclose(common.value, theirs.loc[common.timestamp, 'value'],
+                                 rtol=1e-4, atol=1e-4)
+  assert json.load(open(os.path.join(work, 'predict.json')))['data_root'] == root
+
+
+def test_library_calls_leave_the_process_alone(tiny_tree, tmp_path):
+  """train_and_evaluate from a notebook: no mallopt, no dispatch or compilation-cache change;
+  runtime.configure applies them once, and a second, different setting is refused aloud."""
+  code = f"""
+import json, sys
+sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+import jax
+from muse_jax import runtime, train
+from muse_jax.runtime import host_memory
+from helpers import tiny_config
+c = tiny_config({tiny_tree!r}, {str(tmp_path / 'tfds')!r}, num_epochs=1)
+train.train_and_evaluate(c, {str(tmp_path / 'w')!r})
+print(json.dumps([jax.config.jax_compilation_cache_dir, host_memory._asked,
+                  jax.config.read('jax_cpu_enable_async_dispatch')]))
+from absl import logging
+logging.set_verbosity(logging.INFO)
+c.compilation_cache_dir = {str(tmp_path / 'cache_a')!r}
+print(json.dumps(runtime.configure(c)))
+c.compilation_cache_dir = {str(tmp_path / 'cache_b')!r}
+print(json.dumps(runtime.configure(c)))
+"""
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
+                        cwd=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  after_train, first, second = [json.loads(l) for l in proc.stdout.strip().splitlines()[-3:]]
+  assert after_train == [None, None, True]  # nothing set behind the caller
+  assert first == {'reuse_cpu_buffers': False, 'compilation_cache_dir': str(tmp_path / 'cache_a')}
+  assert second == first  # per process: the first decides ...
+  assert f'{tmp_path / "cache_b"} ignored' in proc.stderr  # ... and a second one is not silent
+
+
+def test_accelerator_choices_follow_the_mesh_devices_not_the_backend():
+  config = tiny_config('', '')
+  assert steps.attention_impl(config, 'cpu') == 'blocked'
+  assert steps.attention_impl(config, 'gpu') == steps.attention_impl(config, 'tpu') == 'plain'
+  assert steps.seeds_mapped(config, 'cpu') and not steps.seeds_mapped(config, 'gpu')
+  config.attention, config.seed_loop = 'plain', 'vmap'
+  assert steps.attention_impl(config, 'cpu') == 'plain' and not steps.seeds_mapped(config, 'cpu')
+  config.attention = 'fast'
+  with pytest.raises(MuseError, match="attention must be one of"):
+    config_util.validate_config(config)
 
 
 def test_rerun_of_finished_workdir_resumes_not_retrains(trained):

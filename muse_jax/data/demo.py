@@ -37,11 +37,12 @@ from absl import logging
 import numpy as np
 
 from muse_jax import cli
+from muse_jax.data import demo_files
 from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
 
-# Released sets and their dimensions (docs/muse_wild_2020.md); any `name:dim` works as well.
+# Released sets and their dimensions (docs/data_format.md); any `name:dim` works as well.
 FEATURE_SETS = {
     'au': 35, 'deepspectrum': 4096, 'egemaps': 88, 'fasttext': 300, 'gaze': 288, 'gocar': 350,
     'landmarks_2d': 136, 'landmarks_3d': 204, 'openpose': 54, 'pdm': 40, 'pose': 6,
@@ -94,56 +95,7 @@ assert all(v.lag + v.spread <= LEAD_MARGIN for v in list(VIEWS.values()) + [DEFA
 
 
 # ------------------------------------------------------------------------------------------------
-# Column names and scales.
-
-_GEMAPS_10 = ('amean', 'stddevNorm', 'percentile20.0', 'percentile50.0', 'percentile80.0',
-              'pctlrange0-2', 'meanRisingSlope', 'stddevRisingSlope', 'meanFallingSlope',
-              'stddevFallingSlope')
-_AUS = ('01', '02', '04', '05', '06', '07', '09', '10', '12', '14', '15', '17', '20', '23', '25',
-        '26', '45')
-
-
-def _egemaps_names() -> list:
-  names = [f'F0semitoneFrom27.5Hz_sma3nz_{f}' for f in _GEMAPS_10]
-  names += [f'loudness_sma3_{f}' for f in _GEMAPS_10]
-  two = ['spectralFlux_sma3'] + [f'mfcc{i}_sma3' for i in range(1, 5)]
-  two += [f'{x}_sma3nz' for x in ('jitterLocal', 'shimmerLocaldB', 'HNRdBACF', 'logRelF0-H1-H2',
-                                  'logRelF0-H1-A3')]
-  for f in (1, 2, 3):
-    two += [f'F{f}frequency_sma3nz', f'F{f}bandwidth_sma3nz', f'F{f}amplitudeLogRelF0_sma3nz']
-  two += [f'{x}V_sma3nz' for x in ('alphaRatio', 'hammarbergIndex', 'slope', 'spectralFlux')]
-  two[-2:-1] = ['slopeV0-500_sma3nz', 'slopeV500-1500_sma3nz']
-  two += [f'mfcc{i}V_sma3nz' for i in range(1, 5)]
-  for x in two:
-    names += [f'{x}_amean', f'{x}_stddevNorm']
-  names += [f'{x}_sma3nz_amean' for x in ('alphaRatioUV', 'hammarbergIndexUV', 'slopeUV0-500',
-                                          'slopeUV500-1500', 'spectralFluxUV')]
-  names += ['loudnessPeaksPerSec', 'VoicedSegmentsPerSec', 'MeanVoicedSegmentLengthSec',
-            'StddevVoicedSegmentLengthSec', 'MeanUnvoicedSegmentLength',
-            'StddevUnvoicedSegmentLength', 'equivalentSoundLevel_dBp']
-  return names
-
-
-def column_names(name: str, dim: int) -> list:
-  """Realistic header names for the released sets, `<name>_<i>` for the others."""
-  names = None
-  if name == 'egemaps':
-    names = _egemaps_names()
-  elif name == 'au':
-    names = [f'AU{a}_r' for a in _AUS] + [f'AU{a}_c' for a in sorted(_AUS + ('28',))]
-  elif name == 'pose':
-    names = ['pose_Tx', 'pose_Ty', 'pose_Tz', 'pose_Rx', 'pose_Ry', 'pose_Rz']
-  elif name == 'landmarks_2d':
-    names = [f'x_{i}' for i in range(68)] + [f'y_{i}' for i in range(68)]
-  elif name == 'landmarks_3d':
-    names = [f'{a}_{i}' for a in 'XYZ' for i in range(68)]
-  elif name == 'pdm':
-    names = ['p_scale', 'p_rx', 'p_ry', 'p_rz', 'p_tx', 'p_ty'] + [f'p_{i}' for i in range(34)]
-  elif name == 'openpose':
-    names = [f'{k}_{i}' for i in range(18) for k in ('x', 'y', 'c')]
-  if names is None or len(names) != dim:
-    names = [f'{name}_{i}' for i in range(dim)]
-  return names
+# Synthesis.
 
 
 def _column_scales(name: str, dim: int, rng) -> tuple:
@@ -157,76 +109,6 @@ def _column_scales(name: str, dim: int, rng) -> tuple:
     return rng.normal(0, 0.03, dim), np.full(dim, 0.1) * rng.uniform(0.5, 1.5, dim)
   std = 10.0 ** rng.uniform(-1, 1.5, dim)
   return std * rng.uniform(-1, 2, dim), std
-
-
-# ------------------------------------------------------------------------------------------------
-# Fast, deterministic CSV writing: fixed-width byte slots filled by numpy, spaces squeezed out.
-
-
-def _format_block(values: np.ndarray, d: int, n_digits: int) -> np.ndarray:
-  n, c = values.shape
-  nan = np.isnan(values)
-  q = np.rint(np.abs(np.where(nan, 0.0, values)) * 10.0 ** d).astype(np.int64)
-  neg = (values < 0) & (q > 0)
-  width = n_digits + (d > 0) + 2
-  buf = np.full((n, c, width), 32, np.uint8)
-  size = np.ones(q.shape, np.int64)  # digits of q (at least d + 1 are written: 0.05)
-  for k in range(1, n_digits):
-    size += q >= 10 ** k
-  size = np.maximum(size, d + 1)
-  rest, slot = q.copy(), width - 2
-  for k in range(n_digits):
-    if k == d and d > 0:
-      buf[:, :, slot] = 46  # '.'
-      slot -= 1
-    digit = (rest % 10).astype(np.uint8) + 48
-    rest //= 10
-    buf[:, :, slot] = digit if k <= d else np.where(k < size, digit, np.uint8(32))
-    slot -= 1
-  if neg.any():
-    ii, jj = np.nonzero(neg)
-    buf[ii, jj, width - 2 - size[ii, jj] - (d > 0)] = 45  # '-'
-  if nan.any():
-    buf[nan, :-1] = 32  # NaN -> empty cell, as pandas writes it
-  return buf
-
-
-def format_rows(values: np.ndarray, decimals) -> bytes:
-  """CSV body of a float matrix with fixed decimals per column (NaN -> empty cell)."""
-  values = np.asarray(values, np.float64)
-  n, c = values.shape
-  decimals = np.broadcast_to(np.asarray(decimals, np.int64), (c,))
-  top = np.nanmax(np.abs(values) * 10.0 ** decimals, initial=0.0)
-  n_digits = max(len(str(int(np.rint(top)))), int(decimals.max()) + 1)
-  width = n_digits + 3
-  buf = np.empty((n, c, width), np.uint8)
-  for d in np.unique(decimals):
-    cols = np.flatnonzero(decimals == d)
-    block = _format_block(values[:, cols], int(d), n_digits)
-    if block.shape[2] < width:
-      block = np.concatenate(
-          [np.full(block.shape[:2] + (width - block.shape[2],), 32, np.uint8), block], axis=2)
-    if len(cols) == c:
-      buf = block
-    else:
-      buf[:, cols] = block
-  buf[:, :, -1] = 44
-  buf[:, -1, -1] = 10
-  flat = buf.ravel()
-  return flat[flat != 32].tobytes()
-
-
-def _write_csv(path: str, header: list, columns: list, decimals: list) -> None:
-  values = np.column_stack(columns)
-  with open(path, 'wb') as f:
-    f.write((','.join(header) + '\n').encode())
-    step = max(1, 4_000_000 // max(1, values.shape[1]))  # bounded memory for wide sets
-    for s in range(0, len(values), step):
-      f.write(format_rows(values[s:s + step], decimals))
-
-
-# ------------------------------------------------------------------------------------------------
-# Synthesis.
 
 
 def _key(name: str) -> int:
@@ -340,7 +222,7 @@ def _features(name: str, dim: int, labels: np.ndarray, n: int, seed: int, i: int
   x = ch.T @ mix + 0.5 * rng.standard_normal((n, dim)) + rng.normal(0, 0.1, dim)
   x = mean + std * x
   if name == 'au':  # intensities in [0, 5], then presence flags
-    n_r = len(_AUS)
+    n_r = len(demo_files.AUS)
     x[:, :n_r] = np.clip(x[:, :n_r], 0, 5)
     x[:, n_r:] = (x[:, n_r:] > mean[n_r:]).astype(np.float64)
   return x
@@ -348,7 +230,7 @@ def _features(name: str, dim: int, labels: np.ndarray, n: int, seed: int, i: int
 
 def _decimals(name: str, dim: int, seed: int) -> np.ndarray:
   if name == 'au':
-    return np.array([2] * len(_AUS) + [0] * (dim - len(_AUS))) if dim == 35 else np.full(dim, 2)
+    return np.array([2] * len(demo_files.AUS) + [0] * (dim - len(demo_files.AUS))) if dim == 35 else np.full(dim, 2)
   _, std = _column_scales(name, dim, np.random.default_rng([seed, 2, _key(name)]))
   return np.clip(2 - np.floor(np.log10(std)), 1, 6).astype(np.int64)
 
@@ -417,7 +299,7 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None) -> di
     labels = _latents(seed, i, n + extra)
     if i not in lay['unlabelled']:
       for k, target in enumerate(layout.TARGETS):
-        _write_csv(layout.label_path(out, target, vid), list(reader.LABEL_COLUMNS),
+        demo_files.write_csv(layout.label_path(out, target, vid), list(reader.LABEL_COLUMNS),
                    [t[:n], labels[k, :n], seg[:n]], [0, 4, 0])
     for name, dim in sets.items():
       m = n + extra if (i == lay['longer'] and name == names[0]) else n
@@ -430,8 +312,8 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None) -> di
         for k, v in counts.items():
           if v:
             quirks[k][name] = quirks[k].get(name, 0) + v
-      _write_csv(layout.feature_path(out, name, vid),
-                 ['timestamp', 'segment_id'] + column_names(name, dim),
+      demo_files.write_csv(layout.feature_path(out, name, vid),
+                 ['timestamp', 'segment_id'] + demo_files.column_names(name, dim),
                  [t[:m], seg[:m], x], [0, 0] + list(_decimals(name, dim, seed)))
   split_ids = {p: [v for v, q in zip(lay['ids'], lay['part']) if q == p] for p in layout.SPLITS}
   summary = {'scale': scale, 'seed': seed, 'videos': len(lay['ids']), 'frames': int(frames),
