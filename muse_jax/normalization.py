@@ -10,6 +10,7 @@ train mean (one log line per file) or stops at the first, naming its file, line 
 import dataclasses
 import json
 import os
+import warnings
 
 from absl import logging
 import numpy as np
@@ -54,14 +55,16 @@ class NormStats:
   def out_of_range(self, x, max_abs_z: float) -> np.ndarray:
     """Cells that are not finite, of a magnitude no feature has (SENTINEL_ABS), or over
     max(max_abs_z, sqrt(n_train)) train std from the train mean (a column constant over train:
-    that many of its own units from its value). Over N frames no train value of a column lies
+    that many of its own units from its value; a column without any usable train value: every
+    cell). Over N frames no train value of a column lies
     more than sqrt(N - 1) std from its mean, so genuine train data is never out of range.
     Statistics of an older version (no raw_*): only the first two checks."""
     with np.errstate(invalid='ignore', over='ignore'):
       ok = np.abs(x) < SENTINEL_ABS  # NaN compares False
       if self.raw_mean is not None:
         bound = max(max_abs_z, float(np.sqrt(max(self.n_train, 1))))
-        scale = np.where(self.raw_std > 0, self.raw_std, 1.0).astype(np.float32)
+        scale = np.where(self.raw_std > 0, self.raw_std,
+                         np.where(np.isnan(self.raw_std), -1.0, 1.0)).astype(np.float32)
         ok &= np.abs(x - self.raw_mean) <= bound * scale
     return ~ok
 
@@ -116,7 +119,8 @@ def compute_stats(spec, train_videos, dims) -> NormStats:
   """
   names = list(spec.inputs)
   x0 = train_videos[0].x
-  with np.errstate(invalid='ignore'):
+  with np.errstate(invalid='ignore'), warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)  # an all-NaN column: its shift is 0
     shift = np.nan_to_num(np.nanmean(np.where(np.abs(x0) < SENTINEL_ABS, x0, np.nan).astype(
         np.float64), axis=0))
   mean, std, far, count = _moments(train_videos, shift)
@@ -133,8 +137,13 @@ def compute_stats(spec, train_videos, dims) -> NormStats:
       logging.warning('train statistics: %d finite cells over %g train std from the mean left '
                       'out (config.max_abs_z); they are treated by nan_policy', n_out, bound)
   constant = (std <= 1e-6 * np.abs(mean)) & (count > 0)  # float32 data: constant up to rounding
-  raw_mean, raw_std = mean.copy(), np.where(constant, 0.0, std)
-  std = np.where(constant, 1.0, std + EPS)
+  # No usable train cell at all (every one NaN or a marker): nothing to scale by. Divided by the
+  # bare EPS, any devel value would become ~1e6; such a column is left unscaled, centred on 0.
+  empty = count == 0
+  mean = np.where(empty, 0.0, mean)
+  # raw_std NaN marks such a column for out_of_range: every value of it is out of range.
+  raw_mean, raw_std = mean.copy(), np.where(empty, np.nan, np.where(constant, 0.0, std))
+  std = np.where(constant | empty, 1.0, std + EPS)
   normalized = list(spec.normalized)
   labels = column_labels(spec, dims)
   start = 0
@@ -142,7 +151,14 @@ def compute_stats(spec, train_videos, dims) -> NormStats:
     cols = slice(start, start + d)
     if name not in normalized:
       mean[cols], std[cols] = 0.0, 1.0
-    elif constant[cols].any():
+    if empty[cols].any():
+      idx = np.flatnonzero(empty[cols])
+      logging.warning('%s: %d column(s) with no usable value in the train partition (%s); every '
+                      'value there was NaN, Inf or a missing-value marker: the column is ignored '
+                      '(every value treated by nan_policy)',
+                      name, len(idx), ', '.join(labels[start + j] for j in idx[:5])
+                      + (', ...' if len(idx) > 5 else ''))
+    if name in normalized and constant[cols].any():
       idx = np.flatnonzero(constant[cols])
       logging.warning('%s: %d column(s) constant over the train partition (%s); centred, not '
                       'scaled', name, len(idx), ', '.join(
@@ -199,8 +215,9 @@ def normalize(spec, videos: dict, stats: NormStats) -> dict:
   Bad cells are non-finite ones (NaN cells of the release, Inf cells the reader turned into NaN)
   and finite ones over config.max_abs_z train std from the train mean (missing-value markers such
   as 1e30: left as they are, one of them turns a whole video's predictions into NaN).
-  Policy 'zero' sets them to 0 after normalisation, i.e. the train mean, with one log line per
-  file; 'error' stops at the first one, naming its file, line and column.
+  Policy 'zero' sets them to the train mean (0 after normalisation; the raw train mean in an
+  input that is not normalised), with one log line per file; 'error' stops at the first one,
+  naming its file, line and column.
   """
   names = list(spec.inputs)
   where = stats.path or 'normalisation statistics'
@@ -210,6 +227,14 @@ def normalize(spec, videos: dict, stats: NormStats) -> dict:
   bound = max_abs_z(spec)
   shown = max(bound, float(np.sqrt(max(stats.n_train, 1))))  # the bound in effect, for messages
   root = spec.data_root or os.path.abspath('.')
+  # What a bad cell becomes: the train mean, which is 0 in a normalised column.
+  fill = np.zeros(stats.mean.shape, np.float32)
+  if stats.raw_mean is not None:
+    start = 0
+    for is_norm, d in zip(stats.normalized, stats.dims):
+      if not is_norm:
+        fill[start:start + d] = stats.raw_mean[start:start + d]
+      start += d
   n_cells, n_files, lines = 0, 0, 0
   for split, vs in videos.items():
     for v in vs:
@@ -243,7 +268,8 @@ def normalize(spec, videos: dict, stats: NormStats) -> dict:
       # In place: inputs mapped from disk stay in the map instead of being copied into memory.
       np.subtract(v.x, stats.mean, out=v.x)
       np.divide(v.x, stats.std, out=v.x)
-      v.x[bad] = 0.0
+      if bad.any():
+        v.x[bad] = np.broadcast_to(fill, v.x.shape)[bad]
   if n_files > lines:
     logging.info('NaN policy zero: %d non-finite or out-of-range input cells in %d files set to '
                  'the train mean (%d files not listed above)', n_cells, n_files, n_files - lines)

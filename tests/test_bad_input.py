@@ -13,15 +13,16 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from muse_jax import config_util
 from muse_jax import train
 from muse_jax.data import demo
-from muse_jax.data import reader
-import helpers  # pylint: disable=wrong-import-order
 from muse_jax.data import layout
+from muse_jax.data import reader
 from muse_jax.errors import MuseError
+import helpers  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = ('egemaps', 'fasttext')
@@ -331,3 +332,32 @@ def test_feature_files_longer_or_slightly_shorter_than_labels_policy(case, absl_
   longer = layout.feature_path(case.root, q['feature_set'], q['id'])
   assert any(l.startswith(f'{longer}: {q["extra_rows"]} feature rows outside the label grid')
              for l in logs), logs
+
+
+def test_column_without_any_usable_train_value_is_ignored_not_blown_up(tmp_path, absl_logs):
+  """All train cells of a column NaN or 1e30: no scale exists. Dividing by the bare EPS would make
+  every devel value ~1e6; instead the column is ignored everywhere (set to the fill value) with a
+  warning naming it. Unnormalised inputs are filled with their raw train mean, not 0."""
+  from muse_jax import normalization
+  from muse_jax.data.video import Video
+  spec = config_util.parse(helpers.tiny_config('', str(tmp_path),
+                                               feature_sets=('egemaps', 'fasttext'),
+                                               normalize='egemaps'))
+  rng = np.random.default_rng(0)
+
+  def video(vid, x):
+    n = len(x)
+    return Video(vid, np.arange(n) * 250, np.ones(n, np.int32), x.astype(np.float32),
+                 np.zeros((n, 2), np.float32), ('arousal', 'valence'), (True, True))
+  train = [video(str(i), np.c_[rng.normal(5, 2, (40, 2)), np.full((40, 1), np.nan),
+                               rng.normal(100, 1, (40, 1))]) for i in range(3)]
+  train[1].x[:5, 2] = 1e30
+  stats = normalization.compute_stats(spec, train, [3, 1])
+  assert any('1 column(s) with no usable value in the train partition (egemaps[2])' in m
+             for m in messages(absl_logs))
+  devel = video('d', np.array([[5.0, 5.0, 3.0, np.nan], [7.0, 3.0, -2.0, 100.0]]))
+  normalization.normalize(spec, {'train': train, 'devel': [devel]}, stats)
+  assert np.isfinite(devel.x).all() and np.abs(devel.x[:, :3]).max() < 10
+  np.testing.assert_array_equal(devel.x[:, 2], [0.0, 0.0])  # ignored, not 3e6 / -2e6
+  raw_mean = np.mean([v for t in train for v in t.x[:, 3]])  # fasttext is not normalised here
+  assert devel.x[0, 3] == pytest.approx(raw_mean, rel=1e-5) and devel.x[1, 3] == 100.0

@@ -276,7 +276,7 @@ def load_feature_set(data_dir: str, name: str) -> dict:
   """{split -> [Video]} of a built set, videos in natural id order; splits with no videos map
   to []."""
   fs = FeatureSet(data_dir, name)
-  # Reads overlap with decoding in a few threads (array_record releases the GIL): ~1.5x faster.
+  # Reads overlap with decoding in a few threads (array_record releases the GIL).
   with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
     return {split: list(pool.map(functools.partial(fs.read, split), fs.ids(split)))
             for split in layout.SPLITS}

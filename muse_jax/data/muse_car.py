@@ -44,7 +44,7 @@ class MuseCarConfig(tfds.core.BuilderConfig):
 
 class _UncompressedArrayRecord(tfds.core.file_adapters.ArrayRecordFileAdapter):
   """ArrayRecord without tfds' default brotli: float features barely compress (~20%), and
-  decompression dominated every run's load time (5x slower reads, 4x slower writes)."""
+  decompression dominated every run's load time (benchmarks/RESULTS.md)."""
 
   @classmethod
   def write_examples(cls, path, iterator):

@@ -2,7 +2,7 @@
 
 Dropped: orbax's and tfds' INFO lines (per-save throughput, 'Using custom data configuration'),
 JAX's backend probes that fail by design on a host without that hardware ("Unable to initialize
-backend 'tpu' / 'proxy'", INFO), and ERROR records about a full disk (orbax's writer threads each
+backend 'tpu' / 'proxy'", INFO) and its cache's 'Resetting cache' note, and ERROR records about a full disk (orbax's writer threads each
 report it; the entry point says it once, `cli`). Warnings of every library still pass.
 """
 import logging as py_logging
@@ -17,8 +17,10 @@ class _LibraryFilter(py_logging.Filter):
   def filter(self, record):
     if record.levelno >= py_logging.ERROR and _about_full_disk(record):
       return False
-    if record.levelno < py_logging.WARNING and 'xla_bridge' in record.pathname and str(
-        record.msg).startswith('Unable to initialize backend'):
+    if record.levelno < py_logging.WARNING and (
+        ('xla_bridge' in record.pathname and str(record.msg).startswith('Unable to initialize '
+                                                                          'backend')) or
+        ('compilation_cache' in record.pathname and str(record.msg).startswith('Resetting cache'))):
       return False
     if not any(n in record.pathname for n in _NOISY):
       return True
