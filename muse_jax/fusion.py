@@ -35,12 +35,11 @@ def grid_feature_set(runs: list, feature_sets: list) -> str:
   """The built set giving labels and grid: the run's own first set, or the first run's."""
   if feature_sets:
     return feature_sets[0]
-  sets = run_config(runs[0]).get('feature_sets') or ()
-  sets = [sets] if isinstance(sets, str) else list(sets)
+  sets = config_util.parse_list(run_config(runs[0]).get('feature_sets') or ())
   if not sets:
     raise MuseError(f'{runs[0]}/config.json names no feature_sets; set config.feature_sets to '
                     'a built feature set to take labels and the frame grid from')
-  return sets[0].split(',')[0].strip()
+  return sets[0]
 
 
 def load_runs(runs: list, targets: list, root: str, grid: dict) -> dict:

@@ -23,6 +23,7 @@ import tempfile
 
 from absl import logging
 
+from muse_jax import config_util
 from muse_jax.errors import MuseError
 
 try:
@@ -142,11 +143,7 @@ def _same(a, b) -> bool:
   if a == b:
     return True
   def items(v):
-    if isinstance(v, str):
-      return [s.strip() for s in v.split(',') if s.strip()]
-    if isinstance(v, (list, tuple)):
-      return [s for x in v for s in items(str(x))]
-    return None
+    return config_util.parse_list(v) if isinstance(v, (str, list, tuple)) else None
   return items(a) is not None and items(a) == items(b)
 
 

@@ -37,6 +37,7 @@ from absl import logging
 import numpy as np
 
 from muse_jax import cli
+from muse_jax import config_util
 from muse_jax.data import demo_files
 from muse_jax.data import layout
 from muse_jax.data import reader
@@ -132,8 +133,7 @@ def _spread(x: np.ndarray, width: int) -> np.ndarray:
 def _parse_features(features) -> dict:
   if features is None:
     features = DEFAULT_FEATURES
-  if isinstance(features, str):
-    features = [f for f in features.split(',') if f.strip()]
+  features = config_util.parse_list(features)
   out = {}
   for f in features:
     name, _, dim = f.strip().partition(':')
