@@ -79,9 +79,10 @@ def run_muse_jax(root, data_dir, feats, target):
   sets = [build.load_feature_set(data_dir, f) for f in feats]
   wins = []
   for i, v in enumerate(sets[0]['train']):
-    if v[f'has_{target}']:
+    if v.has(target):
       xs = [s['train'][i].x for s in sets]
-      wins += [([x[a:b] for x in xs], v[target][a:b]) for a, b in cut(len(v[target]))]
+      y = v.label(target)
+      wins += [([x[a:b] for x in xs], y[a:b]) for a, b in cut(len(y))]
   t1 = time.perf_counter()
   joined = {split: [np.nan_to_num(np.hstack([s[split][i].x for s in sets]), copy=False)
                     for i in range(len(videos))] for split, videos in sets[0].items()}
@@ -111,7 +112,7 @@ def check_same_data(root, data_dir, feats, target, n=3):
   for i in range(n):
     vid = sets[0]['train'][i].id
     y = pd.read_csv(layout.label_path(root, target, vid))['value'].to_numpy(np.float32)
-    np.testing.assert_array_equal(sets[0]['train'][i][target], y)
+    np.testing.assert_array_equal(sets[0]['train'][i].label(target), y)
     for f, s in zip(feats, sets):
       x = pd.read_csv(layout.feature_path(root, f, vid)).to_numpy()[:len(y), 2:]
       np.testing.assert_array_equal(s['train'][i].x[:len(x)], x.astype(np.float32))

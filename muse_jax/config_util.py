@@ -80,10 +80,6 @@ class Spec:
   data_root: str       # absolute, '' when not set
   data_dir: str        # absolute
 
-  @property
-  def loss_weights(self):
-    return list(self.config.loss_weights)
-
 
 def parse(config) -> Spec:
   """The Spec of a config, without validating it (validate_config does both)."""

@@ -71,7 +71,7 @@ def _aligned(run: str, target: str, split: str, v):
   if not os.path.exists(path):
     raise MuseError(f'{path}: run {run} has no {target} predictions for {split} video {vid}; '
                     'late fusion needs them for every video of train, devel and test (retrain or '
-                    f'--mode=predict that run with {target} among its targets)')
+                    f'--mode=evaluate that run with {target} among its targets)')
   table = csv_table.read_table(path)
   low = [c.lower() for c in table.columns]
   if 'timestamp' not in low or 'value' not in low:

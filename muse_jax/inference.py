@@ -170,6 +170,12 @@ def predict(config, workdir: str) -> dict:
   with wd.held(workdir, 'predict'):
     # Another tree is allowed (that is what predict is for); how it becomes inputs is not.
     wd.check_resume(workdir, wd.config_record(config), evaluating=True, other_tree=True)
+    saved = wd.saved_config(workdir) or {}
+    if (saved.get('data_root') and os.path.abspath(saved['data_root']) != spec.data_root
+        and saved.get('data_dir') and os.path.abspath(saved['data_dir']) == spec.data_dir):
+      raise MuseError(f'{spec.data_dir}: holds the build of the training tree '
+                      f'{saved["data_root"]}; predicting on {spec.data_root} would replace it: '
+                      'pass another --data_dir for this tree')
     mngr, state, signature, videos, eval_step, mesh = _restored(spec, workdir, ())
     state, meta = checkpoint.restore(mngr, state, signature, workdir)
     trackers = [SeedTracker(**t) for t in meta['trackers']]
@@ -239,7 +245,7 @@ class Predictor:
     bad = self.stats.out_of_range(raw_x, self._max_abs_z)
     if bad.any():
       logging.warning('%d input cells NaN, Inf or out of range set to the train mean', bad.sum())
-    x = np.where(bad, 0.0, self.stats.apply(raw_x)).astype(np.float32)
+    x = np.where(bad, self.stats.fill(), self.stats.apply(raw_x)).astype(np.float32)
     n = len(x)
     video = video_lib.unlabelled('input', np.arange(n) * layout.STEP_MS, np.ones(n, np.int32), x,
                                  self.targets)

@@ -41,13 +41,13 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _config()
   import jax  # pylint: disable=import-outside-toplevel
+  from muse_jax import runtime  # pylint: disable=import-outside-toplevel
   if FLAGS.distributed or FLAGS.coordinator_address:  # before anything creates a JAX backend
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    if jax.process_index() != 0:  # process 0 speaks for the job
-      logging.set_verbosity(logging.WARNING)
-  from muse_jax import runtime  # pylint: disable=import-outside-toplevel
-  runtime.configure(config)
+  runtime.configure(config)  # before process_index() below, which starts the backend
+  if jax.process_index() != 0:  # process 0 speaks for the job
+    logging.set_verbosity(logging.WARNING)
   if jax.process_count() > 1:
     logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
@@ -108,7 +108,7 @@ def summary(results: dict) -> str:
     if m:
       lines.append(f'{split}: ' + '  '.join(
           f'{t} CCC {m[t]["ccc"]:.4f}' for t in results['targets']))
-    elif split == 'test':
+    elif split == 'test' and 'test' in results:
       lines.append('test: no labels in this tree, no test CCC (predictions are written)')
   return '\n'.join(lines)
 

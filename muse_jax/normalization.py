@@ -48,6 +48,7 @@ class NormStats:
   raw_std: np.ndarray = None
   n_train: int = 0        # train frames: the bound is never below sqrt(n_train) (see below)
   path: str = ''          # the workdir file it was loaded from, for messages
+  columns: dict = None    # per feature set: its column names as trained (the build's order)
 
   def apply(self, x):
     return (x - self.mean) / self.std
@@ -68,11 +69,24 @@ class NormStats:
         ok &= np.abs(x - self.raw_mean) <= bound * scale
     return ~ok
 
+  def fill(self) -> np.ndarray:
+    """What a bad cell becomes (nan_policy zero): the train mean, i.e. 0 in a normalised column
+    and the raw train mean in one that is not normalised."""
+    out = np.zeros(self.mean.shape, np.float32)
+    if self.raw_mean is not None:
+      start = 0
+      for is_norm, d in zip(self.normalized, self.dims):
+        if not is_norm:
+          out[start:start + d] = np.nan_to_num(self.raw_mean[start:start + d])
+        start += d
+    return out
+
   def save(self, path):
     with files.atomic_path(path, '.npz') as tmp:
       np.savez(tmp, mean=self.mean, std=self.std, raw_mean=self.raw_mean, raw_std=self.raw_std,
                meta=json.dumps({'names': self.names, 'dims': self.dims,
-                                'normalized': self.normalized, 'n_train': self.n_train}))
+                                'normalized': self.normalized, 'n_train': self.n_train,
+                                'columns': self.columns}))
 
   @classmethod
   def load(cls, path):
@@ -82,7 +96,7 @@ class NormStats:
       meta = json.loads(str(z['meta']))
       raw = (z['raw_mean'], z['raw_std']) if 'raw_mean' in z else (None, None)
       return cls(meta['names'], meta['dims'], z['mean'], z['std'], meta['normalized'], *raw,
-                 n_train=meta.get('n_train', 0), path=path)
+                 n_train=meta.get('n_train', 0), path=path, columns=meta.get('columns'))
 
 
 def _moments(videos, shift, exclude=None):
@@ -227,14 +241,7 @@ def normalize(spec, videos: dict, stats: NormStats) -> dict:
   bound = max_abs_z(spec)
   shown = max(bound, float(np.sqrt(max(stats.n_train, 1))))  # the bound in effect, for messages
   root = spec.data_root or os.path.abspath('.')
-  # What a bad cell becomes: the train mean, which is 0 in a normalised column.
-  fill = np.zeros(stats.mean.shape, np.float32)
-  if stats.raw_mean is not None:
-    start = 0
-    for is_norm, d in zip(stats.normalized, stats.dims):
-      if not is_norm:
-        fill[start:start + d] = stats.raw_mean[start:start + d]
-      start += d
+  fill = stats.fill()
   n_cells, n_files, lines = 0, 0, 0
   for split, vs in videos.items():
     for v in vs:

@@ -117,8 +117,11 @@ def main(argv=None) -> int:
   p.add_argument('--out', required=True, help='folder for <target>.csv and prediction.png')
   args = p.parse_args(argv)
   logging.set_verbosity(logging.ERROR)  # orbax's read-only checkpoint notes are noise here
+  import ml_collections  # pylint: disable=import-outside-toplevel
   from muse_jax import runtime  # pylint: disable=import-outside-toplevel
-  runtime.configure()
+  from muse_jax import workdir as wd  # pylint: disable=import-outside-toplevel
+  saved = wd.read_json(os.path.join(args.workdir, 'config.json'))  # the workdir's own settings
+  runtime.configure(ml_collections.ConfigDict(saved) if isinstance(saved, dict) else None)
   rc, paths = cli.call(predict_recording, args.workdir, args.wav, args.out, args.transcript,
                        args.model_dir, args.win_s, args.seed_index)
   if rc:

@@ -43,10 +43,30 @@ def prepare_data(spec, workdir: str, fit_stats: bool, require=('train', 'devel')
   fit = fit_stats and not os.path.exists(stats_path)
   stats = (normalization.compute_stats(spec, videos['train'], dims) if fit
            else normalization.NormStats.load(stats_path))
+  columns = {n: (build.build_info(spec.data_dir, n) or {}).get('columns')
+             for n in spec.feature_sets}
+  if fit:
+    stats.columns = columns
+  elif stats.columns:
+    _check_columns(spec, stats, columns)
   normalization.normalize(spec, videos, stats)
   if fit and jax.process_index() == 0:  # only once the data passed: a fixed file is refitted
     stats.save(stats_path)
   return videos, dims
+
+
+def _check_columns(spec, stats, columns: dict) -> None:
+  """Features are read by name but stored in the order of a set's first file: another tree
+  (predict) may order them otherwise, which would feed the model permuted inputs."""
+  for name, have in columns.items():
+    want = stats.columns.get(name)
+    if want and have and want != have:
+      j = next((j for j, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+      got = have[j] if j < len(have) else 'nothing'
+      raise MuseError(f'{layout.feature_folder(spec.data_root, name)}: column {j + 1} of feature '
+                      f'set {name} is {got!r}, the model was trained with {want[j] if j < len(want) else "nothing"!r} '
+                      'there; give this tree the training columns in the same order (or rebuild '
+                      'with them)')
 
 
 def _physical_memory() -> int:

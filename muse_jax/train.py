@@ -114,7 +114,7 @@ def _train(spec, workdir: str) -> dict:
       state, loss, finite = train_step(state, sharding.shard(batch, mesh), keys, active)
       step_losses.append(loss)
       step_finite.append(finite)
-      # Where dispatch is async (GPU/TPU; CPU when host_memory is off), this keeps one step in
+      # Where dispatch is async (GPU/TPU; CPU when runtime.host_memory is off), this keeps one step in
       # flight while the next batch is gathered, instead of queueing the epoch's batches.
       if len(step_losses) > 1:
         step_losses[-2].block_until_ready()

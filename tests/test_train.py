@@ -293,3 +293,14 @@ def test_guards_refuse_untrained_or_non_finite_outputs(tmp_path):
   inference.check_finite([np.zeros((3, 1))], [v], 'test', 314)
   with pytest.raises(MuseError, match=r'non-finite prediction for test video 7 at timestamp 250'):
     inference.check_finite([np.array([[0.0], [np.nan], [0.0]])], [v], 'test', 314)
+
+
+def test_another_trees_column_order_is_refused_not_permuted(tmp_path):
+  """Predict on a tree whose feature files order the columns otherwise: one line, not inputs fed
+  to the model in another order (the build stores a set in its first file's order)."""
+  spec = config_util.parse(tiny_config(str(tmp_path), str(tmp_path), feature_sets=('egemaps',)))
+  stats = types.SimpleNamespace(columns={'egemaps': ['a', 'b', 'c']})
+  sources._check_columns(spec, stats, {'egemaps': ['a', 'b', 'c']})  # same order: fine
+  with pytest.raises(MuseError, match=r"column 2 of feature set egemaps is 'c', the model was "
+                     r"trained with 'b' there"):
+    sources._check_columns(spec, stats, {'egemaps': ['a', 'c', 'b']})

@@ -11,7 +11,7 @@ Policies for the quirks of real releases (each one is logged with the file it co
     partitions, or a partition other than train/devel/test, is an error.
   * Feature files of ids that partition.csv does not list are ignored (logged once per set).
   * Label files may be missing for test videos (the challenge withheld them): such a video still
-    yields an example with NaN labels, has_arousal/has_valence False, and the timestamps of its
+    yields a Video with NaN labels, `labelled` False, and the timestamps of its
     feature file as its grid. A train/devel video without both label files is an error.
   * Everything is put on the LABEL grid, matching feature rows BY TIMESTAMP: feature rows before
     the first or after the last label timestamp are dropped; up to `PAD_TOLERANCE_ROWS` label rows

@@ -10,13 +10,13 @@ called from a notebook they run with whatever the caller set. What `configure` d
 - `logs`: filters that keep the console to the run's own lines.
 A second call with other settings keeps the first and says so: these are per process.
 """
-from muse_jax.runtime import compile_cache
-from muse_jax.runtime import host_memory
-from muse_jax.runtime import logs
+from muse_jax.runtime import logs  # no JAX: the CLI wrapper of the data tools imports it
 
 
 def configure(config=None) -> dict:
   """Applies the settings of `config` (None: the defaults); returns what is in effect."""
+  from muse_jax.runtime import compile_cache  # pylint: disable=import-outside-toplevel
+  from muse_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel
   get = (lambda k, d: config.get(k, d)) if config is not None else (lambda k, d: d)
   logs.quiet()
   reuse = host_memory.reuse_cpu_buffers(get('reuse_cpu_buffers', True))
