@@ -179,8 +179,7 @@ def predict(config, workdir: str) -> dict:
     mngr, state, signature, videos, eval_step, mesh = _restored(spec, workdir, ())
     state, meta = checkpoint.restore(mngr, state, signature, workdir)
     trackers = [SeedTracker(**t) for t in meta['trackers']]
-    best = int(np.nanargmax([t.best_ccc if np.isfinite(t.best_ccc) else -np.inf
-                             for t in trackers]))
+    best = int(np.argmax([t.best_ccc if np.isfinite(t.best_ccc) else -np.inf for t in trackers]))
     chosen = best if config.eval_seed < 0 else config.eval_seed
     check_trained(workdir, trackers[chosen], spec.seeds[chosen], trackers[chosen].best_ccc,
                   meta.get('initial_devel'), chosen)

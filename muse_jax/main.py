@@ -108,7 +108,7 @@ def summary(results: dict) -> str:
     if m:
       lines.append(f'{split}: ' + '  '.join(
           f'{t} CCC {m[t]["ccc"]:.4f}' for t in results['targets']))
-    elif split == 'test' and 'test' in results:
+    elif split == 'test':
       lines.append('test: no labels in this tree, no test CCC (predictions are written)')
   return '\n'.join(lines)
 

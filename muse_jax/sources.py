@@ -62,11 +62,10 @@ def _check_columns(spec, stats, columns: dict) -> None:
     want = stats.columns.get(name)
     if want and have and want != have:
       j = next((j for j, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
-      got = have[j] if j < len(have) else 'nothing'
+      at = lambda cols: repr(cols[j]) if j < len(cols) else 'nothing'
       raise MuseError(f'{layout.feature_folder(spec.data_root, name)}: column {j + 1} of feature '
-                      f'set {name} is {got!r}, the model was trained with {want[j] if j < len(want) else "nothing"!r} '
-                      'there; give this tree the training columns in the same order (or rebuild '
-                      'with them)')
+                      f'set {name} is {at(have)}, the model was trained with {at(want)} there; '
+                      'give this tree the training columns in the same order')
 
 
 def _physical_memory() -> int:
