@@ -13,6 +13,7 @@ def get_config():
   # ~/tensorflow_datasets). Built on first use, rebuilt per feature set when the tree changes.
   c.data_root = ''
   c.data_dir = ''
+  c.task = ''                     # the task, when data_root holds several (e.g. c3_muse_stress)
   c.feature_sets = ('egemaps',)   # early fusion: joined per frame, in this order
   c.normalize = 'all'             # z-normalise with train stats: 'all', 'none' or 'set1,set2'
   c.add_segment_id = False        # append segment_id as an extra input column
@@ -22,8 +23,9 @@ def get_config():
                                   # the train mean (e.g. 1e30 missing-value markers): 'zero' (set
                                   # to the train mean, one log line per file) | 'error' (stop)
   c.max_abs_z = 1e3               # that bound, in train std (no real train value reaches sqrt(N))
-  c.targets = ('valence',)        # one model predicts these jointly
-  c.win_len = 200                 # train windows (frames at 4 Hz)
+  c.targets = ('valence',)        # one model predicts these jointly: label folder names of the
+                                  # tree (e.g. arousal, physio-arousal, anno12_EDA) or 'all'
+  c.win_len = 200                 # train windows, in frames of the tree's grid (50 s at 4 Hz)
   c.hop_len = 100
   c.batch_size = 1024             # train windows per step (padded with empty rows, never dropped)
   c.micro_batch_size = 0          # > 0: accumulate the step's gradient over slices of this many
@@ -51,7 +53,7 @@ def get_config():
 
   # Optimisation: Adam + ReduceLROnPlateau on (1 - mean devel CCC), early stopping.
   c.loss = 'ccc'                  # 'ccc' | 'mse' | 'l1'
-  c.loss_weights = ()             # per target; () = equal
+  c.loss_weights = ()             # per target, in order or 'name=w,...'; () = equal
   c.learning_rate = 5e-3
   c.plateau_patience = 5
   c.plateau_factor = 0.5

@@ -26,16 +26,23 @@ def checkpoint_manager(workdir: str, read_only: bool = False):
   return ocp.CheckpointManager(path, options=options, item_names=('state', 'meta'))
 
 
-def model_signature(spec, dims) -> dict:
-  """What a checkpoint's arrays depend on; restore refuses a workdir written for another one."""
+def model_signature(spec, dims, step_ms: int) -> dict:
+  """What a checkpoint's arrays depend on; restore refuses a workdir written for another one.
+  `step_ms`: the label grid the model learnt on (its windows are in frames of that step)."""
   return {'model': json.loads(spec.config.model.to_json()), 'inputs': list(spec.inputs),
-          'dims': list(dims), 'targets': list(spec.targets), 'seeds': list(spec.seeds)}
+          'dims': list(dims), 'targets': list(spec.targets), 'seeds': list(spec.seeds),
+          'step_ms': int(step_ms)}
 
 
 def _check_signature(saved, signature, workdir) -> None:
-  diff = [k for k in signature if signature[k] != saved.get(k)]
+  # step_ms: absent from checkpoints of older versions (all on MuSe-CaR's 250 ms grid).
+  diff = [k for k in signature if signature[k] != saved.get(k, 250 if k == 'step_ms' else None)]
   if diff:
-    k = diff[0]
+    k = 'step_ms' if 'step_ms' in diff else diff[0]
+    if k == 'step_ms':
+      raise MuseError(f'{workdir}: the model learnt on a {saved.get(k, 250)} ms grid, but this '
+                      f'data is on a {signature[k]} ms grid; its windows and dynamics are in '
+                      'frames, so give it data on its own grid (or train one on this grid)')
     what = f'{k} ({saved.get(k)} in the checkpoint, {signature[k]} now)'
     if k == 'model':  # name the fields that differ, not two whole dicts
       old, new = saved.get(k) or {}, signature[k]

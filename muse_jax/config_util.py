@@ -62,8 +62,44 @@ def fusion_input_names(runs: list, targets: list) -> list:
 
 
 def data_dir_of(config) -> str:
+  """The user's data_dir (config, $TFDS_DATA_DIR or ~/tensorflow_datasets), absolute."""
   d = config.get('data_dir') or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
   return os.path.abspath(os.path.expanduser(d))
+
+
+def task_data_dir(data_dir: str, lay) -> str:
+  """Where a layout's builds live: `<data_dir>/<task>` (the 2020 release: `<data_dir>`)."""
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  return os.path.join(data_dir, lay.layout_dir) if lay.layout_dir else data_dir
+
+
+def loss_weights(config, targets) -> tuple:
+  """config.loss_weights as one float per target: () (equal), numbers in target order, or
+  'name=w' entries (targets not named weigh 1)."""
+  raw = config.loss_weights
+  items = parse_list(raw) if isinstance(raw, str) else [str(v) for v in raw]
+  if not items:
+    return ()
+  if all('=' in i for i in items):
+    named = {}
+    for i in items:
+      name, _, w = i.partition('=')
+      named[name.strip()] = w
+    unknown = sorted(set(named) - set(targets))
+    if unknown:
+      raise MuseError(f'config: loss_weights names {unknown[0]!r}, not a target of this run '
+                      f'({", ".join(targets)})')
+    items = [named.get(t, '1') for t in targets]
+  elif len(items) != len(targets):
+    raise MuseError(f'config: loss_weights has {len(items)} values for {len(targets)} targets '
+                    f'({", ".join(targets)}); give one per target or name=weight pairs')
+  try:
+    weights = tuple(float(w) for w in items)
+  except ValueError:
+    raise MuseError(f'config: loss_weights {items} are not all numbers') from None
+  if not all(w >= 0 and w < float('inf') for w in weights) or not any(weights):
+    raise MuseError(f'config: loss_weights {weights} must be finite, >= 0 and not all 0')
+  return weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +113,32 @@ class Spec:
   normalized: tuple    # the inputs that are z-normalised
   seeds: tuple
   data_seed: int
-  data_root: str       # absolute, '' when not set
-  data_dir: str        # absolute
+  data_root: str       # absolute, '' when not set: the folder holding metadata/ (the layout's)
+  data_dir: str        # absolute: where this layout's builds live (task_data_dir)
+  layout: object = None  # data.layout.Layout of data_root (None when not set or not found)
+  loss_weights: tuple = ()  # one per target, () = equal
 
 
-def parse(config) -> Spec:
-  """The Spec of a config, without validating it (validate_config does both)."""
+def parse(config, strict: bool = False, tree_targets: bool = True) -> Spec:
+  """The Spec of a config, without validating it (validate_config does both). The data root is
+  resolved to its layout (a release root holding several tasks needs config.task); `strict`:
+  a root that cannot be resolved, or targets it does not have, are errors (else left as given).
+  `tree_targets` False (predict on a tree without labels): targets are the model's, not checked."""
   sets = tuple(parse_list(config.feature_sets))
   targets = tuple(parse_list(config.targets))
+  root = config.get('data_root') or ''
+  root = os.path.abspath(os.path.expanduser(root)) if root else ''
+  lay, data_dir = None, data_dir_of(config)
+  if root:
+    try:
+      lay = layout.resolve(root, config.get('task', ''))
+      if tree_targets:
+        targets = lay.check_targets(targets)
+    except MuseError:
+      if strict:
+        raise
+    if lay is not None:
+      root, data_dir = lay.root, task_data_dir(data_dir, lay)
   runs = tuple(os.path.abspath(os.path.expanduser(r))
                for r in parse_list(config.get('fusion_runs', '')))
   inputs = sets + tuple(fusion_input_names(list(runs), list(targets)))
@@ -100,26 +154,30 @@ def parse(config) -> Spec:
       raise MuseError(f'config.normalize names {unknown} that are not inputs of this run '
                       f"{list(inputs)}; use 'all', 'none' or a comma list of input names")
     normalized = tuple(norm)
-  root = config.get('data_root') or ''
+  try:
+    weights = loss_weights(config, targets)
+  except MuseError:
+    if strict:
+      raise
+    weights = ()
   return Spec(config=config, feature_sets=sets, targets=targets, fusion_runs=runs, inputs=inputs,
               normalized=normalized, seeds=tuple(config.seed + i for i in range(config.num_seeds)),
               data_seed=config.seed if config.data_seed < 0 else config.data_seed,
-              data_root=os.path.abspath(os.path.expanduser(root)) if root else '',
-              data_dir=data_dir_of(config))
+              data_root=root, data_dir=data_dir, layout=lay, loss_weights=weights)
 
 
-def validate_config(config) -> Spec:
+def validate_config(config, tree_targets: bool = True) -> Spec:
   """Fails fast, with one line, on values that cannot work (before data loading or compute)."""
   def need(ok, msg):
     if not ok:
       raise MuseError(f'config: {msg}')
-  spec = parse(config)
+  spec = parse(config, strict=True, tree_targets=tree_targets)
   sets, targets = list(spec.feature_sets), list(spec.targets)
   need(sets or spec.fusion_runs, 'feature_sets is empty; name at least one feature folder, '
        'e.g. egemaps (or finished runs in fusion_runs, for late fusion)')
   need(len(set(sets)) == len(sets), f'feature_sets lists a set twice: {sets}')
-  need(targets and set(targets) <= set(layout.TARGETS),
-       f'targets {targets} must be a non-empty subset of {list(layout.TARGETS)}')
+  need(targets and len(set(targets)) == len(targets) and 'all' not in targets,
+       f'targets {targets}: name one or more targets (label folders of the tree), each once')
   need(config.win_len >= 1, f'win_len must be >= 1, got {config.win_len}')
   need(1 <= config.hop_len <= config.win_len,
        f'hop_len must be in [1, win_len={config.win_len}], got {config.hop_len}')
@@ -153,9 +211,6 @@ def validate_config(config) -> Spec:
   need(-1 <= config.eval_seed < config.num_seeds,
        f'eval_seed must be -1 (best) or in [0, num_seeds={config.num_seeds}), '
        f'got {config.eval_seed}')
-  weights = list(config.loss_weights)
-  need(not weights or len(weights) == len(targets),
-       f'loss_weights has {len(weights)} values for {len(targets)} targets')
   model_fields(config.model, len(targets))
   return spec
 

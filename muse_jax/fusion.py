@@ -19,6 +19,7 @@ import numpy as np
 
 from muse_jax import config_util
 from muse_jax.data import csv_table
+from muse_jax.data import layout
 from muse_jax.errors import MuseError
 
 
@@ -54,7 +55,13 @@ def load_runs(runs: list, targets: list, root: str, grid: dict) -> dict:
   out = {}
   names = iter(config_util.fusion_input_names(runs, targets))
   for run in runs:
-    run_root = run_config(run).get('data_root') or ''
+    saved = run_config(run)
+    run_root = saved.get('data_root') or ''
+    if run_root:  # as the run resolved it: a release root plus its task is the task's folder
+      try:
+        run_root = layout.resolve(run_root, saved.get('task') or '').root
+      except MuseError:
+        pass  # moved or gone: compared as given, and refused below
     if run_root and os.path.realpath(os.path.expanduser(run_root)) != root:
       raise MuseError(f'{run}: trained on {run_root}, but this run reads {root}; late fusion '
                       'needs first-level runs of the same tree')

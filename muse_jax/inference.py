@@ -10,6 +10,7 @@
   be another tree with the same feature sets, labels not needed), into `<workdir>/predict/`.
 - `Predictor`: a trained workdir as a function of one new recording's raw features.
 """
+import copy
 import json
 import os
 
@@ -75,7 +76,8 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -
                 chosen)
   for split, (preds, _) in per_split.items():
     check_finite(preds[chosen], videos[split], split, seeds[chosen])
-  results = {'targets': targets, 'epochs_run': meta['epoch'], 'seed': seeds[chosen],
+  results = {'targets': targets, 'layout': spec.layout.kind, 'task': spec.layout.task,
+             'step_ms': signature['step_ms'], 'epochs_run': meta['epoch'], 'seed': seeds[chosen],
              'best_seed': seeds[best], 'best_epoch': trackers[chosen].best_epoch,
              'skipped_steps': meta['skipped_steps']}
   if meta.get('initial_devel'):
@@ -94,7 +96,7 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -
   if jax.process_index() == 0:
     for split, (preds, _) in per_split.items():
       outputs.write_predictions(os.path.join(workdir, 'predictions'), videos[split],
-                                preds[chosen], targets)
+                                preds[chosen], targets, spec.layout.label_columns)
     n = config.num_plot_videos
     outputs.plot_videos(workdir, videos['devel'][:n], per_split['devel'][0][chosen][:n], targets)
   return results
@@ -141,7 +143,8 @@ def _restored(spec, workdir, require):
   model, _, state = steps.create_state(spec.config, sum(dims), len(spec.targets), spec.seeds,
                                        steps.attention_impl(spec.config, platform))
   eval_step = steps.make_eval_step(model, steps.seeds_mapped(spec.config, platform))
-  return mngr, state, checkpoint.model_signature(spec, dims), videos, eval_step, mesh
+  signature = checkpoint.model_signature(spec, dims, sources.grid_step(spec))
+  return mngr, state, signature, videos, eval_step, mesh
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -165,16 +168,20 @@ def predict(config, workdir: str) -> dict:
 
   The seed is config.eval_seed, else the one with the best devel CCC during training (as the
   checkpoint's schedules recorded it). Returns what `predict.json` holds."""
-  spec = config_util.validate_config(config)
   workdir = wd.prepare(workdir)
+  saved = wd.saved_config(workdir) or {}
+  if saved.get('targets') and config_util.parse_list(config.targets) in (['all'], []):
+    config = copy.deepcopy(config)
+    config.targets = tuple(config_util.parse_list(saved['targets']))  # the model's own
+  # The tree may have no labels (or other ones): the targets are the model's.
+  spec = config_util.validate_config(config, tree_targets=False)
   with wd.held(workdir, 'predict'):
     # Another tree is allowed (that is what predict is for); how it becomes inputs is not.
     wd.check_resume(workdir, wd.config_record(config), evaluating=True, other_tree=True)
-    saved = wd.saved_config(workdir) or {}
-    if (saved.get('data_root') and os.path.abspath(saved['data_root']) != spec.data_root
-        and saved.get('data_dir') and os.path.abspath(saved['data_dir']) == spec.data_dir):
+    trained = config_util.parse(ml_collections.ConfigDict(saved)) if saved else None
+    if trained and trained.data_root != spec.data_root and trained.data_dir == spec.data_dir:
       raise MuseError(f'{spec.data_dir}: holds the build of the training tree '
-                      f'{saved["data_root"]}; predicting on {spec.data_root} would replace it: '
+                      f'{trained.data_root}; predicting on {spec.data_root} would replace it: '
                       'pass another --data_dir for this tree')
     mngr, state, signature, videos, eval_step, mesh = _restored(spec, workdir, ())
     state, meta = checkpoint.restore(mngr, state, signature, workdir)
@@ -191,9 +198,11 @@ def predict(config, workdir: str) -> dict:
       preds = predict_videos(eval_step, params, videos[split], mesh)[0]
       check_finite(preds, videos[split], split, spec.seeds[chosen])
       if jax.process_index() == 0:
-        outputs.write_predictions(out, videos[split], preds, list(spec.targets))
+        outputs.write_predictions(out, videos[split], preds, list(spec.targets),
+                                  spec.layout.label_columns)
       counts[split] = len(videos[split])
-    results = {'data_root': spec.data_root, 'seed': spec.seeds[chosen],
+    results = {'data_root': spec.data_root, 'layout': spec.layout.kind, 'task': spec.layout.task,
+               'step_ms': signature['step_ms'], 'seed': spec.seeds[chosen],
                'best_epoch': trackers[chosen].best_epoch, 'targets': list(spec.targets),
                'videos': counts, 'predictions': out}
     if jax.process_index() == 0:
@@ -208,7 +217,9 @@ class Predictor:
 
   `inputs` names the feature sets (and `segment_id`) the model reads, in column order; calling it
   with one video's joined raw features [T, D] returns predictions [T, K] for `targets`, using the
-  workdir's train statistics, NaN policy and the chosen seed's best parameters.
+  workdir's train statistics, NaN policy and the chosen seed's best parameters. Rows are frames
+  of the model's own grid, `step_ms` (the training data's: 250 ms for MuSe-CaR, 500 for
+  Ulm-TSST); `timestamps`, when given, are checked against it.
   """
 
   def __init__(self, workdir: str, seed_index: int | None = None):
@@ -222,13 +233,14 @@ class Predictor:
     self.stats = normalization.NormStats.load(os.path.join(workdir, 'norm_stats.npz'))
     self.inputs, self.dims = self.stats.names, self.stats.dims
     self.targets = list(spec.targets)
+    self.step_ms = self.stats.step_ms or 250  # older workdirs: all trained on MuSe-CaR's grid
     mngr = checkpoint.open_trained(workdir)
     self._mesh = sharding.make_mesh(1)
     impl = steps.attention_impl(self.config, sharding.platform(self._mesh))
     model, _, state = steps.create_state(self.config, sum(self.dims), len(self.targets),
                                          spec.seeds, impl)
-    state, _ = checkpoint.restore(mngr, state, checkpoint.model_signature(spec, self.dims),
-                                  workdir)
+    state, _ = checkpoint.restore(
+        mngr, state, checkpoint.model_signature(spec, self.dims, self.step_ms), workdir)
     if seed_index is None:
       seed = wd.read_json(os.path.join(workdir, 'results.json'), {}).get('seed')
       seed_index = list(spec.seeds).index(seed) if seed in spec.seeds else 0
@@ -236,8 +248,14 @@ class Predictor:
     self._eval = steps.make_eval_step(model)
     self._max_abs_z = normalization.max_abs_z(spec)
 
-  def __call__(self, raw_x: np.ndarray) -> np.ndarray:
+  def __call__(self, raw_x: np.ndarray, timestamps=None) -> np.ndarray:
     raw_x = np.asarray(raw_x, np.float32)
+    if timestamps is not None:
+      from muse_jax.data import reader  # pylint: disable=import-outside-toplevel
+      step = reader.grid_step(np.asarray(timestamps))
+      if step and step != self.step_ms:
+        raise MuseError(f'the features are on a {step} ms grid, but the model learnt on a '
+                        f'{self.step_ms} ms grid; extract them with --step_ms {self.step_ms}')
     if raw_x.ndim != 2 or raw_x.shape[1] != sum(self.dims):
       raise MuseError(f'expected features [T, {sum(self.dims)}] for inputs '
                       f'{dict(zip(self.inputs, self.dims))}, got {raw_x.shape}')
@@ -246,8 +264,8 @@ class Predictor:
       logging.warning('%d input cells NaN, Inf or out of range set to the train mean', bad.sum())
     x = np.where(bad, self.stats.fill(), self.stats.apply(raw_x)).astype(np.float32)
     n = len(x)
-    video = video_lib.unlabelled('input', np.arange(n) * layout.STEP_MS, np.ones(n, np.int32), x,
-                                 self.targets)
+    t = np.arange(n) * self.step_ms if timestamps is None else np.asarray(timestamps)
+    video = video_lib.unlabelled('input', t, np.ones(n, np.int32), x, self.targets)
     pred = predict_videos(self._eval, self.params, [video], self._mesh)[0][0]
     check_finite([pred], [video], 'new', seed='chosen')
     return pred

@@ -28,7 +28,7 @@ def run(out: str, config_name: str = 'demo', scale: str = 'demo') -> list:
   out = os.path.abspath(out)
   root = demo.tree_in(out, scale)
   rows = []
-  for target in layout.TARGETS:
+  for target in layout.resolve(root).targets():
     config = config_util.load_config(config_name)
     config.data_root, config.data_dir = root, os.path.join(out, 'tfds')
     config.targets = (target,)

@@ -49,6 +49,7 @@ class NormStats:
   n_train: int = 0        # train frames: the bound is never below sqrt(n_train) (see below)
   path: str = ''          # the workdir file it was loaded from, for messages
   columns: dict = None    # per feature set: its column names as trained (the build's order)
+  step_ms: int = 0        # the label grid of the training data (0: unknown, an older version)
 
   def apply(self, x):
     return (x - self.mean) / self.std
@@ -86,7 +87,7 @@ class NormStats:
       np.savez(tmp, mean=self.mean, std=self.std, raw_mean=self.raw_mean, raw_std=self.raw_std,
                meta=json.dumps({'names': self.names, 'dims': self.dims,
                                 'normalized': self.normalized, 'n_train': self.n_train,
-                                'columns': self.columns}))
+                                'columns': self.columns, 'step_ms': self.step_ms}))
 
   @classmethod
   def load(cls, path):
@@ -96,7 +97,8 @@ class NormStats:
       meta = json.loads(str(z['meta']))
       raw = (z['raw_mean'], z['raw_std']) if 'raw_mean' in z else (None, None)
       return cls(meta['names'], meta['dims'], z['mean'], z['std'], meta['normalized'], *raw,
-                 n_train=meta.get('n_train', 0), path=path, columns=meta.get('columns'))
+                 n_train=meta.get('n_train', 0), path=path, columns=meta.get('columns'),
+                 step_ms=int(meta.get('step_ms') or 0))
 
 
 def _moments(videos, shift, exclude=None):

@@ -5,7 +5,6 @@ Every file is written atomically (files.py). Only process 0 calls these in multi
 import json
 import os
 
-import numpy as np
 
 from muse_jax import files
 
@@ -75,15 +74,18 @@ class MetricLog:
       self.tb.close()
 
 
-def write_predictions(folder: str, videos, preds, targets) -> None:
-  """Challenge format: <folder>/<target>/<Id>.csv, `timestamp,value,segment_id`."""
+def write_predictions(folder: str, videos, preds, targets,
+                      columns=('timestamp', 'value', 'segment_id')) -> None:
+  """The release's own format: <folder>/<target>/<Id>.csv on the label grid, with the label
+  files' columns in the layout's order (`layout.Layout.label_columns`: MuSe 2020
+  timestamp,value,segment_id; 2021/2022 and plain timestamp,segment_id,value)."""
   for v, p in zip(videos, preds):
     for k, target in enumerate(targets):
-      rows = np.column_stack([v.timestamp, p[:, k], v.segment_id])
-      lines = ['timestamp,value,segment_id'] + [
-          f'{int(t)},{val:.7g},{int(s)}' for t, val, s in rows.tolist()]
-      files.atomic_write(os.path.join(folder, target, f'{v.id}.csv'),
-                    '\n'.join(lines) + '\n')
+      cells = {'timestamp': [str(int(t)) for t in v.timestamp.tolist()],
+               'segment_id': [str(int(s)) for s in v.segment_id.tolist()],
+               'value': [f'{val:.7g}' for val in p[:, k].tolist()]}
+      lines = [','.join(columns)] + [','.join(row) for row in zip(*(cells[c] for c in columns))]
+      files.atomic_write(os.path.join(folder, target, f'{v.id}.csv'), '\n'.join(lines) + '\n')
 
 
 def plot_videos(workdir: str, videos, preds, targets) -> None:

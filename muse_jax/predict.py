@@ -1,9 +1,9 @@
-"""Predict arousal/valence on a new recording with a trained workdir (needs the features extra).
+"""Predict a trained workdir's targets on a new recording (needs the features extra).
 
   python -m muse_jax.predict --workdir W --wav F [--transcript T] [--model_dir DIR] --out OUTDIR
 
 Extracts the feature sets the model reads (egemaps, egemaps_lld from the audio; bert from the
-transcript) on the label grid of the recording, runs `inference.Predictor` (which applies the
+transcript) on the model's own grid (its training data's step), runs `inference.Predictor` (which applies the
 workdir's train-partition normalisation) and writes `OUTDIR/<target>.csv` (`timestamp,value`)
 and `OUTDIR/prediction.png`. The extraction must match what the model was trained on: a model
 trained on the challenge's own egemaps files sees features from a different extractor setting,
@@ -26,8 +26,9 @@ TEXT_SETS = ('bert',)
 
 def extract_inputs(inputs: list, dims: list, wav: str, transcript: str | None = None,
                    model_dir: str | None = None, win_s: float = 3.0,
-                   segment_id: int = 1) -> tuple:
-  """Raw joined features [T, sum(dims)] in the model's column order, and their timestamps."""
+                   segment_id: int = 1, step_ms: int = 250) -> tuple:
+  """Raw joined features [T, sum(dims)] in the model's column order, and their timestamps, on
+  the model's grid (`step_ms`, `Predictor.step_ms`)."""
   from muse_jax.features import audio, text, writer  # pylint: disable=import-outside-toplevel
   sets = [n for n in inputs if n != SEGMENT_ID]
   unknown = [n for n in sets if n not in AUDIO_SETS + TEXT_SETS]
@@ -48,22 +49,22 @@ def extract_inputs(inputs: list, dims: list, wav: str, transcript: str | None = 
                         f'{encoder.model_dir} gives {encoder.dim}; pass the --model_dir it was '
                         'trained with')
   x = audio.load_audio(wav)
-  n = writer.num_frames(audio.duration_ms(x))
+  n = writer.num_frames(audio.duration_ms(x), step_ms)
   parts = []
   for name, dim in zip(inputs, dims):
     if name == SEGMENT_ID:
       values = np.full((n, 1), segment_id, np.float64)
     elif name == 'egemaps':
-      values = audio.functionals(x, win_s)[1]
+      values = audio.functionals(x, win_s, step_ms)[1]
     elif name == 'egemaps_lld':
-      values = audio.lld_4hz(x)[1]
+      values = audio.lld_4hz(x, step_ms)[1]
     else:
-      values = text.text_features(transcript, encoder, n)
+      values = text.text_features(transcript, encoder, n, step_ms)
     if values.shape[1] != dim:
       raise MuseError(f'the model reads {name} with {dim} columns but extraction gives '
                       f'{values.shape[1]}; it was trained on a different version of this set')
     parts.append(np.asarray(values, np.float64))
-  return np.concatenate(parts, axis=1), writer.grid(n)
+  return np.concatenate(parts, axis=1), writer.grid(n, step_ms)
 
 
 def write_outputs(out: str, timestamps: np.ndarray, preds: np.ndarray, targets: list,
@@ -98,8 +99,8 @@ def predict_recording(workdir: str, wav: str, out: str, transcript: str | None =
   from muse_jax import inference  # pylint: disable=import-outside-toplevel
   predictor = inference.Predictor(workdir, seed_index)
   raw, timestamps = extract_inputs(list(predictor.inputs), list(predictor.dims), wav, transcript,
-                                   model_dir, win_s)
-  preds = np.asarray(predictor(raw))
+                                   model_dir, win_s, step_ms=predictor.step_ms)
+  preds = np.asarray(predictor(raw, timestamps))
   return write_outputs(out, timestamps, preds, list(predictor.targets),
                        f'{os.path.basename(wav)}: {", ".join(predictor.targets)} '
                        f'({os.path.basename(os.path.abspath(workdir))})')

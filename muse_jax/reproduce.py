@@ -3,8 +3,9 @@
 Per target: a unimodal run for every feature set of the tree, the early-fusion runs (e.g.
 egemaps+fasttext, as configs/valence.py), then late fusion over all of them. Without ROOT it runs
 on the generated demo tree (written into --out) with demo-sized runs (configs/demo.py,
-configs/late_fusion_demo.py); with ROOT, a MuSe-CaR copy, with the paper's settings
-(configs/default.py, configs/late_fusion.py). Every run is an ordinary
+configs/late_fusion_demo.py); with ROOT, a release in any layout of docs/data_format.md
+(MuSe-CaR 2020/2021, Ulm-TSST stress/physio, a plain tree; --task when it holds several), with
+the paper's settings (configs/default.py, configs/late_fusion.py) for each target of the tree. Every run is an ordinary
 `train.train_and_evaluate` workdir, `<out>/runs/<target>/<inputs>`; the table goes to
 `<out>/results.md`.
 
@@ -31,7 +32,9 @@ from muse_jax.data import reader
 from muse_jax.errors import MuseError
 
 flags.DEFINE_string('out', 'out/reproduce', 'Output folder: demo tree, tfds build, runs, table.')
-flags.DEFINE_string('root', '', 'A MuSe-layout tree (your MuSe-CaR copy); empty: the demo tree.')
+flags.DEFINE_string('root', '', 'A MuSe-family tree (release root or task folder); empty: the '
+                    'demo tree.')
+flags.DEFINE_string('task', '', 'The task, when --root holds several (e.g. c3_muse_stress).')
 flags.DEFINE_string('scale', 'demo', 'Demo tree size when --root is empty: tiny | demo | full.')
 flags.DEFINE_string('config', '', 'First-level config under configs/ or a path; empty: demo for '
                     'the demo tree, default (the paper) for --root.')
@@ -42,7 +45,8 @@ flags.DEFINE_list('early_fusion', ['egemaps+fasttext'], 'Early-fusion runs, sets
                   'combinations with a set the tree lacks are left out.')
 flags.DEFINE_integer('fusion_top', 3, 'Late fusion over the best N first-level runs by devel CCC, '
                      'as the paper fused its best models (0: all of them).')
-flags.DEFINE_list('targets', list(layout.TARGETS), 'Targets, one model per run and target.')
+flags.DEFINE_list('targets', [], 'Targets, one model per run and target; empty: every target '
+                  '(label folder) of the tree.')
 flags.DEFINE_integer('num_epochs', 0, 'Overrides num_epochs of every run (0: the configs).')
 FLAGS = flags.FLAGS
 
@@ -82,14 +86,18 @@ def train_once(config, workdir: str) -> dict:
 
 def run(out: str, root: str = '', scale: str = 'demo', config_name: str = '',
         fusion_config: str = '', features=(), early_fusion=('egemaps+fasttext',),
-        fusion_top: int = 3, targets=layout.TARGETS, num_epochs: int = 0) -> list:
+        fusion_top: int = 3, targets=(), num_epochs: int = 0, task: str = '') -> list:
   """Trains (or reads back) every run; returns [Run] in table order, target by target."""
   out = os.path.abspath(out)
   root = os.path.abspath(os.path.expanduser(root)) if root else demo.tree_in(out, scale)
+  lay = layout.resolve(root, task)
   is_demo = os.path.exists(os.path.join(root, demo.MARKER))
   config_name = config_name or ('demo' if is_demo else 'default')
   fusion_config = fusion_config or ('late_fusion_demo' if is_demo else 'late_fusion')
-  available = list(reader.discover_feature_sets(root))
+  targets = lay.check_targets(targets) if targets else lay.targets()
+  if not targets:
+    raise MuseError(f'{lay.label_folder()}: no label folders, so nothing to train on')
+  available = list(reader.discover_feature_sets(lay.root))
   sets = list(features) or available
   unknown = [s for s in sets if s not in available]
   if unknown:
@@ -105,7 +113,7 @@ def run(out: str, root: str = '', scale: str = 'demo', config_name: str = '',
 
   def configured(name, target):
     c = config_util.load_config(name)
-    c.data_root, c.data_dir = root, os.path.join(out, 'tfds')
+    c.data_root, c.data_dir, c.task = root, os.path.join(out, 'tfds'), task
     c.targets = (target,)
     if num_epochs:
       c.num_epochs = num_epochs
@@ -197,7 +205,7 @@ def main(argv):
   t0 = time.time()
   runs = run(FLAGS.out, FLAGS.root, FLAGS.scale, FLAGS.config, FLAGS.fusion_config,
              FLAGS.features, FLAGS.early_fusion, FLAGS.fusion_top, FLAGS.targets,
-             FLAGS.num_epochs)
+             FLAGS.num_epochs, FLAGS.task)
   trained = sum(r.results.get('seconds', 0.0) for r in runs)
   text = table(runs) + (f'\n\n{len(runs)} runs; wall time of this invocation '
                         f'{time.time() - t0:.0f} s (the runs took {trained:.0f} s when trained).')

@@ -20,6 +20,7 @@ from muse_jax import fusion
 from muse_jax import normalization
 from muse_jax.data import build
 from muse_jax.data import layout
+from muse_jax.data import reader
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
@@ -43,6 +44,13 @@ def prepare_data(spec, workdir: str, fit_stats: bool, require=('train', 'devel')
   fit = fit_stats and not os.path.exists(stats_path)
   stats = (normalization.compute_stats(spec, videos['train'], dims) if fit
            else normalization.NormStats.load(stats_path))
+  step = grid_step(spec)
+  if fit:
+    stats.step_ms = step
+  elif stats.step_ms and step and stats.step_ms != step:
+    raise MuseError(f'{spec.data_root}: this data is on a {step} ms grid, but the model in '
+                    f'{workdir} learnt on a {stats.step_ms} ms grid; its windows are in frames, so '
+                    'give it data on its own grid (or train a model on this one)')
   columns = {n: (build.build_info(spec.data_dir, n) or {}).get('columns')
              for n in spec.feature_sets}
   if fit:
@@ -123,7 +131,7 @@ def load_videos(spec, spill_dir: str | None = None, spill_over: float | None = N
   far_off = []
   spill = None
   if spill_dir is not None:
-    # The joined length of a video is its shortest source (_join_grid): the exact size up front.
+    # The joined length of a video is at most its shortest source (_join_grid): a bound up front.
     total = sum(min(rows(n, split, vid) for n in names)
                 for split in layout.SPLITS for vid in order[split])
     if spill_over is None or total * sum(dims) * 4 > spill_over:
@@ -134,9 +142,14 @@ def load_videos(spec, spill_dir: str | None = None, spill_over: float | None = N
     for vid in order[split]:
       per_set = {name: sets[name].read(split, vid) if name in sets else predicted[name][split][vid]
                  for name in names}
-      n = _join_grid(vid, per_set)
-      first = per_set[names[0]].select(targets).head(n)
-      cols = [per_set[name].x[:n] for name in names]
+      per_set = _join_grid(vid, per_set)
+      first = per_set[names[0]].select(targets)
+      if split in require and not first.has_labels:
+        lacking = targets[first.labelled.index(False)]
+        raise MuseError(f'{layout.label_path(root, lacking, vid)}: label file missing for '
+                        f'{split} video {vid}; add it, or train without {lacking} '
+                        '(config.targets): train and devel videos need labels of every target')
+      cols = [per_set[name].x for name in names]
       if add_segment_id:
         cols.append(first.segment_id[:, None].astype(np.float32))
       y = np.asarray(first.y, np.float32)
@@ -178,26 +191,38 @@ def _grid_videos(grid: build.FeatureSet) -> dict:
   return out
 
 
-def _join_grid(vid, per_set):
-  """Common frame count of one video across feature sets.
+def _join_grid(vid, per_set) -> dict:
+  """The sources of one video on one grid: {name: Video} with the same timestamps.
 
   The reader puts every set on the video's label grid, so sets agree whenever labels exist. For
-  videos without labels the grid is each feature file's own: sets may then differ by a few rows at
-  the end (documented quirk) -> keep the common prefix, with a log line; any other disagreement is
-  an error naming the video and the sets.
+  videos without labels the grid is each feature file's own: sets may then differ by a few rows
+  at either end (documented quirks: a file a few rows short; MuSe 2022 sets starting at 0 where
+  others start one step later) -> keep the timestamps all sets share, with a log line; sets whose
+  shared rows are not one contiguous run (a gap, another grid) are an error naming both.
   """
   names = list(per_set)
   ts = [per_set[n].timestamp for n in names]
-  n = min(len(t) for t in ts)
+  if all(len(t) == len(ts[0]) and np.array_equal(t, ts[0]) for t in ts):
+    return per_set
+  common = ts[0]
+  for t in ts[1:]:
+    common = np.intersect1d(common, t, assume_unique=True)
+  out = {}
+  step = reader.grid_step(common)
   for name, t in zip(names, ts):
-    if not np.array_equal(t[:n], ts[0][:n]):
-      bad = int(np.argmax(t[:n] != ts[0][:n]))
-      raise MuseError(f'video {vid}: feature sets {names[0]} and {name} disagree at row {bad} '
-                      f'(timestamp {ts[0][bad]} vs {t[bad]}); fix the feature files')
-  if any(len(t) != n for t in ts):
-    logging.info('video %s: feature sets differ in length %s; using the common %d rows',
-                 vid, {k: len(t) for k, t in zip(names, ts)}, n)
-  return n
+    idx = np.searchsorted(t, common)
+    left = np.setdiff1d(t, common)  # rows only this set has: must be ends on the same grid
+    if (not len(common) or idx[-1] - idx[0] + 1 != len(common)
+        or (step and ((left - common[0]) % step).any())):
+      odd = left[(left - common[0]) % step != 0] if step and len(common) else left
+      raise MuseError(f'video {vid}: feature sets {names[0]} and {name} are on different grids '
+                      f'(timestamp {odd[0] if len(odd) else t[0]} of {name} is not in every set); '
+                      'fix the feature files')
+    out[name] = per_set[name].rows(int(idx[0]), int(idx[-1]) + 1)
+  logging.info('video %s: feature sets cover %s rows; using the %d rows at the timestamps all of '
+               'them have (%d..%d ms)', vid, {k: len(t) for k, t in zip(names, ts)}, len(common),
+               common[0], common[-1])
+  return out
 
 
 class _Spill:
@@ -237,7 +262,7 @@ class _Spill:
   def map(self, videos: list) -> None:
     """Sets each video's x to its rows of the mapped file; `videos` in the order written."""
     rows = sum(self.lengths)
-    assert rows == self.rows and [len(v.timestamp) for v in videos] == self.lengths
+    assert rows <= self.rows and [len(v.timestamp) for v in videos] == self.lengths
     self.file.flush()
     mm = (np.memmap(self.file, np.float32, 'r+', shape=(rows, self.dim)) if rows
           else np.zeros((0, self.dim), np.float32))
@@ -249,6 +274,20 @@ class _Spill:
       start += n
     logging.info('inputs (%.1f GiB) written to a memory-mapped file in %s',
                  rows * self.dim * 4 / 2**30, self.folder)
+
+
+def grid_step(spec) -> int:
+  """The label grid's step (ms) of the run's built sets: read from the data by the build, one
+  for all sets (and late fusion's grid set); 0 if no video is long enough to tell."""
+  sets, runs = list(spec.feature_sets), list(spec.fusion_runs)
+  names = list(dict.fromkeys(sets + ([fusion.grid_feature_set(runs, sets)] if runs else [])))
+  steps = {n: int((build.build_info(spec.data_dir, n) or {}).get('step_ms') or 0) for n in names}
+  known = {n: s for n, s in steps.items() if s}
+  if len(set(known.values())) > 1:
+    raise MuseError(f'{spec.data_root}: feature sets are on different grids '
+                    f'({", ".join(f"{n} {s} ms" for n, s in known.items())}); early fusion joins '
+                    'them frame by frame, so put them on one grid')
+  return next(iter(known.values()), 0)
 
 
 def ensure_built(spec) -> tuple:

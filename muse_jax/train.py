@@ -50,7 +50,8 @@ def _train(spec, workdir: str) -> dict:
   config, targets, seeds = spec.config, list(spec.targets), list(spec.seeds)
   t_start = time.time()
   mngr = checkpoint.checkpoint_manager(workdir)
-  config_json = wd.config_record(config)
+  # Targets as resolved ('all' -> the tree's): what the model predicts, for evaluate/predict.
+  config_json = dict(wd.config_record(config), targets=list(targets))
   if mngr.latest_step() is not None:
     wd.check_resume(workdir, config_json)  # before any data work: a refused resume costs nothing
   videos, dims = sources.prepare_data(spec, workdir, fit_stats=True)
@@ -74,12 +75,12 @@ def _train(spec, workdir: str) -> dict:
                'one after the other' if mapped else 'vmapped', impl)
 
   model, tx, state = steps.create_state(config, sum(dims), len(targets), seeds, impl)
-  weights = jnp.asarray(config.loss_weights, jnp.float32) if len(config.loss_weights) else None
+  weights = jnp.asarray(spec.loss_weights, jnp.float32) if spec.loss_weights else None
   train_step = steps.make_train_step(model, tx, losses.get_loss(config.loss), weights,
                                      steps.micro_batches(config), per_frame=config.loss != 'ccc',
                                      seeds_map=mapped)
   eval_step = steps.make_eval_step(model, mapped)
-  signature = checkpoint.model_signature(spec, dims)
+  signature = checkpoint.model_signature(spec, dims, sources.grid_step(spec))
 
   trackers = [SeedTracker(lr=config.learning_rate, seed=seed) for seed in seeds]
   start_epoch, skipped, initial = 1, 0, None

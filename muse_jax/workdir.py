@@ -196,7 +196,7 @@ def saved_config(workdir: str) -> dict | None:
 
 
 # What evaluate must share with training: how the tree becomes normalised inputs.
-PREPROCESSING = ('data_root', 'normalize', 'add_segment_id', 'nan_policy', 'max_abs_z',
+PREPROCESSING = ('data_root', 'task', 'normalize', 'add_segment_id', 'nan_policy', 'max_abs_z',
                  'fusion_runs')
 PATHS = ('data_root', 'data_dir')  # stored absolute: a resume from another folder still matches
 
@@ -228,7 +228,7 @@ def check_resume(workdir: str, config: dict, evaluating: bool = False,
   if evaluating:  # only what turns the data into inputs; the checkpoint checks the model
     changed = [c for c in changed if c[0] in PREPROCESSING or c[0] in RESUMABLE]
   if other_tree:
-    changed = [c for c in changed if c[0] not in PATHS]
+    changed = [c for c in changed if c[0] not in PATHS + ('task',)]
   for k, a, b in changed:
     if k not in RESUMABLE:
       raise MuseError(

@@ -127,7 +127,7 @@ def assert_one_error_line(proc, *words):
 def test_missing_partition_csv(case):
   os.remove(case.partition)
   msg = case.error()
-  assert case.partition in msg and 'not found' in msg and 'root of a MuSe release' in msg
+  assert case.partition in msg and 'not found' in msg and 'looks like a MuSe 2020 release root' in msg
 
 
 def test_unknown_partition_name(case):
@@ -149,7 +149,10 @@ def test_train_video_without_label_file(case):
   os.remove(case.label('valence'))
   msg = case.error()
   assert msg.startswith(case.label('valence') + ':') and f'train video {case.vid}' in msg
-  assert 'only test videos may come without labels' in msg
+  assert 'train and devel videos need labels of every target' in msg
+  os.remove(case.label('arousal'))  # no label file at all: refused by the build itself
+  msg = case.error()
+  assert msg.startswith(case.label('arousal') + ':') and 'only test videos may come' in msg
 
 
 @pytest.mark.parametrize('which', ['feature', 'label'])
@@ -226,9 +229,9 @@ def test_dimension_differs_between_videos(case):
 
 
 def test_empty_feature_folder_named_by_the_config(case):
-  os.makedirs(os.path.join(case.root, layout.FEATURE_DIR, 'vggish'))
+  os.makedirs(os.path.join(case.root, layout.KINDS['muse2020'].feature_dir, 'vggish'))
   msg = case.error(feature_sets=('egemaps', 'vggish'))
-  assert os.path.join(layout.FEATURE_DIR, 'vggish') in msg and 'feature folder is empty' in msg
+  assert os.path.join(layout.KINDS['muse2020'].feature_dir, 'vggish') in msg and 'feature folder is empty' in msg
 
 
 def test_wrong_label_columns(case):

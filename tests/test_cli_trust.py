@@ -196,7 +196,7 @@ def test_renamed_feature_column_is_one_line(tree):
 
 
 def test_written_pandas_index_column_is_one_line(tree):
-  folder = os.path.join(tree.root, layout.FEATURE_DIR, 'fasttext')
+  folder = os.path.join(tree.root, layout.KINDS['muse2020'].feature_dir, 'fasttext')
   for name in os.listdir(folder):
     lines = tree.lines(os.path.join(folder, name))
     tree.write(os.path.join(folder, name),

@@ -178,8 +178,8 @@ def test_stale_build_is_rebuilt_others_untouched(tree, tmp_path):
   first = {n: stamp(n) for n in ('egemaps', 'fasttext')}
   build.ensure_built(copy, data_dir, 'egemaps,fasttext')
   assert {n: stamp(n) for n in first} == first  # up to date: nothing rebuilt
-  shutil.copytree(os.path.join(copy, layout.FEATURE_DIR, 'egemaps'),
-                  os.path.join(copy, layout.FEATURE_DIR, 'mine'))
+  shutil.copytree(os.path.join(copy, layout.KINDS['muse2020'].feature_dir, 'egemaps'),
+                  os.path.join(copy, layout.KINDS['muse2020'].feature_dir, 'mine'))
   build.ensure_built(copy, data_dir, ['egemaps', 'mine'])
   assert stamp('egemaps') == first['egemaps']  # a new folder does not rebuild others
   vid = summary['splits']['train'][1]
@@ -283,7 +283,7 @@ def test_cli(tree, tmp_path, capsys):
 def small_copy(root, dst, *sets):
   """Partition, labels and the given feature sets of `root`, copied under `dst`."""
   out = os.path.join(str(dst), 'tree')
-  for rel in ['metadata', layout.LABEL_DIR] + [os.path.join(layout.FEATURE_DIR, s) for s in sets]:
+  for rel in ['metadata', layout.KINDS['muse2020'].label_dir] + [os.path.join(layout.KINDS['muse2020'].feature_dir, s) for s in sets]:
     shutil.copytree(os.path.join(root, rel), os.path.join(out, rel))
   return out
 
@@ -335,7 +335,7 @@ BAD_INPUTS = [
     ('id in two partitions', lambda r, v, o: _append(PART(r), f'{v},devel\n'),
      ['partition.csv', 'video {v}']),
     ('missing feature file', lambda r, v, o: os.remove(FEAT(r, v)), ['egemaps/{v}.csv']),
-    ('missing train label', lambda r, v, o: os.remove(AROUSAL(r, v)),
+    ('missing train labels', lambda r, v, o: (os.remove(AROUSAL(r, v)), os.remove(VALENCE(r, v))),
      ['arousal/{v}.csv', 'train']),
     ('empty feature csv', lambda r, v, o: _write(FEAT(r, v), ''), ['{v}.csv', 'empty file']),
     ('header-only label', lambda r, v, o: _rows(VALENCE(r, v), lambda ls: ls[:1]),
@@ -399,7 +399,7 @@ def test_feature_set_errors(tree, tmp_path):
   copy = small_copy(root, tmp_path, 'egemaps')
   with pytest.raises(MuseError, match=r"unknown feature set 'nosuch'.*egemaps \(88\)"):
     build.ensure_built(copy, str(tmp_path / 'd'), ['egemaps', 'nosuch'])
-  os.makedirs(os.path.join(copy, layout.FEATURE_DIR, 'vggish'))
+  os.makedirs(os.path.join(copy, layout.KINDS['muse2020'].feature_dir, 'vggish'))
   assert reader.discover_feature_sets(copy) == {'egemaps': 88}  # skipped, with a warning
   with pytest.raises(MuseError, match='vggish: feature folder is empty'):
     build.ensure_built(copy, str(tmp_path / 'd'), ['vggish'])

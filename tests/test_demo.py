@@ -32,7 +32,7 @@ def test_layout_names_and_dimensions(tiny_tree):
   assert counts == {'train': round(0.57 * n), 'devel': round(0.21 * n),
                     'test': n - round(0.57 * n) - round(0.21 * n)}
   vid = next(v for v, p in part.items() if p == 'train')
-  for target in layout.TARGETS:
+  for target in ('arousal', 'valence'):
     with open(layout.label_path(root, target, vid)) as f:
       assert f.readline().strip() == 'timestamp,value,segment_id'  # the 2020 order
   header = pd.read_csv(layout.feature_path(root, 'egemaps', vid), nrows=1).columns
@@ -85,7 +85,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
   assert not mismatch and not errors
   demo.make_tree(str(tmp_path / 'c'), 'tiny', seed=8, features='egemaps,au')
   vid = a['splits']['train'][0]
-  path = os.path.join(layout.FEATURE_DIR, 'egemaps', f'{vid}.csv')
+  path = os.path.join(layout.KINDS['muse2020'].feature_dir, 'egemaps', f'{vid}.csv')
   assert not os.path.exists(tmp_path / 'c' / path) or not filecmp.cmp(
       tmp_path / 'a' / path, tmp_path / 'c' / path, shallow=False)
   # Other sets in between change nothing of these (labels, partition, egemaps, au).

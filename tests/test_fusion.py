@@ -1,7 +1,6 @@
 """Early fusion (joined, normalised feature sets), late fusion over finished runs, reproduce."""
 import json
 import os
-import types
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from muse_jax import input_pipeline as ip
 from muse_jax import normalization
 from muse_jax import reproduce
 from muse_jax import sources
+from muse_jax.data import video as video_lib
 from muse_jax.data import build
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
@@ -59,11 +59,19 @@ def test_early_fusion_joins_sets_in_config_order_and_normalises_each_as_asked(ti
   assert np.abs(train_x[:, 300:388].mean(0)).max() > 1.0  # egemaps keeps its own scales
 
 
-def test_join_grid_keeps_common_prefix_and_names_disagreeing_sets():
+def test_join_grid_keeps_shared_timestamps_and_names_disagreeing_sets():
   t = np.arange(10) * 250
-  at = lambda ts: types.SimpleNamespace(timestamp=ts)
-  assert sources._join_grid('7', {'a': at(t), 'b': at(t[:8])}) == 8
-  with pytest.raises(MuseError, match=r'video 7: feature sets a and b disagree at row 3'):
+  at = lambda ts: video_lib.unlabelled('7', ts, np.ones(len(ts)), np.arange(len(ts))[:, None] * 1.0,
+                                       ('arousal',))
+  joined = sources._join_grid('7', {'a': at(t), 'b': at(t[:8])})
+  assert [len(v.timestamp) for v in joined.values()] == [8, 8]
+  # A set starting one step earlier (MuSe 2022): its first row is left out, rows stay paired.
+  joined = sources._join_grid('7', {'a': at(t[1:]), 'b': at(t)})
+  np.testing.assert_array_equal(joined['a'].timestamp, joined['b'].timestamp)
+  np.testing.assert_array_equal(joined['b'].x[:, 0], np.arange(1, 10))
+  np.testing.assert_array_equal(joined['a'].x[:, 0], np.arange(9))
+  with pytest.raises(MuseError, match=r'video 7: feature sets a and b are on different grids '
+                                      r'\(timestamp 751 of b'):
     sources._join_grid('7', {'a': at(t), 'b': at(np.r_[t[:3], t[3:] + 1])})
 
 

@@ -81,11 +81,11 @@ def test_predict_mode_needs_no_labels_and_matches_evaluate(trained, tmp_path):
   predictions are those evaluate wrote for the same videos (same parameters, same inputs)."""
   config, work, results = trained
   root = str(tmp_path / 'new')
-  ids = sorted(os.listdir(os.path.join(config.data_root, layout.FEATURE_DIR, 'egemaps')))[:3]
+  ids = sorted(os.listdir(os.path.join(config.data_root, layout.KINDS['muse2020'].feature_dir, 'egemaps')))[:3]
   for name in ('egemaps', 'fasttext'):
     os.makedirs(layout.feature_folder(root, name))
     for f in ids:
-      shutil.copy(os.path.join(config.data_root, layout.FEATURE_DIR, name, f),
+      shutil.copy(os.path.join(config.data_root, layout.KINDS['muse2020'].feature_dir, name, f),
                   layout.feature_folder(root, name))
   os.makedirs(os.path.dirname(os.path.join(root, layout.PARTITION_CSV)))
   write_lines(os.path.join(root, layout.PARTITION_CSV),

@@ -4,11 +4,15 @@ Every training run calls `ensure_built(root, data_dir, sets)` then reads each se
 (`FeatureSet`) or whole (`load_feature_set`): parsing thousands of CSVs happens once per tree, not
 once per run.
 
-  python -m muse_jax.data.build --root ROOT --data_dir DIR [--features egemaps,fasttext]
+  python -m muse_jax.data.build --root ROOT --data_dir DIR [--task T] [--features a,b]
+
+`root` is the folder holding metadata/ (a layout root, `layout.resolve`); `data_dir` the folder
+of that task's builds (`config_util` puts a task's builds in `<data_dir>/<task>/`, the 2020
+release's directly in `<data_dir>`, so tasks with same-named feature sets never share a build).
 
 Staleness: beside each build (`<data_dir>/muse_car/<set>/<version>/muse_build.json`) we keep a
 fingerprint of its sources: the absolute root, and path, size and mtime of partition.csv, every
-label file and every file of that feature folder. A different fingerprint (a file edited, added
+label file of every target and every file of that feature folder. A different fingerprint (a file edited, added
 or removed, another root, a newer reader policy) rebuilds that set, with a log line saying why.
 Other sets' sources are not part of it, so adding a feature folder never rebuilds the others.
 
@@ -46,7 +50,7 @@ except ImportError:  # not POSIX: builds are not locked
 
 FINGERPRINT_FILE = 'muse_build.json'
 # Bump when the reader policies or the storage format change: older builds are then rebuilt.
-POLICY_VERSION = 3  # 3: feature columns matched by name
+POLICY_VERSION = 4  # 3: feature columns matched by name; 4: any layout, targets and grid step
 _READ_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -74,14 +78,18 @@ def _listing(root: str, rel: str) -> list:
 
 def fingerprint(root: str, name: str) -> dict:
   """What a build of `name` depends on; cheap (stat calls only)."""
-  root = os.path.abspath(root)
+  lay = layout.of(root)
+  root = lay.root
   files = _listing(root, 'metadata')
   files = [f for f in files if f[0] == layout.PARTITION_CSV]
-  for t in layout.TARGETS:
-    files += _listing(root, os.path.join(layout.LABEL_DIR, t))
-  files += _listing(root, os.path.join(layout.FEATURE_DIR, name))
-  blob = json.dumps([root, name, POLICY_VERSION, muse_car.VERSION, files]).encode()
-  return {'root': root, 'feature_set': name, 'policy': POLICY_VERSION, 'files': files,
+  targets = lay.targets()
+  for t in targets:
+    files += _listing(root, os.path.relpath(lay.label_folder(t), root))
+  files += _listing(root, os.path.relpath(lay.feature_folder(name), root))
+  blob = json.dumps([root, name, POLICY_VERSION, muse_car.VERSION, lay.kind, targets,
+                     files]).encode()
+  return {'root': root, 'feature_set': name, 'policy': POLICY_VERSION, 'layout': lay.kind,
+          'task': lay.task, 'targets': list(targets), 'files': files,
           'digest': hashlib.sha256(blob).hexdigest()}
 
 
@@ -109,8 +117,8 @@ def _read_json(path: str):
 
 def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
   tfds.disable_progress_bar()
-  builder = muse_car.MuseCar(config=muse_car.config_for(name, dim), data_dir=data_dir,
-                             file_format='array_record')
+  builder = muse_car.MuseCar(config=muse_car.config_for(name, dim, fp['targets']),
+                             data_dir=data_dir, file_format='array_record')
   t0 = time.time()
   try:
     with muse_car.uncompressed_writes(), muse_car.shuffle_buckets_without_tensorflow():
@@ -121,11 +129,14 @@ def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
     raise
   path = builder_dir(data_dir, name)
   records = record_index(tfds.builder_from_directory(path).as_data_source())
+  steps = {int(k): v for k, v in builder.steps.items()}
   info = dict(fp, built_s=round(time.time() - t0, 3), dim=dim, stats=builder.stats,
-              records=records, columns=builder.columns)
+              records=records, columns=builder.columns,
+              step_ms=next(iter(steps)) if steps else 0)
   files.atomic_write(os.path.join(path, FINGERPRINT_FILE), json.dumps(info))
-  logging.info('built %s (%d-d) from %s in %.1f s: %s', name, dim, root, info['built_s'],
-               {s: v.get('videos', 0) for s, v in builder.stats.items()})
+  logging.info('built %s (%d-d) from %s (%s, targets %s, %s ms grid) in %.1f s: %s', name, dim,
+               root, fp['layout'], ','.join(fp['targets']) or 'none', info['step_ms'] or '?',
+               info['built_s'], {s: v.get('videos', 0) for s, v in builder.stats.items()})
   for line in muse_car.summary_lines(name, builder.stats):
     logging.info('%s', line)
   return info
@@ -156,7 +167,7 @@ def _up_to_date(path: str, fp: dict) -> tuple:
 def ensure_built(root: str, data_dir: str, feature_sets) -> None:
   """Builds every missing or stale feature set of `root` into `data_dir`.
 
-  `feature_sets`: list or comma string of folder names under label_aligned/. Unknown names are a
+  `feature_sets`: list or comma string of feature folder names. Unknown names are a
   MuseError listing the available ones; so is any problem in the sources (see reader.py). An
   up-to-date build is only read: the lock is taken to build, so a read-only data_dir works.
   """
@@ -199,14 +210,22 @@ def built_feature_sets(data_dir: str) -> list:
                 key=reader.natural_key)
 
 
-def video_of(ex) -> Video:
-  """A stored example as the reader's Video (`muse_car.example` reversed)."""
+def _id(ex) -> str:
   vid = ex['id']
-  y = np.stack([np.asarray(ex[t], np.float32) for t in layout.TARGETS], axis=1)
-  return Video(vid.decode() if isinstance(vid, bytes) else str(vid),
-               np.asarray(ex['timestamp'], np.int64), np.asarray(ex['segment_id'], np.int32),
-               np.asarray(ex['features'], np.float32), y, layout.TARGETS,
-               tuple(bool(ex[f'has_{t}']) for t in layout.TARGETS))
+  return vid.decode() if isinstance(vid, bytes) else str(vid)
+
+
+def video_of(ex, targets) -> Video:
+  """A stored example as the reader's Video (`muse_car.example` reversed)."""
+  t = np.asarray(ex['timestamp'], np.int64)
+  if np.asarray(ex['has_labels']).size != len(targets):
+    raise MuseError(f'stored video {_id(ex)} has {np.asarray(ex["has_labels"]).size} targets, '
+                    f'its build\'s {FINGERPRINT_FILE} names {len(targets)}; delete the build to '
+                    'redo it')
+  return Video(_id(ex), t, np.asarray(ex['segment_id'], np.int32),
+               np.asarray(ex['features'], np.float32),
+               np.asarray(ex['labels'], np.float32).reshape(len(t), len(targets)), tuple(targets),
+               tuple(bool(h) for h in np.asarray(ex['has_labels']).reshape(len(targets))))
 
 
 def record_index(sources) -> dict:
@@ -215,8 +234,8 @@ def record_index(sources) -> dict:
   for split, src in sources.items():
     out[split] = []
     for i in range(len(src)):
-      v = video_of(src[i])
-      out[split].append([v.id, len(v.timestamp)])
+      ex = src[i]
+      out[split].append([_id(ex), len(ex['timestamp'])])
   return out
 
 
@@ -249,6 +268,8 @@ class FeatureSet:
     self.dim = int(builder.info.features['features'].shape[1])
     self._sources = builder.as_data_source()
     info = build_info(data_dir, name) or {}
+    self.targets = tuple(info.get('targets', ()))
+    self.step_ms = int(info.get('step_ms') or 0)  # the label grid's step (0: too short to tell)
     sizes = {split: len(src) for split, src in self._sources.items()}
     self._where = _positions(info.get('records'), sizes)
     if self._where is None:
@@ -265,7 +286,7 @@ class FeatureSet:
     return self._where[split][vid][1]
 
   def read(self, split: str, vid: str) -> Video:
-    v = video_of(self._sources[split][self._where[split][vid][0]])
+    v = video_of(self._sources[split][self._where[split][vid][0]], self.targets)
     if v.id != vid or len(v.timestamp) != self.rows(split, vid):
       raise MuseError(f'{self.path}/{FINGERPRINT_FILE}: its record index does not match the data '
                       f'({split} video {vid}); delete {self.path} to rebuild it')
@@ -286,25 +307,31 @@ def main(argv=None) -> int:
   # argparse, not absl flags: this module is imported by the training code, which has its own.
   ap = argparse.ArgumentParser(prog='python -m muse_jax.data.build',
                                description=__doc__.split('\n')[0])
-  ap.add_argument('--root', required=True, help='MuSe release root (metadata/, c1_muse_wild/)')
+  ap.add_argument('--root', required=True,
+                  help='release root or task folder (docs/data_format.md: every MuSe layout)')
+  ap.add_argument('--task', default='', help='the task, when the root holds several')
   ap.add_argument('--data_dir', required=True, help='tfds data_dir to build into')
   ap.add_argument('--features', default='',
                   help='comma list of feature sets (default: every folder in the tree)')
   args = ap.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   def build_all():
-    names = _names(args.features) or list(reader.discover_feature_sets(args.root))
-    ensure_built(args.root, args.data_dir, names)
-    return names
-  rc, names = cli.call(build_all)  # one `error:` line for bad data or a full disk
+    lay = layout.resolve(args.root, args.task)
+    data_dir = config_util.task_data_dir(args.data_dir, lay)
+    names = _names(args.features) or list(reader.discover_feature_sets(lay.root))
+    ensure_built(lay.root, data_dir, names)
+    return names, data_dir
+  rc, out = cli.call(build_all)  # one `error:` line for bad data or a full disk
   if rc:
     return rc
+  names, data_dir = out
   for name in names:
-    info = build_info(args.data_dir, name) or {}
+    info = build_info(data_dir, name) or {}
     stats = info.get('stats', {})
     print(f'{name} ({info.get("dim")}-d): ' + ', '.join(
         f'{s} {v.get("videos", 0)} videos / {v.get("frames", 0)} frames'
-        for s, v in stats.items()) + f' -> {builder_dir(args.data_dir, name)}')
+        for s, v in stats.items()) + f', {info.get("step_ms")} ms grid, targets '
+        f'{",".join(info.get("targets", [])) or "none"} -> {builder_dir(data_dir, name)}')
   return 0
 
 

@@ -1,8 +1,23 @@
-"""Writes a synthetic MuSe-Wild 2020 tree: the real layout, names and quirks, with made-up values.
+"""Writes a synthetic MuSe-family tree: a real layout, names and quirks, with made-up values.
 
 The real data is under an EULA, so tests, the demo job and benchmarks run on this instead:
 
-  python -m muse_jax.data.demo --out DIR [--scale tiny|demo|full] [--seed 0] [--features a,b]
+  python -m muse_jax.data.demo --out DIR [--layout L] [--scale tiny|demo|full] [--seed 0]
+                               [--features a,b]
+
+Layouts (`LAYOUTS`, docs/data_format.md), each with the quirks its release has:
+  muse2020          c1_muse_wild (MuSe-CaR 2020): arousal, valence at 250 ms; labels
+                    timestamp,value,segment_id; partition Id,Proposal.
+  muse2021_wilder   <out>/c1_muse_wilder (MuSe-CaR 2021): the same targets and grid, 2021 shape
+                    (feature_segments/<set>, labels timestamp,segment_id,value).
+  muse2021_stress   <out>/c3_muse_stress (Ulm-TSST): arousal, valence, physio-arousal on a 500 ms
+                    grid; a partition file whose columns the baselines read by position.
+  muse2021_physio   <out>/c4_muse_physio: anno12_EDA at 500 ms; test label files present but all
+                    NaN (withheld), not missing.
+  muse2022_stress   <out>/c3_muse_stress_2022: physio-arousal, valence at 500 ms; ids that are not
+                    small integers; labels and features with subject_id where 2021 has
+                    segment_id; some feature files start at 0 while labels start at 500 ms.
+  plain             the plain layout (metadata, features, labels) at 200 ms with string ids.
 
 Same seed -> byte-identical files. Every random draw is keyed by seed, video and feature set, so a
 set's values do not depend on which other sets are written (only where the longer/shorter-file
@@ -19,11 +34,12 @@ over each 'word') and vggface mostly valence, with weaker cross-talk. A frame-wi
 regressor reaches a devel CCC of about 0.2-0.4; the same regressor on smoothed, lag-shifted
 features about 0.6-0.8 (tests/test_demo.py checks it).
 
-Quirks of real releases, all present (their places are listed in the returned summary and in
-`demo_tree.json`): a duplicated partition row; test videos without label files; zero-vector rows
-and NaN cells in the visual sets (au, vggface); one feature file 3 rows longer than its labels and
-one 2 rows shorter; timestamps on the 250 ms grid not starting at 0; varying video lengths; segment
-ids 1, 2, ... in contiguous runs.
+Quirks of real releases, present in every layout (their places are listed in the returned
+summary and in `demo_tree.json`, beside partition.csv): a duplicated partition row; test videos
+without label files (physio: with NaN label files); zero-vector rows and NaN cells in the visual
+sets (au, vggface); one feature file 3 rows longer than its labels and one 2 rows shorter;
+timestamps on the grid not starting at 0; varying video lengths; segment ids 1, 2, ... in
+contiguous runs.
 """
 import argparse
 import dataclasses
@@ -40,7 +56,6 @@ from muse_jax import cli
 from muse_jax import config_util
 from muse_jax.data import demo_files
 from muse_jax.data import layout
-from muse_jax.data import reader
 from muse_jax.errors import MuseError
 
 # Released sets and their dimensions (docs/data_format.md); any `name:dim` works as well.
@@ -53,6 +68,43 @@ DEFAULT_FEATURES = ('egemaps', 'fasttext', 'au', 'vggface')
 VISUAL = ('au', 'vggface', 'gaze', 'landmarks_2d', 'landmarks_3d', 'openpose', 'pdm', 'pose',
           'xception')
 MARKER = 'demo_tree.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoLayout:
+  kind: str            # layout.KINDS key
+  task: str            # folder under --out ('' = --out itself)
+  targets: tuple
+  step_ms: int
+  partition_header: str = 'Id,Proposal'
+  label_columns: tuple = layout.COLUMNS_2021
+  feature_meta: tuple = ('timestamp', 'segment_id')
+  ids: str = 'small'   # small | large | names
+  test_labels: str = 'missing'  # missing | nan: how withheld test labels look
+  features_from_zero: bool = False  # some feature files start at 0, before the labels
+
+
+LAYOUTS = {
+    'muse2020': DemoLayout('muse2020', '', ('arousal', 'valence'), 250,
+                           label_columns=layout.COLUMNS_2020),
+    'muse2021_wilder': DemoLayout('muse2021', 'c1_muse_wilder', ('arousal', 'valence'), 250),
+    'muse2021_stress': DemoLayout('muse2021', 'c3_muse_stress',
+                                  ('arousal', 'valence', 'physio-arousal'), 500,
+                                  partition_header='subject,gender,fold'),
+    'muse2021_physio': DemoLayout('muse2021', 'c4_muse_physio', ('anno12_EDA',), 500,
+                                  test_labels='nan'),
+    'muse2022_stress': DemoLayout('muse2021', 'c3_muse_stress_2022', ('physio-arousal', 'valence'),
+                                  500, partition_header='subject_id,partition',
+                                  label_columns=('timestamp', 'value', 'subject_id'),
+                                  feature_meta=('timestamp', 'subject_id'), ids='large',
+                                  features_from_zero=True),
+    'plain': DemoLayout('plain', '', ('arousal', 'valence'), 200, partition_header='Id,Partition',
+                        ids='names'),
+}
+# How each target is made from the latent curves (arousal-like, valence-like, a third one).
+TARGET_MIX = {'valence': (0.0, 1.0, 0.0), 'physio-arousal': (0.7, 0.0, 0.3),
+              'anno12_EDA': (0.8, 0.0, 0.2)}
+AROUSAL_LIKE = (1.0, 0.0, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +203,17 @@ def _parse_features(features) -> dict:
   return out
 
 
-def _layout(scale: Scale, seed: int) -> dict:
+def _ids(kind: str, raw: np.ndarray) -> list:
+  if kind == 'large':  # e.g. the 2022 release's subject ids
+    return [str(10_000_000 + 7919 * int(i)) for i in raw]
+  if kind == 'names':
+    return [f'rec_{int(i):03d}' for i in raw]
+  return [str(int(i)) for i in raw]
+
+
+def _layout(scale: Scale, seed: int, demo_layout: DemoLayout = None) -> dict:
   """Ids, lengths, partitions, start times, segments: independent of the feature sets."""
+  demo_layout = demo_layout or LAYOUTS['muse2020']
   rng = np.random.default_rng([seed, 0])
   n = scale.n_videos
   ids = np.sort(rng.choice(int(n * 1.15) + 5, n, replace=False))
@@ -168,7 +229,9 @@ def _layout(scale: Scale, seed: int) -> dict:
   part[order[:n_train]] = 'train'
   part[order[n_train:n_train + n_devel]] = 'devel'
   part[order[n_train + n_devel:]] = 'test'
-  starts = layout.STEP_MS * rng.integers(0, 60, n) * (rng.random(n) < 0.75)
+  starts = demo_layout.step_ms * rng.integers(0, 60, n) * (rng.random(n) < 0.75)
+  if demo_layout.features_from_zero:
+    starts = np.maximum(starts, demo_layout.step_ms)  # labels start one step in
   segments = []
   for t in lens:
     runs = []
@@ -179,20 +242,21 @@ def _layout(scale: Scale, seed: int) -> dict:
   test = [i for i in range(n) if part[i] == 'test']
   train = [i for i in range(n) if part[i] == 'train']
   pick = rng.choice(train, 3, replace=False)
-  return dict(ids=[str(i) for i in ids], lens=lens, part=part, starts=starts, segments=segments,
+  return dict(ids=_ids(demo_layout.ids, ids), lens=lens, part=part, starts=starts, segments=segments,
               unlabelled=set(test[::2]), duplicate=int(pick[0]), longer=int(pick[1]),
               shorter=int(pick[2]))
 
 
 def _latents(seed: int, i: int, n: int) -> np.ndarray:
-  """Smooth arousal/valence curves in (-1, 1), [2, n + LEAD_MARGIN] (with a per-video offset).
+  """Smooth curves in (-1, 1), [3, n + LEAD_MARGIN] (with a per-video offset): arousal-like,
+  valence-like and a third one that only physiological targets mix in (TARGET_MIX).
 
   One random stream per target, and the first k values depend only on the first k + 6 sigma
   draws: the curves are the same whatever the video's extra rows or the sets being written.
   """
   r = int(3 * LABEL_SMOOTH)
   out = []
-  for k in range(2):
+  for k in range(3):
     rng = np.random.default_rng([seed, 1, i, k])
     offset = rng.normal(0, 0.5)
     out.append(np.tanh(0.7 * _smooth(rng.standard_normal(n + LEAD_MARGIN + 2 * r),
@@ -252,55 +316,78 @@ def _visual_gaps(x: np.ndarray, name: str, rng, counts: dict) -> None:
       counts['nan_cells'] += int(c.sum())
 
 
-def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None) -> dict:
+def _label_values(latents: np.ndarray, target: str) -> np.ndarray:
+  return np.tensordot(np.asarray(TARGET_MIX.get(target, AROUSAL_LIKE)), latents, axes=1)
+
+
+def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
+              layout_name: str = 'muse2020') -> dict:
   """Writes the tree under `out`; returns a summary (ids per split, frames, where the quirks are).
 
   `features`: names (comma string or list) of released sets or `name:dim`; default egemaps,
-  fasttext, au, vggface. Refuses to write into a non-empty folder that is not a demo tree.
+  fasttext, au, vggface. `layout_name`: a key of LAYOUTS; the 2021/2022 layouts write their task
+  folder under `out` (a release root; other tasks there are left alone). Refuses to write into a
+  non-empty folder that is not a demo tree.
   """
   if scale not in SCALES:
     raise MuseError(f'unknown scale {scale!r}; use one of {", ".join(SCALES)}')
+  if layout_name not in LAYOUTS:
+    raise MuseError(f'unknown layout {layout_name!r}; use one of {", ".join(LAYOUTS)}')
+  dl = LAYOUTS[layout_name]
   sets = _parse_features(features)
   out = os.path.abspath(out)
-  if os.path.isdir(out) and os.listdir(out):
-    if not os.path.exists(os.path.join(out, MARKER)):
-      raise MuseError(f'{out}: not empty and not a demo tree ({MARKER} missing); refusing to '
+  root = os.path.join(out, dl.task) if dl.task else out
+  if os.path.isdir(root) and os.listdir(root):
+    if not os.path.exists(os.path.join(root, MARKER)):
+      raise MuseError(f'{root}: not empty and not a demo tree ({MARKER} missing); refusing to '
                       'overwrite, pick an empty or new folder')
-    for sub in ('metadata', 'c1_muse_wild', MARKER):
-      p = os.path.join(out, sub)
+    for sub in ('metadata', 'c1_muse_wild', 'feature_segments', 'label_segments', 'features',
+                'labels', MARKER):
+      p = os.path.join(root, sub)
       shutil.rmtree(p) if os.path.isdir(p) else os.path.exists(p) and os.remove(p)
-  lay = _layout(SCALES[scale], seed)
+  lay = _layout(SCALES[scale], seed, dl)
+  tree = layout.Layout(dl.kind, root, dl.task or (
+      layout.TASK_2020 if dl.kind == 'muse2020' else os.path.basename(root)))
   names = list(sets)
   quirks = {
       'duplicated_partition_id': lay['ids'][lay['duplicate']],
       'unlabelled_test_ids': [lay['ids'][i] for i in sorted(lay['unlabelled'])],
+      'test_labels_withheld_as': dl.test_labels,
       'longer_feature_file': {'id': lay['ids'][lay['longer']], 'feature_set': names[0],
                               'extra_rows': 3},
       'shorter_feature_file': {'id': lay['ids'][lay['shorter']], 'feature_set': names[-1],
                                'missing_rows': 2},
       'zero_rows': {}, 'nan_cells': {},
   }
-  for d in [os.path.join(out, 'metadata')] + [
-      os.path.join(out, layout.LABEL_DIR, t) for t in layout.TARGETS] + [
-      os.path.join(out, layout.FEATURE_DIR, s) for s in names]:
+  if dl.features_from_zero:
+    quirks['features_from_zero'] = names[0]
+  for d in [os.path.join(root, 'metadata')] + [tree.label_folder(t) for t in dl.targets] + [
+      tree.feature_folder(s) for s in names]:
     os.makedirs(d, exist_ok=True)
-  rows = [f'{vid},{p}' for vid, p in zip(lay['ids'], lay['part'])]
+  extra_cols = len(dl.partition_header.split(',')) - 2  # e.g. gender: not read
+  rows = [','.join([vid] + ['x'] * extra_cols + [p]) for vid, p in zip(lay['ids'], lay['part'])]
   rows.append(rows[lay['duplicate']])
-  with open(os.path.join(out, layout.PARTITION_CSV), 'w') as f:
-    f.write('Id,Proposal\n' + '\n'.join(rows) + '\n')
+  with open(tree.partition_path, 'w') as f:
+    f.write(dl.partition_header + '\n' + '\n'.join(rows) + '\n')
 
   frames = 0
+  step = dl.step_ms
   for i, vid in enumerate(lay['ids']):
     n = int(lay['lens'][i])
     frames += n
     extra = 3 if i == lay['longer'] else 0
-    t = lay['starts'][i] + layout.STEP_MS * np.arange(n + extra, dtype=np.int64)
+    t = lay['starts'][i] + step * np.arange(n + extra, dtype=np.int64)
     seg = np.concatenate([lay['segments'][i], np.full(extra, lay['segments'][i][-1], np.int32)])
+    meta = {'timestamp': t, 'segment_id': seg, 'subject_id': np.full(len(t), i + 1)}
     labels = _latents(seed, i, n + extra)
-    if i not in lay['unlabelled']:
-      for k, target in enumerate(layout.TARGETS):
-        demo_files.write_csv(layout.label_path(out, target, vid), list(reader.LABEL_COLUMNS),
-                   [t[:n], labels[k, :n], seg[:n]], [0, 4, 0])
+    withheld = i in lay['unlabelled']
+    if not withheld or dl.test_labels == 'nan':
+      for target in dl.targets:
+        value = _label_values(labels, target)[:n] if not withheld else np.full(n, np.nan)
+        cols = {**meta, 'value': value}
+        demo_files.write_csv(tree.label_path(target, vid), list(dl.label_columns),
+                             [cols[c][:n] for c in dl.label_columns],
+                             [4 if c == 'value' else 0 for c in dl.label_columns])
     for name, dim in sets.items():
       m = n + extra if (i == lay['longer'] and name == names[0]) else n
       if i == lay['shorter'] and name == names[-1]:
@@ -312,17 +399,24 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None) -> di
         for k, v in counts.items():
           if v:
             quirks[k][name] = quirks[k].get(name, 0) + v
-      demo_files.write_csv(layout.feature_path(out, name, vid),
-                 ['timestamp', 'segment_id'] + demo_files.column_names(name, dim),
-                 [t[:m], seg[:m], x], [0, 0] + list(_decimals(name, dim, seed)))
+      cols = [meta[c][:m] for c in dl.feature_meta] + [x]
+      if dl.features_from_zero and name == names[0]:  # rows from 0 up to the first label
+        lead = int(t[0] // step)
+        cols = [np.concatenate([step * np.arange(lead), c]) for c in cols[:1]] + [
+            np.concatenate([np.full(lead, c[0]), c]) for c in cols[1:-1]] + [
+            np.concatenate([np.repeat(x[:1], lead, axis=0), x])]
+      demo_files.write_csv(tree.feature_path(name, vid),
+                           list(dl.feature_meta) + demo_files.column_names(name, dim),
+                           cols, [0] * len(dl.feature_meta) + list(_decimals(name, dim, seed)))
   split_ids = {p: [v for v, q in zip(lay['ids'], lay['part']) if q == p] for p in layout.SPLITS}
-  summary = {'scale': scale, 'seed': seed, 'videos': len(lay['ids']), 'frames': int(frames),
-             'splits': split_ids, 'feature_sets': sets, 'quirks': quirks}
-  with open(os.path.join(out, MARKER), 'w') as f:
+  summary = {'scale': scale, 'seed': seed, 'layout': layout_name, 'task': tree.task,
+             'targets': list(dl.targets), 'step_ms': step, 'videos': len(lay['ids']),
+             'frames': int(frames), 'splits': split_ids, 'feature_sets': sets, 'quirks': quirks}
+  with open(os.path.join(root, MARKER), 'w') as f:
     json.dump(summary, f, indent=1, sort_keys=True)
-  logging.info('demo tree (%s, seed %d): %d videos, %d frames, sets %s -> %s', scale, seed,
-               summary['videos'], frames, ','.join(names), out)
-  return dict(summary, root=out)
+  logging.info('demo tree (%s, %s, seed %d): %d videos, %d frames, sets %s -> %s', layout_name,
+               scale, seed, summary['videos'], frames, ','.join(names), root)
+  return dict(summary, root=root)
 
 
 def tree_in(out: str, scale: str = 'demo') -> str:
@@ -343,15 +437,17 @@ def main(argv=None) -> int:
   ap.add_argument('--scale', default='demo', choices=list(SCALES),
                   help='tiny (unit tests), demo (default), full (benchmarks)')
   ap.add_argument('--seed', type=int, default=0, help='same seed -> identical files')
+  ap.add_argument('--layout', default='muse2020', choices=list(LAYOUTS),
+                  help='release layout to write (module docstring), default muse2020')
   ap.add_argument('--features', default=','.join(DEFAULT_FEATURES),
                   help='comma list of feature sets to write; name:dim for your own')
   args = ap.parse_args(argv)
   logging.set_verbosity(logging.INFO)
-  rc, s = cli.call(make_tree, args.out, args.scale, args.seed, args.features)
+  rc, s = cli.call(make_tree, args.out, args.scale, args.seed, args.features, args.layout)
   if rc:
     return rc
-  print(f'{s["root"]}: {s["videos"]} videos ('
-        + ', '.join(f'{k} {len(v)}' for k, v in s['splits'].items())
+  print(f'{s["root"]} ({s["layout"]}, {s["step_ms"]} ms, targets {",".join(s["targets"])}): '
+        f'{s["videos"]} videos (' + ', '.join(f'{k} {len(v)}' for k, v in s['splits'].items())
         + f'), {s["frames"]} frames, feature sets '
         + ', '.join(f'{k} ({d})' for k, d in s['feature_sets'].items()))
   return 0

@@ -1,9 +1,12 @@
-"""tfds builder `muse_car`: one example per video of a MuSe-Wild 2020 / MuSe-CaR release.
+"""tfds builder `muse_car`: one example per video of a MuSe-family tree (any `layout.py` layout).
 
-The release is under an EULA, so nothing is downloaded: the release root is the manual dir
-(`tfds.download.DownloadConfig(manual_dir=root)`). There is one builder config per feature set,
-named after its folder and discovered from the tree (`config_for`), so a user's own folder
-(e.g. vggish, 128-d) works without code changes and adding a set never rebuilds the others.
+The releases are under an EULA, so nothing is downloaded: the layout's root (the folder holding
+metadata/) is the manual dir (`tfds.download.DownloadConfig(manual_dir=root)`). There is one
+builder config per feature set, named after its folder and discovered from the tree
+(`config_for`), so a user's own folder (e.g. vggish, 128-d) works without code changes and adding
+a set never rebuilds the others; tasks build under their own folder (`build.builder_dir`). Every
+target of the tree is stored (`labels` [T, K], names in the config), so one build serves runs on
+any of them.
 Parsing and the policies for the quirks of real data live in `reader.py`. Use `build.py`
 (`ensure_built`, `load_feature_set`) rather than this module directly.
 """
@@ -38,8 +41,9 @@ VERSION = '1.0.0'
 
 @dataclasses.dataclass(eq=False)
 class MuseCarConfig(tfds.core.BuilderConfig):
-  """One feature set: its folder name and dimension D."""
+  """One feature set: its folder name, dimension D and the tree's targets (label folders)."""
   dim: int = 0
+  targets: tuple = ()
 
 
 class _UncompressedArrayRecord(tfds.core.file_adapters.ArrayRecordFileAdapter):
@@ -120,9 +124,10 @@ def shuffle_buckets_without_tensorflow():
     shuffle.tf = old
 
 
-def config_for(name: str, dim: int) -> MuseCarConfig:
-  return MuseCarConfig(name=name, dim=dim, version=VERSION,
-                       description=f'MuSe-CaR label-aligned feature set {name} ({dim}-d)')
+def config_for(name: str, dim: int, targets=()) -> MuseCarConfig:
+  return MuseCarConfig(name=name, dim=dim, targets=tuple(targets), version=VERSION,
+                       description=f'label-aligned feature set {name} ({dim}-d), targets '
+                       f'{", ".join(targets) or "none"}')
 
 
 def _array(shape, dtype):
@@ -131,21 +136,22 @@ def _array(shape, dtype):
 
 
 class MuseCar(tfds.core.GeneratorBasedBuilder):
-  """MuSe-CaR videos on their label grid: features [T, D], arousal/valence [T] (NaN if absent)."""
+  """Videos on their label grid: features [T, D], labels [T, K] of every target (NaN if absent)."""
 
   VERSION = tfds.core.Version(VERSION)
   BUILDER_CONFIGS = []  # discovered from the tree: pass config=config_for(name, dim)
   # tfds derives this from the package via importlib_resources (not installed, not needed).
   code_path = epath.Path(__file__)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'The MuSe-CaR data is released under an EULA. Set manual_dir to the root of your copy: the '
-      'folder holding metadata/partition.csv and c1_muse_wild/.')
+      'The MuSe data is released under an EULA. Set manual_dir to the root of your copy: the '
+      'folder holding metadata/partition.csv (docs/data_format.md).')
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
     self.error = None   # message of the MuseError of a failed build (tfds rewraps exceptions)
     self.stats = {}     # per split: what the reader policies did, summed over videos
     self.columns = []   # the set's feature column names, in stored order
+    self.steps = {}     # grid step (ms) -> [number of videos, first such video]
 
   # tfds prints 'Downloading and preparing dataset Unknown size ...' to stdout around every
   # build; build.py logs one line per build instead.
@@ -160,16 +166,16 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
     # next to this module, and no TensorFlow needed.
     return tfds.core.DatasetInfo(
         builder=self,
-        description='MuSe-Wild 2020 / MuSe-CaR continuous arousal and valence, 4 Hz.',
+        description='MuSe-family continuous per-frame labels (' + (
+            ', '.join(self.builder_config.targets) or 'none') + ') on the label grid.',
         features=tfds.features.FeaturesDict({
             'id': tfds.features.Text(),
             'timestamp': _array((None,), np.int64),
             'segment_id': _array((None,), np.int32),
             'features': _array((None, self.builder_config.dim), np.float32),
-            'arousal': _array((None,), np.float32),
-            'valence': _array((None,), np.float32),
-            'has_arousal': tfds.features.Scalar(dtype=np.bool_),
-            'has_valence': tfds.features.Scalar(dtype=np.bool_),
+            # [T * K] and [K], flat: tfds cannot decode a zero-width [T, 0] (no label folders).
+            'labels': _array((None,), np.float32),
+            'has_labels': _array((None,), np.bool_),
         }),
         homepage='https://www.muse-challenge.org/',
     )
@@ -201,22 +207,30 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
     total = self.stats.setdefault(split, {})
     for vid in ids:
       try:
-        video, stats = reader.read_video_with_stats(root, name, vid, split, self.columns)
+        video, stats = reader.read_video_with_stats(root, name, vid, split, self.columns,
+                                                    self.builder_config.targets)
       except MuseError as e:
         self.error = str(e)
         raise
+      step = stats.pop('step_ms')
+      if step and self.steps and step not in self.steps:
+        other, (_, first) = next(iter(self.steps.items()))
+        self.error = (f'{layout.feature_path(root, name, vid)}: video {vid} is on a {step} ms '
+                      f'grid but video {first} (and others) on {other} ms; every video of a tree '
+                      'needs the same grid step (resample the odd ones)')
+        raise MuseError(self.error)
+      if step:
+        self.steps.setdefault(step, [0, vid])[0] += 1
       for k, v in stats.items():
         total[k] = total.get(k, 0) + v
       yield vid, example(video)
 
 
 def example(video) -> dict:
-  """A reader Video as a tfds example (one array per target; `build.video_of` reverses it)."""
-  out = {'id': video.id, 'timestamp': video.timestamp, 'segment_id': video.segment_id,
-         'features': video.x}
-  for t in layout.TARGETS:
-    out[t], out[f'has_{t}'] = video.label(t), video.has(t)
-  return out
+  """A reader Video as a tfds example (`build.video_of` reverses it)."""
+  return {'id': video.id, 'timestamp': video.timestamp, 'segment_id': video.segment_id,
+          'features': video.x, 'labels': np.asarray(video.y, np.float32).reshape(-1),
+          'has_labels': np.asarray(video.labelled, np.bool_).reshape(-1)}
 
 
 def summary_lines(name: str, stats: dict) -> list:
@@ -234,4 +248,8 @@ def summary_lines(name: str, stats: dict) -> list:
     if s.get('unlabelled'):
       lines.append(f'{name}: {s["unlabelled"]} {split} videos have no label files; kept with NaN '
                    'labels (no metrics for them)')
+    if s.get('partly_labelled'):
+      lines.append(f'{name}: {s["partly_labelled"]} {split} videos lack the label files of some '
+                   'targets; kept, those targets marked unlabelled (runs on them refuse '
+                   'train/devel videos without them)')
   return lines

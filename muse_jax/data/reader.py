@@ -1,24 +1,32 @@
-"""Reads a MuSe-Wild 2020 / MuSe-CaR release tree into `Video`s, one video at a time.
+"""Reads a MuSe-family tree (any layout of `layout.py`) into `Video`s, one video at a time.
 
-Layout (`layout.py`, docs/data_format.md): `metadata/partition.csv` (Id,Proposal),
-`c1_muse_wild/feature_segments/label_aligned/<feature_set>/<Id>.csv` (timestamp,segment_id,<D>),
-`c1_muse_wild/label_segments/{arousal,valence}/<Id>.csv` (timestamp,value,segment_id in 2020,
-timestamp,segment_id,value in 2021: columns are always read by name). Pure numpy/pandas so that it
-can be tested and used without tfds; `muse_car.py` turns its output into a tfds dataset.
+`root` is always the folder holding metadata/partition.csv (`layout.resolve` finds it); its
+`layout.of(root)` says where feature sets (`<set>/<Id>.csv`: timestamp,segment_id,<D>) and targets
+(`<target>/<Id>.csv`: timestamp, value and segment_id in any order) live. Columns are always read
+by name. Pure numpy/pandas so that it can be tested and used without tfds; `muse_car.py` turns its
+output into a tfds dataset.
 
 Policies for the quirks of real releases (each one is logged with the file it concerns):
-  * partition.csv: a row repeated under the same partition is dropped; an id listed under two
-    partitions, or a partition other than train/devel/test, is an error.
+  * partition.csv: the id column is `Id` (or `id`, `subject_id`, ...), the partition column
+    `Proposal`/`Partition`/`split`; a column not found by name is taken where the baselines take
+    it, the id from the first column, the partition from the last (logged). A row repeated under the same
+    partition is dropped; an id listed under two partitions, or a partition other than
+    train/devel/test, is an error. Ids are strings (`'1'`, `'subj_07'`), sorted naturally.
   * Feature files of ids that partition.csv does not list are ignored (logged once per set).
-  * Label files may be missing for test videos (the challenge withheld them): such a video still
-    yields a Video with NaN labels, `labelled` False, and the timestamps of its
-    feature file as its grid. A train/devel video without both label files is an error.
+  * Targets are the layout's label folders (any names). Label files may be missing for test
+    videos (the challenge withheld them): such a video still yields a Video with NaN labels,
+    `labelled` False, and the timestamps of its feature file as its grid. A train/devel video
+    without any label file is an error; one missing only some targets is kept with those marked
+    unlabelled (counted, logged by the build), and a run asking for such a target refuses it.
   * Everything is put on the LABEL grid, matching feature rows BY TIMESTAMP: feature rows before
     the first or after the last label timestamp are dropped; up to `PAD_TOLERANCE_ROWS` label rows
     missing at the end of the feature file are filled by repeating its last row; anything else (a
     gap, an off-grid row inside the labelled span, disjoint timestamps, a much shorter file) is an
     error naming the video, the feature set and the first mismatching timestamp.
-  * The arousal and valence files of a video must share timestamps and segment ids (error).
+  * All label files of a video must share timestamps and segment ids (error naming both).
+  * The grid step of a video is its label timestamps' most common step (`grid_step`); the build
+    checks that all videos share one and keeps it with the data (250 ms for MuSe-CaR, 500 ms for
+    Ulm-TSST); runs hold it with the model.
   * Inf cells become NaN; NaN cells are kept as NaN (the training pipeline decides what to do
     with them); zero-vector rows (no face found) are kept. Counts go into each video's stats,
     which the build sums and logs once per set (a release has hundreds of files).
@@ -37,17 +45,20 @@ import numpy as np
 
 from muse_jax.data import layout
 from muse_jax.data.csv_table import Table, check_header, read_header, read_table
-from muse_jax.data.layout import FEATURE_DIR, PARTITION_CSV, SPLITS, TARGETS
+from muse_jax.data.layout import PARTITION_CSV, SPLITS
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
-LABEL_COLUMNS = ('timestamp', 'value', 'segment_id')
+LABEL_COLUMNS = layout.COLUMNS_2020  # the columns of a label file (any order)
+# Columns of a feature or label file that are never features or values: MuSe 2022 files may hold
+# the subject's id in the second column (where 2020/2021 hold segment_id).
+META_COLUMNS = ('timestamp', 'segment_id', 'subject_id', 'video_id', 'file_id', 'id')
 # A feature file may end this many label rows (2 s at 4 Hz) early; the gap is filled by repeating
 # its last row. Real releases differ by a few rows at the end; more than that is misalignment.
 PAD_TOLERANCE_ROWS = 8
 
-_PARTITION_ID_COLUMNS = ('id',)
-_PARTITION_NAME_COLUMNS = ('proposal', 'partition', 'split')
+_PARTITION_ID_COLUMNS = ('id', 'video_id', 'subject_id', 'subject', 'vid')
+_PARTITION_NAME_COLUMNS = ('proposal', 'partition', 'split', 'set')
 
 
 def natural_key(s: str):
@@ -79,7 +90,13 @@ def _time_column(table: Table) -> np.ndarray:
 
 
 def _segment_column(table: Table) -> np.ndarray:
-  s = table.values[:, _find(table.columns, 'segment_id')]
+  """segment_id as int32; a file without one (MuSe 2022) is one segment, 1 (logged once)."""
+  j = _find(table.columns, 'segment_id')
+  if j is None:
+    _once('%s (and others like it): no segment_id column; every row is segment 1',
+          os.path.dirname(table.path))
+    return np.ones(len(table.values), np.int32)
+  s = table.values[:, j]
   bad = ~np.isfinite(s) | (s != np.round(s))
   if bad.any():
     i = int(np.argmax(bad))
@@ -118,8 +135,8 @@ def read_partition(root: str) -> dict:
   """{video id (str) -> 'train'|'devel'|'test'}, in natural id order."""
   path = os.path.join(root, PARTITION_CSV)
   if not os.path.isfile(path):
-    _fail(f'{path}: partition file not found; is {root} the root of a MuSe release '
-          '(holding metadata/ and c1_muse_wild/)?')
+    _fail(f'{path}: partition file not found; is {root} the root of a MuSe release or task '
+          '(holding metadata/partition.csv)?')
   with open(path, 'rb') as f:
     text = f.read().removeprefix(b'\xef\xbb\xbf').decode('utf-8', errors='replace')
   rows = [(i + 1, r) for i, r in enumerate(csv.reader(io.StringIO(text)))
@@ -131,7 +148,13 @@ def read_partition(root: str) -> dict:
   id_col = next((header.index(c) for c in _PARTITION_ID_COLUMNS if c in header), None)
   part_col = next((header.index(c) for c in _PARTITION_NAME_COLUMNS if c in header), None)
   if id_col is None or part_col is None:
-    _fail(f'{path}: header is {rows[0][1]}; expected the columns Id and Proposal')
+    if len(header) < 2:
+      _fail(f'{path}: header is {rows[0][1]}; expected the columns Id and Proposal (or Partition)')
+    # The baselines' reading (MuSe 2021/2022): id first, partition last, whatever their names.
+    id_col = 0 if id_col is None else id_col
+    part_col = len(header) - 1 if part_col is None else part_col
+    _once('%s: no Id/Proposal columns by name; id from column %r, partition from column %r',
+          path, rows[0][1][id_col], rows[0][1][part_col])
   if len(rows) == 1:
     _fail(f'{path}: empty partition (header only); list one video per row as Id,Proposal')
   out, where = {}, {}
@@ -156,7 +179,7 @@ def read_partition(root: str) -> dict:
 
 
 def _feature_files(root: str, name: str) -> list:
-  folder = os.path.join(root, FEATURE_DIR, name)
+  folder = layout.feature_folder(root, name)
   files = sorted((f for f in os.listdir(folder) if f.endswith('.csv') and not f.startswith('.')),
                  key=natural_key)
   if not files:
@@ -172,7 +195,7 @@ def feature_dim(root: str, name: str) -> int:
 def set_columns(root: str, name: str) -> list:
   """The feature column names of a set: those of its first file (natural id order). Every other
   file must have the same names, in any order (read_video_with_stats)."""
-  folder = os.path.join(root, FEATURE_DIR, name)
+  folder = layout.feature_folder(root, name)
   if not os.path.isdir(folder):
     _fail(f'{folder}: no such feature folder')
   first = os.path.join(folder, _feature_files(root, name)[0])
@@ -183,13 +206,12 @@ def _feature_columns(path: str) -> list:
   """[(name, index in the file)] of the feature columns of a feature file's header."""
   columns = read_header(path)
   low = [c.lower() for c in columns]
-  for need in ('timestamp', 'segment_id'):
-    if need not in low:
-      _fail(f'{path}: no {need!r} column in the header; feature files start with '
-            'timestamp,segment_id followed by the feature columns')
-  out = [(c, i) for i, c in enumerate(columns) if c.lower() not in ('timestamp', 'segment_id')]
+  if 'timestamp' not in low:
+    _fail(f"{path}: no 'timestamp' column in the header; feature files start with "
+          'timestamp,segment_id followed by the feature columns')
+  out = [(c, i) for i, c in enumerate(columns) if c.lower() not in META_COLUMNS]
   if not out:
-    _fail(f'{path}: no feature columns besides timestamp and segment_id')
+    _fail(f'{path}: no feature columns besides {", ".join(c for c in columns)}')
   seen = {}
   for c, i in out:
     if c in seen:
@@ -228,15 +250,15 @@ def feature_column(root: str, name: str, vid: str, j: int) -> tuple:
 
 
 def discover_feature_sets(root: str) -> dict:
-  """{feature set name -> dimension} for every usable folder under label_aligned/.
+  """{feature set name -> dimension} for every usable folder of the layout's feature folder.
 
   Never a fixed list: users add their own folders (e.g. vggish, 128-d). An empty or unreadable
   folder is left out with a warning here (it should not block runs on other sets) and is an error
   when it is asked for by name (`feature_dim`).
   """
-  base = os.path.join(root, FEATURE_DIR)
+  base = layout.feature_folder(root)
   if not os.path.isdir(base):
-    _fail(f'{base}: feature folder not found; is {root} the root of a MuSe release?')
+    _fail(f'{base}: feature folder not found; is {root} the root of a MuSe release or task?')
   out = {}
   for name in sorted(os.listdir(base), key=natural_key):
     if name.startswith('.') or not os.path.isdir(os.path.join(base, name)):
@@ -251,9 +273,9 @@ def discover_feature_sets(root: str) -> dict:
 def check_feature_set(root: str, name: str) -> int:
   """D of a requested feature set; unknown names are an error listing the available ones."""
   if (not name or name.startswith('.') or os.sep in name or
-      not os.path.isdir(os.path.join(root, FEATURE_DIR, name))):
+      not os.path.isdir(layout.feature_folder(root, name))):
     available = discover_feature_sets(root)
-    _fail(f'unknown feature set {name!r}; {os.path.join(root, FEATURE_DIR)} holds: '
+    _fail(f'unknown feature set {name!r}; {layout.feature_folder(root)} holds: '
           f'{", ".join(f"{k} ({d})" for k, d in available.items()) or "none"}; choose from these '
           '(config.feature_sets, or --features)')
   return feature_dim(root, name)
@@ -276,15 +298,25 @@ def _read_label(root: str, target: str, vid: str):
     return None
   table = read_table(path)
   low = [c.lower() for c in table.columns]
-  if sorted(low) != sorted(LABEL_COLUMNS):
+  extra = [c for c in table.columns if c.lower() not in META_COLUMNS + ('value',)]
+  if 'timestamp' not in low or 'value' not in low or extra or len(set(low)) != len(low):
     _fail(f'{path}: label columns are {",".join(table.columns)}; expected timestamp, value and '
-          'segment_id (any order)')
+          'segment_id (any order; segment_id may be missing or be subject_id)')
   value = table.values[:, low.index('value')].astype(np.float32)
   n_inf = _inf_to_nan(value, path)
   n_nan = int(np.isnan(value).sum()) - n_inf
   if n_nan:
     logging.info('%s: %d NaN label values kept as NaN', path, n_nan)
   return _time_column(table), _segment_column(table), value
+
+
+def grid_step(t: np.ndarray) -> int:
+  """The most common step between timestamps, in ms (0 for fewer than two rows): the grid a
+  video is on, robust to gaps between segments."""
+  if len(t) < 2:
+    return 0
+  steps, counts = np.unique(np.diff(np.asarray(t, np.int64)), return_counts=True)
+  return int(steps[np.argmax(counts)])
 
 
 def _align(label_t: np.ndarray, feat_t: np.ndarray, feat_lines: np.ndarray, where: str) -> tuple:
@@ -318,38 +350,51 @@ def _align(label_t: np.ndarray, feat_t: np.ndarray, feat_lines: np.ndarray, wher
 
 
 def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str | None = None,
-                          columns: list | None = None) -> tuple:
+                          columns: list | None = None, targets=None) -> tuple:
   """`read_video` plus a dict of what the policies did (nan/inf cells, zero rows, padding...)."""
   fpath = layout.feature_path(root, feature_set, vid)
   if not os.path.exists(fpath):
     _fail(f'{fpath}: feature file missing for video {vid}, which metadata/partition.csv lists; '
           'add it or remove the video from the partition file')
-  labels = {t: _read_label(root, t, vid) for t in TARGETS}
-  missing = [t for t in TARGETS if labels[t] is None]
-  if missing and partition in ('train', 'devel'):
-    _fail(f'{layout.label_path(root, missing[0], vid)}: label file missing for {partition} video {vid}; '
-          'only test videos may come without labels')
-  present = [t for t in TARGETS if labels[t] is not None]
-  if len(present) == 2:
-    (ta, sa, _), (tv, sv, _) = labels['arousal'], labels['valence']
+  targets = layout.of(root).targets() if targets is None else tuple(targets)
+  labels = {t: _read_label(root, t, vid) for t in targets}
+  withheld = 0
+  for t, lab in labels.items():
+    if lab is not None and len(lab[2]) and not np.isfinite(lab[2]).any():
+      if partition in ('train', 'devel'):
+        _fail(f'{layout.label_path(root, t, vid)}: every value is NaN in a {partition} video; '
+              'give it labels, or list the video as test')
+      labels[t] = None  # a withheld test label (MuSe 2021 physio ships them as NaN files)
+      withheld += 1
+  if withheld:
+    _once('%s: test label files that hold only NaN are read as withheld (no labels)',
+          layout.of(root).label_folder())
+  missing = [t for t in targets if labels[t] is None]
+  present = [t for t in targets if labels[t] is not None]
+  if missing and not present and partition in ('train', 'devel'):
+    _fail(f'{layout.label_path(root, missing[0], vid)}: label file missing for {partition} video '
+          f'{vid}; only test videos may come without labels')
+  for other in present[1:]:
+    (ta, sa, _), (tv, sv, _) = labels[present[0]], labels[other]
     if len(ta) != len(tv) or (ta != tv).any() or (sa != sv).any():
       n = min(len(ta), len(tv))
       diff = np.flatnonzero((ta[:n] != tv[:n]) | (sa[:n] != sv[:n]))
       i = int(diff[0]) if len(diff) else n
       what = (f'row {i + 1}: timestamp/segment_id {ta[i]}/{sa[i]} vs {tv[i]}/{sv[i]}'
               if i < n else f'lengths {len(ta)} vs {len(tv)} rows')
-      _fail(f'{layout.label_path(root, "valence", vid)}: arousal and valence grids of video {vid} '
-            f'disagree ({what}); both label files must share timestamps')
+      _fail(f'{layout.label_path(root, other, vid)}: the {present[0]} and {other} grids of video '
+            f'{vid} disagree ({what}); all label files of a video must share timestamps')
 
   columns = set_columns(root, feature_set) if columns is None else columns
   idx_cols = _column_order(fpath, columns)
   table = read_table(fpath)
-  if len(table.columns) != len(columns) + 2:
+  if sum(c.lower() not in META_COLUMNS for c in table.columns) != len(columns):
     _fail(f'{fpath}: header changed while reading; re-run')
   feat_t = _time_column(table)
   x = table.values[:, idx_cols].astype(np.float32)
   stats = dict(videos=1, frames=0, nan_cells=0, inf_cells=0, zero_rows=0, padded_rows=0,
-               dropped_rows=0, unlabelled=int(bool(missing)))
+               dropped_rows=0, unlabelled=int(not present),
+               partly_labelled=int(bool(missing and present)))
   if present:
     t, seg, _ = labels[present[0]]
     where = f'{fpath}: video {vid}, feature set {feature_set}'
@@ -368,21 +413,24 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
   stats['nan_cells'] = int(np.isnan(x).sum()) - stats['inf_cells']
   stats['zero_rows'] = int((x == 0).all(axis=1).sum())
   stats['frames'] = len(t)
+  stats['step_ms'] = grid_step(t)
   # Per file only in the stats: the build logs one line per set (muse_car.summary_lines).
   stats.update(nan_files=int(stats['nan_cells'] > 0), zero_row_files=int(stats['zero_rows'] > 0))
   nan = np.full(len(t), np.nan, np.float32)
-  y = np.stack([labels[k][2] if labels[k] is not None else nan for k in TARGETS], axis=1)
+  y = (np.stack([labels[k][2] if labels[k] is not None else nan for k in targets], axis=1)
+       if targets else np.zeros((len(t), 0), np.float32))
   video = Video(vid, np.asarray(t, np.int64), np.asarray(seg, np.int32),
-                np.ascontiguousarray(x, np.float32), y, TARGETS,
-                tuple(labels[k] is not None for k in TARGETS))
+                np.ascontiguousarray(x, np.float32), y, targets,
+                tuple(labels[k] is not None for k in targets))
   return video, stats
 
 
 def read_video(root: str, feature_set: str, vid: str, partition: str | None = None,
-               columns: list | None = None) -> Video:
-  """One video on its label grid: features [T, D] of the set, labels [T, 2] of every target
+               columns: list | None = None, targets=None) -> Video:
+  """One video on its label grid: features [T, D] of the set, labels [T, K] of every target
+  of the layout (or `targets`)
   (NaN and `labelled` False without a label file). With
   `partition` 'train'/'devel', missing label files are an error. Feature columns are matched by
   name to `columns` (default: the set's first file, `set_columns`) and returned in that order.
   """
-  return read_video_with_stats(root, feature_set, vid, partition, columns)[0]
+  return read_video_with_stats(root, feature_set, vid, partition, columns, targets)[0]

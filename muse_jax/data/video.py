@@ -32,15 +32,25 @@ class Video:
     return self.labelled[self.targets.index(target)]
 
   def select(self, targets) -> 'Video':
-    """The same video with only `targets` as labels, in that order."""
-    k = [self.targets.index(t) for t in targets]
-    return dataclasses.replace(self, y=self.y[:, k], targets=tuple(targets),
-                               labelled=tuple(self.labelled[i] for i in k))
+    """The same video with only `targets` as labels, in that order; a target it has no labels
+    for (a tree without that label folder: predict on new data) is NaN and unlabelled."""
+    y = np.full((len(self.timestamp), len(targets)), np.nan, np.float32)
+    labelled = []
+    for j, t in enumerate(targets):
+      if t in self.targets:
+        y[:, j] = self.y[:, self.targets.index(t)]
+      labelled.append(t in self.targets and self.labelled[self.targets.index(t)])
+    return dataclasses.replace(self, y=y, targets=tuple(targets), labelled=tuple(labelled))
 
   def head(self, n: int) -> 'Video':
     """The first n frames."""
-    return dataclasses.replace(self, timestamp=self.timestamp[:n], segment_id=self.segment_id[:n],
-                               x=None if self.x is None else self.x[:n], y=self.y[:n])
+    return self.rows(0, n)
+
+  def rows(self, start: int, stop: int) -> 'Video':
+    """Frames start..stop-1."""
+    return dataclasses.replace(
+        self, timestamp=self.timestamp[start:stop], segment_id=self.segment_id[start:stop],
+        x=None if self.x is None else self.x[start:stop], y=self.y[start:stop])
 
 
 def unlabelled(vid: str, timestamp, segment_id, x, targets) -> Video:

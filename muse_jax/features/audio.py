@@ -23,7 +23,6 @@ from muse_jax.features import writer
 
 SAMPLE_RATE = 16000
 MIN_DURATION_S = 0.5   # shorter recordings leave openSMILE's frames empty (NaN functionals)
-STEP_S = writer.STEP_MS / 1000
 EGEMAPS = 'egemaps'
 EGEMAPS_LLD = 'egemaps_lld'
 
@@ -72,13 +71,13 @@ def _run(smile, x: np.ndarray) -> np.ndarray:
     return smile.process_signal(x, SAMPLE_RATE).to_numpy(np.float64)
 
 
-def functionals(x: np.ndarray, win_s: float = 3.0) -> tuple:
+def functionals(x: np.ndarray, win_s: float = 3.0, step_ms: int = writer.STEP_MS) -> tuple:
   """Returns (88 names, [T, 88]) for grid points 0 .. duration; see the module docstring."""
   if not 0.25 <= win_s <= 60:
     raise MuseError(f'--win_s {win_s}: the window must be between 0.25 and 60 seconds')
-  n = writer.num_frames(duration_ms(x))
+  n = writer.num_frames(duration_ms(x), step_ms)
   length_s = len(x) / SAMPLE_RATE
-  centres = writer.grid(n) / 1000.0
+  centres = writer.grid(n, step_ms) / 1000.0
   lo, hi = centres - win_s / 2, centres + win_s / 2
   inside = np.nonzero((lo >= -1e-9) & (hi <= length_s + 1e-9))[0]
   single = _smile('Functionals')
@@ -90,9 +89,9 @@ def functionals(x: np.ndarray, win_s: float = 3.0) -> tuple:
     with tempfile.TemporaryDirectory() as tmp:
       conf = os.path.join(tmp, 'frame_mode.conf.inc')
       with open(conf, 'w', encoding='utf-8') as f:
-        f.write(f'frameMode = fixed\nframeSize = {win_s}\nframeStep = {STEP_S}\n'
+        f.write(f'frameMode = fixed\nframeSize = {win_s}\nframeStep = {step_ms / 1000}\n'
                 'frameCenterSpecial = left\nnoPostEOIprocessing = 0\n')
-      # Frame i of this run covers [lo[k0] + i * 250 ms, + win_s]: grid point k0 + i.
+      # Frame i of this run covers [lo[k0] + i * step, + win_s]: grid point k0 + i.
       fixed = _run(_smile('Functionals', {'frameModeFunctionalsConf': conf}), x[start:])
     take = inside[inside - k0 < len(fixed)]
     out[take] = fixed[take - k0]
@@ -103,8 +102,9 @@ def functionals(x: np.ndarray, win_s: float = 3.0) -> tuple:
   return names, out
 
 
-def lld_4hz(x: np.ndarray) -> tuple:
-  """Returns (25 names, [T, 25]): descriptors averaged over [t - 125 ms, t + 125 ms) per grid t."""
+def lld_4hz(x: np.ndarray, step_ms: int = writer.STEP_MS) -> tuple:
+  """Returns (25 names, [T, 25]): descriptors averaged over [t - step / 2, t + step / 2) per grid
+  point t (4 Hz on MuSe-CaR's 250 ms grid; the name is the set's)."""
   import pandas as pd  # pylint: disable=import-outside-toplevel
   smile = _smile('LowLevelDescriptors')
   with warnings.catch_warnings():
@@ -114,28 +114,33 @@ def lld_4hz(x: np.ndarray) -> tuple:
   starts = pd.TimedeltaIndex(frame.index.get_level_values('start')).total_seconds().to_numpy()
   ends = pd.TimedeltaIndex(frame.index.get_level_values('end')).total_seconds().to_numpy()
   mid = (starts + ends) / 2
-  n = writer.num_frames(duration_ms(x))
-  edges = (writer.grid(n + 1) - writer.STEP_MS / 2) / 1000.0
+  n = writer.num_frames(duration_ms(x), step_ms)
+  edges = (writer.grid(n + 1, step_ms) - step_ms / 2) / 1000.0
   first = np.searchsorted(mid, edges)  # frames of grid point k: first[k] .. first[k + 1]
   cumsum = np.vstack([np.zeros((1, values.shape[1])), np.cumsum(values, axis=0)])
   sums, counts = cumsum[first[1:]] - cumsum[first[:-1]], np.diff(first)
   out = sums / np.maximum(counts, 1)[:, None]
   empty = np.nonzero(counts == 0)[0]  # the last grid point can lie past the last frame
   if len(empty):
-    nearest = np.abs(mid[None, :] - (writer.grid(n)[empty] / 1000.0)[:, None]).argmin(axis=1)
+    nearest = np.abs(mid[None, :] - (writer.grid(n, step_ms)[empty] / 1000.0)[:, None]).argmin(
+        axis=1)
     out[empty] = values[nearest]
   return list(frame.columns), out
 
 
-def extract(wav: str, root: str, vid: str, win_s: float = 3.0, segment_id: int = 1) -> dict:
-  """Writes `egemaps` and `egemaps_lld` of one recording into ROOT; returns {set: path}."""
+def extract(wav: str, root: str, vid: str, win_s: float = 3.0, segment_id: int = 1,
+            step_ms: int | None = None) -> dict:
+  """Writes `egemaps` and `egemaps_lld` of one recording into ROOT, on `step_ms` (default: the
+  grid of ROOT's labels, else 250 ms); returns {set: path}."""
   vid = writer.check_id(vid)
+  step_ms = writer.tree_step(root) if step_ms is None else writer.check_step(step_ms)
   x = load_audio(wav)
   paths = {}
-  for name, (columns, values) in ((EGEMAPS, functionals(x, win_s)), (EGEMAPS_LLD, lld_4hz(x))):
+  for name, (columns, values) in ((EGEMAPS, functionals(x, win_s, step_ms)),
+                                  (EGEMAPS_LLD, lld_4hz(x, step_ms))):
     if not np.all(np.isfinite(values)):
       bad = int(np.argmax(~np.isfinite(values).all(axis=1)))
-      raise MuseError(f'{wav}: openSMILE gave no {name} values at {bad * writer.STEP_MS} ms; '
+      raise MuseError(f'{wav}: openSMILE gave no {name} values at {bad * step_ms} ms; '
                       'is the recording long enough and not corrupt?')
-    paths[name] = writer.write_features(root, name, vid, values, columns, segment_id)
+    paths[name] = writer.write_features(root, name, vid, values, columns, segment_id, step_ms)
   return paths

@@ -48,22 +48,22 @@ def read_transcript(path: str) -> tuple:
   return start, end, frame['text'].astype(str).str.strip().tolist()
 
 
-def align(start_ms, end_ms, n_frames: int) -> np.ndarray:
+def align(start_ms, end_ms, n_frames: int, step_ms: int = writer.STEP_MS) -> np.ndarray:
   """Index of the span held on each frame ([n_frames] int, -1 where nobody speaks)."""
   start_ms = np.asarray(start_ms, np.float64)
   end_ms = np.asarray(end_ms, np.float64)
   out = np.full(n_frames, -1, np.int64)
   best = np.zeros(n_frames)
-  half = writer.STEP_MS / 2
+  half = step_ms / 2
   for i in range(len(start_ms)):
     if not end_ms[i] > start_ms[i]:
       continue
-    # frames k whose [250 k - 125, 250 k + 125) overlaps [start, end)
-    k0 = max(int(np.floor((start_ms[i] + half) / writer.STEP_MS)), 0)
-    k1 = min(int(np.ceil((end_ms[i] + half) / writer.STEP_MS)), n_frames)
+    # frames k whose [step k - step / 2, step k + step / 2) overlaps [start, end)
+    k0 = max(int(np.floor((start_ms[i] + half) / step_ms)), 0)
+    k1 = min(int(np.ceil((end_ms[i] + half) / step_ms)), n_frames)
     if k1 <= k0:
       continue
-    centre = writer.grid(n_frames)[k0:k1]
+    centre = writer.grid(n_frames, step_ms)[k0:k1]
     overlap = (np.minimum(end_ms[i], centre + half) - np.maximum(start_ms[i], centre - half))
     take = overlap > best[k0:k1]
     out[k0:k1][take] = i
@@ -71,31 +71,36 @@ def align(start_ms, end_ms, n_frames: int) -> np.ndarray:
   return out
 
 
-def frames_from_spans(embeddings: np.ndarray, start_ms, end_ms, n_frames: int) -> np.ndarray:
+def frames_from_spans(embeddings: np.ndarray, start_ms, end_ms, n_frames: int,
+                      step_ms: int = writer.STEP_MS) -> np.ndarray:
   """[N, D] span embeddings -> [n_frames, D], zeros where no span is held."""
-  index = align(start_ms, end_ms, n_frames)
+  index = align(start_ms, end_ms, n_frames, step_ms)
   out = np.zeros((n_frames, embeddings.shape[1]), np.float32)
   out[index >= 0] = embeddings[index[index >= 0]]
   return out
 
 
-def text_features(transcript: str, encoder, n_frames: int | None = None) -> np.ndarray:
+def text_features(transcript: str, encoder, n_frames: int | None = None,
+                  step_ms: int = writer.STEP_MS) -> np.ndarray:
   """Transcript -> [T, hidden]; T from n_frames or else from the last span's end."""
   start, end, texts = read_transcript(transcript)
   if n_frames is None:
-    n_frames = writer.num_frames(end.max() if len(end) else 0.0)
+    n_frames = writer.num_frames(end.max() if len(end) else 0.0, step_ms)
   keep = [i for i, t in enumerate(texts) if t and end[i] > start[i]]
   emb = encoder.encode([texts[i] for i in keep])
-  return frames_from_spans(emb, start[keep], end[keep], n_frames)
+  return frames_from_spans(emb, start[keep], end[keep], n_frames, step_ms)
 
 
 def extract(transcript: str, root: str, vid: str, model_dir: str | None = None,
-            duration_ms: float | None = None, segment_id: int = 1) -> str:
-  """Writes the `bert` set of one transcript into ROOT; returns the path."""
+            duration_ms: float | None = None, segment_id: int = 1,
+            step_ms: int | None = None) -> str:
+  """Writes the `bert` set of one transcript into ROOT, on `step_ms` (default: the grid of
+  ROOT's labels, else 250 ms); returns the path."""
   from muse_jax.features import bert  # pylint: disable=import-outside-toplevel
   vid = writer.check_id(vid)
-  n = None if duration_ms is None else writer.num_frames(duration_ms)
+  step_ms = writer.tree_step(root) if step_ms is None else writer.check_step(step_ms)
+  n = None if duration_ms is None else writer.num_frames(duration_ms, step_ms)
   encoder = bert.Encoder(model_dir)
-  values = text_features(transcript, encoder, n)
+  values = text_features(transcript, encoder, n, step_ms)
   names = [f'{BERT}_{i}' for i in range(values.shape[1])]
-  return writer.write_features(root, BERT, vid, values, names, segment_id)
+  return writer.write_features(root, BERT, vid, values, names, segment_id, step_ms)

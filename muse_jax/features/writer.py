@@ -1,4 +1,5 @@
-"""The label grid (layout.STEP_MS) and the release CSV format (`timestamp,segment_id,<D>`)."""
+"""The label grid (a step in ms: the tree's own, `tree_step`) and the release CSV format
+(`timestamp,segment_id,<D>`), in the tree's layout (`layout.of`)."""
 import os
 
 import numpy as np
@@ -6,19 +7,45 @@ import pandas as pd
 
 from muse_jax import files
 from muse_jax.data import layout
-from muse_jax.data.layout import STEP_MS
 from muse_jax.errors import MuseError
 
+STEP_MS = layout.DEFAULT_STEP_MS  # when neither --step_ms nor the tree's labels tell
 
-def num_frames(duration_ms: float) -> int:
-  """Grid points 0, 250, ... up to and including the duration (a 0 ms recording has one)."""
+
+def check_step(step_ms) -> int:
+  if isinstance(step_ms, bool) or not float(step_ms).is_integer() or not 1 <= step_ms <= 60000:
+    raise MuseError(f'--step_ms {step_ms}: the grid step must be a whole number of ms in '
+                    '[1, 60000] (250 for MuSe-CaR, 500 for Ulm-TSST)')
+  return int(step_ms)
+
+
+def tree_step(root: str) -> int:
+  """The grid step of the labels already in `root` (so new features land on them), else
+  STEP_MS; read from the first label file with two rows or more."""
+  from muse_jax.data import reader  # pylint: disable=import-outside-toplevel
+  from muse_jax.data.csv_table import read_table  # pylint: disable=import-outside-toplevel
+  lay = layout.of(root)
+  for target in lay.targets():
+    folder = lay.label_folder(target)
+    for name in sorted(f for f in os.listdir(folder) if f.endswith('.csv')):
+      table = read_table(os.path.join(folder, name))
+      low = [c.lower() for c in table.columns]
+      if 'timestamp' in low:
+        step = reader.grid_step(table.values[:, low.index('timestamp')])
+        if step > 0:
+          return step
+  return STEP_MS
+
+
+def num_frames(duration_ms: float, step_ms: int = STEP_MS) -> int:
+  """Grid points 0, step, ... up to and including the duration (a 0 ms recording has one)."""
   if not np.isfinite(duration_ms) or duration_ms < 0:
     raise MuseError(f'duration must be a non-negative number of ms, got {duration_ms}')
-  return int(duration_ms // STEP_MS) + 1
+  return int(duration_ms // step_ms) + 1
 
 
-def grid(n: int) -> np.ndarray:
-  return np.arange(n, dtype=np.int64) * STEP_MS
+def grid(n: int, step_ms: int = STEP_MS) -> np.ndarray:
+  return np.arange(n, dtype=np.int64) * step_ms
 
 
 def check_id(vid: str) -> str:
@@ -29,8 +56,8 @@ def check_id(vid: str) -> str:
 
 
 def write_features(root: str, feature_set: str, vid: str, values: np.ndarray, names: list,
-                   segment_id: int = 1) -> str:
-  """Writes one video's set on the grid (row k at k * STEP_MS); returns the path (atomically:
+                   segment_id: int = 1, step_ms: int = STEP_MS) -> str:
+  """Writes one video's set on the grid (row k at k * step_ms); returns the path (atomically:
   a half file would be read as a short video)."""
   values = np.asarray(values, np.float64)
   if values.ndim != 2 or values.shape[1] != len(names):
@@ -38,7 +65,7 @@ def write_features(root: str, feature_set: str, vid: str, values: np.ndarray, na
   path = layout.feature_path(root, feature_set, check_id(vid))
   frame = pd.DataFrame(values, columns=list(names))
   frame.insert(0, 'segment_id', np.full(len(values), int(segment_id), np.int64))
-  frame.insert(0, 'timestamp', grid(len(values)))
+  frame.insert(0, 'timestamp', grid(len(values), step_ms))
   with files.atomic_path(path) as tmp:
     frame.to_csv(tmp, index=False, float_format='%.7g')
   return path
