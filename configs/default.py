@@ -53,7 +53,8 @@ def get_config():
 
   # Optimisation: Adam + ReduceLROnPlateau on (1 - mean devel CCC), early stopping.
   c.loss = 'ccc'                  # 'ccc' | 'mse' | 'l1'
-  c.loss_weights = ()             # per target, in order or 'name=w,...'; () = equal
+  c.loss_weights = ''             # per target: 'w1,w2' in target order or 'name=w,...'
+                                  # (unnamed targets weigh 1); '' = equal
   c.learning_rate = 5e-3
   c.plateau_patience = 5
   c.plateau_factor = 0.5

@@ -74,8 +74,8 @@ def task_data_dir(data_dir: str, lay) -> str:
 
 
 def loss_weights(config, targets) -> tuple:
-  """config.loss_weights as one float per target: () (equal), numbers in target order, or
-  'name=w' entries (targets not named weigh 1)."""
+  """config.loss_weights as one float per target: '' (equal), numbers in target order, or
+  'name=w' entries (targets not named weigh 1); a comma string or a tuple."""
   raw = config.loss_weights
   items = parse_list(raw) if isinstance(raw, str) else [str(v) for v in raw]
   if not items:

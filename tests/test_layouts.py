@@ -97,12 +97,15 @@ def test_no_layout_is_one_line_naming_the_expected_ones(tmp_path):
 
 def test_loss_weights_by_target_name(trees, tmp_path):
   config = tiny_config(trees['muse2021_stress']['root'], str(tmp_path), targets=('all',),
-                       loss_weights=('valence=2', 'physio-arousal=0.5'))
+                       loss_weights='valence=2,physio-arousal=0.5')
   spec = config_util.validate_config(config)
   assert spec.targets == ('arousal', 'physio-arousal', 'valence')
   assert spec.loss_weights == (1.0, 0.5, 2.0)
-  config.loss_weights = ('dominance=1',)
+  config.loss_weights = 'dominance=1'
   with pytest.raises(MuseError, match="loss_weights names 'dominance', not a target"):
+    config_util.validate_config(config)
+  config.loss_weights = '1,2'
+  with pytest.raises(MuseError, match=r'loss_weights has 2 values for 3 targets'):
     config_util.validate_config(config)
 
 
@@ -110,8 +113,7 @@ def _predictions(folder, target, vid):
   return pd.read_csv(os.path.join(folder, target, f'{vid}.csv'))
 
 
-@pytest.mark.parametrize('name', ['muse2021_stress', 'muse2021_physio', 'muse2022_stress',
-                                  'plain'])
+@pytest.mark.parametrize('name', NEW_LAYOUTS)
 def test_train_evaluate_predict_on_each_layout(trees, name, tmp_path):
   s = trees[name]
   dl = demo.LAYOUTS[name]
@@ -122,6 +124,7 @@ def test_train_evaluate_predict_on_each_layout(trees, name, tmp_path):
   assert results['step_ms'] == s['step_ms'] and results['task'] == s['task']
   assert set(results['targets']) == set(s['targets'])
   assert np.isfinite(results['devel']['mean_ccc'])
+  assert len(results['seeds']) == config.num_seeds
   # Predictions: the release's column order, every video of every partition, on its grid.
   want_cols = list(layout.of(s['root']).label_columns)
   for split, ids in s['splits'].items():
@@ -163,3 +166,18 @@ def test_a_model_refuses_data_on_another_grid(trees, tmp_path):
   assert predictor(x, np.arange(20) * 500).shape == (20, 2)
   with pytest.raises(MuseError, match=r'on a 250 ms grid, but the model learnt on a 500 ms grid'):
     predictor(x, np.arange(20) * 250)
+
+
+def test_features_are_written_on_the_trees_own_grid(trees, tmp_path):
+  from muse_jax.features import writer  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  root = str(tmp_path / 'c3_muse_stress')
+  shutil.copytree(trees['muse2021_stress']['root'], root)
+  assert writer.tree_step(root) == 500
+  path = writer.write_features(root, 'mine', 'new', np.zeros((4, 2)), ['a', 'b'],
+                               step_ms=writer.tree_step(root))
+  assert path == os.path.join(root, 'feature_segments', 'mine', 'new.csv')
+  assert pd.read_csv(path)['timestamp'].tolist() == [0, 500, 1000, 1500]
+  assert writer.tree_step(str(tmp_path / 'new_tree')) == 250  # nothing to tell: MuSe-CaR's
+  with pytest.raises(MuseError, match='--step_ms 0.5'):
+    writer.check_step(0.5)

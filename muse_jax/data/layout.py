@@ -115,8 +115,8 @@ class Layout:
     if unknown or not targets:
       raise MuseError(f'unknown target {unknown[0] if unknown else "(none)"!r}: '
                       f'{self.label_folder()} holds label folders for '
-                      f'{", ".join(found) or "no target"}; set config.targets (or --targets) to '
-                      "some of these, or 'all'")
+                      f'{", ".join(found) or "no target"}; set config.targets to some of these '
+                      "(--config.targets=a,b) or to 'all'")
     return targets
 
   @property
