@@ -24,7 +24,8 @@ def get_config():
                                   # to the train mean, one log line per file) | 'error' (stop)
   c.max_abs_z = 1e3               # that bound, in train std (no real train value reaches sqrt(N))
   c.targets = ('valence',)        # one model predicts these jointly: label folder names of the
-                                  # tree (e.g. arousal, physio-arousal, anno12_EDA) or 'all'
+                                  # tree (e.g. arousal, physio-arousal, anno12_EDA) or ('all',)
+                                  # (--config.targets=all)
   c.win_len = 200                 # train windows, in frames of the tree's grid (50 s at 4 Hz)
   c.hop_len = 100
   c.batch_size = 1024             # train windows per step (padded with empty rows, never dropped)

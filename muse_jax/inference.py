@@ -252,6 +252,8 @@ class Predictor:
     raw_x = np.asarray(raw_x, np.float32)
     if timestamps is not None:
       from muse_jax.data import reader  # pylint: disable=import-outside-toplevel
+      if len(timestamps) != len(raw_x):
+        raise MuseError(f'{len(timestamps)} timestamps for {len(raw_x)} feature rows')
       step = reader.grid_step(np.asarray(timestamps))
       if step and step != self.step_ms:
         raise MuseError(f'the features are on a {step} ms grid, but the model learnt on a '

@@ -68,12 +68,13 @@ def train_once(config, workdir: str) -> dict:
 
   A workdir started with another config is an error, not a silent resume of mixed settings.
   """
-  want = wd.config_record(config)
+  spec = config_util.validate_config(config)
+  want = dict(wd.config_record(config), targets=list(spec.targets))
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
-      have = wd.flat(json.load(f))
-    diff = sorted(k for k in set(have) | set(wd.flat(want)) if have.get(k) != wd.flat(want).get(k))
+      have = json.load(f)
+    diff = wd.same_config(have, want)
     if diff:
       raise MuseError(f'{workdir}: started with another config (differs in {", ".join(diff)}); '
                       'delete that workdir or pick another --out')
@@ -91,7 +92,7 @@ def run(out: str, root: str = '', scale: str = 'demo', config_name: str = '',
   out = os.path.abspath(out)
   root = os.path.abspath(os.path.expanduser(root)) if root else demo.tree_in(out, scale)
   lay = layout.resolve(root, task)
-  is_demo = os.path.exists(os.path.join(root, demo.MARKER))
+  is_demo = os.path.exists(os.path.join(lay.root, demo.MARKER))
   config_name = config_name or ('demo' if is_demo else 'default')
   fusion_config = fusion_config or ('late_fusion_demo' if is_demo else 'late_fusion')
   targets = lay.check_targets(targets) if targets else lay.targets()

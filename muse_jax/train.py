@@ -50,8 +50,10 @@ def _train(spec, workdir: str) -> dict:
   config, targets, seeds = spec.config, list(spec.targets), list(spec.seeds)
   t_start = time.time()
   mngr = checkpoint.checkpoint_manager(workdir)
-  # Targets as resolved ('all' -> the tree's): what the model predicts, for evaluate/predict.
-  config_json = dict(wd.config_record(config), targets=list(targets))
+  # Targets and tree as resolved ('all' -> the tree's targets; a release root -> the task's
+  # folder): what the model predicts and read, even if the root gains other tasks later.
+  config_json = dict(wd.config_record(config), targets=list(targets), data_root=spec.data_root,
+                     task=spec.layout.task)
   if mngr.latest_step() is not None:
     wd.check_resume(workdir, config_json)  # before any data work: a refused resume costs nothing
   videos, dims = sources.prepare_data(spec, workdir, fit_stats=True)

@@ -24,6 +24,7 @@ import tempfile
 from absl import logging
 
 from muse_jax import config_util
+from muse_jax.data import layout
 from muse_jax.errors import MuseError
 
 try:
@@ -147,6 +148,30 @@ def _same(a, b) -> bool:
   return items(a) is not None and items(a) == items(b)
 
 
+def _tree(record: dict) -> dict:
+  """A flat record with `data_root` as the layout root it resolves to (with its `task`): a
+  release root plus a task and that task's folder are the same tree. Left as is when the tree
+  cannot be resolved (moved, or now ambiguous: training records the layout root it used)."""
+  root = record.get('data_root')
+  if root:
+    try:
+      lay = layout.resolve(root, record.get('task') or '')
+    except MuseError:
+      return record
+    record = dict(record, data_root=lay.root, task=lay.task)
+  return record
+
+
+def same_config(saved: dict, config: dict) -> list:
+  """The fields (flat names) that differ between two config records, over the fields both have;
+  list fields by items, the tree by the layout root it resolves to."""
+  old, new = _tree(flat(saved)), _tree(flat(config))
+  for k in PATHS:  # an older version stored them as typed
+    if old.get(k):
+      old[k] = os.path.abspath(os.path.expanduser(old[k]))
+  return [k for k in sorted(new) if k in old and not _same(old[k], new[k])]
+
+
 def read_json(path: str, default=None):
   """A JSON file's content, or `default` when it does not exist."""
   try:
@@ -220,10 +245,7 @@ def check_resume(workdir: str, config: dict, evaluating: bool = False,
   if saved is None:
     return []
   old, new = flat(saved), flat(config)
-  for k in PATHS:  # an older version stored them as typed
-    if old.get(k):
-      old[k] = os.path.abspath(os.path.expanduser(old[k]))
-  changed = [(k, old[k], new[k]) for k in sorted(new) if k in old and not _same(old[k], new[k])]
+  changed = [(k, old[k], new[k]) for k in same_config(saved, config)]
   doing = 'evaluating' if evaluating else 'resuming'
   if evaluating:  # only what turns the data into inputs; the checkpoint checks the model
     changed = [c for c in changed if c[0] in PREPROCESSING or c[0] in RESUMABLE]

@@ -170,12 +170,17 @@ def resolve(root: str, task: str = '') -> Layout:
   if not os.path.isdir(root):
     raise MuseError(f'{root}: data root not found; point --data_root at a release root or task '
                     'folder (docs/data_format.md)')
+  if os.path.isdir(os.path.join(root, 'feature_segments', 'label_aligned')):
+    raise MuseError(f'{root}: this is the {os.path.basename(root)} folder of a MuSe 2020 release; '
+                    'point --data_root at its parent (the folder holding metadata/)')
   found = tasks(root)
   if task:
     if task in found:
       return of(found[task])
     raise MuseError(f'{root}: no task {task!r} here; found: {", ".join(found) or "none"} '
                     '(config.task)')
+  if _kind_of(root):  # a layout root itself (a 2020 root may hold 2021 task folders too)
+    return of(root)
   if len(found) == 1:
     return of(next(iter(found.values())))
   if found:

@@ -24,9 +24,12 @@ Policies for the quirks of real releases (each one is logged with the file it co
     gap, an off-grid row inside the labelled span, disjoint timestamps, a much shorter file) is an
     error naming the video, the feature set and the first mismatching timestamp.
   * All label files of a video must share timestamps and segment ids (error naming both).
-  * The grid step of a video is its label timestamps' most common step (`grid_step`); the build
-    checks that all videos share one and keeps it with the data (250 ms for MuSe-CaR, 500 ms for
-    Ulm-TSST); runs hold it with the model.
+  * The grid step of a video is its timestamps' smallest step (`grid_step`); every step must be
+    a multiple of it (gaps are fine, jitter is an error naming the line); feature rows on the grid
+    inside a gap of the labels are dropped. The build checks that all videos share one step and
+    keeps it with the data (250 ms for MuSe-CaR, 500 ms for Ulm-TSST); runs hold it with the model.
+  * A label file holding only NaN is a withheld label (MuSe 2021 physio test videos): that target
+    is unlabelled, its timestamps still give the video's grid.
   * Inf cells become NaN; NaN cells are kept as NaN (the training pipeline decides what to do
     with them); zero-vector rows (no face found) are kept. Counts go into each video's stats,
     which the build sums and logs once per set (a release has hundreds of files).
@@ -150,9 +153,15 @@ def read_partition(root: str) -> dict:
   if id_col is None or part_col is None:
     if len(header) < 2:
       _fail(f'{path}: header is {rows[0][1]}; expected the columns Id and Proposal (or Partition)')
+    if any(c in SPLITS for c in header):
+      _fail(f'{path}: line 1 ({",".join(rows[0][1])}) is a video, not a header; add the header '
+            'row Id,Proposal')
     # The baselines' reading (MuSe 2021/2022): id first, partition last, whatever their names.
     id_col = 0 if id_col is None else id_col
     part_col = len(header) - 1 if part_col is None else part_col
+    if part_col == id_col:
+      _fail(f'{path}: header is {rows[0][1]}; no partition column besides the id column '
+            f'{rows[0][1][id_col]!r}; name it Proposal (or Partition)')
     _once('%s: no Id/Proposal columns by name; id from column %r, partition from column %r',
           path, rows[0][1][id_col], rows[0][1][part_col])
   if len(rows) == 1:
@@ -305,18 +314,36 @@ def _read_label(root: str, target: str, vid: str):
   value = table.values[:, low.index('value')].astype(np.float32)
   n_inf = _inf_to_nan(value, path)
   n_nan = int(np.isnan(value).sum()) - n_inf
-  if n_nan:
+  if n_nan and n_nan < len(value):
     logging.info('%s: %d NaN label values kept as NaN', path, n_nan)
-  return _time_column(table), _segment_column(table), value
+  t = _time_column(table)
+  _check_grid(t, path, table.lines)
+  return t, _segment_column(table), value
 
 
 def grid_step(t: np.ndarray) -> int:
-  """The most common step between timestamps, in ms (0 for fewer than two rows): the grid a
-  video is on, robust to gaps between segments."""
+  """The grid a video is on: the smallest step between its timestamps, in ms (0 for fewer than
+  two rows). Gaps between segments are whole multiples of it (`_check_grid`)."""
   if len(t) < 2:
     return 0
-  steps, counts = np.unique(np.diff(np.asarray(t, np.int64)), return_counts=True)
-  return int(steps[np.argmax(counts)])
+  d = np.diff(np.asarray(t, np.int64))
+  return int(d[d > 0].min()) if (d > 0).any() else 0
+
+
+def _check_grid(t: np.ndarray, path: str, lines) -> None:
+  """Every step a whole multiple of the smallest: one grid, possibly with gaps; anything else
+  (jitter, two rates in one file) would be matched to nothing or read at the wrong rate."""
+  step = grid_step(t)
+  if step:
+    d = np.diff(np.asarray(t, np.int64))
+    bad = np.flatnonzero(d % step)
+    if len(bad):
+      steps, counts = np.unique(d, return_counts=True)
+      common = int(steps[np.argmax(counts)])  # name the row off the usual step, not its neighbour
+      step = common if (d % common).any() else step
+      i = int(np.flatnonzero(d % step)[0]) + 1
+      _fail(f'{path}: line {lines[i]}: timestamp {t[i]} is {d[i - 1]} ms after the row before, '
+            f'not a multiple of the file\'s grid step {step} ms; every row must lie on one grid')
 
 
 def _align(label_t: np.ndarray, feat_t: np.ndarray, feat_lines: np.ndarray, where: str) -> tuple:
@@ -338,7 +365,9 @@ def _align(label_t: np.ndarray, feat_t: np.ndarray, feat_lines: np.ndarray, wher
   inside = (feat_t >= label_t[0]) & (feat_t <= label_t[-1])
   used = np.zeros(len(feat_t), bool)
   used[idx[:k]] = True
-  off_grid = inside & ~used
+  step = grid_step(label_t)
+  # Rows on the label grid inside a gap of the labels (unlabelled stretches) are dropped.
+  off_grid = inside & ~used & (((feat_t - label_t[0]) % step != 0) if step else True)
   if off_grid.any():
     i = int(np.argmax(off_grid))
     _fail(f'{where}: line {feat_lines[i]}: timestamp {feat_t[i]} is not on the label grid; '
@@ -358,21 +387,18 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
           'add it or remove the video from the partition file')
   targets = layout.of(root).targets() if targets is None else tuple(targets)
   labels = {t: _read_label(root, t, vid) for t in targets}
-  withheld = 0
+  withheld = {}  # label files holding only NaN: no labels, but their grid is the video's
   for t, lab in labels.items():
     if lab is not None and len(lab[2]) and not np.isfinite(lab[2]).any():
-      if partition in ('train', 'devel'):
-        _fail(f'{layout.label_path(root, t, vid)}: every value is NaN in a {partition} video; '
-              'give it labels, or list the video as test')
-      labels[t] = None  # a withheld test label (MuSe 2021 physio ships them as NaN files)
-      withheld += 1
+      withheld[t], labels[t] = lab, None  # MuSe 2021 physio ships withheld test labels so
   if withheld:
-    _once('%s: test label files that hold only NaN are read as withheld (no labels)',
+    _once('%s: label files that hold only NaN are read as withheld (no labels, their grid kept)',
           layout.of(root).label_folder())
   missing = [t for t in targets if labels[t] is None]
   present = [t for t in targets if labels[t] is not None]
   if missing and not present and partition in ('train', 'devel'):
-    _fail(f'{layout.label_path(root, missing[0], vid)}: label file missing for {partition} video '
+    _fail(f'{layout.label_path(root, missing[0], vid)}: label file '
+          f'{"holds only NaN" if missing[0] in withheld else "missing"} for {partition} video '
           f'{vid}; only test videos may come without labels')
   for other in present[1:]:
     (ta, sa, _), (tv, sv, _) = labels[present[0]], labels[other]
@@ -395,8 +421,9 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
   stats = dict(videos=1, frames=0, nan_cells=0, inf_cells=0, zero_rows=0, padded_rows=0,
                dropped_rows=0, unlabelled=int(not present),
                partly_labelled=int(bool(missing and present)))
-  if present:
-    t, seg, _ = labels[present[0]]
+  grid = labels[present[0]] if present else next(iter(withheld.values()), None)
+  if grid is not None:
+    t, seg, _ = grid
     where = f'{fpath}: video {vid}, feature set {feature_set}'
     idx, padded, dropped = _align(t, feat_t, table.lines, where)
     if dropped:
@@ -409,6 +436,7 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
     stats.update(padded_rows=padded, dropped_rows=dropped)
   else:
     t, seg = feat_t, _segment_column(table)
+    _check_grid(t, fpath, table.lines)
   stats['inf_cells'] = _inf_to_nan(x, fpath)
   stats['nan_cells'] = int(np.isnan(x).sum()) - stats['inf_cells']
   stats['zero_rows'] = int((x == 0).all(axis=1).sum())

@@ -19,12 +19,26 @@ def check_step(step_ms) -> int:
   return int(step_ms)
 
 
+def out_layout(root: str):
+  """The layout features are written in: that of `root` if it is one (or holds exactly one task),
+  the 2020 layout for a folder holding no layout (new, empty, or just recordings); a release root
+  with several tasks or a 2020 `c1_muse_wild` folder is refused, so nothing lands where no reader
+  looks."""
+  root = os.path.abspath(os.path.expanduser(root))
+  if os.path.isdir(os.path.join(root, 'feature_segments', 'label_aligned')) or (
+      os.path.isdir(root) and layout.tasks(root)):
+    return layout.resolve(root)
+  # A layout root still without partition.csv or features keeps the shape its folders show; a
+  # folder with no layout yet gets the 2020 one, as the feature tools always wrote.
+  return layout.of(root)
+
+
 def tree_step(root: str) -> int:
   """The grid step of the labels already in `root` (so new features land on them), else
   STEP_MS; read from the first label file with two rows or more."""
   from muse_jax.data import reader  # pylint: disable=import-outside-toplevel
   from muse_jax.data.csv_table import read_table  # pylint: disable=import-outside-toplevel
-  lay = layout.of(root)
+  lay = out_layout(root)
   for target in lay.targets():
     folder = lay.label_folder(target)
     for name in sorted(f for f in os.listdir(folder) if f.endswith('.csv')):
@@ -62,7 +76,7 @@ def write_features(root: str, feature_set: str, vid: str, values: np.ndarray, na
   values = np.asarray(values, np.float64)
   if values.ndim != 2 or values.shape[1] != len(names):
     raise ValueError(f'values {values.shape} do not match {len(names)} names')
-  path = layout.feature_path(root, feature_set, check_id(vid))
+  path = out_layout(root).feature_path(feature_set, check_id(vid))
   frame = pd.DataFrame(values, columns=list(names))
   frame.insert(0, 'segment_id', np.full(len(values), int(segment_id), np.int64))
   frame.insert(0, 'timestamp', grid(len(values), step_ms))
