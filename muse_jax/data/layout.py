@@ -54,7 +54,8 @@ KINDS = {
 }
 
 
-def _natural_key(s: str):
+def natural_key(s: str):
+  """Sort key putting '2' before '10' (numeric order for numeric ids, sane order otherwise)."""
   return tuple((0, int(t), '') if t.isdigit() else (1, 0, t) for t in re.split(r'(\d+)', s) if t)
 
 
@@ -103,7 +104,7 @@ class Layout:
       with os.scandir(folder) as it:
         if any(e.name.endswith('.csv') and not e.name.startswith('.') for e in it):
           out.append(name)
-    return tuple(sorted(out, key=_natural_key))
+    return tuple(sorted(out, key=natural_key))
 
   def check_targets(self, targets) -> tuple:
     """`targets` ('all' = every one found) checked against the tree: one line if unknown."""
@@ -157,7 +158,7 @@ def tasks(root: str) -> dict:
   if _kind_of(root):
     out[of(root).task] = root
   if os.path.isdir(root):
-    for name in sorted(os.listdir(root), key=_natural_key):
+    for name in sorted(os.listdir(root), key=natural_key):
       sub = os.path.join(root, name)
       if not name.startswith('.') and os.path.isdir(sub) and _kind_of(sub):
         out.setdefault(name, sub)

@@ -41,7 +41,6 @@ All user-fixable problems raise `MuseError` with a one-line message.
 import csv
 import io
 import os
-import re
 
 from absl import logging
 import numpy as np
@@ -64,9 +63,7 @@ _PARTITION_ID_COLUMNS = ('id', 'video_id', 'subject_id', 'subject', 'vid')
 _PARTITION_NAME_COLUMNS = ('proposal', 'partition', 'split', 'set')
 
 
-def natural_key(s: str):
-  """Sort key putting '2' before '10' (numeric order for numeric ids, sane order otherwise)."""
-  return tuple((0, int(t), '') if t.isdigit() else (1, 0, t) for t in re.split(r'(\d+)', s) if t)
+natural_key = layout.natural_key  # ids and folder names, one order everywhere
 
 
 def _find(columns: list, name: str):
