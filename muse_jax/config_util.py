@@ -19,7 +19,7 @@ FUSION_PREFIX = 'run:'  # input names of late fusion's sources: run:<workdir nam
 LOSSES = ('ccc', 'mse', 'l1')
 NAN_POLICIES = ('zero', 'error')
 NONFINITE_POLICIES = ('stop', 'skip')
-ATTENTION = ('auto', 'blocked', 'plain')
+ATTENTION = ('auto', 'blocked', 'plain', 'dot_product', 'cudnn')
 
 
 def ensure_configs_importable() -> None:
@@ -200,6 +200,11 @@ def validate_config(config, tree_targets: bool = True) -> Spec:
        f"seed_loop must be 'auto', 'vmap' or 'map', got {config.get('seed_loop')!r}")
   need(config.get('attention', 'auto') in ATTENTION,
        f"attention must be one of {ATTENTION}, got {config.get('attention')!r}")
+  need(config.get('attention', 'auto') not in ('dot_product', 'cudnn')
+       or not config.model.get('attn_dropout', 0.0),
+       f"attention {config.get('attention')!r} (jax.nn.dot_product_attention) has no dropout on "
+       f"the attention weights, but model.attn_dropout={config.model.get('attn_dropout')}: use "
+       "attention 'plain' (or 'auto'), or model.attn_dropout=0")
   need(config.inputs_on_disk in ('auto', 'yes', 'no'),
        f"inputs_on_disk must be 'auto', 'yes' or 'no', got {config.inputs_on_disk!r}")
   need(config.num_devices >= 0, f'num_devices must be >= 0 (0 = all), got {config.num_devices}')

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from muse_jax import models
+from muse_jax.errors import MuseError
 
 
 @flax.struct.dataclass
@@ -70,8 +71,11 @@ def seeds_mapped(config, platform: str) -> bool:
 
 def attention_impl(config, platform: str) -> str:
   """The attention core (ops.attention): config.attention, 'auto' = blocked on CPU (memory-bound
-  there), plain elsewhere (one big kernel beats a loop on GPU/TPU)."""
+  there), plain elsewhere (one big kernel beats a loop on GPU/TPU). 'cudnn' needs GPU devices."""
   impl = config.get('attention', 'auto')
+  if impl == 'cudnn' and platform != 'gpu':
+    raise MuseError(f"config.attention='cudnn' (cuDNN's flash attention) needs GPU devices; "
+                    f"this run's are {platform}: use 'auto'")
   return ('blocked' if platform == 'cpu' else 'plain') if impl == 'auto' else impl
 
 

@@ -42,14 +42,15 @@ def test_rnn_matches_torch_packed(name):
   assert np.all(np.asarray(y)[~_valid(lengths, x.shape[1])] == 0)
 
 
-@pytest.mark.parametrize('blocks', ['plain', 'default', 'unblocked', 'windows', 'queries'])
+@pytest.mark.parametrize('blocks', ['plain', 'dot_product', 'default', 'unblocked', 'windows',
+                                    'queries'])
 def test_attention_layer_matches_torch(blocks):
   state_dict, x, lengths, expected, _ = _fixture('attention_layer_d8_h2')
   row = 2 * x.shape[1] ** 2 * 4  # one window's score bytes (2 heads)
-  block_bytes = {'plain': None, 'default': attention.BLOCK_BYTES, 'unblocked': None,
-                 'windows': 2 * row, 'queries': row // 3}[blocks]
-  layer = models.AttentionLayer(8, 2, attention='plain' if blocks == 'plain' else 'blocked',
-                                block_bytes=block_bytes)
+  block_bytes = {'plain': None, 'dot_product': None, 'default': attention.BLOCK_BYTES,
+                 'unblocked': None, 'windows': 2 * row, 'queries': row // 3}[blocks]
+  impl = blocks if blocks in ('plain', 'dot_product') else 'blocked'
+  layer = models.AttentionLayer(8, 2, attention=impl, block_bytes=block_bytes)
   y = layer.apply({'params': convert.attention_params_from_torch(state_dict)}, x, lengths)
   assert _max_valid_diff(y, expected, lengths) < TOL
 
@@ -80,6 +81,26 @@ def test_blocked_attention_gradients_match_autodiff():
                                                            block_bytes=block_bytes))(q, k, v)
     for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5, err_msg=str(block_bytes))
+
+
+def test_fused_attention_gradients_match_plain_and_refuse_dropout():
+  """jax.nn.dot_product_attention (XLA's kernel) == the plain core, values and gradients, on
+  every row with a key; an empty row (length 0, batch padding) stays finite."""
+  b, t, h, dh = 5, 29, 2, 4
+  rng = np.random.default_rng(2)
+  q, k, v, dy = (jnp.asarray(rng.normal(size=(b, t, h, dh)), jnp.float32) for _ in range(4))
+  lengths = jnp.asarray([29, 11, 1, 0, 17], jnp.int32)
+  live = np.asarray(lengths) > 0
+  grad = lambda impl: jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(
+      attention.attention(q, k, v, lengths, impl) * dy * live[:, None, None, None]), (0, 1, 2)))(
+          q, k, v)
+  for a, w in zip(jax.tree.leaves(grad('dot_product')), jax.tree.leaves(grad('plain'))):
+    np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5)
+  y = attention.attention(q, k, v, lengths, 'dot_product')
+  assert np.all(np.isfinite(y))
+  with pytest.raises(ValueError, match='no dropout'):
+    attention.attention(q, k, v, lengths, 'dot_product', dropout_rate=0.1,
+                        dropout_rng=jax.random.key(0))
 
 
 def test_blocked_attention_dropout_is_seeded():

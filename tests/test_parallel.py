@@ -3,6 +3,7 @@
 conftest.py gives this process 8 CPU devices (XLA_FLAGS, set before JAX initialises).
 """
 import json
+import re
 import os
 import socket
 import subprocess
@@ -176,3 +177,38 @@ def test_micro_batches_give_the_whole_batch_gradient():
   np.testing.assert_allclose(out[4][0], out[1][0], rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(out[4][1]), jax.tree.leaves(out[1][1])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.parametrize('attention', ['plain', 'dot_product'])
+def test_accelerator_path_trains_like_the_cpu_defaults(tiny_tree, tmp_path, attention):
+  """What 'auto' picks on GPU/TPU (unblocked attention, vmapped seeds, asynchronous dispatch),
+  and jax.nn.dot_product_attention, forced on CPU through the command: the same run as the CPU
+  defaults (blocked attention, seeds one after the other, synchronous dispatch) within TOL."""
+  from test_reliability import run  # pylint: disable=import-outside-toplevel
+  data_dir = str(tmp_path / 'tfds')
+  common = ('--config.num_epochs=2', '--config.num_seeds=2')
+  runs = {}
+  for name, args in (('cpu', ()), ('accelerator', (
+      f'--config.attention={attention}', '--config.seed_loop=vmap',
+      '--config.reuse_cpu_buffers=False'))):
+    workdir = str(tmp_path / name)
+    proc = run(workdir, tiny_tree, data_dir, *common, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    picked = re.search(r'seeds \[314, 315\] \((.*?)\), (\w+) attention', proc.stderr)
+    assert picked, proc.stderr[-3000:]
+    runs[name] = (picked.groups(), proc.stderr, json.load(open(os.path.join(workdir,
+                                                                             'results.json'))))
+  (cpu_pick, cpu_log, cpu), (acc_pick, acc_log, acc) = runs['cpu'], runs['accelerator']
+  assert cpu_pick == ('one after the other', 'blocked') and acc_pick == ('vmapped', attention)
+  assert 'large CPU buffers are kept in the heap' in cpu_log   # synchronous dispatch ...
+  assert 'large CPU buffers are kept in the heap' not in acc_log   # ... and JAX's async default
+  for a, b in zip(cpu['seeds'], acc['seeds']):
+    for split in ('devel', 'test'):
+      for t in ('arousal', 'valence'):
+        assert b[split][t]['ccc'] == pytest.approx(a[split][t]['ccc'], abs=TOL)
+  assert abs(cpu['devel']['mean_ccc'] - cpu['initial_devel_ccc']) > 10 * TOL  # it trained
+  for target in ('arousal', 'valence'):
+    for f in sorted(os.listdir(tmp_path / 'cpu' / 'predictions' / target)):
+      got = [np.loadtxt(tmp_path / w / 'predictions' / target / f, delimiter=',', skiprows=1,
+                        usecols=1, ndmin=1) for w in ('cpu', 'accelerator')]
+      np.testing.assert_allclose(got[1], got[0], atol=5 * TOL)

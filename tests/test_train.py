@@ -151,6 +151,15 @@ def test_accelerator_choices_follow_the_mesh_devices_not_the_backend():
   config.attention = 'fast'
   with pytest.raises(MuseError, match="attention must be one of"):
     config_util.validate_config(config)
+  config.attention = 'dot_product'
+  assert steps.attention_impl(config, 'cpu') == steps.attention_impl(config, 'gpu') == 'dot_product'
+  config.model.attn_dropout = 0.1  # the fused kernels have no dropout on the weights: refused
+  with pytest.raises(MuseError, match="no dropout on the attention weights"):
+    config_util.validate_config(config)
+  config.attention, config.model.attn_dropout = 'cudnn', 0.0
+  assert steps.attention_impl(config, 'gpu') == 'cudnn'
+  with pytest.raises(MuseError, match="needs GPU devices"):
+    steps.attention_impl(config, 'cpu')
 
 
 def test_rerun_of_finished_workdir_resumes_not_retrains(trained):

@@ -321,13 +321,15 @@ def _label_values(latents: np.ndarray, target: str) -> np.ndarray:
 
 
 def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
-              layout_name: str = 'muse2020') -> dict:
+              layout_name: str = 'muse2020', fraction: float = 1.0) -> dict:
   """Writes the tree under `out`; returns a summary (ids per split, frames, where the quirks are).
 
   `features`: names (comma string or list) of released sets or `name:dim`; default egemaps,
   fasttext, au, vggface. `layout_name`: a key of LAYOUTS; the 2021/2022 layouts write their task
-  folder under `out` (a release root; other tasks there are left alone). Refuses to write into a
-  non-empty folder that is not a demo tree.
+  folder under `out` (a release root; other tasks there are left alone). `fraction` < 1 writes
+  only the first share of each partition's videos (at least one), with the same files as the
+  whole tree's: a slice of the scale for quicker runs. Refuses to write into a non-empty folder
+  that is not a demo tree.
   """
   if scale not in SCALES:
     raise MuseError(f'unknown scale {scale!r}; use one of {", ".join(SCALES)}')
@@ -345,18 +347,21 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
                 'labels', MARKER):
       p = os.path.join(root, sub)
       shutil.rmtree(p) if os.path.isdir(p) else os.path.exists(p) and os.remove(p)
+  if not 0 < fraction <= 1:
+    raise MuseError(f'fraction must be in (0, 1], got {fraction}')
   lay = _layout(SCALES[scale], seed, dl)
+  keep = _slice(lay['part'], fraction)
   tree = layout.Layout(dl.kind, root, dl.task or (
       layout.TASK_2020 if dl.kind == 'muse2020' else os.path.basename(root)))
   names = list(sets)
   quirks = {
-      'duplicated_partition_id': lay['ids'][lay['duplicate']],
-      'unlabelled_test_ids': [lay['ids'][i] for i in sorted(lay['unlabelled'])],
+      'duplicated_partition_id': lay['ids'][lay['duplicate']] if lay['duplicate'] in keep else None,
+      'unlabelled_test_ids': [lay['ids'][i] for i in sorted(lay['unlabelled'] & keep)],
       'test_labels_withheld_as': dl.test_labels,
       'longer_feature_file': {'id': lay['ids'][lay['longer']], 'feature_set': names[0],
-                              'extra_rows': 3},
+                              'extra_rows': 3} if lay['longer'] in keep else None,
       'shorter_feature_file': {'id': lay['ids'][lay['shorter']], 'feature_set': names[-1],
-                               'missing_rows': 2},
+                               'missing_rows': 2} if lay['shorter'] in keep else None,
       'zero_rows': {}, 'nan_cells': {},
   }
   if dl.features_from_zero:
@@ -365,14 +370,17 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
       tree.feature_folder(s) for s in names]:
     os.makedirs(d, exist_ok=True)
   extra_cols = len(dl.partition_header.split(',')) - 2  # e.g. gender: not read
-  rows = [','.join([vid] + ['x'] * extra_cols + [p]) for vid, p in zip(lay['ids'], lay['part'])]
-  rows.append(rows[lay['duplicate']])
+  rows = {i: ','.join([vid] + ['x'] * extra_cols + [p])
+          for i, (vid, p) in enumerate(zip(lay['ids'], lay['part'])) if i in keep}
+  rows = list(rows.values()) + ([rows[lay['duplicate']]] if lay['duplicate'] in keep else [])
   with open(tree.partition_path, 'w') as f:
     f.write(dl.partition_header + '\n' + '\n'.join(rows) + '\n')
 
   frames = 0
   step = dl.step_ms
   for i, vid in enumerate(lay['ids']):
+    if i not in keep:
+      continue
     n = int(lay['lens'][i])
     frames += n
     extra = 3 if i == lay['longer'] else 0
@@ -408,15 +416,28 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
       demo_files.write_csv(tree.feature_path(name, vid),
                            list(dl.feature_meta) + demo_files.column_names(name, dim),
                            cols, [0] * len(dl.feature_meta) + list(_decimals(name, dim, seed)))
-  split_ids = {p: [v for v, q in zip(lay['ids'], lay['part']) if q == p] for p in layout.SPLITS}
+  split_ids = {p: [v for i, (v, q) in enumerate(zip(lay['ids'], lay['part'])) if q == p and i in keep]
+               for p in layout.SPLITS}
   summary = {'scale': scale, 'seed': seed, 'layout': layout_name, 'task': tree.task,
-             'targets': list(dl.targets), 'step_ms': step, 'videos': len(lay['ids']),
+             'fraction': fraction, 'targets': list(dl.targets), 'step_ms': step,
+             'videos': len(keep),
              'frames': int(frames), 'splits': split_ids, 'feature_sets': sets, 'quirks': quirks}
   with open(os.path.join(root, MARKER), 'w') as f:
     json.dump(summary, f, indent=1, sort_keys=True)
   logging.info('demo tree (%s, %s, seed %d): %d videos, %d frames, sets %s -> %s', layout_name,
                scale, seed, summary['videos'], frames, ','.join(names), root)
   return dict(summary, root=root)
+
+
+def _slice(part, fraction: float) -> set:
+  """Indices of the first `fraction` of each partition's videos (in id order; at least one)."""
+  if fraction >= 1:
+    return set(range(len(part)))
+  keep = set()
+  for split in layout.SPLITS:
+    idx = [i for i, p in enumerate(part) if p == split]
+    keep.update(idx[:max(1, round(len(idx) * fraction))])
+  return keep
 
 
 def tree_in(out: str, scale: str = 'demo') -> str:
@@ -441,9 +462,13 @@ def main(argv=None) -> int:
                   help='release layout to write (module docstring), default muse2020')
   ap.add_argument('--features', default=','.join(DEFAULT_FEATURES),
                   help='comma list of feature sets to write; name:dim for your own')
+  ap.add_argument('--fraction', type=float, default=1.0,
+                  help="write only this share of each partition's videos (same files as the "
+                       'whole scale)')
   args = ap.parse_args(argv)
   logging.set_verbosity(logging.INFO)
-  rc, s = cli.call(make_tree, args.out, args.scale, args.seed, args.features, args.layout)
+  rc, s = cli.call(make_tree, args.out, args.scale, args.seed, args.features, args.layout,
+                   args.fraction)
   if rc:
     return rc
   print(f'{s["root"]} ({s["layout"]}, {s["step_ms"]} ms, targets {",".join(s["targets"])}): '

@@ -1,4 +1,5 @@
-"""Multi-head attention cores over padded sequences: a plain reference and a blocked CPU kernel.
+"""Multi-head attention cores over padded sequences: a plain reference, a blocked CPU kernel and
+jax.nn.dot_product_attention (XLA's or cuDNN's fused kernel).
 
 Both take q/k/v [B, T, H, dh] and the true lengths [B]; padded keys are masked with the dtype's
 most negative value instead of -inf, so a fully padded row attends uniformly (finite, later
@@ -12,6 +13,11 @@ zeroed) instead of producing NaN as torch does.
   pass stays in cache, with a hand-written gradient that reads the weights twice instead of
   autodiff's chain of saved intermediates (benchmarks/RESULTS.md has the measurements).
 
+- `fused_attention` ('dot_product', 'cudnn'): `jax.nn.dot_product_attention`, so GPU users can
+  pick the library's kernel: 'cudnn' is cuDNN's flash attention (never holds the [T, T] scores;
+  cuDNN takes only bfloat16/float16, so q, k, v are cast to bfloat16 and the output back).
+  Neither has dropout on the weights: a config with model.attn_dropout > 0 is refused for them.
+
 Which one a run uses is the trainer's choice (config.attention, 'auto': blocked when the mesh's
 devices are CPUs); the model only passes `impl` through.
 """
@@ -21,7 +27,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-IMPLS = ('plain', 'blocked')
+IMPLS = ('plain', 'blocked', 'dot_product', 'cudnn')
+FUSED = ('dot_product', 'cudnn')  # no dropout on the attention weights
 
 
 def length_mask(lengths: jax.Array, t: int) -> jax.Array:
@@ -149,11 +156,30 @@ def blocked_attention(q, k, v, lengths, *, dropout_rate: float = 0.0, dropout_rn
   return head_major(jnp.moveaxis(y, 1, 2).reshape(b, h, nq * tq, dh)[:, :, :t])
 
 
+def fused_attention(q, k, v, lengths, *, implementation: str = 'xla', dropout_rate: float = 0.0,
+                    dropout_rng=None):
+  """jax.nn.dot_product_attention with the padded keys masked by length ('xla' or 'cudnn')."""
+  if dropout_rng is not None and dropout_rate > 0.0:
+    raise ValueError('jax.nn.dot_product_attention has no dropout on the attention weights: '
+                     "use attention 'plain' or 'blocked', or model.attn_dropout=0")
+  dtype = q.dtype
+  if implementation == 'cudnn':  # cuDNN's kernels take only 16-bit floats
+    q, k, v = (a.astype(jnp.bfloat16) for a in (q, k, v))
+  # An empty (batch-padding) row has length 0; attending to its first, zero-padded key keeps it
+  # finite in any kernel (its outputs are zeroed later, as for every padded step).
+  y = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=jnp.maximum(
+      lengths, 1).astype(jnp.int32), implementation=implementation)
+  return y.astype(dtype)
+
+
 def attention(q, k, v, lengths, impl: str = 'plain', **kwargs):
-  """The core named by `impl` ('plain' or 'blocked'); kwargs as the cores take them."""
-  if impl == 'plain':
-    kwargs.pop('block_bytes', None)
-    return plain_attention(q, k, v, lengths, **kwargs)
+  """The core named by `impl` (one of IMPLS); kwargs as the cores take them."""
   if impl == 'blocked':
     return blocked_attention(q, k, v, lengths, **kwargs)
+  kwargs.pop('block_bytes', None)
+  if impl == 'plain':
+    return plain_attention(q, k, v, lengths, **kwargs)
+  if impl in FUSED:
+    return fused_attention(q, k, v, lengths, implementation='cudnn' if impl == 'cudnn' else 'xla',
+                           **kwargs)
   raise ValueError(f'attention impl {impl!r}: use one of {IMPLS}')
