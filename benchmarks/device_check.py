@@ -272,8 +272,9 @@ def devices(ck: Check):
 
 def multi_host_flags() -> list:
   """The flags of muse_jax.main that start a multi-host job (their help says 'Multi-host')."""
+  import importlib  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from muse_jax import main  # pylint: disable=import-outside-toplevel,unused-import
+  importlib.import_module('muse_jax.main')  # defines its flags
   return [f.name for f in flags.FLAGS.get_flags_for_module('muse_jax.main')
           if f.help.startswith('Multi-host')]
 

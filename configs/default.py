@@ -74,7 +74,10 @@ def get_config():
   # Devices: batches are sharded over the first num_devices devices (0 = all of them).
   c.num_devices = 0
   c.attention = 'auto'            # attention core: 'blocked' (cache-sized blocks: CPU), 'plain'
-                                  # (one kernel: GPU/TPU), 'auto' = by device (muse_jax.ops)
+                                  # (one kernel: GPU/TPU), 'auto' = by device; or
+                                  # jax.nn.dot_product_attention: 'dot_product' (XLA's kernel),
+                                  # 'cudnn' (flash attention, bfloat16, GPU); these two have no
+                                  # attention dropout (muse_jax.ops.attention)
   # Process-wide, applied once by the entry points (muse_jax.runtime.configure):
   c.reuse_cpu_buffers = True      # CPU: keep XLA's big buffers allocated across steps instead of
                                   # page-faulting them in every step (runtime.host_memory)
