@@ -8,8 +8,10 @@
 #   ./run.sh demo ARGS       python -m muse_jax.data.demo ARGS   (write a demo MuSe-layout tree)
 #   ./run.sh build ARGS      python -m muse_jax.data.build ARGS  (build the tfds dataset of a tree)
 #   ./run.sh py ARGS         the project's python, e.g. ./run.sh py benchmarks/data_bench.py
+#   ./run.sh accel           which JAX plugin setup installs here: cpu, cuda12, cuda13 (nvidia-smi's
+#                            driver: R580+ -> cuda13) or tpu (/dev/accel*)
 # Environment: PYTHON picks the interpreter (>= 3.12); MUSE_OUT the output folder of the main job
-# (reproduce writes to $MUSE_OUT/reproduce).
+# (reproduce writes to $MUSE_OUT/reproduce); MUSE_JAX_ACCEL=cpu|cuda12|cuda13|tpu overrides accel.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
@@ -38,8 +40,24 @@ find_python() {
   return 1
 }
 
+accelerator() {  # the JAX plugin this machine needs: cpu, cuda12, cuda13 or tpu
+  local driver
+  if [ -n "${MUSE_JAX_ACCEL:-}" ]; then
+    case "$MUSE_JAX_ACCEL" in cpu|cuda12|cuda13|tpu) echo "$MUSE_JAX_ACCEL"; return ;; esac
+    echo "run.sh: MUSE_JAX_ACCEL=$MUSE_JAX_ACCEL: use cpu, cuda12, cuda13 or tpu" >&2; return 1
+  fi
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1) || true
+  if [ -n "$driver" ]; then  # CUDA 13 wheels need an R580+ driver, CUDA 12 ones R525+
+    if [ "${driver%%.*}" -ge 580 ] 2>/dev/null; then echo cuda13; else echo cuda12; fi
+  elif compgen -G '/dev/accel*' >/dev/null; then  # TPU VMs (v4, v5p); others: MUSE_JAX_ACCEL=tpu
+    echo tpu
+  else
+    echo cpu
+  fi
+}
+
 setup() {
-  local stamp="$venv/.muse_jax_setup" want
+  local stamp="$venv/.muse_jax_setup" want accel
   if [ ! -x "$venv/bin/python" ] || ! ok_python "$venv/bin/python"; then
     local py; py=$(find_python)
     echo "run.sh: creating .venv with $py ($("$py" --version 2>&1))" >&2
@@ -47,12 +65,21 @@ setup() {
     "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >"$venv/pip.log" 2>&1 || true
   fi
-  want=$(cat setup.py | sha256sum | cut -d' ' -f1)
+  accel=$(accelerator)
+  want="$(cat setup.py | sha256sum | cut -d' ' -f1) $accel"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "run.sh: installing muse_jax and its dependencies into .venv (setup.py changed or first run)" >&2
     if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,features]" >"$venv/pip.log" 2>&1; then
       grep -v '^WARNING: Location' "$venv/pip.log" | tail -n 30 >&2
       echo "run.sh: pip install failed (full log: .venv/pip.log)" >&2; exit 1
+    fi
+    if [ "$accel" != cpu ]; then  # the plugin of the jax just installed (MUSE_JAX_ACCEL=cpu: none)
+      local jax_version; jax_version=$("$venv/bin/python" -c 'import jax; print(jax.__version__)')
+      echo "run.sh: this machine has a $accel accelerator: installing jax[$accel]==$jax_version" >&2
+      if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "jax[$accel]==$jax_version" >>"$venv/pip.log" 2>&1; then
+        grep -v '^WARNING: Location' "$venv/pip.log" | tail -n 30 >&2
+        echo "run.sh: installing jax[$accel] failed (full log: .venv/pip.log; MUSE_JAX_ACCEL=cpu skips it)" >&2; exit 1
+      fi
     fi
     echo "$want" > "$stamp"
   fi
@@ -60,6 +87,7 @@ setup() {
 
 cmd=${1:-job}
 [ $# -gt 0 ] && shift
+if [ "$cmd" = accel ]; then accelerator; exit; fi  # what setup installs JAX for, nothing else
 setup
 py="$venv/bin/python"
 export PYTHONUNBUFFERED=1
@@ -88,6 +116,6 @@ case "$cmd" in
   demo) exec "$py" -m muse_jax.data.demo "$@" ;;
   build) exec "$py" -m muse_jax.data.build "$@" ;;
   py) exec "$py" "$@" ;;
-  -h|--help|help) sed -n '2,12p' "$0" ;;
+  -h|--help|help) sed -n '2,14p' "$0" ;;
   *) echo "run.sh: unknown command '$cmd' (try ./run.sh help)" >&2; exit 2 ;;
 esac

@@ -561,6 +561,15 @@ def agreement(ck: Check):
         diff_preds=d_pred, diff_long=d_long, diff_grads=d_grad, max_grad=scale)
 
 
+def nvidia_gpus() -> int:
+  """GPUs nvidia-smi lists (0 without the tool or a driver)."""
+  try:
+    out = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True, timeout=30)
+  except (OSError, subprocess.SubprocessError):
+    return 0
+  return sum(l.startswith('GPU ') for l in out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
 # ------------------------------------------------------------------------------------------------
 def main(argv=None):
   a = parse_args(argv)
@@ -572,12 +581,22 @@ def main(argv=None):
   # The memory rows measure each item's device peak in a fresh process, which must find the
   # device's memory free: allocate on demand instead of JAX's default 75 % up front (GPU).
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  # Cold compiles: the first epoch shows what a user waits for (a cache dir set in the
+  # environment would win over config.compilation_cache_dir, see runtime.compile_cache).
+  os.environ.pop('JAX_COMPILATION_CACHE_DIR', None)
   import jax  # pylint: disable=import-outside-toplevel
   from muse_jax import config_util, runtime  # pylint: disable=import-outside-toplevel
   from muse_jax.errors import MuseError  # pylint: disable=import-outside-toplevel
   c = config_util.load_config('valence')
-  c.compilation_cache_dir = 'none'  # cold compiles: the first epoch shows what a user waits for
+  c.compilation_cache_dir = 'none'
   runtime.configure(c)
+  gpus = nvidia_gpus()
+  if gpus and jax.default_backend() == 'cpu' and not a.small:
+    print(f'error: nvidia-smi lists {gpus} GPU(s), but JAX runs on its CPU backend (no CUDA '
+          "plugin here): ./run.sh sets up jax[cuda12] or jax[cuda13] by the driver ('./run.sh "
+          "accel' says which), or pip install 'jax[cuda13]'; --small measures the CPU on purpose",
+          file=sys.stderr)
+    return 2
   meta = {'command': ' '.join(['device_check.py'] + (argv or sys.argv[1:])), 'small': a.small,
           'date': time.strftime('%Y-%m-%d %H:%M'), 'jax': jax.__version__,
           'backend': jax.default_backend(), 'load_average': os.getloadavg()}

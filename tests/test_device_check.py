@@ -105,3 +105,19 @@ def test_device_check_small_on_cpu(bench, tmp_path):
     assert f['diff_grads'] < 1e-3 * f['max_grad'], r
   auto = next(r for r in ag if '(auto)' in r['check'])
   assert re.match(r'blocked', auto['check']) and auto['figures']['diff_preds'] == 0.0
+
+
+def test_refuses_to_measure_the_cpu_on_a_gpu_machine(tmp_path):
+  """A slot whose JAX lacks the CUDA plugin would measure the host CPU: one line, exit 2."""
+  fake = tmp_path / 'bin'
+  fake.mkdir()
+  (fake / 'nvidia-smi').write_text('#!/bin/sh\necho "GPU 0: NVIDIA H200 (UUID: GPU-0)"\n')
+  (fake / 'nvidia-smi').chmod(0o755)
+  env = dict(os.environ, PATH=f'{fake}{os.pathsep}{os.environ["PATH"]}', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'device_check.py'),
+                         f'--out={tmp_path / "dc.json"}'], capture_output=True, text=True,
+                        env=env, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().startswith('error: nvidia-smi lists 1 GPU(s), but JAX runs on its '
+                                        'CPU backend'), proc.stderr
+  assert not (tmp_path / 'dc.json').exists()
