@@ -90,6 +90,15 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -
   if len(seeds) > 1 and devel_ccc:
     results['devel_ccc_mean'] = float(np.mean(devel_ccc))
     results['devel_ccc_std'] = float(np.std(devel_ccc))
+    if per_split['test'][1]:
+      test_ccc = [m['mean_ccc'] for m in per_split['test'][1]]
+      results['test_ccc_mean'], results['test_ccc_std'] = float(np.mean(test_ccc)), float(
+          np.std(test_ccc))
+  if len(seeds) > 1:
+    results['ensemble'] = score_ensemble(per_split, videos, targets, trackers, seeds)
+  results['per_video'] = {split: _per_video(videos[split], per_split[split][0][chosen], targets)
+                          for split in ('devel', 'test')}
+  _log_scores(results, targets)
   if per_split['test'][1] is None and videos['test']:
     logging.info('test: no test video has labels for %s in this tree, so there is no test score '
                  '(predictions are written)', ', '.join(targets))
@@ -98,8 +107,58 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -
       outputs.write_predictions(os.path.join(workdir, 'predictions'), videos[split],
                                 preds[chosen], targets, spec.layout.label_columns)
     n = config.num_plot_videos
-    outputs.plot_videos(workdir, videos['devel'][:n], per_split['devel'][0][chosen][:n], targets)
+    devel_ccc_of = results['per_video'].get('devel', {})
+    outputs.plot_videos(workdir, videos['devel'][:n], per_split['devel'][0][chosen][:n], targets,
+                        [devel_ccc_of.get(v.id) for v in videos['devel'][:n]])
+    if devel_ccc_of:
+      outputs.plot_per_video_ccc(workdir, devel_ccc_of, targets, 'devel', seeds[chosen])
   return results
+
+
+def score_ensemble(per_split, videos, targets, trackers, seeds) -> dict:
+  """Metrics of the mean of the seeds' predictions, each seed at its own best epoch, on every
+  partition: what training all seeds bought beyond keeping the best one. Seeds that never
+  trained (best epoch 0) or predict non-finite values are left out, and named."""
+  members = [s for s in range(len(seeds)) if trackers[s].best_epoch > 0 and all(
+      np.isfinite(p).all() for preds, _ in per_split.values() for p in preds[s])]
+  out = {'seeds': [seeds[s] for s in members]}
+  for split, (preds, _) in per_split.items():
+    labelled = [i for i, v in enumerate(videos[split]) if v.has_labels]
+    out[split] = metrics_lib.partition_metrics(
+        [videos[split][i].y for i in labelled],
+        [ensemble_mean([preds[s][i] for s in members]) for i in labelled],
+        targets) if labelled and members else None
+  return out
+
+
+def _per_video(videos, preds, targets) -> dict:
+  """{video id: {target: CCC}} of the labelled videos of a partition."""
+  labelled = [i for i, v in enumerate(videos) if v.has_labels]
+  cccs = metrics_lib.per_video_ccc([videos[i].y for i in labelled], [preds[i] for i in labelled],
+                                   targets)
+  return {videos[i].id: c for i, c in zip(labelled, cccs)}
+
+
+def ensemble_mean(preds) -> np.ndarray:
+  """The ensemble's prediction of one video: the seeds' predictions averaged frame by frame, in
+  float64 (a sum of float32 values is exact there, so identical seeds give exactly that seed)."""
+  return np.mean(np.stack(preds).astype(np.float64), axis=0).astype(preds[0].dtype)
+
+
+def _log_scores(results, targets) -> None:
+  """Best seed, seed mean +- std and ensemble side by side (devel and test), one line each."""
+  for split in ('devel', 'test'):
+    m = results.get(split)
+    if not m:
+      continue
+    line = f'{split} CCC: seed {results["seed"]} {m["mean_ccc"]:.4f}'
+    if f'{split}_ccc_mean' in results:
+      line += (f'; {len(results["seeds"])} seeds {results[f"{split}_ccc_mean"]:.4f} +- '
+               f'{results[f"{split}_ccc_std"]:.4f}')
+    ens = (results.get('ensemble') or {}).get(split)
+    if ens:
+      line += f'; ensemble of {len(results["ensemble"]["seeds"])} {ens["mean_ccc"]:.4f}'
+    logging.info('%s (mean over %s)', line, ', '.join(targets))
 
 
 def check_trained(workdir, tracker, seed, ccc, initial, chosen) -> None:

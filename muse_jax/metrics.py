@@ -74,3 +74,12 @@ def partition_metrics(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],
                  'rmse': rmse(y[ok, j], p[ok, j])}
   out['mean_ccc'] = float(np.mean([out[t]['ccc'] for t in targets]))
   return out
+
+
+def per_video_ccc(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],
+                  targets: Sequence[str]) -> list:
+  """CCC of each video on its own ({target: ccc} per video; NaN-label frames skipped). The
+  partition figure stays the CCC over the concatenation (as the challenge scores); this one shows
+  how it spreads over videos."""
+  return [{t: v[t]['ccc'] for t in targets}
+          for v in (partition_metrics([y], [p], targets) for y, p in zip(labels, preds))]

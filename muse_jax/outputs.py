@@ -88,10 +88,12 @@ def write_predictions(folder: str, videos, preds, targets,
       files.atomic_write(os.path.join(folder, target, f'{v.id}.csv'), '\n'.join(lines) + '\n')
 
 
-def plot_videos(workdir: str, videos, preds, targets) -> None:
-  """PNG per video: prediction vs label over time, one panel per target."""
+def plot_videos(workdir: str, videos, preds, targets, cccs=None) -> None:
+  """PNG per video: prediction vs label over time, one panel per target (titled with the video's
+  own CCC, `cccs`: {target: ccc} per video, when given)."""
   plt = pyplot()
-  for v, p in zip(videos, preds):
+  for j, (v, p) in enumerate(zip(videos, preds)):
+    c = cccs[j] if cccs else None
     fig, axes = plt.subplots(len(targets), 1, figsize=(10, 2.6 * len(targets)), squeeze=False)
     t = (v.timestamp - v.timestamp[0]) / 1000.0
     for k, target in enumerate(targets):
@@ -99,6 +101,8 @@ def plot_videos(workdir: str, videos, preds, targets) -> None:
       ax.plot(t, v.y[:, k], label='label', color='black', lw=1)
       ax.plot(t, p[:, k], label='prediction', color='tab:red', lw=1)
       ax.set_ylabel(target)
+      if c:
+        ax.set_title(f'{target}: CCC {c[target]:.3f}', fontsize=9, loc='left')
       ax.legend(loc='upper right', fontsize=8)
     axes[-1, 0].set_xlabel('seconds')
     fig.suptitle(f'video {v.id}')
@@ -106,3 +110,23 @@ def plot_videos(workdir: str, videos, preds, targets) -> None:
     with files.atomic_path(os.path.join(workdir, 'plots', f'{v.id}.png'), '.png') as tmp:
       fig.savefig(tmp, dpi=80)
     plt.close(fig)
+
+
+def plot_per_video_ccc(workdir: str, cccs: dict, targets, split: str, seed) -> None:
+  """plots/per_video_<split>_ccc.png: each video's CCC, sorted, one panel per target."""
+  plt = pyplot()
+  fig, axes = plt.subplots(len(targets), 1, figsize=(max(6, 0.25 * len(cccs) + 2),
+                                                    2.6 * len(targets)), squeeze=False)
+  for k, target in enumerate(targets):
+    ids = sorted(cccs, key=lambda v: cccs[v][target])
+    ax = axes[k, 0]
+    ax.bar(range(len(ids)), [cccs[v][target] for v in ids], color='tab:blue')
+    ax.set_xticks(range(len(ids)), ids, rotation=90, fontsize=6)
+    ax.set_ylabel(f'{target} CCC')
+    ax.axhline(0, color='black', lw=0.5)
+  fig.suptitle(f'{split}: CCC per video, sorted (seed {seed})')
+  fig.tight_layout()
+  with files.atomic_path(os.path.join(workdir, 'plots', f'per_video_{split}_ccc.png'),
+                         '.png') as tmp:
+    fig.savefig(tmp, dpi=80)
+  plt.close(fig)

@@ -8,14 +8,18 @@ import os
 import socket
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
 import pytest
 
 from muse_jax import config_util
+from muse_jax import inference
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
+from muse_jax import main as main_lib
+from muse_jax import metrics
 from muse_jax import sharding
 from muse_jax import steps
 from muse_jax import train
@@ -212,3 +216,59 @@ def test_accelerator_path_trains_like_the_cpu_defaults(tiny_tree, tmp_path, atte
       got = [np.loadtxt(tmp_path / w / 'predictions' / target / f, delimiter=',', skiprows=1,
                         usecols=1, ndmin=1) for w in ('cpu', 'accelerator')]
       np.testing.assert_allclose(got[1], got[0], atol=5 * TOL)
+
+
+def _fake_split(rng, n_videos, seeds_preds):
+  videos = [types.SimpleNamespace(y=rng.uniform(-1, 1, (30 + 7 * i, 2)), has_labels=True)
+            for i in range(n_videos)]
+  return videos, seeds_preds(videos)
+
+
+def test_seed_ensemble_is_the_mean_of_the_seeds_predictions():
+  rng = np.random.default_rng(0)
+  trackers = [types.SimpleNamespace(best_epoch=3)] * 3
+  targets = ['arousal', 'valence']
+  videos, preds = _fake_split(rng, 4, lambda vs: [[rng.normal(size=v.y.shape).astype(np.float32)
+                                                   for v in vs] for _ in range(3)])
+  got = inference.score_ensemble({'devel': (preds, None)}, {'devel': videos}, targets, trackers,
+                                 [314, 315, 316])
+  want = metrics.partition_metrics([v.y for v in videos],
+                                   [(preds[0][i].astype(float) + preds[1][i] + preds[2][i]) / 3
+                                    for i in range(4)], targets)
+  assert got['seeds'] == [314, 315, 316]
+  for t in targets:
+    assert got['devel'][t] == pytest.approx(want[t], rel=1e-6)
+  # Identical seeds: the ensemble is that seed, to the last bit of its metrics.
+  same = [preds[0]] * 3
+  single = metrics.partition_metrics([v.y for v in videos], preds[0], targets)
+  assert inference.score_ensemble({'devel': (same, None)}, {'devel': videos}, targets, trackers,
+                                  [314, 315, 316])['devel'] == single
+  # A seed that never trained (best epoch 0) or predicts NaN is left out, by name.
+  bad = [preds[0], [np.full_like(p, np.nan) for p in preds[1]], preds[2]]
+  untrained = [trackers[0], trackers[1], types.SimpleNamespace(best_epoch=0)]
+  out = inference.score_ensemble({'devel': (bad, None)}, {'devel': videos}, targets, untrained,
+                                 [314, 315, 316])
+  assert out['seeds'] == [314] and out['devel'] == single
+
+
+def test_seed_ensemble_and_per_video_ccc_in_results_and_evaluate(tiny_tree, tmp_path):
+  """results.json: the ensemble of the seeds beside the chosen seed, and each labelled devel/test
+  video's CCC; --mode=evaluate recomputes both exactly from the checkpoint."""
+  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_epochs=2, num_seeds=2)
+  work = str(tmp_path / 'w')
+  results = train.train_and_evaluate(config, work)
+  ens = results['ensemble']
+  assert ens['seeds'] == [314, 315] and set(ens) == {'seeds', 'train', 'devel', 'test'}
+  for split in ('devel', 'test'):
+    assert all(np.isfinite(ens[split][t][m]) for t in ('arousal', 'valence')
+               for m in ('ccc', 'pcc', 'rmse'))
+    assert results[f'{split}_ccc_std'] >= 0
+  per_video = results['per_video']
+  devel_ids = [l.split(',')[0] for l in open(os.path.join(tiny_tree, 'metadata', 'partition.csv'))
+               if l.strip().endswith(',devel')]
+  assert sorted(per_video['devel']) == sorted(set(devel_ids))
+  assert all(-1 <= c[t] <= 1 for c in per_video['devel'].values() for t in ('arousal', 'valence'))
+  assert os.path.exists(os.path.join(work, 'plots', 'per_video_devel_ccc.png'))
+  again = inference.evaluate(config, work)
+  assert again['ensemble'] == ens and again['per_video'] == per_video
+  assert 'of their ensemble' in main_lib.summary(results)
