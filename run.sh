@@ -9,7 +9,7 @@
 #   ./run.sh build ARGS      python -m muse_jax.data.build ARGS  (build the tfds dataset of a tree)
 #   ./run.sh py ARGS         the project's python, e.g. ./run.sh py benchmarks/data_bench.py
 #   ./run.sh accel           which JAX plugin setup installs here: cpu, cuda12, cuda13 (nvidia-smi's
-#                            driver: R580+ -> cuda13) or tpu (/dev/accel*)
+#                            driver: R580+ -> cuda13) or tpu (/dev/accel<N>)
 # Environment: PYTHON picks the interpreter (>= 3.12); MUSE_OUT the output folder of the main job
 # (reproduce writes to $MUSE_OUT/reproduce); MUSE_JAX_ACCEL=cpu|cuda12|cuda13|tpu overrides accel.
 set -euo pipefail
@@ -46,10 +46,12 @@ accelerator() {  # the JAX plugin this machine needs: cpu, cuda12, cuda13 or tpu
     case "$MUSE_JAX_ACCEL" in cpu|cuda12|cuda13|tpu) echo "$MUSE_JAX_ACCEL"; return ;; esac
     echo "run.sh: MUSE_JAX_ACCEL=$MUSE_JAX_ACCEL: use cpu, cuda12, cuda13 or tpu" >&2; return 1
   fi
-  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1) || true
+  # nvidia-smi without a working driver prints its failure on stdout: only a version counts.
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1) || driver=
+  [[ "$driver" =~ ^[0-9]+\. ]] || driver=
   if [ -n "$driver" ]; then  # CUDA 13 wheels need an R580+ driver, CUDA 12 ones R525+
     if [ "${driver%%.*}" -ge 580 ] 2>/dev/null; then echo cuda13; else echo cuda12; fi
-  elif compgen -G '/dev/accel*' >/dev/null; then  # TPU VMs (v4, v5p); others: MUSE_JAX_ACCEL=tpu
+  elif compgen -G '/dev/accel[0-9]*' >/dev/null; then  # TPU VMs (v4, v5p); others: MUSE_JAX_ACCEL=tpu
     echo tpu
   else
     echo cpu
@@ -72,6 +74,15 @@ setup() {
     if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,features]" >"$venv/pip.log" 2>&1; then
       grep -v '^WARNING: Location' "$venv/pip.log" | tail -n 30 >&2
       echo "run.sh: pip install failed (full log: .venv/pip.log)" >&2; exit 1
+    fi
+    # Another machine's plugin (a venv set up for cuda12, now cpu or cuda13) goes first.
+    local others keep="^jax-$accel-"
+    [ "$accel" = tpu ] && keep='^libtpu$'
+    others=$("$venv/bin/python" -m pip list --format=freeze 2>/dev/null | cut -d= -f1 |
+             grep -E '^(jax-cuda[0-9]+-(plugin|pjrt)|libtpu)$' | grep -v "$keep" || true)
+    if [ -n "$others" ]; then
+      echo "run.sh: removing $(echo $others) (not this machine's accelerator: $accel)" >&2
+      "$venv/bin/python" -m pip uninstall -q -y $others >>"$venv/pip.log" 2>&1
     fi
     if [ "$accel" != cpu ]; then  # the plugin of the jax just installed (MUSE_JAX_ACCEL=cpu: none)
       local jax_version; jax_version=$("$venv/bin/python" -c 'import jax; print(jax.__version__)')

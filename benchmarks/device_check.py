@@ -287,21 +287,26 @@ def epochs(ck: Check):
     c = ck.config.copy_and_resolve_references()
     c.num_seeds, c.seed_loop = seeds, loop
     work = tempfile.mkdtemp(prefix='epochs_', dir=ck.work)
+    name = f'{seeds} {label}' if seeds > 1 else label
     t0 = time.perf_counter()
-    train.train_and_evaluate(c, work)
+    try:  # one run's failure (say, out of memory with 5 seeds vmapped) is its row only
+      train.train_and_evaluate(c, work)
+    except Exception as e:  # pylint: disable=broad-except
+      ck.report.add('epochs', f'epoch, {name}', 'failed', _why(e), seeds=seeds, seed_loop=loop)
+      continue
     total = time.perf_counter() - t0
     log = [json.loads(l) for l in open(os.path.join(work, 'metrics.jsonl'))]
     steady = log[1:] or log
     med = {k: statistics.median(r[k] for r in steady)
            for k in ('seconds', 'train_seconds', 'eval_seconds')}
     first = log[0]
-    one = one or med
-    ratio = med['seconds'] / one['seconds']
-    name = f'{seeds} {label}' if seeds > 1 else label
+    one = one or (med if seeds == 1 else None)
+    ratio = med['seconds'] / one['seconds'] if one else float('nan')
     ck.report.add(
         'epochs', f'epoch, {name}',
         f'{med["seconds"]:.2f} s (train {med["train_seconds"]:.2f} + devel '
-        f'{med["eval_seconds"]:.2f})' + (f' = {ratio:.2f}x one seed' if seeds > 1 else ''),
+        f'{med["eval_seconds"]:.2f})' + (f' = {ratio:.2f}x one seed' if seeds > 1 and one
+                                         else ''),
         f'first epoch {first["seconds"]:.2f} s (train {first["train_seconds"]:.2f} + devel '
         f'{first["eval_seconds"]:.2f}); whole run {total:.1f} s; median of {len(steady)} '
         'steady epoch(s)', seeds=seeds, seed_loop=loop, steady_s=med['seconds'],
@@ -320,6 +325,7 @@ def attention(ck: Check):
   b, t = batch['x'].shape[:2]
   rng = np.random.default_rng(0)
   q, k, v, ct = (jnp.asarray(rng.normal(size=(b, t, h, dh)), jnp.float32) for _ in range(4))
+  ct = ct * (lengths > 0)[:, None, None, None]  # empty (device-padding) rows differ by design
   video = ck.longest_video_batch()
   tl = video['x'].shape[1]
   qv = jnp.asarray(rng.normal(size=(1, tl, h, dh)), jnp.float32)
@@ -396,14 +402,18 @@ def flops(ck: Check):
   c.num_seeds = 1
   per_step = jax_epoch.step_flops(c, sum(dims), len(ck.spec.targets))
   n = 2048 if ck.platform == 'cpu' else 8192
-  mm = jax_epoch.matmul_flops(n)
+  mm = jax_epoch.matmul_flops(n)  # on one device; the step runs on the whole mesh
+  dev = ck.mesh.devices.size
+  peak = mm * dev
   ck.report.add('flops', f'train step, batch {rows}, 1 seed',
-                f'{per_step / step_s / 1e9:,.1f} GFLOP/s = {per_step / step_s / mm:.1%} of matmul',
+                f'{per_step / step_s / 1e9:,.1f} GFLOP/s = {per_step / step_s / peak:.1%} of '
+                + ('matmul' if dev == 1 else f'{dev} x one device\'s matmul'),
                 f'{step_s * 1e3:.0f} ms per step (compile {compile_s:.1f} s), '
                 f'{per_step / 1e9:.1f} GFLOP counted from its matmuls',
                 step_s=step_s, compile_s=compile_s, step_flops=per_step,
-                flops_per_s=per_step / step_s, fraction_of_matmul=per_step / step_s / mm)
-  ck.report.add('flops', f'matmul {n} x {n}, float32', f'{mm / 1e9:,.1f} GFLOP/s',
+                flops_per_s=per_step / step_s, fraction_of_matmul=per_step / step_s / peak,
+                mesh_devices=dev)
+  ck.report.add('flops', f'matmul {n} x {n}, float32, one device', f'{mm / 1e9:,.1f} GFLOP/s',
                 "jnp.matmul at JAX's default precision (on GPUs with TF32, TF32)",
                 flops_per_s=mm, n=n)
 
@@ -424,9 +434,12 @@ def memory(ck: Check):
   items.append((f'whole-video evaluation, {int(video["lengths"].max())} frames', 'eval',
                 video['x'].shape[0], video['x'].shape[1],
                 footprint(ev.lower(params, sharding.shard(video, ck.mesh)).compile())))
-  has_stats = ck.jax.devices()[0].memory_stats() is not None
+  # A TPU's chips belong to this process: a fresh one could not open them.
+  has_stats = ck.jax.default_backend() != 'tpu' and ck.jax.devices()[0].memory_stats() is not None
   for label, kind, n, t, f in items:
-    peak, note = None, f'{ck.jax.default_backend()} reports no device memory statistics'
+    peak, note = None, (f'{ck.jax.default_backend()} reports no device memory statistics'
+                        if ck.jax.default_backend() != 'tpu' else
+                        'no device peak on TPU (this process holds the chips)')
     if has_stats:
       try:
         peak = peak_in_fresh_process(ck, kind, sum(dims), n, t)
@@ -441,9 +454,17 @@ def memory(ck: Check):
 
 
 def peak_in_fresh_process(ck: Check, kind: str, d_in: int, rows: int, t: int) -> int:
-  cmd = [sys.executable, os.path.abspath(__file__), '--_peak', kind, str(d_in), str(rows),
-         str(t), '--num_devices', str(ck.a.num_devices)]
-  return int(common.run_json(cmd)['peak_bytes'])
+  """The device peak of one step or evaluation in a new process on this backend (rows padded
+  to the mesh, as a run pads them)."""
+  n = ck.mesh.devices.size
+  cmd = [sys.executable, os.path.abspath(__file__), '--_peak', kind, str(d_in),
+         str(-(-rows // n) * n), str(t), '--num_devices', str(ck.a.num_devices)]
+  backend = ck.jax.default_backend()
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS=backend))
+  if proc.returncode:
+    raise RuntimeError((proc.stderr.strip().splitlines() or ['no output'])[-1])
+  return int(json.loads(proc.stdout.strip().splitlines()[-1])['peak_bytes'])
 
 
 def peak_child(a) -> None:
@@ -454,6 +475,7 @@ def peak_child(a) -> None:
   c = config_util.load_config('valence')
   c.num_devices = a.num_devices
   runtime.configure(c)
+  assert jax.devices()[0].memory_stats() is not None, f'{jax.default_backend()}: no memory stats'
   mesh = sharding.make_mesh(a.num_devices)
   impl, mapped = (steps.attention_impl(c, sharding.platform(mesh)),
                   steps.seeds_mapped(c, sharding.platform(mesh)))
@@ -533,7 +555,7 @@ def agreement(ck: Check):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   t0 = time.perf_counter()
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--_cpu_reference', path_in,
-                         path_out], capture_output=True, text=True, env=env)
+                         path_out], capture_output=True, text=True, env=env, timeout=600)
   if proc.returncode:
     raise RuntimeError(f'CPU reference failed: {proc.stderr.strip().splitlines()[-1:]}')
   cpu = np.load(path_out)
@@ -606,6 +628,10 @@ def main(argv=None):
   except MuseError as e:  # e.g. --num_devices over what this host has, or a tree that fails
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    report.add('data', 'failed', _why(e))  # the JSON says why there are no figures
+    return 1
   meta['data'], meta['root'] = ck.tree, ck.root
   print(f'# device check on {meta["backend"]}: {ck.tree}', flush=True)
   for name in a.sections:

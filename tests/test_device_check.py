@@ -84,7 +84,7 @@ def test_device_check_small_on_cpu(bench, tmp_path):
   assert [(f['seeds'], f['seed_loop']) for f in ep] == [(1, 'auto'), (5, 'vmap'), (5, 'map')]
   for f in ep:
     assert all(math.isfinite(f[k]) and f[k] > 0 for k in ('steady_s', 'first_s', 'run_s'))
-    assert f['ratio_vs_one_seed'] == f['steady_s'] / ep[0]['steady_s']
+    assert f['seeds'] == 1 or f['ratio_vs_one_seed'] > 1  # 5 seeds are 5 models' work
 
   # Attention cores agree with the plain one; FLOP/s, memory figures are real numbers.
   att = [r['figures'] for r in by('attention') if r['figures']['available']]
@@ -104,7 +104,7 @@ def test_device_check_small_on_cpu(bench, tmp_path):
     assert f['diff_preds'] < 1e-4 and f['diff_long'] < 1e-4, r
     assert f['diff_grads'] < 1e-3 * f['max_grad'], r
   auto = next(r for r in ag if '(auto)' in r['check'])
-  assert re.match(r'blocked', auto['check']) and auto['figures']['diff_preds'] == 0.0
+  assert re.match(r'blocked', auto['check']) and auto['figures']['diff_preds'] < 1e-6
 
 
 def test_refuses_to_measure_the_cpu_on_a_gpu_machine(tmp_path):
