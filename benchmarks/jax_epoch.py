@@ -88,6 +88,7 @@ def main():
   c = config_util.load_config('valence')
   c.data_root, c.data_dir = a.root, a.data_dir
   c.feature_sets, c.targets, c.add_segment_id = tuple(a.features.split(',')), (a.target,), False
+  c.normalize = 'all'  # as every figure in RESULTS.md was measured (valence.py is now raw)
   c.win_len, c.hop_len, c.batch_size = a.win, a.hop, a.batch
   c.num_epochs, c.early_stopping_patience = a.epochs, a.epochs + 1
   c.num_seeds, c.seed, c.micro_batch_size = a.seeds, a.seed, a.micro_batch

@@ -18,7 +18,6 @@ from muse_jax import config_util
 from muse_jax import inference
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
-from muse_jax import main as main_lib
 from muse_jax import metrics
 from muse_jax import sharding
 from muse_jax import steps
@@ -200,6 +199,7 @@ def test_accelerator_path_trains_like_the_cpu_defaults(tiny_tree, tmp_path, atte
     assert proc.returncode == 0, proc.stderr[-3000:]
     picked = re.search(r'seeds \[314, 315\] \((.*?)\), (\w+) attention', proc.stderr)
     assert picked, proc.stderr[-3000:]
+    assert 'of 2 seeds' in proc.stdout and 'of their ensemble' in proc.stdout, proc.stdout
     runs[name] = (picked.groups(), proc.stderr, json.load(open(os.path.join(workdir,
                                                                              'results.json'))))
   (cpu_pick, cpu_log, cpu), (acc_pick, acc_log, acc) = runs['cpu'], runs['accelerator']
@@ -271,4 +271,3 @@ def test_seed_ensemble_and_per_video_ccc_in_results_and_evaluate(tiny_tree, tmp_
   assert os.path.exists(os.path.join(work, 'plots', 'per_video_devel_ccc.png'))
   again = inference.evaluate(config, work)
   assert again['ensemble'] == ens and again['per_video'] == per_video
-  assert 'of their ensemble' in main_lib.summary(results)
