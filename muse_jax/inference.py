@@ -50,7 +50,7 @@ def predict_videos(eval_step, params, videos, mesh) -> list:
 def evaluate_split(eval_step, params, videos, targets, mesh) -> tuple:
   """(predictions [S][video], metrics per seed or None when the split has no labels)."""
   preds = predict_videos(eval_step, params, videos, mesh)
-  labelled = [i for i, v in enumerate(videos) if v.has_labels]
+  labelled = _labelled(videos)
   if not labelled:
     return preds, None
   m = [metrics_lib.partition_metrics([videos[i].y for i in labelled],
@@ -98,7 +98,8 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -
     results['ensemble'] = score_ensemble(per_split, videos, targets, trackers, seeds)
   results['per_video'] = {split: _per_video(videos[split], per_split[split][0][chosen], targets)
                           for split in ('devel', 'test')}
-  _log_scores(results, targets)
+  for line in seed_lines(results):
+    logging.info('%s', line)
   if per_split['test'][1] is None and videos['test']:
     logging.info('test: no test video has labels for %s in this tree, so there is no test score '
                  '(predictions are written)', ', '.join(targets))
@@ -123,7 +124,7 @@ def score_ensemble(per_split, videos, targets, trackers, seeds) -> dict:
       np.isfinite(p).all() for preds, _ in per_split.values() for p in preds[s])]
   out = {'seeds': [seeds[s] for s in members]}
   for split, (preds, _) in per_split.items():
-    labelled = [i for i, v in enumerate(videos[split]) if v.has_labels]
+    labelled = _labelled(videos[split])
     out[split] = metrics_lib.partition_metrics(
         [videos[split][i].y for i in labelled],
         [ensemble_mean([preds[s][i] for s in members]) for i in labelled],
@@ -133,10 +134,15 @@ def score_ensemble(per_split, videos, targets, trackers, seeds) -> dict:
 
 def _per_video(videos, preds, targets) -> dict:
   """{video id: {target: CCC}} of the labelled videos of a partition."""
-  labelled = [i for i, v in enumerate(videos) if v.has_labels]
+  labelled = _labelled(videos)
   cccs = metrics_lib.per_video_ccc([videos[i].y for i in labelled], [preds[i] for i in labelled],
                                    targets)
   return {videos[i].id: c for i, c in zip(labelled, cccs)}
+
+
+def _labelled(videos) -> list:
+  """Indices of the videos with labels (the ones a partition's metrics are computed on)."""
+  return [i for i, v in enumerate(videos) if v.has_labels]
 
 
 def ensemble_mean(preds) -> np.ndarray:
@@ -145,20 +151,20 @@ def ensemble_mean(preds) -> np.ndarray:
   return np.mean(np.stack(preds).astype(np.float64), axis=0).astype(preds[0].dtype)
 
 
-def _log_scores(results, targets) -> None:
-  """Best seed, seed mean +- std and ensemble side by side (devel and test), one line each."""
+def seed_lines(results) -> list:
+  """With several seeds, per split: the chosen seed's mean CCC, the seeds' mean +- std and their
+  ensemble's, side by side (the run's log and its last printed lines)."""
+  if 'ensemble' not in results:
+    return []
+  lines = []
   for split in ('devel', 'test'):
-    m = results.get(split)
-    if not m:
-      continue
-    line = f'{split} CCC: seed {results["seed"]} {m["mean_ccc"]:.4f}'
     if f'{split}_ccc_mean' in results:
-      line += (f'; {len(results["seeds"])} seeds {results[f"{split}_ccc_mean"]:.4f} +- '
-               f'{results[f"{split}_ccc_std"]:.4f}')
-    ens = (results.get('ensemble') or {}).get(split)
-    if ens:
-      line += f'; ensemble of {len(results["ensemble"]["seeds"])} {ens["mean_ccc"]:.4f}'
-    logging.info('%s (mean over %s)', line, ', '.join(targets))
+      ens = results['ensemble'].get(split)
+      lines.append(f'{split}: mean CCC of seed {results["seed"]} '
+                   f'{results[split]["mean_ccc"]:.4f}, of {len(results["seeds"])} seeds '
+                   f'{results[f"{split}_ccc_mean"]:.4f} +- {results[f"{split}_ccc_std"]:.4f}'
+                   + (f', of their ensemble {ens["mean_ccc"]:.4f}' if ens else ''))
+  return lines
 
 
 def check_trained(workdir, tracker, seed, ccc, initial, chosen) -> None:

@@ -110,15 +110,8 @@ def summary(results: dict) -> str:
           f'{t} CCC {m[t]["ccc"]:.4f}' for t in results['targets']))
     elif split == 'test':
       lines.append('test: no labels in this tree, no test CCC (predictions are written)')
-  if 'ensemble' in results:  # several seeds: the chosen one, their spread, their average
-    n = len(results['seeds'])
-    for split in ('devel', 'test'):
-      if f'{split}_ccc_mean' in results:
-        lines.append(f'{split}: mean CCC of seed {results["seed"]} '
-                     f'{results[split]["mean_ccc"]:.4f}, of {n} seeds '
-                     f'{results[f"{split}_ccc_mean"]:.4f} +- {results[f"{split}_ccc_std"]:.4f}'
-                     + (f', of their ensemble {results["ensemble"][split]["mean_ccc"]:.4f}'
-                        if results['ensemble'].get(split) else ''))
+  from muse_jax import inference  # pylint: disable=import-outside-toplevel
+  lines += inference.seed_lines(results)  # several seeds: chosen one, their spread, their average
   return '\n'.join(lines)
 
 

@@ -1,8 +1,8 @@
 """The paper's pipeline end to end (`./run.sh reproduce [ROOT]`): one results table.
 
 Per target: a unimodal run for every feature set of the tree, the early-fusion runs (e.g.
-egemaps+fasttext, the sets of configs/valence.py), then late fusion over all of them. Without ROOT it runs
-on the generated demo tree (written into --out) with demo-sized runs (configs/demo.py,
+egemaps+fasttext, the sets of configs/valence.py), then late fusion over all of them. Without
+ROOT it runs on the generated demo tree (written into --out) with demo-sized runs (configs/demo.py,
 configs/late_fusion_demo.py); with ROOT, a release in any layout of docs/data_format.md
 (MuSe-CaR 2020/2021, Ulm-TSST stress/physio, a plain tree; --task when it holds several), with
 the paper's settings (configs/default.py, configs/late_fusion.py) for each target of the tree. Every run is an ordinary

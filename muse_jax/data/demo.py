@@ -416,7 +416,7 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
       demo_files.write_csv(tree.feature_path(name, vid),
                            list(dl.feature_meta) + demo_files.column_names(name, dim),
                            cols, [0] * len(dl.feature_meta) + list(_decimals(name, dim, seed)))
-  split_ids = {p: [v for i, (v, q) in enumerate(zip(lay['ids'], lay['part'])) if q == p and i in keep]
+  split_ids = {p: [lay['ids'][i] for i in sorted(keep) if lay['part'][i] == p]
                for p in layout.SPLITS}
   summary = {'scale': scale, 'seed': seed, 'layout': layout_name, 'task': tree.task,
              'fraction': fraction, 'targets': list(dl.targets), 'step_ms': step,
