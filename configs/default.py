@@ -67,7 +67,10 @@ def get_config():
   c.seed_loop = 'auto'            # how that step runs them: 'vmap' (one op S times larger: for
                                   # GPU/TPU), 'map' (one after the other: CPU), 'auto' = by device
   c.data_seed = -1                # shuffling order of train windows; -1 = seed
-  c.eval_seed = -1                # seed used by evaluate/predict outputs; -1 = best devel CCC
+  c.eval_seed = 'best'            # what the run's predictions are (training's end, evaluate,
+                                  # predict, hence late fusion's inputs): 'best' = the seed with
+                                  # the best devel CCC (the paper), 'ensemble' = the mean of the
+                                  # seeds' predictions, or a seed index '0', '1', ...
   c.nonfinite_policy = 'stop'     # NaN/Inf loss or gradient: 'stop' (exit, keep last good
                                   # checkpoint) | 'skip' (drop that step, count it in the logs)
 

@@ -117,6 +117,25 @@ class Spec:
   data_dir: str        # absolute: where this layout's builds live (task_data_dir)
   layout: object = None  # data.layout.Layout of data_root (None when not set or not found)
   loss_weights: tuple = ()  # one per target, () = equal
+  eval_seed: object = 'best'  # what evaluate/predict write: 'best', 'ensemble' or a seed index
+
+
+def eval_seed(value, num_seeds: int):
+  """config.eval_seed as 'best', 'ensemble' or a seed index in [0, num_seeds). The int -1 that
+  workdirs from before 'best' and 'ensemble' recorded reads as 'best'."""
+  if isinstance(value, str) and value.strip().lower() in ('best', 'ensemble'):
+    return value.strip().lower()
+  try:
+    index = int(value) if not isinstance(value, (bool, float)) else None
+  except ValueError:
+    index = None
+  if index == -1:
+    return 'best'
+  if index is not None and 0 <= index < num_seeds:
+    return index
+  raise MuseError(f"config.eval_seed={value!r} is invalid: use 'best' (the seed with the best "
+                  f"devel CCC), 'ensemble' (the mean of the seeds' predictions) or a seed index "
+                  f'in [0, num_seeds={num_seeds})')
 
 
 def parse(config, strict: bool = False, tree_targets: bool = True) -> Spec:
@@ -163,7 +182,8 @@ def parse(config, strict: bool = False, tree_targets: bool = True) -> Spec:
   return Spec(config=config, feature_sets=sets, targets=targets, fusion_runs=runs, inputs=inputs,
               normalized=normalized, seeds=tuple(config.seed + i for i in range(config.num_seeds)),
               data_seed=config.seed if config.data_seed < 0 else config.data_seed,
-              data_root=root, data_dir=data_dir, layout=lay, loss_weights=weights)
+              data_root=root, data_dir=data_dir, layout=lay, loss_weights=weights,
+              eval_seed=eval_seed(config.get('eval_seed', 'best'), config.num_seeds))
 
 
 def validate_config(config, tree_targets: bool = True) -> Spec:
@@ -213,9 +233,6 @@ def validate_config(config, tree_targets: bool = True) -> Spec:
   need(isinstance(config.get('compilation_cache_dir', 'auto'), str),
        "compilation_cache_dir must be 'auto', a folder or 'none', got "
        f"{config.get('compilation_cache_dir')!r}")
-  need(-1 <= config.eval_seed < config.num_seeds,
-       f'eval_seed must be -1 (best) or in [0, num_seeds={config.num_seeds}), '
-       f'got {config.eval_seed}')
   model_fields(config.model, len(targets))
   return spec
 

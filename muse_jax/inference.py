@@ -59,31 +59,35 @@ def evaluate_split(eval_step, params, videos, targets, mesh) -> tuple:
 
 
 def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -> dict:
-  """Scores every partition with each seed's best parameters; writes the chosen seed's
-  predictions (challenge CSVs) and plots; returns the results dict."""
+  """Scores every partition with each seed's best parameters; writes the predictions
+  `config.eval_seed` picks (challenge CSVs) and plots; returns the results dict."""
   config = spec.config
   state, meta = checkpoint.restore(mngr, state, signature, workdir)
   params = sharding.replicate(state.best_params, mesh)
   trackers = [SeedTracker(**t) for t in meta['trackers']]
-  targets, seeds = list(spec.targets), list(spec.seeds)
+  targets, seeds, initial = list(spec.targets), list(spec.seeds), meta.get('initial_devel')
   per_split = {s: evaluate_split(eval_step, params, videos[s], targets, mesh)
                for s in layout.SPLITS}
   devel_ccc = [m['mean_ccc'] for m in per_split['devel'][1]] if per_split['devel'][1] else []
   best = int(np.nanargmax(devel_ccc)) if devel_ccc and np.isfinite(devel_ccc).any() else 0
-  chosen = best if config.eval_seed < 0 else config.eval_seed
-  check_trained(workdir, trackers[chosen], seeds[chosen],
-                devel_ccc[chosen] if devel_ccc else float('nan'), meta.get('initial_devel'),
-                chosen)
-  for split, (preds, _) in per_split.items():
-    check_finite(preds[chosen], videos[split], split, seeds[chosen])
+  picked = pick_seeds(spec.eval_seed, trackers, initial, best)
+  for s in picked:
+    check_trained(workdir, trackers[s], seeds[s], devel_ccc[s] if devel_ccc else float('nan'),
+                  initial, s)
+  what = written_name(spec.eval_seed, picked, seeds)
+  written = {split: combine(preds, picked) for split, (preds, _) in per_split.items()}
+  for split, preds in written.items():
+    check_finite(preds, videos[split], split, what)
+  ensemble = score_ensemble(per_split, videos, targets, trackers, seeds, initial)
   results = {'targets': targets, 'layout': spec.layout.kind, 'task': spec.layout.task,
-             'step_ms': signature['step_ms'], 'epochs_run': meta['epoch'], 'seed': seeds[chosen],
-             'best_seed': seeds[best], 'best_epoch': trackers[chosen].best_epoch,
+             'step_ms': signature['step_ms'], 'epochs_run': meta['epoch'],
+             'eval_seed': spec.eval_seed, 'seed': _seed_value(spec.eval_seed, picked, seeds),
+             'best_seed': seeds[best], 'best_epoch': max(trackers[s].best_epoch for s in picked),
              'skipped_steps': meta['skipped_steps']}
-  if meta.get('initial_devel'):
-    results['initial_devel_ccc'] = meta['initial_devel'][chosen]
+  if initial and len(picked) == 1:
+    results['initial_devel_ccc'] = initial[picked[0]]
   for split, (_, m) in per_split.items():
-    results[split] = m[chosen] if m else None
+    results[split] = ((m[picked[0]] if len(picked) == 1 else ensemble[split]) if m else None)
   results['seeds'] = [{'seed': seed, 'best_epoch': trackers[s].best_epoch,
                        **{split: (m[s] if m else None) for split, (_, m) in per_split.items()}}
                       for s, seed in enumerate(seeds)]
@@ -94,9 +98,9 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -
       test_ccc = [m['mean_ccc'] for m in per_split['test'][1]]
       results['test_ccc_mean'], results['test_ccc_std'] = float(np.mean(test_ccc)), float(
           np.std(test_ccc))
-  if len(seeds) > 1:
-    results['ensemble'] = score_ensemble(per_split, videos, targets, trackers, seeds)
-  results['per_video'] = {split: _per_video(videos[split], per_split[split][0][chosen], targets)
+  if len(seeds) > 1 or spec.eval_seed == 'ensemble':
+    results['ensemble'] = ensemble
+  results['per_video'] = {split: _per_video(videos[split], written[split], targets)
                           for split in ('devel', 'test')}
   for line in seed_lines(results):
     logging.info('%s', line)
@@ -104,30 +108,70 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -
     logging.info('test: no test video has labels for %s in this tree, so there is no test score '
                  '(predictions are written)', ', '.join(targets))
   if jax.process_index() == 0:
-    for split, (preds, _) in per_split.items():
-      outputs.write_predictions(os.path.join(workdir, 'predictions'), videos[split],
-                                preds[chosen], targets, spec.layout.label_columns)
+    for split, preds in written.items():
+      outputs.write_predictions(os.path.join(workdir, 'predictions'), videos[split], preds,
+                                targets, spec.layout.label_columns)
     n = config.num_plot_videos
     devel_ccc_of = results['per_video'].get('devel', {})
-    outputs.plot_videos(workdir, videos['devel'][:n], per_split['devel'][0][chosen][:n], targets,
+    outputs.plot_videos(workdir, videos['devel'][:n], written['devel'][:n], targets,
                         [devel_ccc_of.get(v.id) for v in videos['devel'][:n]])
     if devel_ccc_of:
-      outputs.plot_per_video_ccc(workdir, devel_ccc_of, targets, 'devel', seeds[chosen])
+      outputs.plot_per_video_ccc(workdir, devel_ccc_of, targets, 'devel', what)
   return results
 
 
-def score_ensemble(per_split, videos, targets, trackers, seeds) -> dict:
+def ensemble_members(trackers, initial) -> list:
+  """Indices of the seeds the ensemble averages: those whose best parameters come from training
+  and beat the untrained model on devel (what `check_trained` asks of a chosen seed). From the
+  checkpoint alone, so training, evaluate, predict and `Predictor` average the same seeds."""
+  return [s for s, t in enumerate(trackers)
+          if t.best_epoch > 0 and np.isfinite(t.best_ccc)
+          and not (initial is not None and np.isfinite(initial[s]) and t.best_ccc <= initial[s])]
+
+
+def pick_seeds(eval_seed, trackers, initial, best: int) -> list:
+  """The seed indices whose predictions are written: [best], [a seed index] or the ensemble's
+  members. An ensemble without members is [best], so `check_trained` says why that seed fails."""
+  if eval_seed == 'ensemble':
+    return ensemble_members(trackers, initial) or [best]
+  return [best if eval_seed == 'best' else eval_seed]
+
+
+def written_name(eval_seed, picked, seeds) -> str:
+  """How the log, errors and plots name what was written."""
+  if eval_seed == 'ensemble':
+    return f'the ensemble of seeds {", ".join(str(seeds[s]) for s in picked)}'
+  return f'seed {seeds[picked[0]]}'
+
+
+def _seed_value(eval_seed, picked, seeds):
+  """results' `seed`: the written seed, or 'ensemble'."""
+  return 'ensemble' if eval_seed == 'ensemble' else seeds[picked[0]]
+
+
+def combine(preds, picked) -> list:
+  """Per video, the mean of the picked seeds' predictions ([S][video] -> [video]); one seed's
+  predictions come back unchanged (`ensemble_mean`)."""
+  return [ensemble_mean([preds[s][i] for s in picked]) for i in range(len(preds[0]))]
+
+
+def score_ensemble(per_split, videos, targets, trackers, seeds, initial) -> dict:
   """Metrics of the mean of the seeds' predictions, each seed at its own best epoch, on every
-  partition: what training all seeds bought beyond keeping the best one. Seeds that never
-  trained (best epoch 0) or predict non-finite values are left out, and named."""
-  members = [s for s in range(len(seeds)) if trackers[s].best_epoch > 0 and all(
-      np.isfinite(p).all() for preds, _ in per_split.values() for p in preds[s])]
-  out = {'seeds': [seeds[s] for s in members]}
+  partition: what training all seeds bought beyond keeping the best one. The members are
+  `ensemble_members`; a partition where their mean is not finite has no score (one log line;
+  writing it is refused by `check_finite`)."""
+  members = ensemble_members(trackers, initial)
+  out = {'seeds': [seeds[s] for s in members],
+         'best_epochs': [trackers[s].best_epoch for s in members]}
   for split, (preds, _) in per_split.items():
     labelled = _labelled(videos[split])
+    mean = combine(preds, members) if members else []
+    if members and not all(np.isfinite(mean[i]).all() for i in labelled):
+      logging.warning('%s: the ensemble of seeds %s predicts non-finite values, so it has no '
+                      'score there', split, out['seeds'])
+      labelled = []
     out[split] = metrics_lib.partition_metrics(
-        [videos[split][i].y for i in labelled],
-        [ensemble_mean([preds[s][i] for s in members]) for i in labelled],
+        [videos[split][i].y for i in labelled], [mean[i] for i in labelled],
         targets) if labelled and members else None
   return out
 
@@ -152,16 +196,17 @@ def ensemble_mean(preds) -> np.ndarray:
 
 
 def seed_lines(results) -> list:
-  """With several seeds, per split: the chosen seed's mean CCC, the seeds' mean +- std and their
+  """With several seeds, per split: the best seed's mean CCC, the seeds' mean +- std and their
   ensemble's, side by side (the run's log and its last printed lines)."""
-  if 'ensemble' not in results:
+  if 'ensemble' not in results or 'devel_ccc_mean' not in results:
     return []
+  best = next(s for s in results['seeds'] if s['seed'] == results['best_seed'])
   lines = []
   for split in ('devel', 'test'):
     if f'{split}_ccc_mean' in results:
       ens = results['ensemble'].get(split)
-      lines.append(f'{split}: mean CCC of seed {results["seed"]} '
-                   f'{results[split]["mean_ccc"]:.4f}, of {len(results["seeds"])} seeds '
+      lines.append(f'{split}: mean CCC of the best seed ({best["seed"]}) '
+                   f'{best[split]["mean_ccc"]:.4f}, of {len(results["seeds"])} seeds '
                    f'{results[f"{split}_ccc_mean"]:.4f} +- {results[f"{split}_ccc_std"]:.4f}'
                    + (f', of their ensemble {ens["mean_ccc"]:.4f}' if ens else ''))
   return lines
@@ -189,12 +234,13 @@ def check_trained(workdir, tracker, seed, ccc, initial, chosen) -> None:
         'another learning_rate or more num_epochs in a new --workdir')
 
 
-def check_finite(preds, videos, split, seed) -> None:
+def check_finite(preds, videos, split, what) -> None:
+  """Refuses to write a non-finite prediction; `what`: 'seed 314', 'the ensemble of ...'."""
   for v, p in zip(videos, preds):
     if not np.isfinite(p).all():
       row = int(np.argmax(~np.isfinite(p).all(axis=1)))
       raise MuseError(f'non-finite prediction for {split} video {v.id} at timestamp '
-                      f'{v.timestamp[row]} (seed {seed}); no predictions were written; look for '
+                      f'{v.timestamp[row]} ({what}); no predictions were written; look for '
                       'absurd input values there (or train with a lower config.max_abs_z in a new '
                       '--workdir)')
 
@@ -228,11 +274,12 @@ def evaluate(config, workdir: str) -> dict:
 
 
 def predict(config, workdir: str) -> dict:
-  """Predictions of the chosen seed's best parameters for every video of `config.data_root`, in
+  """Predictions of the best parameters for every video of `config.data_root`, in
   `<workdir>/predict/<target>/<Id>.csv` (challenge format); no labels needed, no metrics.
 
-  The seed is config.eval_seed, else the one with the best devel CCC during training (as the
-  checkpoint's schedules recorded it). Returns what `predict.json` holds."""
+  `config.eval_seed` picks them: the seed with the best devel CCC during training (as the
+  checkpoint's schedules recorded it), a seed index, or the ensemble of the seeds (the same
+  members as training's end). Returns what `predict.json` holds."""
   workdir = wd.prepare(workdir)
   saved = wd.saved_config(workdir) or {}
   if saved.get('targets') and config_util.parse_list(config.targets) in (['all'], []):
@@ -251,30 +298,42 @@ def predict(config, workdir: str) -> dict:
     mngr, state, signature, videos, eval_step, mesh = _restored(spec, workdir, ())
     state, meta = checkpoint.restore(mngr, state, signature, workdir)
     trackers = [SeedTracker(**t) for t in meta['trackers']]
-    best = int(np.argmax([t.best_ccc if np.isfinite(t.best_ccc) else -np.inf for t in trackers]))
-    chosen = best if config.eval_seed < 0 else config.eval_seed
-    check_trained(workdir, trackers[chosen], spec.seeds[chosen], trackers[chosen].best_ccc,
-                  meta.get('initial_devel'), chosen)
-    params = sharding.replicate(jax.tree.map(lambda a: a[chosen:chosen + 1], state.best_params),
+    seeds, initial = list(spec.seeds), meta.get('initial_devel')
+    picked = pick_seeds(spec.eval_seed, trackers, initial, best_tracked(trackers))
+    for s in picked:
+      check_trained(workdir, trackers[s], seeds[s], trackers[s].best_ccc, initial, s)
+    what = written_name(spec.eval_seed, picked, seeds)
+    params = sharding.replicate(jax.tree.map(lambda a: a[np.asarray(picked)], state.best_params),
                                 mesh)
     out = os.path.join(workdir, 'predict')
     counts = {}
     for split in layout.SPLITS:
-      preds = predict_videos(eval_step, params, videos[split], mesh)[0]
-      check_finite(preds, videos[split], split, spec.seeds[chosen])
+      preds = combine(predict_videos(eval_step, params, videos[split], mesh),
+                      range(len(picked)))
+      check_finite(preds, videos[split], split, what)
       if jax.process_index() == 0:
         outputs.write_predictions(out, videos[split], preds, list(spec.targets),
                                   spec.layout.label_columns)
       counts[split] = len(videos[split])
     results = {'data_root': spec.data_root, 'layout': spec.layout.kind, 'task': spec.layout.task,
-               'step_ms': signature['step_ms'], 'seed': spec.seeds[chosen],
-               'best_epoch': trackers[chosen].best_epoch, 'targets': list(spec.targets),
-               'videos': counts, 'predictions': out}
+               'step_ms': signature['step_ms'], 'eval_seed': spec.eval_seed,
+               'seed': _seed_value(spec.eval_seed, picked, seeds),
+               'best_epoch': max(trackers[s].best_epoch for s in picked),
+               'targets': list(spec.targets), 'videos': counts, 'predictions': out}
+    if spec.eval_seed == 'ensemble':
+      results['ensemble'] = {'seeds': [seeds[s] for s in picked],
+                             'best_epochs': [trackers[s].best_epoch for s in picked]}
     if jax.process_index() == 0:
       outputs.write_json(os.path.join(workdir, 'predict.json'), results)
-    logging.info('predictions of seed %d (epoch %d) for %s videos written to %s',
-                 spec.seeds[chosen], trackers[chosen].best_epoch, counts, out)
+    logging.info('predictions of %s (best epoch %d) for %s videos written to %s', what,
+                 results['best_epoch'], counts, out)
   return results
+
+
+def best_tracked(trackers) -> int:
+  """The seed with the best devel CCC as training's schedules recorded it (predict, Predictor:
+  no devel scoring needed)."""
+  return int(np.argmax([t.best_ccc if np.isfinite(t.best_ccc) else -np.inf for t in trackers]))
 
 
 class Predictor:
@@ -282,12 +341,14 @@ class Predictor:
 
   `inputs` names the feature sets (and `segment_id`) the model reads, in column order; calling it
   with one video's joined raw features [T, D] returns predictions [T, K] for `targets`, using the
-  workdir's train statistics, NaN policy and the chosen seed's best parameters. Rows are frames
+  workdir's train statistics, NaN policy and best parameters: of the seed (or the ensemble)
+  `seed_index` names ('best', 'ensemble' or an index), by default what the workdir's
+  results.json wrote. Rows are frames
   of the model's own grid, `step_ms` (the training data's: 250 ms for MuSe-CaR, 500 for
   Ulm-TSST); `timestamps`, when given, are checked against it.
   """
 
-  def __init__(self, workdir: str, seed_index: int | None = None):
+  def __init__(self, workdir: str, seed_index: int | str | None = None):
     workdir = os.path.abspath(workdir)
     path = os.path.join(workdir, 'config.json')
     if not os.path.exists(path):
@@ -304,12 +365,21 @@ class Predictor:
     impl = steps.attention_impl(self.config, sharding.platform(self._mesh))
     model, _, state = steps.create_state(self.config, sum(self.dims), len(self.targets),
                                          spec.seeds, impl)
-    state, _ = checkpoint.restore(
+    state, meta = checkpoint.restore(
         mngr, state, checkpoint.model_signature(spec, self.dims, self.step_ms), workdir)
+    seeds = list(spec.seeds)
     if seed_index is None:
       seed = wd.read_json(os.path.join(workdir, 'results.json'), {}).get('seed')
-      seed_index = list(spec.seeds).index(seed) if seed in spec.seeds else 0
-    self.params = jax.tree.map(lambda a: a[seed_index:seed_index + 1], state.best_params)
+      seed_index = seeds.index(seed) if seed in seeds else 'ensemble' if seed == 'ensemble' else (
+          'best')
+    choice = config_util.eval_seed(seed_index, len(seeds))
+    trackers = [SeedTracker(**t) for t in meta['trackers']]
+    picked = pick_seeds(choice, trackers, meta.get('initial_devel'), best_tracked(trackers))
+    for s in picked:
+      check_trained(workdir, trackers[s], seeds[s], trackers[s].best_ccc,
+                    meta.get('initial_devel'), s)
+    self.seeds = [seeds[s] for s in picked]  # whose predictions are averaged (one: that seed's)
+    self.params = jax.tree.map(lambda a: a[np.asarray(picked)], state.best_params)
     self._eval = steps.make_eval_step(model)
     self._max_abs_z = normalization.max_abs_z(spec)
 
@@ -333,6 +403,7 @@ class Predictor:
     n = len(x)
     t = np.arange(n) * self.step_ms if timestamps is None else np.asarray(timestamps)
     video = video_lib.unlabelled('input', t, np.ones(n, np.int32), x, self.targets)
-    pred = predict_videos(self._eval, self.params, [video], self._mesh)[0][0]
-    check_finite([pred], [video], 'new', seed='chosen')
+    pred = combine(predict_videos(self._eval, self.params, [video], self._mesh),
+                   range(len(self.seeds)))[0]
+    check_finite([pred], [video], 'new', f'seeds {self.seeds}')
     return pred

@@ -99,10 +99,14 @@ def _known_configs() -> list:
 
 def summary(results: dict) -> str:
   """The lines printed at the end: best epoch and CCC per target (predict: where it wrote)."""
+  ens = results.get('ensemble') if results.get('seed') == 'ensemble' else None
+  written = (f'the ensemble of seeds {", ".join(map(str, ens["seeds"]))} (best epochs '
+             f'{", ".join(map(str, ens["best_epochs"]))})' if ens else
+             f'seed {results["seed"]} (epoch {results["best_epoch"]})')
   if 'predictions' in results and 'devel' not in results:
-    return (f'predictions of seed {results["seed"]} (epoch {results["best_epoch"]}) for '
-            f'{sum(results["videos"].values())} videos in {results["predictions"]}')
-  lines = [f'best epoch {results["best_epoch"]}']
+    return (f'predictions of {written} for {sum(results["videos"].values())} videos in '
+            f'{results["predictions"]}')
+  lines = [f'predictions of {written}' if ens else f'best epoch {results["best_epoch"]}']
   for split in ('devel', 'test'):
     m = results.get(split)
     if m:
@@ -111,7 +115,7 @@ def summary(results: dict) -> str:
     elif split == 'test':
       lines.append('test: no labels in this tree, no test CCC (predictions are written)')
   from muse_jax import inference  # pylint: disable=import-outside-toplevel
-  lines += inference.seed_lines(results)  # several seeds: chosen one, their spread, their average
+  lines += inference.seed_lines(results)  # several seeds: the best one, their spread, average
   return '\n'.join(lines)
 
 

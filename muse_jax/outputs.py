@@ -112,7 +112,7 @@ def plot_videos(workdir: str, videos, preds, targets, cccs=None) -> None:
     plt.close(fig)
 
 
-def plot_per_video_ccc(workdir: str, cccs: dict, targets, split: str, seed) -> None:
+def plot_per_video_ccc(workdir: str, cccs: dict, targets, split: str, what: str) -> None:
   """plots/per_video_<split>_ccc.png: each video's CCC, sorted, one panel per target."""
   plt = pyplot()
   fig, axes = plt.subplots(len(targets), 1, figsize=(max(6, 0.25 * len(cccs) + 2),
@@ -124,7 +124,7 @@ def plot_per_video_ccc(workdir: str, cccs: dict, targets, split: str, seed) -> N
     ax.set_xticks(range(len(ids)), ids, rotation=90, fontsize=6)
     ax.set_ylabel(f'{target} CCC')
     ax.axhline(0, color='black', lw=0.5)
-  fig.suptitle(f'{split}: CCC per video, sorted (seed {seed})')
+  fig.suptitle(f'{split}: CCC per video, sorted ({what})')
   fig.tight_layout()
   with files.atomic_path(os.path.join(workdir, 'plots', f'per_video_{split}_ccc.png'),
                          '.png') as tmp:

@@ -95,7 +95,7 @@ def write_outputs(out: str, timestamps: np.ndarray, preds: np.ndarray, targets: 
 
 def predict_recording(workdir: str, wav: str, out: str, transcript: str | None = None,
                       model_dir: str | None = None, win_s: float = 3.0,
-                      seed_index: int | None = None) -> dict:
+                      seed_index: int | str | None = None) -> dict:
   from muse_jax import inference  # pylint: disable=import-outside-toplevel
   predictor = inference.Predictor(workdir, seed_index)
   raw, timestamps = extract_inputs(list(predictor.inputs), list(predictor.dims), wav, transcript,
@@ -113,8 +113,9 @@ def main(argv=None) -> int:
   p.add_argument('--transcript', default=None, help='CSV start_ms,end_ms,text (for bert models)')
   p.add_argument('--model_dir', default=None, help='sentence encoder folder (for bert models)')
   p.add_argument('--win_s', type=float, default=3.0, help='egemaps functionals window (s)')
-  p.add_argument('--seed_index', type=int, default=None,
-                 help='which trained seed to use (default: the best one)')
+  p.add_argument('--seed_index', default=None,
+                 help="'best', 'ensemble' (the mean of the seeds' predictions) or a seed index "
+                      "(default: what the workdir's results.json wrote)")
   p.add_argument('--out', required=True, help='folder for <target>.csv and prediction.png')
   args = p.parse_args(argv)
   logging.set_verbosity(logging.ERROR)  # orbax's read-only checkpoint notes are noise here

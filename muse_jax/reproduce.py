@@ -48,6 +48,9 @@ flags.DEFINE_integer('fusion_top', 3, 'Late fusion over the best N first-level r
 flags.DEFINE_list('targets', [], 'Targets, one model per run and target; empty: every target '
                   '(label folder) of the tree.')
 flags.DEFINE_integer('num_epochs', 0, 'Overrides num_epochs of every run (0: the configs).')
+flags.DEFINE_string('eval_seed', '', "What every run writes (and late fusion so reads): 'best' "
+                    "(the paper's best devel seed), 'ensemble' (the mean of the seeds' "
+                    "predictions) or a seed index; empty: the configs' ('best').")
 FLAGS = flags.FLAGS
 
 UNIMODAL, EARLY, LATE = 'unimodal', 'early fusion', 'late fusion'
@@ -87,7 +90,8 @@ def train_once(config, workdir: str) -> dict:
 
 def run(out: str, root: str = '', scale: str = 'demo', config_name: str = '',
         fusion_config: str = '', features=(), early_fusion=('egemaps+fasttext',),
-        fusion_top: int = 3, targets=(), num_epochs: int = 0, task: str = '') -> list:
+        fusion_top: int = 3, targets=(), num_epochs: int = 0, task: str = '',
+        eval_seed: str = '') -> list:
   """Trains (or reads back) every run; returns [Run] in table order, target by target."""
   out = os.path.abspath(out)
   root = os.path.abspath(os.path.expanduser(root)) if root else demo.tree_in(out, scale)
@@ -118,6 +122,8 @@ def run(out: str, root: str = '', scale: str = 'demo', config_name: str = '',
     c.targets = (target,)
     if num_epochs:
       c.num_epochs = num_epochs
+    if eval_seed:
+      c.eval_seed = eval_seed
     return c
 
   runs = []
@@ -159,32 +165,43 @@ def _cell(results: dict, split: str, target: str) -> str:
   return f'{m[target]["ccc"]:.4f}' if m else 'n/a'
 
 
-def _seed_cell(results: dict, target: str) -> str:
-  ccc = [s['devel'][target]['ccc'] for s in results['seeds'] if s.get('devel')]
-  if len(ccc) < 2:
-    return '1 seed'
-  return f'{np.mean(ccc):.4f} ± {np.std(ccc):.4f} ({len(ccc)} seeds)'
+def _seed_cells(results: dict, target: str) -> list:
+  """The best seed's devel CCC, the seeds' mean ± std and their ensemble's devel / test CCC."""
+  seeds = [s for s in results['seeds'] if s.get('devel')]
+  if len(seeds) < 2:
+    return ['1 seed', '', '']
+  ccc = [s['devel'][target]['ccc'] for s in seeds]
+  best = next(s for s in seeds if s['seed'] == results['best_seed'])
+  ens = results.get('ensemble') or {}
+  return [f'{best["devel"][target]["ccc"]:.4f}',
+          f'{np.mean(ccc):.4f} ± {np.std(ccc):.4f} ({len(ccc)})',
+          f'{_cell(ens, "devel", target)} / {_cell(ens, "test", target)}']
 
 
 def table(runs: list) -> str:
-  """Markdown: one row per run, per target devel CCC (chosen seed), test CCC, seed mean ± std."""
+  """Markdown: one row per run; per target the devel and test CCC of what the run wrote
+  (eval_seed), then the best seed's devel CCC, the seeds' mean ± std and their ensemble's."""
   targets = list(dict.fromkeys(r.target for r in runs))
   rows = list(dict.fromkeys((r.kind, r.inputs) for r in runs))
   by = {(r.kind, r.inputs, r.target): r for r in runs}
   head = ['run', 'inputs']
   for t in targets:
-    head += [f'{t} devel', f'{t} test', f'{t} devel, seed mean ± std']
+    head += [f'{t} devel', f'{t} test', f'{t} devel, best seed',
+             f'{t} devel, seed mean ± std (seeds)', f'{t} ensemble devel / test']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for kind, inputs in rows:
     cells = [kind, inputs]
     for t in targets:
       r = by.get((kind, inputs, t))
       cells += ([_cell(r.results, 'devel', t), _cell(r.results, 'test', t),
-                 _seed_cell(r.results, t)] if r else ['', '', ''])
+                 *_seed_cells(r.results, t)] if r else [''] * 5)
     lines.append('| ' + ' | '.join(cells) + ' |')
+  written = sorted({str(r.results.get('eval_seed', 'best')) for r in runs})
   late = [r for r in runs if r.kind == LATE]
-  lines += ['', 'CCC over the concatenated videos of each partition (devel: the seed kept, as the '
-            'paper picks the best devel seed); test only where labels exist.', '',
+  lines += ['', 'CCC over the concatenated videos of each partition; test only where labels '
+            f'exist. devel / test: what each run wrote (eval_seed {", ".join(written)}: best = '
+            'the seed with the best devel CCC, as the paper keeps; ensemble = the mean of the '
+            "seeds' predictions, each at its best epoch).", '',
             'Late fusion inputs: ' + '; '.join(f'{r.target}: {", ".join(r.fused)}' for r in late)
             + '.', '',
             'Late fusion minus the best first-level run, devel CCC: ' + '; '.join(
@@ -206,7 +223,7 @@ def main(argv):
   t0 = time.time()
   runs = run(FLAGS.out, FLAGS.root, FLAGS.scale, FLAGS.config, FLAGS.fusion_config,
              FLAGS.features, FLAGS.early_fusion, FLAGS.fusion_top, FLAGS.targets,
-             FLAGS.num_epochs, FLAGS.task)
+             FLAGS.num_epochs, FLAGS.task, FLAGS.eval_seed)
   trained = sum(r.results.get('seconds', 0.0) for r in runs)
   text = table(runs) + (f'\n\n{len(runs)} runs; wall time of this invocation '
                         f'{time.time() - t0:.0f} s (the runs took {trained:.0f} s when trained).')

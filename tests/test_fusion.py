@@ -195,5 +195,18 @@ def test_reproduce_cli_resumes_and_writes_the_table(pipeline, tiny_tree):
   assert text.splitlines()[0].startswith('| run | inputs | valence devel | valence test |')
   for r in runs:
     assert f'{r.results["devel"]["valence"]["ccc"]:.4f}' in text
-  assert '(5 seeds)' in text and 'Late fusion minus the best first-level run' in text
+  assert 'valence devel, best seed | valence devel, seed mean ± std (seeds) | valence ensemble' in (
+      text.splitlines()[0])
+  late = next(r for r in runs if r.kind == 'late fusion').results  # 5 seeds
+  ens = late['ensemble']
+  assert (f'± {late["devel_ccc_std"]:.4f} (5) | {ens["devel"]["valence"]["ccc"]:.4f} / '
+          f'{ens["test"]["valence"]["ccc"]:.4f} |') in text
+  assert 'Late fusion minus the best first-level run' in text
   assert text in proc.stdout + '\n'
+  # Finished runs wrote the best seed's predictions: another eval_seed is refused, not mixed in.
+  proc = subprocess.run(
+      [sys.executable, '-m', 'muse_jax.reproduce', f'--out={out}', f'--root={tiny_tree}',
+       '--config=tiny', '--features=egemaps,fasttext', '--early_fusion=', '--targets=valence',
+       '--eval_seed=ensemble'], capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert proc.returncode == 2 and 'started with another config (differs in eval_seed)' in (
+      proc.stderr), proc.stderr[-2000:]

@@ -145,7 +145,7 @@ def test_train_evaluate_predict_on_each_layout(trees, name, tmp_path):
   assert dl.step_ms == s['step_ms']
 
 
-def test_a_model_refuses_data_on_another_grid(trees, tmp_path):
+def test_a_model_refuses_data_on_another_grid(trees, tmp_path, monkeypatch):
   """A 500 ms model fed a 250 ms tree (same features, same targets) stops with one line."""
   stress = trees['muse2021_stress']
   config = tiny_config(stress['root'], str(tmp_path / 'tfds'), targets=('arousal', 'valence'),
@@ -160,6 +160,8 @@ def test_a_model_refuses_data_on_another_grid(trees, tmp_path):
   with pytest.raises(MuseError, match=r'this data is on a 250 ms grid, but the model in .* '
                                       r'learnt on a 500 ms grid'):
     inference.predict(other, workdir)
+  # Whether 2 epochs beat the untrained model is float-level luck; the grid is checked either way.
+  monkeypatch.setattr(inference, 'check_trained', lambda *args: None)
   predictor = inference.Predictor(workdir)
   assert predictor.step_ms == 500
   x = np.zeros((20, predictor.dims[0]), np.float32)

@@ -23,6 +23,7 @@ from muse_jax import sharding
 from muse_jax import steps
 from muse_jax import train
 from muse_jax.data.video import Video
+from muse_jax.errors import MuseError
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -226,29 +227,55 @@ def _fake_split(rng, n_videos, seeds_preds):
 
 def test_seed_ensemble_is_the_mean_of_the_seeds_predictions():
   rng = np.random.default_rng(0)
-  trackers = [types.SimpleNamespace(best_epoch=3)] * 3
+  trained = types.SimpleNamespace(best_epoch=3, best_ccc=0.5)
+  trackers, initial, seeds = [trained] * 3, [0.1] * 3, [314, 315, 316]
   targets = ['arousal', 'valence']
   videos, preds = _fake_split(rng, 4, lambda vs: [[rng.normal(size=v.y.shape).astype(np.float32)
                                                    for v in vs] for _ in range(3)])
-  got = inference.score_ensemble({'devel': (preds, None)}, {'devel': videos}, targets, trackers,
-                                 [314, 315, 316])
+
+  def ensemble(preds, trackers=trackers, initial=initial):
+    return inference.score_ensemble({'devel': (preds, None)}, {'devel': videos}, targets,
+                                    trackers, seeds, initial)
+
+  got = ensemble(preds)
   want = metrics.partition_metrics([v.y for v in videos],
                                    [(preds[0][i].astype(float) + preds[1][i] + preds[2][i]) / 3
                                     for i in range(4)], targets)
-  assert got['seeds'] == [314, 315, 316]
+  assert got['seeds'] == seeds and got['best_epochs'] == [3, 3, 3]
   for t in targets:
     assert got['devel'][t] == pytest.approx(want[t], rel=1e-6)
-  # Identical seeds: the ensemble is that seed, to the last bit of its metrics.
+  # What evaluate/predict write for eval_seed='ensemble' is that same mean, per video.
+  mean = inference.combine(preds, inference.pick_seeds('ensemble', trackers, initial, best=1))
+  for i in range(4):
+    np.testing.assert_allclose(mean[i], (preds[0][i] + preds[1][i] + preds[2][i]) / 3,
+                               rtol=1e-5, atol=1e-6)
+  # Identical seeds: the ensemble is that seed, to the last bit of its predictions and metrics.
   same = [preds[0]] * 3
   single = metrics.partition_metrics([v.y for v in videos], preds[0], targets)
-  assert inference.score_ensemble({'devel': (same, None)}, {'devel': videos}, targets, trackers,
-                                  [314, 315, 316])['devel'] == single
-  # A seed that never trained (best epoch 0) or predicts NaN is left out, by name.
-  bad = [preds[0], [np.full_like(p, np.nan) for p in preds[1]], preds[2]]
-  untrained = [trackers[0], trackers[1], types.SimpleNamespace(best_epoch=0)]
-  out = inference.score_ensemble({'devel': (bad, None)}, {'devel': videos}, targets, untrained,
-                                 [314, 315, 316])
+  assert ensemble(same)['devel'] == single
+  assert all((a == b).all() for a, b in zip(inference.combine(same, [0, 1, 2]), preds[0]))
+  # A seed that never trained (best epoch 0) or never beat the untrained model is left out.
+  untrained = types.SimpleNamespace(best_epoch=0, best_ccc=float('-inf'))
+  out = ensemble([preds[0], preds[1], preds[2]], [trained, trained, untrained], [0.1, 0.6, 0.1])
   assert out['seeds'] == [314] and out['devel'] == single
+  # A member predicting NaN: no ensemble score there (it is not quietly dropped).
+  assert ensemble([preds[0], [np.full_like(p, np.nan) for p in preds[1]], preds[2]])['devel'] is None
+
+
+def test_eval_seed_choices():
+  trained = types.SimpleNamespace(best_epoch=3, best_ccc=0.5)
+  untrained = types.SimpleNamespace(best_epoch=0, best_ccc=float('-inf'))
+  assert [config_util.eval_seed(v, 3) for v in ('best', 'Ensemble', '2', 1, -1, '-1')] == [
+      'best', 'ensemble', 2, 1, 'best', 'best']  # -1: what older workdirs recorded for 'best'
+  for bad in ('3', 3, 'mean', 1.0, ''):
+    with pytest.raises(MuseError, match=r"config.eval_seed=.* is invalid: use 'best'"):
+      config_util.eval_seed(bad, 3)
+  trackers = [trained, untrained, trained]
+  assert inference.pick_seeds('best', trackers, None, best=2) == [2]
+  assert inference.pick_seeds(1, trackers, None, best=2) == [1]
+  assert inference.pick_seeds('ensemble', trackers, None, best=2) == [0, 2]
+  # No member: the best seed, so that check_trained says what is wrong with it.
+  assert inference.pick_seeds('ensemble', [untrained] * 2, None, best=1) == [1]
 
 
 def test_seed_ensemble_and_per_video_ccc_in_results_and_evaluate(tiny_tree, tmp_path):
@@ -258,7 +285,8 @@ def test_seed_ensemble_and_per_video_ccc_in_results_and_evaluate(tiny_tree, tmp_
   work = str(tmp_path / 'w')
   results = train.train_and_evaluate(config, work)
   ens = results['ensemble']
-  assert ens['seeds'] == [314, 315] and set(ens) == {'seeds', 'train', 'devel', 'test'}
+  assert ens['seeds'] == [314, 315] and set(ens) == {'seeds', 'best_epochs', 'train', 'devel',
+                                                   'test'}
   for split in ('devel', 'test'):
     assert all(np.isfinite(ens[split][t][m]) for t in ('arousal', 'valence')
                for m in ('ccc', 'pcc', 'rmse'))
@@ -271,3 +299,52 @@ def test_seed_ensemble_and_per_video_ccc_in_results_and_evaluate(tiny_tree, tmp_
   assert os.path.exists(os.path.join(work, 'plots', 'per_video_devel_ccc.png'))
   again = inference.evaluate(config, work)
   assert again['ensemble'] == ens and again['per_video'] == per_video
+
+
+def _read_predictions(folder, raw=False) -> dict:
+  if raw:
+    return {f'{t}/{n}': open(os.path.join(folder, t, n), 'rb').read()
+            for t in sorted(os.listdir(folder)) for n in sorted(os.listdir(os.path.join(folder, t)))}
+  return {f'{t}/{n}': np.loadtxt(os.path.join(folder, t, n), delimiter=',', skiprows=1, usecols=1,
+                                 ndmin=1)
+          for t in sorted(os.listdir(folder)) for n in sorted(os.listdir(os.path.join(folder, t)))}
+
+
+def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path):
+  """eval_seed='ensemble': training's end, evaluate, predict and Predictor all write the mean of
+  the members' predictions, each member at its best epoch; evaluate reproduces it exactly."""
+  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_epochs=3, num_seeds=2,
+                       eval_seed='ensemble')
+  work = str(tmp_path / 'w')
+  results = train.train_and_evaluate(config, work)
+  ens = results['ensemble']
+  assert results['seed'] == 'ensemble' and results['eval_seed'] == 'ensemble'
+  assert ens['seeds'] and set(ens['seeds']) <= {314, 315}
+  assert results['devel'] == ens['devel'] and results['test'] == ens['test']
+  assert results['best_epoch'] == max(ens['best_epochs'])
+  written = _read_predictions(os.path.join(work, 'predictions'))
+  written_bytes = _read_predictions(os.path.join(work, 'predictions'), raw=True)
+  # Each member's own predictions (evaluate with a seed index rewrites predictions/) ...
+  per_seed = []
+  for seed in ens['seeds']:
+    config.eval_seed = str(seed - 314)
+    assert inference.evaluate(config, work)['seed'] == seed
+    per_seed.append(_read_predictions(os.path.join(work, 'predictions')))
+  for name, got in written.items():  # ... averaged: the ensemble (to the CSVs' 7 digits)
+    np.testing.assert_allclose(got, np.mean([p[name] for p in per_seed], axis=0), rtol=1e-6,
+                               atol=1e-6)
+  config.eval_seed = 'ensemble'
+  again = inference.evaluate(config, work)
+  assert {k: again[k] for k in ('seed', 'devel', 'test', 'ensemble', 'per_video')} == {
+      k: results[k] for k in ('seed', 'devel', 'test', 'ensemble', 'per_video')}
+  assert _read_predictions(os.path.join(work, 'predictions'), raw=True) == written_bytes
+  out = inference.predict(config, work)
+  assert out['seed'] == 'ensemble' and out['ensemble']['seeds'] == ens['seeds']
+  assert _read_predictions(out['predictions'], raw=True) == written_bytes
+  # Predictor: by default what results.json wrote (the ensemble), the mean of the members'.
+  predictor = inference.Predictor(work)
+  assert predictor.seeds == ens['seeds']
+  x = np.random.default_rng(0).normal(size=(40, sum(predictor.dims))).astype(np.float32)
+  members = [inference.Predictor(work, seed - 314)(x) for seed in ens['seeds']]
+  np.testing.assert_allclose(predictor(x), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
+

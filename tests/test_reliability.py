@@ -30,10 +30,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (keys folded with the step), plateau lr cuts and a seed that early-stops before the end. When
 # those happen is scripted (tests/scripted_main.py), not left to float-level training dynamics:
 # seed 314 improves up to epoch 3, then its lr is cut at epochs 5 and 7 and it stops after epoch
-# 8 (patience 5); seed 315 improves every epoch and runs all 10.
+# 8 (patience 5); seed 315 improves every epoch and runs all 10. The predictions written are the
+# seeds' ensemble, each seed at its own best epoch (3 and 10): resume must restore both.
 HARD = ['--config.num_epochs=10', '--config.learning_rate=0.03', '--config.plateau_patience=1',
         '--config.early_stopping_patience=5', '--config.num_seeds=2',
-        '--config.model.out_dropout=0.3', '--config.model.attn_dropout=0.1']
+        '--config.model.out_dropout=0.3', '--config.model.attn_dropout=0.1',
+        '--config.eval_seed=ensemble']
 # Above any untrained model's real score: what the kept parameters must beat (inference.score_best).
 SCRIPTED = {314: [0.7, 0.8, 0.9], 315: [0.5 + 0.05 * e for e in range(1, 11)]}
 # Some exporters write FLT_MAX for a missing value: finite, so the reader keeps it, but the CCC
@@ -125,6 +127,7 @@ def uninterrupted(tiny_tree, data_dir, tmp_path_factory):
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.load(open(os.path.join(workdir, 'results.json'), encoding='utf-8'))
   assert results['epochs_run'] == 10  # seed 315 keeps the run going to the end
+  assert results['seed'] == 'ensemble' and results['ensemble']['best_epochs'] == [3, 10]
   stopped = [int(e) for e in re.findall(r'\] epoch +(\d+) seed 314 .*\(stopped', proc.stderr)]
   assert stopped == [8], stopped  # seed 314 stops after epoch 8, said once
   assert not re.search(r'\] epoch +(9|10) seed 314 ', proc.stderr)  # then it is quiet

@@ -299,9 +299,10 @@ def test_guards_refuse_untrained_or_non_finite_outputs(tmp_path):
   inference.check_trained(str(tmp_path), t, 314, 0.2, [0.1], 0)  # beat it: no error
   v = Video('7', np.array([0, 250, 500]), np.ones(3, np.int32), np.zeros((3, 1), np.float32),
             np.zeros((3, 1), np.float32), ('valence',), (True,))
-  inference.check_finite([np.zeros((3, 1))], [v], 'test', 314)
-  with pytest.raises(MuseError, match=r'non-finite prediction for test video 7 at timestamp 250'):
-    inference.check_finite([np.array([[0.0], [np.nan], [0.0]])], [v], 'test', 314)
+  inference.check_finite([np.zeros((3, 1))], [v], 'test', 'seed 314')
+  with pytest.raises(MuseError, match=r'non-finite prediction for test video 7 at timestamp 250 '
+                     r'\(seed 314\)'):
+    inference.check_finite([np.array([[0.0], [np.nan], [0.0]])], [v], 'test', 'seed 314')
 
 
 def test_another_trees_column_order_is_refused_not_permuted(tmp_path):
