@@ -18,9 +18,9 @@ that ends early keeps what was measured). Sections, in order:
              over the longest video, with their difference from the plain one;
   flops      the train step's FLOP/s (matmul FLOPs counted as benchmarks/jax_epoch.py does)
              against a large matmul measured in this process;
-  memory     of the train step at batch 1024 and of the whole-video evaluation of the longest
-             video: XLA's compiled footprint, and the device's own peak where the backend reports
-             one (measured in a fresh process per item);
+  memory     of the train step at batch 1024 (--batch) and of the whole-video evaluation of the
+             longest video: XLA's compiled footprint, and the device's own peak where the backend
+             reports one (measured in a fresh process per item);
   agreement  the same parameters and batch on this backend (each core) vs the CPU defaults,
              computed in a subprocess with JAX_PLATFORMS=cpu: max abs diff of predictions (train
              windows and the longest video) and of the CCC loss's gradients.
@@ -59,6 +59,9 @@ def parse_args(argv=None):
                        '1/16)')
   ap.add_argument('--epochs', type=int, default=None, help='per run (default 3, --small 2)')
   ap.add_argument('--seeds', type=int, default=5, help='seeds of the vmapped/mapped runs')
+  ap.add_argument('--batch', type=int, default=None,
+                  help="rows of a train step, as config.batch_size (default the paper's 1024): "
+                       'the flops and memory sections measure that step')
   ap.add_argument('--num_devices', type=int, default=0,
                   help='devices of the mesh, as config.num_devices (0 = all)')
   ap.add_argument('--sections', default=','.join(SECTIONS), help='comma list of ' +
@@ -157,6 +160,7 @@ class Check:
     c = config_util.load_config('valence')
     c.data_root, c.data_dir, c.num_devices = self.root, self.data_dir, a.num_devices
     c.num_epochs, c.early_stopping_patience = a.epochs, a.epochs + 1
+    c.batch_size = a.batch or c.batch_size
     c.num_plot_videos, c.compilation_cache_dir = 0, 'none'
     self.config = c
     self.spec = config_util.validate_config(c)

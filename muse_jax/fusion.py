@@ -65,10 +65,24 @@ def load_runs(runs: list, targets: list, root: str, grid: dict) -> dict:
     if run_root and os.path.realpath(os.path.expanduser(run_root)) != root:
       raise MuseError(f'{run}: trained on {run_root}, but this run reads {root}; late fusion '
                       'needs first-level runs of the same tree')
+    logging.info('late fusion input %s: %s', run, written_choice(run))
     for target in targets:
       out[next(names)] = {split: [_aligned(run, target, split, v) for v in videos]
                               for split, videos in grid.items()}
   return out
+
+
+def written_choice(run: str) -> str:
+  """What the run's predictions/ hold, from its predictions.json: which seed (or the ensemble),
+  and whether training or a later --mode=evaluate (with its own eval_seed) wrote them."""
+  path = os.path.join(run, 'predictions.json')
+  try:
+    with open(path, encoding='utf-8') as f:
+      w = json.load(f)
+    return (f"predictions of {w['what']} (eval_seed {w['eval_seed']}, best epoch "
+            f"{w['best_epoch']}) written by {w['written_by']}, scored in {w['results']}")
+  except (OSError, ValueError, KeyError):
+    return 'predictions of an unrecorded choice (no readable predictions.json: an older run)'
 
 
 def _aligned(run: str, target: str, split: str, v):

@@ -58,9 +58,12 @@ def evaluate_split(eval_step, params, videos, targets, mesh) -> tuple:
   return preds, m
 
 
-def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -> dict:
+def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
+               by: str = 'train') -> dict:
   """Scores every partition with each seed's best parameters; writes the predictions
-  `config.eval_seed` picks (challenge CSVs) and plots; returns the results dict."""
+  `config.eval_seed` picks (challenge CSVs), `predictions.json` saying what they are (`by`:
+  'train' or 'evaluate', the run that wrote them: evaluate may pick another eval_seed than the
+  results.json of training) and plots; returns the results dict."""
   config = spec.config
   state, meta = checkpoint.restore(mngr, state, signature, workdir)
   params = sharding.replicate(state.best_params, mesh)
@@ -111,6 +114,10 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh) -
     for split, preds in written.items():
       outputs.write_predictions(os.path.join(workdir, 'predictions'), videos[split], preds,
                                 targets, spec.layout.label_columns)
+    outputs.write_json(os.path.join(workdir, 'predictions.json'), {
+        'written_by': by, 'what': what, 'eval_seed': spec.eval_seed, 'seed': results['seed'],
+        'best_epoch': results['best_epoch'],
+        'results': 'results.json' if by == 'train' else 'eval_results.json'})
     n = config.num_plot_videos
     devel_ccc_of = results['per_video'].get('devel', {})
     outputs.plot_videos(workdir, videos['devel'][:n], written['devel'][:n], targets,
@@ -267,7 +274,8 @@ def evaluate(config, workdir: str) -> dict:
     # Preprocessing fields (nan_policy, max_abs_z, data_root, ...) must be the training's.
     wd.check_resume(workdir, wd.config_record(config), evaluating=True)
     mngr, state, signature, videos, eval_step, mesh = _restored(spec, workdir, ('train', 'devel'))
-    results = score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh)
+    results = score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
+                         by='evaluate')
     if jax.process_index() == 0:
       outputs.write_json(os.path.join(workdir, 'eval_results.json'), results)
   return results

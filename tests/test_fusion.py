@@ -108,6 +108,12 @@ def test_late_fusion_trains_on_the_runs_and_beats_the_worse_input(pipeline):
   assert len(runs[2].results['seeds']) == 5
   preds = lambda w: sorted(os.listdir(os.path.join(w, 'predictions', 'valence')))
   assert preds(late) == preds(runs[0].workdir)  # every video of every partition
+  # What late fusion logs of each input: the choice its CSVs come from, and who wrote them.
+  seed = runs[0].results['seed']
+  assert fusion.written_choice(runs[0].workdir) == (
+      f'predictions of seed {seed} (eval_seed best, best epoch '
+      f'{runs[0].results["best_epoch"]}) written by train, scored in results.json')
+  assert 'unrecorded choice' in fusion.written_choice(out)  # a folder without predictions.json
 
 
 def test_late_fusion_evaluate_restores_the_same_model(pipeline):

@@ -105,11 +105,12 @@ def test_short_run_same_devel_ccc_on_1_and_8_devices(tiny_tree, tmp_path):
 
 
 def test_seeds_side_by_side_equal_separate_runs(tiny_tree, tmp_path):
-  """Seeds in one step, vmapped or looped (config.seed_loop), train as separate runs would."""
+  """Seeds in one program (looped, the CPU default) train as separate runs would; vmapped seeds
+  train as looped ones (test_accelerator_path_trains_like_the_cpu_defaults), so as separate runs."""
   data_dir = str(tmp_path / 'tfds')
   together = {mode: train.train_and_evaluate(
       tiny_config(tiny_tree, data_dir, num_epochs=1, num_seeds=2, num_devices=1, seed_loop=mode),
-      str(tmp_path / mode)) for mode in ('vmap', 'map')}
+      str(tmp_path / mode)) for mode in ('map',)}
   for i, seed in enumerate((314, 315)):
     alone = train.train_and_evaluate(
         tiny_config(tiny_tree, data_dir, num_epochs=1, seed=seed, data_seed=314, num_devices=1),
@@ -183,18 +184,18 @@ def test_micro_batches_give_the_whole_batch_gradient():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
-@pytest.mark.parametrize('attention', ['plain', 'dot_product'])
-def test_accelerator_path_trains_like_the_cpu_defaults(tiny_tree, tmp_path, attention):
+def test_accelerator_path_trains_like_the_cpu_defaults(tiny_tree, tmp_path):
   """What 'auto' picks on GPU/TPU (unblocked attention, vmapped seeds, asynchronous dispatch),
-  and jax.nn.dot_product_attention, forced on CPU through the command: the same run as the CPU
-  defaults (blocked attention, seeds one after the other, synchronous dispatch) within TOL."""
+  with the plain attention and with jax.nn.dot_product_attention, forced on CPU through the
+  command: the same run as the CPU defaults (blocked attention, seeds one after the other,
+  synchronous dispatch) within TOL."""
   from test_reliability import run  # pylint: disable=import-outside-toplevel
   data_dir = str(tmp_path / 'tfds')
   common = ('--config.num_epochs=2', '--config.num_seeds=2')
   runs = {}
-  for name, args in (('cpu', ()), ('accelerator', (
+  for name, args in (('cpu', ()), *((attention, (
       f'--config.attention={attention}', '--config.seed_loop=vmap',
-      '--config.reuse_cpu_buffers=False'))):
+      '--config.reuse_cpu_buffers=False')) for attention in ('plain', 'dot_product'))):
     workdir = str(tmp_path / name)
     proc = run(workdir, tiny_tree, data_dir, *common, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -203,20 +204,23 @@ def test_accelerator_path_trains_like_the_cpu_defaults(tiny_tree, tmp_path, atte
     assert 'of 2 seeds' in proc.stdout and 'of their ensemble' in proc.stdout, proc.stdout
     runs[name] = (picked.groups(), proc.stderr, json.load(open(os.path.join(workdir,
                                                                              'results.json'))))
-  (cpu_pick, cpu_log, cpu), (acc_pick, acc_log, acc) = runs['cpu'], runs['accelerator']
-  assert cpu_pick == ('one after the other', 'blocked') and acc_pick == ('vmapped', attention)
+  cpu_pick, cpu_log, cpu = runs['cpu']
+  assert cpu_pick == ('one after the other', 'blocked')
   assert 'large CPU buffers are kept in the heap' in cpu_log   # synchronous dispatch ...
-  assert 'large CPU buffers are kept in the heap' not in acc_log   # ... and JAX's async default
-  for a, b in zip(cpu['seeds'], acc['seeds']):
-    for split in ('devel', 'test'):
-      for t in ('arousal', 'valence'):
-        assert b[split][t]['ccc'] == pytest.approx(a[split][t]['ccc'], abs=TOL)
   assert abs(cpu['devel']['mean_ccc'] - cpu['initial_devel_ccc']) > 10 * TOL  # it trained
-  for target in ('arousal', 'valence'):
-    for f in sorted(os.listdir(tmp_path / 'cpu' / 'predictions' / target)):
-      got = [np.loadtxt(tmp_path / w / 'predictions' / target / f, delimiter=',', skiprows=1,
-                        usecols=1, ndmin=1) for w in ('cpu', 'accelerator')]
-      np.testing.assert_allclose(got[1], got[0], atol=5 * TOL)
+  for attention in ('plain', 'dot_product'):
+    acc_pick, acc_log, acc = runs[attention]
+    assert acc_pick == ('vmapped', attention)
+    assert 'large CPU buffers are kept in the heap' not in acc_log   # ... and JAX's async default
+    for a, b in zip(cpu['seeds'], acc['seeds']):
+      for split in ('devel', 'test'):
+        for t in ('arousal', 'valence'):
+          assert b[split][t]['ccc'] == pytest.approx(a[split][t]['ccc'], abs=TOL)
+    for target in ('arousal', 'valence'):
+      for f in sorted(os.listdir(tmp_path / 'cpu' / 'predictions' / target)):
+        got = [np.loadtxt(tmp_path / w / 'predictions' / target / f, delimiter=',', skiprows=1,
+                          usecols=1, ndmin=1) for w in ('cpu', attention)]
+        np.testing.assert_allclose(got[1], got[0], atol=5 * TOL)
 
 
 def _fake_split(rng, n_videos, seeds_preds):
@@ -278,29 +282,6 @@ def test_eval_seed_choices():
   assert inference.pick_seeds('ensemble', [untrained] * 2, None, best=1) == [1]
 
 
-def test_seed_ensemble_and_per_video_ccc_in_results_and_evaluate(tiny_tree, tmp_path):
-  """results.json: the ensemble of the seeds beside the chosen seed, and each labelled devel/test
-  video's CCC; --mode=evaluate recomputes both exactly from the checkpoint."""
-  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_epochs=2, num_seeds=2)
-  work = str(tmp_path / 'w')
-  results = train.train_and_evaluate(config, work)
-  ens = results['ensemble']
-  assert ens['seeds'] == [314, 315] and set(ens) == {'seeds', 'best_epochs', 'train', 'devel',
-                                                   'test'}
-  for split in ('devel', 'test'):
-    assert all(np.isfinite(ens[split][t][m]) for t in ('arousal', 'valence')
-               for m in ('ccc', 'pcc', 'rmse'))
-    assert results[f'{split}_ccc_std'] >= 0
-  per_video = results['per_video']
-  devel_ids = [l.split(',')[0] for l in open(os.path.join(tiny_tree, 'metadata', 'partition.csv'))
-               if l.strip().endswith(',devel')]
-  assert sorted(per_video['devel']) == sorted(set(devel_ids))
-  assert all(-1 <= c[t] <= 1 for c in per_video['devel'].values() for t in ('arousal', 'valence'))
-  assert os.path.exists(os.path.join(work, 'plots', 'per_video_devel_ccc.png'))
-  again = inference.evaluate(config, work)
-  assert again['ensemble'] == ens and again['per_video'] == per_video
-
-
 def _read_predictions(folder, raw=False) -> dict:
   if raw:
     return {f'{t}/{n}': open(os.path.join(folder, t, n), 'rb').read()
@@ -311,25 +292,47 @@ def _read_predictions(folder, raw=False) -> dict:
 
 
 def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path):
-  """eval_seed='ensemble': training's end, evaluate, predict and Predictor all write the mean of
-  the members' predictions, each member at its best epoch; evaluate reproduces it exactly."""
+  """eval_seed='ensemble': results.json holds the ensemble of the seeds beside each seed, and each
+  labelled devel/test video's CCC; training's end, evaluate, predict and Predictor all write the
+  mean of the members' predictions, each member at its best epoch; evaluate reproduces it all
+  exactly from the checkpoint."""
   config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_epochs=3, num_seeds=2,
                        eval_seed='ensemble')
   work = str(tmp_path / 'w')
   results = train.train_and_evaluate(config, work)
   ens = results['ensemble']
   assert results['seed'] == 'ensemble' and results['eval_seed'] == 'ensemble'
+  assert set(ens) == {'seeds', 'best_epochs', 'train', 'devel', 'test'}
+  assert [s['seed'] for s in results['seeds']] == [314, 315]
+  for split in ('devel', 'test'):
+    assert all(np.isfinite(ens[split][t][m]) for t in ('arousal', 'valence')
+               for m in ('ccc', 'pcc', 'rmse'))
+    assert results[f'{split}_ccc_std'] >= 0
+  per_video = results['per_video']
+  devel_ids = [l.split(',')[0] for l in open(os.path.join(tiny_tree, 'metadata', 'partition.csv'))
+               if l.strip().endswith(',devel')]
+  assert sorted(per_video['devel']) == sorted(set(devel_ids))
+  assert all(-1 <= c[t] <= 1 for c in per_video['devel'].values() for t in ('arousal', 'valence'))
+  assert os.path.exists(os.path.join(work, 'plots', 'per_video_devel_ccc.png'))
   assert ens['seeds'] and set(ens['seeds']) <= {314, 315}
   assert results['devel'] == ens['devel'] and results['test'] == ens['test']
   assert results['best_epoch'] == max(ens['best_epochs'])
   written = _read_predictions(os.path.join(work, 'predictions'))
   written_bytes = _read_predictions(os.path.join(work, 'predictions'), raw=True)
   # Each member's own predictions (evaluate with a seed index rewrites predictions/) ...
+  said = lambda: json.load(open(os.path.join(work, 'predictions.json')))
+  assert said() == {'written_by': 'train', 'what': said()['what'], 'eval_seed': 'ensemble',
+                    'seed': 'ensemble', 'best_epoch': results['best_epoch'],
+                    'results': 'results.json'} and 'ensemble of seeds' in said()['what']
   per_seed = []
   for seed in ens['seeds']:
     config.eval_seed = str(seed - 314)
     assert inference.evaluate(config, work)['seed'] == seed
     per_seed.append(_read_predictions(os.path.join(work, 'predictions')))
+    # predictions/ now hold that seed's, and say so (results.json still says training's choice).
+    assert (said()['written_by'], said()['seed'], said()['results']) == (
+        'evaluate', seed, 'eval_results.json')
+    assert json.load(open(os.path.join(work, 'results.json')))['seed'] == 'ensemble'
   for name, got in written.items():  # ... averaged: the ensemble (to the CSVs' 7 digits)
     np.testing.assert_allclose(got, np.mean([p[name] for p in per_seed], axis=0), rtol=1e-6,
                                atol=1e-6)
