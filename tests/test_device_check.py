@@ -24,7 +24,7 @@ def bench(tmp_path_factory):
 def device_check(bench, tmp_path, *args, devices=1):
   """(exit status, stdout, stderr, JSON report) of `device_check.py --small ARGS` on `devices`
   simulated CPU devices, on 1/32 of the full-scale tree (half of --small's slice: the same
-  sections and figures, in less of the suite's time)."""
+  sections and figures on less data)."""
   out = tmp_path / 'dc.json'
   env = dict(os.environ, MUSE_BENCH_DIR=str(bench),
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
@@ -62,7 +62,7 @@ def test_devices_section_shows_the_padded_batch_of_a_cluster_run(bench, tmp_path
 
 
 def test_device_check_small_on_cpu(bench, tmp_path):
-  # 2 seeds and 256-row steps: every section and figure as --small has them, in half the time.
+  # 2 seeds and 256-row steps: every section and figure as --small has them, with less work.
   rc, stdout, err, report = device_check(bench, tmp_path, '--seeds=2', '--batch=256')
   assert rc == 0, err[-3000:]
   rows = report['rows']

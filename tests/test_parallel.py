@@ -108,23 +108,21 @@ def test_seeds_side_by_side_equal_separate_runs(tiny_tree, tmp_path):
   """Seeds in one program (looped, the CPU default) train as separate runs would; vmapped seeds
   train as looped ones (test_accelerator_path_trains_like_the_cpu_defaults), so as separate runs."""
   data_dir = str(tmp_path / 'tfds')
-  together = {mode: train.train_and_evaluate(
-      tiny_config(tiny_tree, data_dir, num_epochs=1, num_seeds=2, num_devices=1, seed_loop=mode),
-      str(tmp_path / mode)) for mode in ('map',)}
+  both = train.train_and_evaluate(
+      tiny_config(tiny_tree, data_dir, num_epochs=1, num_seeds=2, num_devices=1, seed_loop='map'),
+      str(tmp_path / 'map'))
   for i, seed in enumerate((314, 315)):
     alone = train.train_and_evaluate(
         tiny_config(tiny_tree, data_dir, num_epochs=1, seed=seed, data_seed=314, num_devices=1),
         str(tmp_path / f'seed{seed}'))
-    for both in together.values():
-      got = both['seeds'][i]
-      assert got['seed'] == seed
-      for t in ('arousal', 'valence'):
-        assert got['devel'][t]['ccc'] == pytest.approx(alone['devel'][t]['ccc'], abs=TOL)
-  for both in together.values():
-    cccs = [s['devel']['mean_ccc'] for s in both['seeds']]
-    assert both['best_seed'] == (314, 315)[int(np.argmax(cccs))]
-    assert both['devel_ccc_mean'] == pytest.approx(np.mean(cccs))
-    assert cccs[0] != cccs[1]  # different init really gives different models
+    got = both['seeds'][i]
+    assert got['seed'] == seed
+    for t in ('arousal', 'valence'):
+      assert got['devel'][t]['ccc'] == pytest.approx(alone['devel'][t]['ccc'], abs=TOL)
+  cccs = [s['devel']['mean_ccc'] for s in both['seeds']]
+  assert both['best_seed'] == (314, 315)[int(np.argmax(cccs))]
+  assert both['devel_ccc_mean'] == pytest.approx(np.mean(cccs))
+  assert cccs[0] != cccs[1]  # different init really gives different models
 
 
 def _free_port():
@@ -319,11 +317,11 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path):
   assert results['best_epoch'] == max(ens['best_epochs'])
   written = _read_predictions(os.path.join(work, 'predictions'))
   written_bytes = _read_predictions(os.path.join(work, 'predictions'), raw=True)
-  # Each member's own predictions (evaluate with a seed index rewrites predictions/) ...
   said = lambda: json.load(open(os.path.join(work, 'predictions.json')))
   assert said() == {'written_by': 'train', 'what': said()['what'], 'eval_seed': 'ensemble',
                     'seed': 'ensemble', 'best_epoch': results['best_epoch'],
                     'results': 'results.json'} and 'ensemble of seeds' in said()['what']
+  # Each member's own predictions (evaluate with a seed index rewrites predictions/) ...
   per_seed = []
   for seed in ens['seeds']:
     config.eval_seed = str(seed - 314)
