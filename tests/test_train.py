@@ -1,6 +1,7 @@
 """End to end: train -> checkpoint -> evaluate/predict on a tiny generated tree."""
 import csv
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -162,11 +163,36 @@ def test_accelerator_choices_follow_the_mesh_devices_not_the_backend():
     steps.attention_impl(config, 'cpu')
 
 
-def test_rerun_of_finished_workdir_resumes_not_retrains(trained):
+def _listing(folder) -> dict:
+  """Every path under `folder` with its mtime (ns) and size."""
+  out = {}
+  for root, dirs, names in os.walk(folder):
+    for name in dirs + names:
+      path = os.path.join(root, name)
+      st = os.stat(path)
+      out[os.path.relpath(path, folder)] = (st.st_mtime_ns, st.st_size)
+  return out
+
+
+def test_rerun_of_finished_workdir_resumes_not_retrains(trained, caplog):
+  """A deterministic retrain would report the same numbers, so this looks at what a rerun does:
+  no epoch trained or scored (no epoch line), no checkpoint step written or touched, the metric
+  log as it was."""
   config, work, results = trained
+  ckpt = os.path.join(work, 'checkpoints')
+  before = _listing(ckpt)
+  with open(os.path.join(work, 'metrics.jsonl'), 'rb') as f:
+    metrics = f.read()
+  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')
   again = train.train_and_evaluate(config, work)
-  assert again['best_epoch'] == results['best_epoch']
-  assert again['devel'] == results['devel']
+  logs = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith(f'resuming after epoch {results["epochs_run"]} ') for m in logs), logs
+  assert not [m for m in logs if m.startswith('epoch ')], logs  # nothing trained, nor scored
+  assert _listing(ckpt) == before  # no new step, none rewritten
+  with open(os.path.join(work, 'metrics.jsonl'), 'rb') as f:
+    assert f.read() == metrics
+  assert again['best_epoch'] == results['best_epoch'] and again['devel'] == results['devel']
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny_tree, tmp_path):
