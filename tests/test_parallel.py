@@ -19,6 +19,7 @@ from muse_jax import inference
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
 from muse_jax import metrics
+from muse_jax import schedule
 from muse_jax import sharding
 from muse_jax import steps
 from muse_jax import train
@@ -289,11 +290,21 @@ def _read_predictions(folder, raw=False) -> dict:
           for t in sorted(os.listdir(folder)) for n in sorted(os.listdir(os.path.join(folder, t)))}
 
 
-def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path):
+# Each seed's devel score as its schedule sees it, per epoch (as tests/scripted_main.py does for
+# the command): seed 314 is best at epoch 2, seed 315 at epoch 3, both far above any untrained
+# model's real score, so both are members of the ensemble on any CPU. Parameters, predictions and
+# the reported metrics stay the real ones.
+ENSEMBLE_SCRIPT = {314: [0.7, 0.9, 0.8], 315: [0.7, 0.8, 0.9]}
+
+
+def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path, monkeypatch):
   """eval_seed='ensemble': results.json holds the ensemble of the seeds beside each seed, and each
   labelled devel/test video's CCC; training's end, evaluate, predict and Predictor all write the
   mean of the members' predictions, each member at its best epoch; evaluate reproduces it all
   exactly from the checkpoint."""
+  update = schedule.SeedTracker.update
+  monkeypatch.setattr(schedule.SeedTracker, 'update', lambda self, ccc, epoch, config: update(
+      self, ENSEMBLE_SCRIPT[self.seed][epoch - 1], epoch, config))
   config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_epochs=3, num_seeds=2,
                        eval_seed='ensemble')
   work = str(tmp_path / 'w')
@@ -301,26 +312,29 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path):
   ens = results['ensemble']
   assert results['seed'] == 'ensemble' and results['eval_seed'] == 'ensemble'
   assert set(ens) == {'seeds', 'best_epochs', 'train', 'devel', 'test'}
-  assert [s['seed'] for s in results['seeds']] == [314, 315]
+  assert [(s['seed'], s['best_epoch']) for s in results['seeds']] == [(314, 2), (315, 3)]
+  assert ens['seeds'] == [314, 315] and ens['best_epochs'] == [2, 3]  # two members, both kept
   for split in ('devel', 'test'):
     assert all(np.isfinite(ens[split][t][m]) for t in ('arousal', 'valence')
                for m in ('ccc', 'pcc', 'rmse'))
-    assert results[f'{split}_ccc_std'] >= 0
+    cccs = [s[split]['mean_ccc'] for s in results['seeds']]
+    assert results[f'{split}_ccc_mean'] == pytest.approx(np.mean(cccs), rel=1e-9, abs=1e-12)
+    # ddof: see issue 29
+    assert results[f'{split}_ccc_std'] == pytest.approx(np.std(cccs, ddof=0), rel=1e-9, abs=1e-12)
   per_video = results['per_video']
   devel_ids = [l.split(',')[0] for l in open(os.path.join(tiny_tree, 'metadata', 'partition.csv'))
                if l.strip().endswith(',devel')]
   assert sorted(per_video['devel']) == sorted(set(devel_ids))
   assert all(-1 <= c[t] <= 1 for c in per_video['devel'].values() for t in ('arousal', 'valence'))
   assert os.path.exists(os.path.join(work, 'plots', 'per_video_devel_ccc.png'))
-  assert ens['seeds'] and set(ens['seeds']) <= {314, 315}
   assert results['devel'] == ens['devel'] and results['test'] == ens['test']
-  assert results['best_epoch'] == max(ens['best_epochs'])
+  assert results['best_epoch'] == 3  # the latest of the members' best epochs
   written = _read_predictions(os.path.join(work, 'predictions'))
   written_bytes = _read_predictions(os.path.join(work, 'predictions'), raw=True)
   said = lambda: json.load(open(os.path.join(work, 'predictions.json')))
-  assert said() == {'written_by': 'train', 'what': said()['what'], 'eval_seed': 'ensemble',
-                    'seed': 'ensemble', 'best_epoch': results['best_epoch'],
-                    'results': 'results.json'} and 'ensemble of seeds' in said()['what']
+  assert said() == {'written_by': 'train', 'what': 'the ensemble of seeds 314, 315',
+                    'eval_seed': 'ensemble', 'seed': 'ensemble', 'best_epoch': 3,
+                    'results': 'results.json'}
   # Each member's own predictions (evaluate with a seed index rewrites predictions/) ...
   per_seed = []
   for seed in ens['seeds']:
@@ -331,6 +345,8 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path):
     assert (said()['written_by'], said()['seed'], said()['results']) == (
         'evaluate', seed, 'eval_results.json')
     assert json.load(open(os.path.join(work, 'results.json')))['seed'] == 'ensemble'
+  # Two different members (else their mean would be either one of them) ...
+  assert any(not np.allclose(per_seed[0][n], per_seed[1][n], atol=1e-3) for n in written)
   for name, got in written.items():  # ... averaged: the ensemble (to the CSVs' 7 digits)
     np.testing.assert_allclose(got, np.mean([p[name] for p in per_seed], axis=0), rtol=1e-6,
                                atol=1e-6)
