@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from muse_jax import input_pipeline as ip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,19 +39,30 @@ def test_devices_section_shows_the_padded_batch_of_a_cluster_run(bench, tmp_path
   """On 8 devices with --num_devices 3 (a count that divides nothing): the mesh, the rows each
   step and evaluation batch are padded to, as the trainer computes them, and muse_jax.main's
   multi-host flags, each documented in the README."""
-  rc, _, err, report = device_check(bench, tmp_path, '--sections=devices', '--num_devices=3', devices=8)
+  rc, _, err, report = device_check(bench, tmp_path, '--sections=devices', '--num_devices=3',
+                                    '--batch=32', devices=8)
   assert rc == 0, err[-3000:]
   dev = {r['check']: r['figures'] for r in report['rows']}
   assert dev['devices (local / all), processes'] == {'local': 8, 'total': 8, 'processes': 1}
   assert dev['mesh (--num_devices 3)']['mesh_devices'] == 3
   assert dev["'auto' picks"] == {'attention': 'blocked', 'seeds_mapped': True,
                                  'dispatch': 'synchronous'}
+  # README's rule, worked by hand (its example: 1024 windows on 3 devices -> 1026 rows, 342 per
+  # device): with 32-window steps (the slice has fewer than 1024 windows), a full step is padded
+  # to 33 rows, 11 per device, the last step holds the rest, padded to a multiple of 3 likewise.
   pad = next(f for c, f in dev.items() if c.startswith('padded batch'))
-  assert pad['step_rows'] == sorted(set(ip.step_rows(pad['train_windows'], 1024, 3)))
-  assert all(r % 3 == 0 for r in pad['step_rows']) and pad['rows_per_device'] * 3 == max(
-      pad['step_rows'])
+  full, rest = divmod(pad['train_windows'], 32)
+  assert full >= 1 and rest % 3, pad  # both kinds of step, and the last one is padded too
+  assert pad['step_rows'] == sorted({33, rest + 3 - rest % 3}), pad
+  assert pad['rows_per_device'] == 11
+  # Evaluation: the longest video padded to the first length of the ladder 64, 96, 128, 192, ...
+  # (powers of two and their 1.5x) that holds it; as many videos per batch as 2^22 attention
+  # cells allow (at most 64, at least one), rounded up to a multiple of the 3 devices.
   ev = next(f for c, f in dev.items() if c.startswith('evaluation of the longest'))
-  assert ev['bucket'] == ip.bucket_length(ev['longest']) and ev['eval_rows'] % 3 == 0
+  ladder = sorted(b for k in range(6, 20) for b in (2 ** k, 3 * 2 ** (k - 1)))
+  bucket = next(b for b in ladder if b >= ev['longest'])
+  videos = max(1, min(64, 2 ** 22 // bucket ** 2))
+  assert (ev['bucket'], ev['eval_rows']) == (bucket, videos + (-videos) % 3), (ev, bucket)
   flags = dev['multi-host']['flags']
   readme = open(os.path.join(REPO, 'README.md'), encoding='utf-8').read()
   assert set(flags) == {'distributed', 'coordinator_address', 'num_processes', 'process_id'}
