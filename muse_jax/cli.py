@@ -5,6 +5,7 @@ traceback: a MuseError (bad data, config or workdir), a full or read-only disk m
 (the message names the path; checkpoints are only ever renamed into place, so the workdir keeps
 its last good one), and Ctrl-C (exit 130; the same command resumes).
 """
+import argparse
 import errno
 import os
 import signal
@@ -108,3 +109,23 @@ def call(fn, *args):
       raise
     print(f'error: {msg}', file=sys.stderr)
   return 2, None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with its usage errors as the one line every user error is: `error: ...`, exit 2
+  (argparse prints the whole usage first)."""
+
+  def error(self, message):
+    _exit_with(f'error: {self.prog}: {message} (see --help)')
+
+
+def path(text: str) -> str:
+  """argparse type of every path argument: `~` expanded, as the shell does not after `--x=~/...`."""
+  return os.path.expanduser(text)
+
+
+def no_arguments(argv) -> None:
+  """absl entry points take flags only: a stray word is one error line, not a silent no-op."""
+  if len(argv) > 1:
+    raise MuseError(f'command line: unexpected argument {argv[1]!r}; flags are written '
+                    '--name=value (see --helpfull)')

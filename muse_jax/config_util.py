@@ -32,6 +32,7 @@ def ensure_configs_importable() -> None:
 def load_config(path: str):
   """`configs/demo.py`, an absolute path, or a bare name like 'demo' -> its get_config()."""
   ensure_configs_importable()
+  path = os.path.expanduser(path)
   if not path.endswith('.py'):
     path = os.path.join(CONFIGS, f'{path}.py')
   spec = importlib.util.spec_from_file_location(

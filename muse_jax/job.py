@@ -58,12 +58,13 @@ def table(rows) -> str:
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   runtime.configure(config_util.load_config(FLAGS.config))
   t0 = time.time()
-  rows = run(FLAGS.out, FLAGS.config, FLAGS.scale)
+  out = os.path.abspath(os.path.expanduser(FLAGS.out))
+  rows = run(out, FLAGS.config, FLAGS.scale)
   text = table(rows)
-  with open(os.path.join(os.path.abspath(FLAGS.out), 'results.md'), 'w', encoding='utf-8') as f:
+  with open(os.path.join(out, 'results.md'), 'w', encoding='utf-8') as f:
     f.write(text + '\n')
   print('\n' + text)
   print(f'\nworkdirs: {", ".join(r["workdir"] for r in rows)}; total {time.time() - t0:.0f} s')

@@ -1,13 +1,17 @@
-"""Command line: `python -m muse_jax.main --config=configs/valence.py --workdir=DIR [--mode=...]`.
+"""Command line: `python -m muse_jax.main --config=configs/valence.py [--workdir=DIR] [--mode=...]`.
 
 Thin by design (as the flax examples): flags -> config -> `runtime.configure` (process settings,
 once) -> `train.train_and_evaluate`, `inference.evaluate` or `inference.predict`. User errors (bad
 data, config or workdir) end as one line `error: ...` and exit status 2 (`cli`).
+
+The design card's command works as written: without `--workdir` a run writes to
+`runs/<config name>` under the current folder; without a data root it uses the workdir's own tree
+(a rerun, evaluate or predict of a finished run) or, for a new workdir, the generated demo tree
+(`data.demo.tree_in`, written once), and says so in the log and the printed summary.
 """
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -21,24 +25,25 @@ config_util.ensure_configs_importable()
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
-flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs, predictions, results.')
+flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs, predictions, results; default '
+                    'runs/<config name> under the current folder.')
 flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'],
                   'train (resumes if the workdir has a checkpoint); evaluate (metrics and '
                   'predictions again, eval_results.json); predict (predictions only, no labels '
                   'needed, into <workdir>/predict/).')
-flags.DEFINE_string('data_root', None, 'MuSe-layout tree; overrides config.data_root.')
+flags.DEFINE_string('data_root', None, 'MuSe-layout tree; overrides config.data_root. Neither set: '
+                    "the workdir's tree, else the generated demo tree.")
 flags.DEFINE_string('data_dir', None, 'tfds data_dir; overrides config.data_dir.')
 flags.DEFINE_bool('distributed', False, 'Multi-host: jax.distributed.initialize() with the '
                   "cluster's auto-detection (Cloud TPU, SLURM, Open MPI, Kubernetes).")
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: this process (0 .. num_processes-1).')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.no_arguments(argv)
   config = _config()
   import jax  # pylint: disable=import-outside-toplevel
   from muse_jax import runtime  # pylint: disable=import-outside-toplevel
@@ -54,15 +59,65 @@ def main(argv):
   from muse_jax import inference, train  # pylint: disable=import-outside-toplevel
   with config.unlocked():
     if FLAGS.data_root is not None:
-      config.data_root = FLAGS.data_root
+      config.data_root = os.path.expanduser(FLAGS.data_root)
     if FLAGS.data_dir is not None:
-      config.data_dir = FLAGS.data_dir
-  logging.info('mode %s, workdir %s', FLAGS.mode, FLAGS.workdir)
+      config.data_dir = os.path.expanduser(FLAGS.data_dir)
+  workdir = _workdir(FLAGS.workdir)
+  demo_root = _default_data(config, workdir, FLAGS.mode)
+  logging.info('mode %s, workdir %s', FLAGS.mode, workdir)
   run = {'train': train.train_and_evaluate, 'evaluate': inference.evaluate,
          'predict': inference.predict}[FLAGS.mode]
-  results = run(config, FLAGS.workdir)
+  results = run(config, workdir)
   if jax.process_index() == 0:
     print(summary(results))
+    if demo_root:
+      print(demo_line(demo_root))
+
+
+def _workdir(flag: str | None) -> str:
+  """--workdir (with ~ expanded), or runs/<config name> under the current folder (logged)."""
+  if flag:
+    return os.path.abspath(os.path.expanduser(flag))
+  path = _config_path(sys.argv) or 'run'
+  name = os.path.splitext(os.path.basename(path.split(':')[0]))[0] or 'run'
+  workdir = os.path.abspath(os.path.join('runs', name))
+  logging.info('no --workdir given: writing to %s (runs/<config name>)', workdir)
+  return workdir
+
+
+def demo_line(root: str) -> str:
+  return (f'data: the generated demo tree {root} (synthetic, not MuSe-CaR); pass '
+          '--data_root=/path/to/a/MuSe/tree to train on real data')
+
+
+def _default_data(config, workdir: str, mode: str) -> str:
+  """Fills an empty data root: the tree the workdir was trained on (rerun, evaluate, predict),
+  else, to train, the generated demo tree, written once under demo.default_out(); its build then
+  goes to <that folder>/tfds unless a data_dir is set. Returns the demo root when it is used.
+  (Evaluate or predict of a workdir that never trained stop at its missing checkpoint.)"""
+  if config.get('data_root'):
+    return ''
+  from muse_jax import workdir as run_dir  # pylint: disable=import-outside-toplevel
+  from muse_jax.data import demo  # pylint: disable=import-outside-toplevel
+  saved = run_dir.saved_config(workdir) if os.path.isdir(workdir) else None
+  if saved and saved.get('data_root'):
+    with config.unlocked():
+      config.data_root = saved['data_root']
+      if not config.get('data_dir') and saved.get('data_dir'):
+        config.data_dir = saved['data_dir']
+    logging.info('no data root given: using the tree %s was trained on, %s', workdir,
+                 config.data_root)
+    return config.data_root if demo.is_demo_tree(config.data_root) else ''
+  if mode != 'train':
+    return ''
+  out = demo.default_out()
+  root = demo.tree_in(out, 'demo', task=config.get('task', ''))
+  with config.unlocked():
+    config.data_root = root
+    if not config.get('data_dir'):
+      config.data_dir = os.path.join(out, 'tfds')
+  logging.info('no data root given: %s', demo_line(root)[len('data: '):])
+  return root
 
 
 def _config():

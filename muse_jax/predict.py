@@ -9,7 +9,6 @@ and `OUTDIR/prediction.png`. The extraction must match what the model was traine
 trained on the challenge's own egemaps files sees features from a different extractor setting,
 so train on sets made with `python -m muse_jax.features` for the most faithful predictions.
 """
-import argparse
 import os
 import sys
 
@@ -107,16 +106,16 @@ def predict_recording(workdir: str, wav: str, out: str, transcript: str | None =
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m muse_jax.predict', description=__doc__.split('\n')[0])
-  p.add_argument('--workdir', required=True, help='a trained muse_jax workdir')
-  p.add_argument('--wav', required=True, help='the recording (wav, flac, ogg, mp3)')
-  p.add_argument('--transcript', default=None, help='CSV start_ms,end_ms,text (for bert models)')
-  p.add_argument('--model_dir', default=None, help='sentence encoder folder (for bert models)')
+  p = cli.ArgumentParser(prog='python -m muse_jax.predict', description=__doc__.split('\n')[0])
+  p.add_argument('--workdir', type=cli.path, required=True, help='a trained muse_jax workdir')
+  p.add_argument('--wav', type=cli.path, required=True, help='the recording (wav, flac, ogg, mp3)')
+  p.add_argument('--transcript', type=cli.path, default=None, help='CSV start_ms,end_ms,text (for bert models)')
+  p.add_argument('--model_dir', type=cli.path, default=None, help='sentence encoder folder (for bert models)')
   p.add_argument('--win_s', type=float, default=3.0, help='egemaps functionals window (s)')
   p.add_argument('--seed_index', default=None,
                  help="'best', 'ensemble' (the mean of the seeds' predictions) or a seed index "
                       "(default: what the workdir's results.json wrote)")
-  p.add_argument('--out', required=True, help='folder for <target>.csv and prediction.png')
+  p.add_argument('--out', type=cli.path, required=True, help='folder for <target>.csv and prediction.png')
   args = p.parse_args(argv)
   logging.set_verbosity(logging.ERROR)  # orbax's read-only checkpoint notes are noise here
   import ml_collections  # pylint: disable=import-outside-toplevel

@@ -94,7 +94,7 @@ def run(out: str, root: str = '', scale: str = 'demo', config_name: str = '',
         eval_seed: str = '') -> list:
   """Trains (or reads back) every run; returns [Run] in table order, target by target."""
   out = os.path.abspath(out)
-  root = os.path.abspath(os.path.expanduser(root)) if root else demo.tree_in(out, scale)
+  root = os.path.abspath(os.path.expanduser(root)) if root else demo.tree_in(out, scale, task)
   lay = layout.resolve(root, task)
   is_demo = os.path.exists(os.path.join(lay.root, demo.MARKER))
   config_name = config_name or ('demo' if is_demo else 'default')
@@ -221,13 +221,13 @@ def main(argv):
                     'ROOT passes it)')
   runtime.configure(config_util.load_config(FLAGS.config or 'default'))
   t0 = time.time()
-  runs = run(FLAGS.out, FLAGS.root, FLAGS.scale, FLAGS.config, FLAGS.fusion_config,
+  out = os.path.abspath(os.path.expanduser(FLAGS.out))
+  runs = run(out, os.path.expanduser(FLAGS.root), FLAGS.scale, FLAGS.config, FLAGS.fusion_config,
              FLAGS.features, FLAGS.early_fusion, FLAGS.fusion_top, FLAGS.targets,
              FLAGS.num_epochs, FLAGS.task, FLAGS.eval_seed)
   trained = sum(r.results.get('seconds', 0.0) for r in runs)
   text = table(runs) + (f'\n\n{len(runs)} runs; wall time of this invocation '
                         f'{time.time() - t0:.0f} s (the runs took {trained:.0f} s when trained).')
-  out = os.path.abspath(FLAGS.out)
   with open(os.path.join(out, 'results.md'), 'w', encoding='utf-8') as f:
     f.write(text + '\n')
   print('\n' + text)

@@ -126,7 +126,7 @@ def load_videos(spec, spill_dir: str | None = None, spill_over: float | None = N
                         f'(e.g. {diff}); rebuild or fix the tree')
   for split in require:  # devel selects the epoch, the seed and the lr schedule
     if not order[split]:
-      raise MuseError(f'{os.path.join(root, layout.PARTITION_CSV)}: the {split} partition has no '
+      raise MuseError(f'{layout.of(root).partition_path}: the {split} partition has no '
                       f'videos; list some as {split} (training needs train and devel videos)')
   far_off = []
   spill = None

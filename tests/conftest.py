@@ -1,18 +1,24 @@
 """Shared fixtures: small generated MuSe-layout trees (the real data is under an EULA).
 
-Also: 8 simulated CPU devices for the whole session (must be set before JAX initialises), and a
-persistent compilation cache so the many tiny training runs compile each program once.
+Also, before JAX initialises: the CPU backend with 8 simulated devices for the whole session and
+the child processes it starts (JAX_PLATFORMS=cpu: on a GPU or TPU machine the tests that simulate
+devices, and every expected value computed on the CPU, would otherwise land on the accelerator;
+tests of the real accelerator drop the variable in their own child, test_accelerator.py), and a
+persistent compilation cache of this checkout, so the many tiny training runs compile each
+program once without sharing compiled code with another clone or user.
 """
 import os
-import tempfile
 
+os.environ['JAX_PLATFORMS'] = 'cpu'
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_CACHE = os.path.join(tempfile.gettempdir(), 'muse_jax_test_jit_cache')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Inside the checkout (ignored by git; `pytest --cache-clear` empties it with pytest's own cache).
+_CACHE = os.path.join(REPO, '.pytest_cache', 'muse_jax_jit')
 jax.config.update('jax_compilation_cache_dir', _CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)

@@ -19,7 +19,6 @@ Other sets' sources are not part of it, so adding a feature folder never rebuild
 The same file holds the build's record index (`records`: split -> [[id, rows], ...] in record
 order): tfds stores videos in its own order, so reading one video by id needs it.
 """
-import argparse
 import concurrent.futures
 import contextlib
 import functools
@@ -80,8 +79,8 @@ def fingerprint(root: str, name: str) -> dict:
   """What a build of `name` depends on; cheap (stat calls only)."""
   lay = layout.of(root)
   root = lay.root
-  files = _listing(root, 'metadata')
-  files = [f for f in files if f[0] == layout.PARTITION_CSV]
+  part = os.path.relpath(lay.partition_path, root)  # ../metadata/partition.csv: c3_muse_trust
+  files = [f for f in _listing(root, os.path.dirname(part)) if f[0] == part]
   targets = lay.targets()
   for t in targets:
     files += _listing(root, os.path.relpath(lay.label_folder(t), root))
@@ -122,7 +121,10 @@ def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
   t0 = time.time()
   try:
     with muse_car.uncompressed_writes(), muse_car.shuffle_buckets_without_tensorflow():
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+      # Offline by construction: the sources are the tree (manual_dir); never ask tfds' bucket
+      # for a prepared copy (try_download_gcs), whatever a tfds version defaults to.
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=root, try_download_gcs=False))
   except Exception:  # pylint: disable=broad-except
     if builder.error is not None:  # tfds rewraps and prefixes exceptions; give the user ours
       raise MuseError(builder.error) from None
@@ -305,12 +307,12 @@ def load_feature_set(data_dir: str, name: str) -> dict:
 
 def main(argv=None) -> int:
   # argparse, not absl flags: this module is imported by the training code, which has its own.
-  ap = argparse.ArgumentParser(prog='python -m muse_jax.data.build',
+  ap = cli.ArgumentParser(prog='python -m muse_jax.data.build',
                                description=__doc__.split('\n')[0])
-  ap.add_argument('--root', required=True,
+  ap.add_argument('--root', type=cli.path, required=True,
                   help='release root or task folder (docs/data_format.md: every MuSe layout)')
   ap.add_argument('--task', default='', help='the task, when the root holds several')
-  ap.add_argument('--data_dir', required=True, help='tfds data_dir to build into')
+  ap.add_argument('--data_dir', type=cli.path, required=True, help='tfds data_dir to build into')
   ap.add_argument('--features', default='',
                   help='comma list of feature sets (default: every folder in the tree)')
   args = ap.parse_args(argv)

@@ -8,6 +8,10 @@ The real data is under an EULA, so tests, the demo job and benchmarks run on thi
 Layouts (`LAYOUTS`, docs/data_format.md), each with the quirks its release has:
   muse2020          c1_muse_wild (MuSe-CaR 2020): arousal, valence at 250 ms; labels
                     timestamp,value,segment_id; partition Id,Proposal.
+  muse2020_trust    <out>/c3_muse_trust (MuSe-Trust 2020): arousal, valence, trustworthiness at
+                    250 ms, the 2020 shape, beside c1_muse_wild in the same release root (the
+                    partition file <out>/metadata/partition.csv is shared: write both with the
+                    same --scale and --seed).
   muse2021_wilder   <out>/c1_muse_wilder (MuSe-CaR 2021): the same targets and grid, 2021 shape
                     (feature_segments/<set>, labels timestamp,segment_id,value).
   muse2021_stress   <out>/c3_muse_stress (Ulm-TSST): arousal, valence, physio-arousal on a 500 ms
@@ -41,12 +45,12 @@ sets (au, vggface); one feature file 3 rows longer than its labels and one 2 row
 timestamps on the grid not starting at 0; varying video lengths; segment ids 1, 2, ... in
 contiguous runs.
 """
-import argparse
 import dataclasses
 import json
 import os
 import shutil
 import sys
+import tempfile
 import zlib
 
 from absl import logging
@@ -87,6 +91,9 @@ class DemoLayout:
 LAYOUTS = {
     'muse2020': DemoLayout('muse2020', '', ('arousal', 'valence'), 250,
                            label_columns=layout.COLUMNS_2020),
+    'muse2020_trust': DemoLayout('muse2020_task', 'c3_muse_trust',
+                                 ('arousal', 'valence', 'trustworthiness'), 250,
+                                 label_columns=layout.COLUMNS_2020),
     'muse2021_wilder': DemoLayout('muse2021', 'c1_muse_wilder', ('arousal', 'valence'), 250),
     'muse2021_stress': DemoLayout('muse2021', 'c3_muse_stress',
                                   ('arousal', 'valence', 'physio-arousal'), 500,
@@ -103,7 +110,7 @@ LAYOUTS = {
 }
 # How each target is made from the latent curves (arousal-like, valence-like, a third one).
 TARGET_MIX = {'valence': (0.0, 1.0, 0.0), 'physio-arousal': (0.7, 0.0, 0.3),
-              'anno12_EDA': (0.8, 0.0, 0.2)}
+              'anno12_EDA': (0.8, 0.0, 0.2), 'trustworthiness': (0.3, 0.5, 0.2)}
 AROUSAL_LIKE = (1.0, 0.0, 0.0)
 
 
@@ -340,7 +347,7 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
   out = os.path.abspath(out)
   root = os.path.join(out, dl.task) if dl.task else out
   if os.path.isdir(root) and os.listdir(root):
-    if not os.path.exists(os.path.join(root, MARKER)):
+    if not _demo_owned(root):
       raise MuseError(f'{root}: not empty and not a demo tree ({MARKER} missing); refusing to '
                       'overwrite, pick an empty or new folder')
     for sub in ('metadata', 'c1_muse_wild', 'feature_segments', 'label_segments', 'features',
@@ -366,15 +373,22 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
   }
   if dl.features_from_zero:
     quirks['features_from_zero'] = names[0]
-  for d in [os.path.join(root, 'metadata')] + [tree.label_folder(t) for t in dl.targets] + [
-      tree.feature_folder(s) for s in names]:
-    os.makedirs(d, exist_ok=True)
   extra_cols = len(dl.partition_header.split(',')) - 2  # e.g. gender: not read
   rows = {i: ','.join([vid] + ['x'] * extra_cols + [p])
           for i, (vid, p) in enumerate(zip(lay['ids'], lay['part'])) if i in keep}
   rows = list(rows.values()) + ([rows[lay['duplicate']]] if lay['duplicate'] in keep else [])
+  partition = dl.partition_header + '\n' + '\n'.join(rows) + '\n'
+  if dl.kind == 'muse2020_task' and os.path.exists(tree.partition_path):
+    with open(tree.partition_path, encoding='utf-8') as f:  # the release's, shared with c1
+      if f.read() != partition:
+        raise MuseError(f'{tree.partition_path}: the partition of the tree already here differs '
+                        f'from the one {layout_name} would write; write both tasks with the '
+                        'same --scale, --seed and --fraction, or into a new folder')
+  for d in [os.path.dirname(tree.partition_path)] + [
+      tree.label_folder(t) for t in dl.targets] + [tree.feature_folder(s) for s in names]:
+    os.makedirs(d, exist_ok=True)
   with open(tree.partition_path, 'w') as f:
-    f.write(dl.partition_header + '\n' + '\n'.join(rows) + '\n')
+    f.write(partition)
 
   frames = 0
   step = dl.step_ms
@@ -440,21 +454,76 @@ def _slice(part, fraction: float) -> set:
   return keep
 
 
-def tree_in(out: str, scale: str = 'demo') -> str:
-  """`<out>/demo_tree_<scale>` (seed 0), written on first use: the jobs' data when no real tree
-  is given."""
-  root = os.path.join(os.path.abspath(out), f'demo_tree_{scale}')
-  if not os.path.exists(os.path.join(root, layout.PARTITION_CSV)):
-    logging.info('writing the %s demo tree to %s', scale, root)
-    make_tree(root, scale=scale, seed=0)
+def _demo_owned(root: str) -> bool:
+  """Is every entry of `root` the demo's (its marker, or demo task folders and their shared
+  metadata/)? Only then may make_tree write there."""
+  if os.path.exists(os.path.join(root, MARKER)):
+    return True
+  entries = [e for e in os.listdir(root) if e != 'metadata']
+  return bool(entries) and all(os.path.exists(os.path.join(root, e, MARKER)) for e in entries)
+
+
+# The demo layout of each task name config.task may give (the 2020 root's own task is muse2020).
+TASK_LAYOUTS = {(dl.task or layout.TASK_2020): name for name, dl in LAYOUTS.items()
+                if name != 'plain'}
+
+
+def default_out() -> str:
+  """Where demo trees and their builds go when no folder is given: $MUSE_OUT (as ./run.sh), else
+  out/ of the checkout, else ~/.cache/muse_jax/demo for an installed package."""
+  if os.environ.get('MUSE_OUT'):
+    return os.path.abspath(os.path.expanduser(os.environ['MUSE_OUT']))
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  if os.path.isfile(os.path.join(repo, 'run.sh')):
+    return os.path.join(repo, 'out')
+  cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(cache, 'muse_jax', 'demo')
+
+
+def is_demo_tree(root: str) -> bool:
+  """A layout root written by this module (its marker is there)."""
+  return os.path.exists(os.path.join(root, MARKER))
+
+
+def tree_in(out: str, scale: str = 'demo', task: str = '') -> str:
+  """`<out>/demo_tree_<scale>` (seed 0), written on first use: the data of the jobs and of a run
+  given no tree. A 2020 release root (c1_muse_wild); `task` (config.task) adds that task's demo
+  layout to it (c3_muse_trust beside c1_muse_wild, a 2021/2022 task folder). Each part is
+  written to a temporary folder and renamed into place, so concurrent first runs never read a
+  half-written tree."""
+  out = os.path.abspath(os.path.expanduser(out))
+  root = os.path.join(out, f'demo_tree_{scale}')
+  if task and task not in TASK_LAYOUTS:
+    raise MuseError(f'config.task={task!r}: the demo tree has no such task (it writes '
+                    f'{", ".join(TASK_LAYOUTS)}); pass --data_root=/path/to/your/tree')
+  names = ['muse2020'] + ([TASK_LAYOUTS[task]] if task and task != layout.TASK_2020 else [])
+  for name in names:
+    dl = LAYOUTS[name]
+    if os.path.exists(os.path.join(root, dl.task, MARKER)):
+      continue
+    os.makedirs(out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.demo_{name}_', dir=out)
+    try:
+      logging.info('writing the %s demo tree (%s layout) to %s', scale, name, root)
+      make_tree(tmp, scale=scale, seed=0, layout_name=name)
+      src, dst = (tmp, root) if not dl.task else (os.path.join(tmp, dl.task),
+                                                  os.path.join(root, dl.task))
+      try:
+        os.rename(src, dst)
+      except OSError:  # written meanwhile by another process (or a foreign folder: refused)
+        if not os.path.exists(os.path.join(dst, MARKER)):
+          raise MuseError(f'{dst}: exists and is not a demo tree; move it away, or set MUSE_OUT '
+                          'to another folder') from None
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
   return root
 
 
 def main(argv=None) -> int:
   # argparse, not absl flags: this module is imported by the job, which has its own --out/--scale.
-  ap = argparse.ArgumentParser(prog='python -m muse_jax.data.demo', description=__doc__.split(
+  ap = cli.ArgumentParser(prog='python -m muse_jax.data.demo', description=__doc__.split(
       '\n')[0])
-  ap.add_argument('--out', required=True, help='folder to write into (new, empty or a demo tree)')
+  ap.add_argument('--out', type=cli.path, required=True, help='folder to write into (new, empty or a demo tree)')
   ap.add_argument('--scale', default='demo', choices=list(SCALES),
                   help='tiny (unit tests), demo (default), full (benchmarks)')
   ap.add_argument('--seed', type=int, default=0, help='same seed -> identical files')

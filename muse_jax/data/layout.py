@@ -6,20 +6,29 @@ target; they differ in where the feature and label folders are and in the label 
   muse2020  MuSe-Wild 2020 (MuSe-CaR): <root>/metadata/partition.csv,
             <root>/c1_muse_wild/feature_segments/label_aligned/<set>/<Id>.csv,
             <root>/c1_muse_wild/label_segments/<target>/<Id>.csv  (timestamp,value,segment_id)
+  muse2020_task  another continuous task of the 2020 release, beside c1_muse_wild in the same
+            root (c3_muse_trust: arousal, valence, trustworthiness): the same shape under
+            <root>/<task>/, and the release's <root>/metadata/partition.csv. Its layout root is
+            the task folder (so every path and build of it is its own); the partition file is
+            one level up.
   muse2021  a task folder of MuSe 2021 (c1_muse_wilder, c3_muse_stress, c4_muse_physio) or 2022
             (c3_muse_stress_2022): <task>/metadata/partition.csv, <task>/feature_segments/<set>/,
             <task>/label_segments/<target>/  (timestamp,segment_id,value)
   plain     any other per-frame corpus: <root>/metadata/partition.csv, <root>/features/<set>/,
             <root>/labels/<target>/  (timestamp,segment_id,value)
 
-A release root may hold several tasks (the 2021 release is <root>/<task>/...): `resolve` picks the
-one asked for, or the only one. Targets are the label folders found; the grid step is read from
+A release root may hold several tasks (the 2021 release is <root>/<task>/...; the 2020 one holds
+c1_muse_wild and c3_muse_trust): `resolve` picks the one asked for, or the only one; a 2020 root
+means the paper's task, c1_muse_wild, unless config.task names another (logged when it holds
+others). Targets are the label folders found; the grid step is read from
 the label timestamps (reader.grid_step), never assumed. Everything that names a path, a partition
 or a target asks the `Layout` of its root (`of(root)`).
 """
 import dataclasses
 import os
 import re
+
+from absl import logging
 
 from muse_jax.errors import MuseError
 
@@ -29,6 +38,9 @@ SEGMENT_ID = 'segment_id'  # the column of every file, and the input name of its
 DEFAULT_STEP_MS = 250      # the grid of the extraction tools when nothing else tells (MuSe-CaR)
 
 TASK_2020 = 'c1_muse_wild'
+# Folders of the 2020 release that are no per-frame regression task (topic classes per segment).
+NOT_CONTINUOUS_2020 = ('c2_muse_topic',)
+LABEL_ALIGNED = os.path.join('feature_segments', 'label_aligned')
 COLUMNS_2020 = ('timestamp', 'value', 'segment_id')
 COLUMNS_2021 = ('timestamp', 'segment_id', 'value')
 
@@ -47,6 +59,10 @@ KINDS = {
                      os.path.join(TASK_2020, 'label_segments'), COLUMNS_2020,
                      'MuSe 2020 release root (metadata/, c1_muse_wild/feature_segments/'
                      'label_aligned/, c1_muse_wild/label_segments/)'),
+    'muse2020_task': Kind('muse2020_task', LABEL_ALIGNED, 'label_segments', COLUMNS_2020,
+                          'task folder of a MuSe 2020 release beside c1_muse_wild (e.g. '
+                          'c3_muse_trust: feature_segments/label_aligned/, label_segments/; the '
+                          "partition file is the release root's metadata/partition.csv)"),
     'muse2021': Kind('muse2021', 'feature_segments', 'label_segments', COLUMNS_2021,
                      'MuSe 2021/2022 task folder (metadata/, feature_segments/, label_segments/)'),
     'plain': Kind('plain', 'features', 'labels', COLUMNS_2021,
@@ -75,6 +91,8 @@ class Layout:
 
   @property
   def partition_path(self) -> str:
+    if self.kind == 'muse2020_task':  # the release's one file, beside the task folders
+      return os.path.join(os.path.dirname(self.root), PARTITION_CSV)
     return os.path.join(self.root, PARTITION_CSV)
 
   def feature_folder(self, feature_set: str = '') -> str:
@@ -127,11 +145,19 @@ class Layout:
     return '' if self.kind == 'muse2020' else self.task
 
 
+def _is_2020_task(root: str) -> bool:
+  """A task folder of the 2020 release other than c1_muse_wild (c3_muse_trust)."""
+  name = os.path.basename(root)
+  return (name != TASK_2020 and name not in NOT_CONTINUOUS_2020 and not name.startswith('.')
+          and os.path.isdir(os.path.join(root, LABEL_ALIGNED))
+          and os.path.isfile(os.path.join(os.path.dirname(root), PARTITION_CSV)))
+
+
 def _kind_of(root: str) -> str | None:
   if not os.path.isfile(os.path.join(root, PARTITION_CSV)):
-    return None
+    return 'muse2020_task' if _is_2020_task(root) else None
   for name, k in KINDS.items():
-    if os.path.isdir(os.path.join(root, k.feature_dir)):
+    if name != 'muse2020_task' and os.path.isdir(os.path.join(root, k.feature_dir)):
       return name
   return None
 
@@ -145,8 +171,9 @@ def of(root: str) -> Layout:
     # its folders show, else the 2020 layout (what the feature tools always wrote); readers then
     # fail naming the missing file or folder.
     kind = next((name for name, k in KINDS.items()
-                 if os.path.isdir(os.path.join(root, k.feature_dir))
-                 or os.path.isdir(os.path.join(root, k.label_dir))), 'muse2020')
+                 if name != 'muse2020_task' and (os.path.isdir(os.path.join(root, k.feature_dir))
+                                                 or os.path.isdir(os.path.join(root, k.label_dir)))
+                 ), 'muse2020')
   task = TASK_2020 if kind == 'muse2020' else os.path.basename(root)
   return Layout(kind, root, task)
 
@@ -165,22 +192,34 @@ def tasks(root: str) -> dict:
   return out
 
 
+_TOLD = set()  # release roots whose choice of task was logged (once per process)
+
+
 def resolve(root: str, task: str = '') -> Layout:
   """The layout `--data_root` (a release root or a task folder) and `config.task` point at."""
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
     raise MuseError(f'{root}: data root not found; point --data_root at a release root or task '
                     'folder (docs/data_format.md)')
-  if os.path.isdir(os.path.join(root, 'feature_segments', 'label_aligned')):
+  if _is_2020_task(root) and task in ('', os.path.basename(root)):
+    return of(root)  # c3_muse_trust's own folder
+  if os.path.isdir(os.path.join(root, LABEL_ALIGNED)):
     raise MuseError(f'{root}: this is the {os.path.basename(root)} folder of a MuSe 2020 release; '
-                    'point --data_root at its parent (the folder holding metadata/)')
+                    'point --data_root at its parent (the folder holding metadata/)'
+                    + (f', with --config.task={os.path.basename(root)}'
+                       if os.path.basename(root) != TASK_2020 else ''))
   found = tasks(root)
   if task:
     if task in found:
       return of(found[task])
     raise MuseError(f'{root}: no task {task!r} here; found: {", ".join(found) or "none"} '
                     '(config.task)')
-  if _kind_of(root):  # a layout root itself (a 2020 root may hold 2021 task folders too)
+  if _kind_of(root):  # a layout root itself (a 2020 root may hold other tasks too)
+    others = [t for t in found if found[t] != root]
+    if others and root not in _TOLD:
+      _TOLD.add(root)
+      logging.info('%s holds the tasks %s; using %s (choose another with --config.task=NAME)',
+                   root, ', '.join(found), of(root).task)
     return of(root)
   if len(found) == 1:
     return of(next(iter(found.values())))

@@ -135,6 +135,15 @@ def _array(shape, dtype):
   return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
 
 
+class _LocalInfo(tfds.core.DatasetInfo):
+  """DatasetInfo that never looks in tfds' public bucket: these datasets are built from the
+  user's tree, are never hosted there, and a build must work offline (a tfds version or setting
+  with the bucket on would ask it for precomputed metadata when a builder is made)."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class MuseCar(tfds.core.GeneratorBasedBuilder):
   """Videos on their label grid: features [T, D], labels [T, K] of every target (NaN if absent)."""
 
@@ -164,7 +173,7 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     # DatasetInfo(builder=self, ...) rather than dataset_info_from_configs: no metadata files
     # next to this module, and no TensorFlow needed.
-    return tfds.core.DatasetInfo(
+    return _LocalInfo(
         builder=self,
         description='MuSe-family continuous per-frame labels (' + (
             ', '.join(self.builder_config.targets) or 'none') + ') on the label grid.',

@@ -47,7 +47,7 @@ import numpy as np
 
 from muse_jax.data import layout
 from muse_jax.data.csv_table import Table, check_header, read_header, read_table
-from muse_jax.data.layout import PARTITION_CSV, SPLITS
+from muse_jax.data.layout import SPLITS
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
@@ -133,7 +133,7 @@ def _inf_to_nan(x: np.ndarray, path: str) -> int:
 
 def read_partition(root: str) -> dict:
   """{video id (str) -> 'train'|'devel'|'test'}, in natural id order."""
-  path = os.path.join(root, PARTITION_CSV)
+  path = layout.of(root).partition_path
   if not os.path.isfile(path):
     _fail(f'{path}: partition file not found; is {root} the root of a MuSe release or task '
           '(holding metadata/partition.csv)?')

