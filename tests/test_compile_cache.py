@@ -3,7 +3,7 @@
 Each run is a fresh process without the test session's JAX_* cache variables, as a user's run:
 the first fills the folder given by config.compilation_cache_dir, a rerun of the same programs
 adds nothing to it and reports the same metrics even with an entry made unreadable (compiled again
-with a warning), and 'none' leaves the folder alone. Three cold-compiling runs: the suite's
+with a warning), and 'none' writes no cache anywhere. Three cold-compiling runs: the suite's
 slowest test, so each trains one epoch.
 """
 import json
@@ -13,8 +13,9 @@ import subprocess
 from test_reliability import command  # pylint: disable=wrong-import-order
 
 
-def _run(workdir, tree, data_dir, cache):
+def _run(workdir, tree, data_dir, cache, **extra_env):
   env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_') and k != 'XLA_FLAGS'}
+  env.update(extra_env)
   proc = subprocess.run(
       command(workdir, tree, data_dir, '--config.num_epochs=1', '--config.targets=valence',
               f'--config.compilation_cache_dir={cache}'),
@@ -26,6 +27,15 @@ def _run(workdir, tree, data_dir, cache):
 
 def _entries(folder):
   return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def _paths(root, skip):
+  """Every file and folder under root (relative), but those under the top-level names `skip`."""
+  out = set()
+  for d, dirs, names in os.walk(root):
+    rel = os.path.relpath(d, root)
+    out |= {os.path.normpath(os.path.join(rel, n)) for n in dirs + names}
+  return {p for p in out if p.split(os.sep)[0] not in skip}
 
 
 def test_rerun_loads_every_step_from_the_cache_with_the_same_results(tiny_tree, tmp_path):
@@ -44,7 +54,15 @@ def test_rerun_loads_every_step_from_the_cache_with_the_same_results(tiny_tree, 
   assert _entries(cache) == filled  # nothing compiled that was not in the cache
   assert again['devel'] == first['devel'] and again['test'] == first['test']
 
-  proc, off = _run(str(tmp_path / 'run3'), tiny_tree, data_dir, 'none')
+  # 'none': the same programs that filled the empty folder above (run1) are cached nowhere. Where
+  # they could land if 'none' were not honoured: the default folder (XDG_CACHE_HOME/muse_jax, in
+  # a fresh folder here; matplotlib keeps its font cache there too), a folder named 'none' in the
+  # working folder (tmp_path), or `cache`.
+  home = tmp_path / 'home'
+  home.mkdir()
+  before = _paths(tmp_path, skip=('run3', 'home'))
+  proc, off = _run(str(tmp_path / 'run3'), tiny_tree, data_dir, 'none', XDG_CACHE_HOME=str(home))
   assert 'compilation cache:' not in proc.stderr
   assert off['devel'] == first['devel']
-  assert _entries(cache) == filled
+  assert not (home / 'muse_jax').exists()
+  assert _paths(tmp_path, skip=('run3', 'home')) == before
