@@ -300,22 +300,24 @@ def test_create_model_builds_from_config():
   assert y.shape == (2, 4, 2)
 
 
-@pytest.mark.parametrize('override, n_targets', [
-    (dict(name='transformer'), 1),
-    (dict(rnn_type='rnn'), 1),
-    (dict(d_rnn=18), 1),  # not divisible by n_heads=4
-    (dict(d_rnn=-16, n_heads=1), 1),
-    (dict(rnn_n_layers=0), 1),
-    (dict(attn_n_layers=-1), 1),
-    (dict(rnn_dropout=1.0), 1),
-    (dict(out_dropout=-0.1), 1),
-    (dict(rnn_bi='yes'), 1),
-    (dict(out_bias=(0.0, 0.0, 0.0)), 2),
-    ({}, 0),
+@pytest.mark.parametrize('override, n_targets, message', [
+    (dict(name='transformer'), 1, r"model\.name='transformer' is unknown; use one of "
+                                  r"\['late_fusion', 'regressor'\]"),
+    (dict(rnn_type='rnn'), 1, r"model\.rnn_type='rnn' is invalid: use one of \['gru', 'lstm'\]"),
+    (dict(d_rnn=18), 1, r'model\.d_rnn=18 is not divisible by config\.model\.n_heads=4'),
+    (dict(d_rnn=-16, n_heads=1), 1, r'model\.d_rnn=-16 is invalid: need an integer >= 1'),
+    (dict(rnn_n_layers=0), 1, r'model\.rnn_n_layers=0 is invalid: need an integer >= 1'),
+    (dict(attn_n_layers=-1), 1, r'model\.attn_n_layers=-1 is invalid: need an integer >= 0'),
+    (dict(rnn_dropout=1.0), 1, r'model\.rnn_dropout=1\.0 is invalid: need a rate in \[0, 1\)'),
+    (dict(out_dropout=-0.1), 1, r'model\.out_dropout=-0\.1 is invalid: need a rate in \[0, 1\)'),
+    (dict(rnn_bi='yes'), 1, r"model\.rnn_bi='yes' is invalid: need True or False"),
+    (dict(out_bias=(0.0, 0.0, 0.0)), 2,
+     r'model\.out_bias=\(0\.0, 0\.0, 0\.0\) is invalid: need 1 or 2 \(one per target\)'),
+    ({}, 0, r'n_targets=0 is invalid: need at least one target'),
 ])
-def test_create_model_rejects_bad_config(override, n_targets):
+def test_create_model_rejects_bad_config(override, n_targets, message):
   cfg = {**dict(_model_cfg()), **override}  # a dict: ConfigDict would type-check some itself
-  with pytest.raises(MuseError) as e:
+  with pytest.raises(MuseError, match=message) as e:
     models.create_model(cfg, n_targets)
   assert '\n' not in str(e.value)
 
