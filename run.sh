@@ -10,12 +10,76 @@
 #   ./run.sh py ARGS         the project's python, e.g. ./run.sh py benchmarks/data_bench.py
 #   ./run.sh accel           which JAX plugin setup installs here: cpu, cuda12, cuda13 (nvidia-smi's
 #                            driver: R580+ -> cuda13) or tpu (/dev/accel<N>)
+#   ./run.sh upgrade         newest versions of every dependency, the whole suite, and constraints.txt
+#                            rewritten with them only if it passed
+#   ./run.sh wheels DIR      (where a registry is reachable) the wheels a GPU slot's image lacks
+#                            (tensorflow-datasets and what it needs; Python 3.12, x86-64) into DIR
+#   ./run.sh device-check WHEELS [OUT]  (on that slot, offline) installs WHEELS over its python3,
+#                            runs benchmarks/device_check.py and the accelerator tests; table, JSON
+#                            and logs into OUT (default out/device_check)
 # Environment: PYTHON picks the interpreter (>= 3.12); MUSE_OUT the output folder of the main job
 # (reproduce writes to $MUSE_OUT/reproduce); MUSE_JAX_ACCEL=cpu|cuda12|cuda13|tpu overrides accel.
+# Installs follow constraints.txt (the versions the suite passed with).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
 venv="$here/.venv"
+constraints="$here/constraints.txt"
+# What a GPU slot's image (Python 3.12 with jax, flax, optax, orbax-checkpoint, absl-py, numpy,
+# pandas, matplotlib, pytest, etils, protobuf, pyarrow, ...) lacks of muse_jax's dependencies.
+device_wheels="tensorflow-datasets array-record ml-collections tensorboardX dm-tree immutabledict
+  promise simple-parsing docstring-parser tensorflow-metadata googleapis-common-protos termcolor
+  toml"
+
+pin() {  # the constraints.txt line of a package, whatever its spelling (array_record, array-record)
+  local want n line
+  want=$(echo "$1" | tr 'A-Z_.' 'a-z--')
+  while IFS= read -r line; do
+    n=$(echo "${line%%==*}" | tr 'A-Z_.' 'a-z--')
+    [ "$n" = "$want" ] && { echo "$line"; return 0; }
+  done < "$constraints"
+  echo "run.sh: $1 is not pinned in constraints.txt" >&2; return 1
+}
+
+wheels() {  # the device_wheels at their pinned versions, for CPython 3.12 on x86-64 Linux
+  local dir=${1:?usage: ./run.sh wheels DIR} py name spec plats=()
+  py=$(find_python)
+  mkdir -p "$dir"
+  for n in $(seq 17 39); do plats+=(--platform "manylinux_2_${n}_x86_64"); done
+  plats+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
+  for name in $device_wheels; do
+    spec=$(pin "$name")
+    # A binary wheel for that Python; a package published only as source is built here (all of
+    # these are pure Python then).
+    "$py" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+        --python-version 3.12 --implementation cp "${plats[@]}" -d "$dir" "$spec" 2>/dev/null ||
+      "$py" -m pip wheel -q --disable-pip-version-check --no-deps -w "$dir" "$spec" 2> >(grep -v "^WARNING: Location" >&2) ||
+      { echo "run.sh: no wheel of $spec" >&2; return 1; }
+  done
+  du -sh "$dir" >&2
+  ls "$dir"
+}
+
+device_check() {  # offline: WHEELS over this machine's python3, then the device check and tests
+  local whl=${1:?usage: ./run.sh device-check WHEELS [OUT]} out=${2:-$here/out/device_check}
+  local py=${PYTHON:-python3} site="$here/.device-site" rc=0
+  mkdir -p "$out"
+  out=$(cd "$out" && pwd)
+  "$py" -c 'import jax, flax, optax, orbax.checkpoint, numpy, pandas, matplotlib, pytest' ||
+    { echo "run.sh: $py lacks what the image should hold (jax, flax, optax, orbax-checkpoint, numpy, pandas, matplotlib, pytest)" >&2; return 1; }
+  rm -rf "$site"
+  "$py" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile \
+      --no-cache-dir --target "$site" "$whl"/*.whl || return 1
+  export PYTHONPATH="$here:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  "$py" -c 'import jax; print("device-check:", jax.__version__, jax.default_backend(), jax.devices())' 2>&1 | tee "$out/devices.log"
+  # Sections that would start after 200 s are skipped: the whole command stays under 8 minutes.
+  timeout 360 "$py" benchmarks/device_check.py --budget 200 --out "$out/device_check.json" \
+      --work "$out/work" ${MUSE_DEVICE_CHECK_ARGS:-} 2>&1 | tee "$out/device_check.log" || rc=1
+  rm -rf "$out/work"
+  timeout 150 "$py" -m pytest -q -p no:cacheprovider tests/test_accelerator.py 2>&1 |
+    tee "$out/tests.log" || rc=1
+  return $rc
+}
 
 ok_python() {  # usable interpreter of version >= 3.12?
   "$1" -c 'import sys, venv; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1
@@ -68,10 +132,12 @@ setup() {
     "$venv/bin/python" -m pip install -q --upgrade pip >"$venv/pip.log" 2>&1 || true
   fi
   accel=$(accelerator)
-  want="$(cat setup.py | sha256sum | cut -d' ' -f1) $accel"
+  want="$(cat setup.py "$constraints" 2>/dev/null | sha256sum | cut -d' ' -f1) $accel"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "run.sh: installing muse_jax and its dependencies into .venv (setup.py changed or first run)" >&2
-    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,features]" >"$venv/pip.log" 2>&1; then
+    echo "run.sh: installing muse_jax and its dependencies into .venv (setup.py or constraints.txt changed, or first run)" >&2
+    local pins=(-c "$constraints")
+    [ -n "${MUSE_JAX_UNPINNED:-}" ] && pins=(--upgrade --upgrade-strategy eager)
+    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}" -e ".[test,features]" >"$venv/pip.log" 2>&1; then
       grep -v '^WARNING: Location' "$venv/pip.log" | tail -n 30 >&2
       echo "run.sh: pip install failed (full log: .venv/pip.log)" >&2; exit 1
     fi
@@ -98,7 +164,24 @@ setup() {
 
 cmd=${1:-job}
 [ $# -gt 0 ] && shift
-if [ "$cmd" = accel ]; then accelerator; exit; fi  # what setup installs JAX for, nothing else
+case "$cmd" in  # commands that need no .venv (the device slot has no registry to make one)
+  accel) accelerator; exit ;;  # what setup installs JAX for, nothing else
+  wheels) wheels "$@"; exit ;;
+  device-check) set -o pipefail; device_check "$@"; exit ;;
+esac
+if [ "$cmd" = upgrade ]; then  # newest versions, the suite, then the lock (only if it passed)
+  export MUSE_JAX_UNPINNED=1
+  rm -f "$venv/.muse_jax_setup"
+  setup
+  "$venv/bin/python" -m pytest -q -n "${MUSE_TEST_JOBS:-2}" tests || {
+    echo "run.sh: the suite failed with the newest versions; constraints.txt left as it was (.venv now holds the new versions: rm -rf .venv to go back)" >&2; exit 1; }
+  { sed -n '1,/^# it passed/p' "$constraints"
+    "$venv/bin/python" -m pip freeze --exclude-editable 2>/dev/null | grep -iv '^muse.jax'; } > "$constraints.new"
+  mv "$constraints.new" "$constraints"
+  setup  # the stamp of the new lock
+  echo "run.sh: constraints.txt rewritten with the versions the suite just passed with; commit it" >&2
+  exit 0
+fi
 setup
 py="$venv/bin/python"
 export PYTHONUNBUFFERED=1
@@ -127,6 +210,6 @@ case "$cmd" in
   demo) exec "$py" -m muse_jax.data.demo "$@" ;;
   build) exec "$py" -m muse_jax.data.build "$@" ;;
   py) exec "$py" "$@" ;;
-  -h|--help|help) sed -n '2,14p' "$0" ;;
+  -h|--help|help) sed -n '2,23p' "$0" ;;
   *) echo "run.sh: unknown command '$cmd' (try ./run.sh help)" >&2; exit 2 ;;
 esac
