@@ -21,9 +21,11 @@ def atomic_path(path: str, suffix: str = ''):
   try:
     yield tmp
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.filename in (None, tmp):  # a failed write(2) names no file
+      e.filename = path  # the error names the file being written, not its temporary name
     raise
 
 
