@@ -1,5 +1,7 @@
 """Helpers shared by the test modules (fixtures live in conftest.py)."""
 import os
+import subprocess
+import sys
 
 from muse_jax import config_util
 
@@ -23,3 +25,42 @@ def read_lines(path) -> list:
 def write_lines(path, lines) -> None:
   with open(path, 'w', encoding='utf-8') as f:
     f.write(''.join(l + '\n' for l in lines))
+
+
+# The command a user runs, in a child process (tests/test_promises.py, tests/test_disk_faults.py).
+
+
+def child_env(**extra) -> dict:
+  """A child's environment: one CPU device as a plain user run (no simulated devices), the
+  session's compilation cache (conftest exports it), tests/ importable (runner scripts such as
+  tests/fault_main.py), plus `extra`."""
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  tests = os.path.join(REPO, 'tests')
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [tests, env.get('PYTHONPATH')]))
+  env.update(extra)
+  return env
+
+
+def run_main(*args, cwd, module='muse_jax.main', timeout=300, **extra_env):
+  """`python -m <module> --config=<repo>/configs/tiny.py ARGS` in `cwd`; the CompletedProcess."""
+  cmd = [sys.executable, '-m', module, f'--config={REPO}/configs/tiny.py', *args]
+  return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                        env=child_env(**extra_env))
+
+
+def one_error(proc, *words) -> str:
+  """Exit 2, exactly one `error:` line holding each of `words`, no traceback; the line."""
+  err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  for w in words:
+    assert w in err[0], (w, err[0])
+  return err[0]
+
+
+def ok(proc) -> str:
+  """Exit 0 without a traceback; the log (stderr)."""
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  return proc.stderr
