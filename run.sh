@@ -7,6 +7,7 @@
 #   ./run.sh main ARGS       python -m muse_jax.main ARGS
 #   ./run.sh demo ARGS       python -m muse_jax.data.demo ARGS   (write a demo MuSe-layout tree)
 #   ./run.sh build ARGS      python -m muse_jax.data.build ARGS  (build the tfds dataset of a tree)
+#   ./run.sh compare A B [ARGS]  python -m muse_jax.compare A B ARGS  (is run B better than run A?)
 #   ./run.sh py ARGS         the project's python, e.g. ./run.sh py benchmarks/data_bench.py
 #   ./run.sh accel           which JAX plugin setup installs here: cpu, cuda12, cuda13 (nvidia-smi's
 #                            driver: R580+ -> cuda13) or tpu (/dev/accel<N>)
@@ -209,7 +210,8 @@ case "$cmd" in
   main) exec "$py" -m muse_jax.main "$@" ;;
   demo) exec "$py" -m muse_jax.data.demo "$@" ;;
   build) exec "$py" -m muse_jax.data.build "$@" ;;
+  compare) cd "$OLDPWD"; exec "$py" -m muse_jax.compare "$@" ;;  # paths as the caller typed them
   py) exec "$py" "$@" ;;
-  -h|--help|help) sed -n '2,23p' "$0" ;;
+  -h|--help|help) sed -n '2,24p' "$0" ;;
   *) echo "run.sh: unknown command '$cmd' (try ./run.sh help)" >&2; exit 2 ;;
 esac

@@ -89,4 +89,7 @@ def get_config():
 
   # Outputs.
   c.num_plot_videos = 3           # devel videos plotted (prediction vs label) at the end
+  c.bootstrap_samples = 1000      # every reported partition CCC gets a 95% interval from this many
+                                  # resamples of the partition's videos (0 = off)
+  c.bootstrap_seed = 0            # the resamples' seed: the same predictions, the same interval
   return c

@@ -186,6 +186,39 @@ def resampled_mean_ccc(stats_list: Sequence[np.ndarray], samples: int, seed: int
   return out
 
 
+def resampled_ccc(stats: np.ndarray, samples: int, seed: int) -> np.ndarray:
+  """Each target's CCC for each video resample: [samples, K] (stats [V, K, 6] or [V, 6] of the
+  kept videos; the same resamples as `resampled_mean_ccc` with the same seed)."""
+  st = _as_3d(np.asarray(stats, np.float64))
+  v, k = st.shape[:2]
+  flat = st.reshape(v, k * 6)
+  out = np.empty((samples, k))
+  start = 0
+  for counts in _count_blocks(v, samples, seed):
+    out[start:start + len(counts)] = ccc_from_stats((counts.astype(np.float64) @ flat)
+                                                    .reshape(-1, k, 6))
+    start += len(counts)
+  return out
+
+
+def partition_intervals(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                        samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+  """The intervals `metrics.partition_metrics` reports: {'per_target': [[low, high]] * K,
+  'mean': [low, high]}, every target and their mean on the same video resamples. samples=0:
+  {} (off); fewer than 2 videos with labels: NaN bounds (see module doc)."""
+  if samples <= 0:
+    return {}
+  stats = _as_3d(video_stats(preds, labels)) if len(preds) else np.zeros((0, 1, 6))
+  kept = stats[_kept(stats)] if len(stats) else stats
+  k = stats.shape[1]
+  if len(kept) < 2:
+    nan = [float('nan')] * 2
+    return {'per_target': [list(nan) for _ in range(k)], 'mean': list(nan)}
+  r = resampled_ccc(kept, samples, seed)
+  return {'per_target': [list(_percentile_interval(r[:, j], level)) for j in range(k)],
+          'mean': list(_percentile_interval(r.mean(1), level))}
+
+
 def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
   """(low, high) percentiles (np.percentile, linear) at (1 -+ level) / 2.
 

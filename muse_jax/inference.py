@@ -47,15 +47,27 @@ def predict_videos(eval_step, params, videos, mesh) -> list:
   return preds
 
 
-def evaluate_split(eval_step, params, videos, targets, mesh) -> tuple:
-  """(predictions [S][video], metrics per seed or None when the split has no labels)."""
+def evaluate_split(eval_step, params, videos, targets, mesh, bootstrap=(0, 0)) -> tuple:
+  """(predictions [S][video], metrics per seed or None when the split has no labels);
+  `bootstrap`: (samples, seed) of the CCC intervals (off during training's epochs)."""
   preds = predict_videos(eval_step, params, videos, mesh)
   labelled = _labelled(videos)
   if not labelled:
     return preds, None
   m = [metrics_lib.partition_metrics([videos[i].y for i in labelled],
-                                     [p[i] for i in labelled], targets) for p in preds]
+                                     [p[i] for i in labelled], targets, *bootstrap)
+       for p in preds]
   return preds, m
+
+
+def bootstrap_of(config) -> tuple:
+  """(samples, seed) of the intervals every reported partition CCC carries."""
+  return config.get('bootstrap_samples', 1000), config.get('bootstrap_seed', 0)
+
+
+def seed_spread(values) -> float:
+  """The seeds' spread as papers report it: the sample standard deviation (ddof 1)."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else float('nan')
 
 
 def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
@@ -69,7 +81,8 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
   params = sharding.replicate(state.best_params, mesh)
   trackers = [SeedTracker(**t) for t in meta['trackers']]
   targets, seeds, initial = list(spec.targets), list(spec.seeds), meta.get('initial_devel')
-  per_split = {s: evaluate_split(eval_step, params, videos[s], targets, mesh)
+  boot = bootstrap_of(config)
+  per_split = {s: evaluate_split(eval_step, params, videos[s], targets, mesh, boot)
                for s in layout.SPLITS}
   devel_ccc = [m['mean_ccc'] for m in per_split['devel'][1]] if per_split['devel'][1] else []
   best = int(np.nanargmax(devel_ccc)) if devel_ccc and np.isfinite(devel_ccc).any() else 0
@@ -81,7 +94,7 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
   written = {split: combine(preds, picked) for split, (preds, _) in per_split.items()}
   for split, preds in written.items():
     check_finite(preds, videos[split], split, what)
-  ensemble = score_ensemble(per_split, videos, targets, trackers, seeds, initial)
+  ensemble = score_ensemble(per_split, videos, targets, trackers, seeds, initial, boot)
   results = {'targets': targets, 'layout': spec.layout.kind, 'task': spec.layout.task,
              'step_ms': signature['step_ms'], 'epochs_run': meta['epoch'],
              'eval_seed': spec.eval_seed, 'seed': _seed_value(spec.eval_seed, picked, seeds),
@@ -96,11 +109,11 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
                       for s, seed in enumerate(seeds)]
   if len(seeds) > 1 and devel_ccc:
     results['devel_ccc_mean'] = float(np.mean(devel_ccc))
-    results['devel_ccc_std'] = float(np.std(devel_ccc))
+    results['devel_ccc_std'] = seed_spread(devel_ccc)
     if per_split['test'][1]:
       test_ccc = [m['mean_ccc'] for m in per_split['test'][1]]
-      results['test_ccc_mean'], results['test_ccc_std'] = float(np.mean(test_ccc)), float(
-          np.std(test_ccc))
+      results['test_ccc_mean'] = float(np.mean(test_ccc))
+      results['test_ccc_std'] = seed_spread(test_ccc)
   if len(seeds) > 1 or spec.eval_seed == 'ensemble':
     results['ensemble'] = ensemble
   results['per_video'] = {split: _per_video(videos[split], written[split], targets)
@@ -162,7 +175,7 @@ def combine(preds, picked) -> list:
   return [ensemble_mean([preds[s][i] for s in picked]) for i in range(len(preds[0]))]
 
 
-def score_ensemble(per_split, videos, targets, trackers, seeds, initial) -> dict:
+def score_ensemble(per_split, videos, targets, trackers, seeds, initial, bootstrap=(0, 0)) -> dict:
   """Metrics of the mean of the seeds' predictions, each seed at its own best epoch, on every
   partition: what training all seeds bought beyond keeping the best one. The members are
   `ensemble_members`; a partition where their mean is not finite has no score (one log line;
@@ -179,7 +192,7 @@ def score_ensemble(per_split, videos, targets, trackers, seeds, initial) -> dict
       labelled = []
     out[split] = metrics_lib.partition_metrics(
         [videos[split][i].y for i in labelled], [mean[i] for i in labelled],
-        targets) if labelled and members else None
+        targets, *bootstrap) if labelled and members else None
   return out
 
 
@@ -202,6 +215,14 @@ def ensemble_mean(preds) -> np.ndarray:
   return np.mean(np.stack(preds).astype(np.float64), axis=0).astype(preds[0].dtype)
 
 
+def interval(m: dict, key: str = 'ccc') -> str:
+  """' [low, high]' of a metrics entry's 95% interval ('' when the bootstrap was off)."""
+  ci = m.get(f'{key}_ci95')
+  if not ci or ci[0] is None:
+    return ''
+  return f' [{ci[0]:.2f}, {ci[1]:.2f}]'
+
+
 def seed_lines(results) -> list:
   """With several seeds, per split: the best seed's mean CCC, the seeds' mean +- std and their
   ensemble's, side by side (the run's log and its last printed lines)."""
@@ -213,9 +234,11 @@ def seed_lines(results) -> list:
     if f'{split}_ccc_mean' in results:
       ens = results['ensemble'].get(split)
       lines.append(f'{split}: mean CCC of the best seed ({best["seed"]}) '
-                   f'{best[split]["mean_ccc"]:.4f}, of {len(results["seeds"])} seeds '
-                   f'{results[f"{split}_ccc_mean"]:.4f} +- {results[f"{split}_ccc_std"]:.4f}'
-                   + (f', of their ensemble {ens["mean_ccc"]:.4f}' if ens else ''))
+                   f'{best[split]["mean_ccc"]:.4f}{interval(best[split], "mean_ccc")}, of '
+                   f'{len(results["seeds"])} seeds {results[f"{split}_ccc_mean"]:.4f} +- '
+                   f'{results[f"{split}_ccc_std"]:.4f} (sample std)'
+                   + (f', of their ensemble {ens["mean_ccc"]:.4f}{interval(ens, "mean_ccc")}'
+                      if ens else ''))
   return lines
 
 

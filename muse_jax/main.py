@@ -161,15 +161,15 @@ def summary(results: dict) -> str:
   if 'predictions' in results and 'devel' not in results:
     return (f'predictions of {written} for {sum(results["videos"].values())} videos in '
             f'{results["predictions"]}')
+  from muse_jax import inference  # pylint: disable=import-outside-toplevel
   lines = [f'predictions of {written}' if ens else f'best epoch {results["best_epoch"]}']
   for split in ('devel', 'test'):
     m = results.get(split)
     if m:
       lines.append(f'{split}: ' + '  '.join(
-          f'{t} CCC {m[t]["ccc"]:.4f}' for t in results['targets']))
+          f'{t} CCC {m[t]["ccc"]:.4f}{inference.interval(m[t])}' for t in results['targets']))
     elif split == 'test':
       lines.append('test: no labels in this tree, no test CCC (predictions are written)')
-  from muse_jax import inference  # pylint: disable=import-outside-toplevel
   lines += inference.seed_lines(results)  # several seeds: the best one, their spread, average
   return '\n'.join(lines)
 

@@ -1,12 +1,15 @@
 """Challenge metrics (host side, numpy float64).
 
 The challenge scores a partition by CCC over the concatenation of all its videos, with np.cov
-(ddof=1) for the covariance and both variances; `ccc` is exactly that formula.
+(ddof=1) for the covariance and both variances; `ccc` is exactly that formula. Each partition CCC
+can carry its 95% interval from a bootstrap over videos (`bootstrap`: frames within a video are
+not independent, so videos are what is resampled).
 """
 from typing import Sequence
 
 import numpy as np
 
+from muse_jax import bootstrap
 from muse_jax.errors import MuseError
 
 
@@ -25,6 +28,8 @@ def ccc(y, p) -> float:
   y, p = _pair(y, p)
   if y.size < 2:
     return 0.0
+  if np.ptp(y) == 0 and np.ptp(p) == 0 and y[0] == p[0]:
+    return 0.0  # undefined (0/0); np.cov would round to a tiny nonzero and say 1.0
   c = np.cov(y, p)
   denom = c[0, 0] + c[1, 1] + (y.mean() - p.mean()) ** 2
   return float(2.0 * c[0, 1] / denom) if denom != 0 else 0.0
@@ -47,11 +52,15 @@ def rmse(y, p) -> float:
 
 
 def partition_metrics(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],
-                      targets: Sequence[str]) -> dict:
+                      targets: Sequence[str], bootstrap_samples: int = 0,
+                      bootstrap_seed: int = 0) -> dict:
   """CCC, PCC and RMSE per target over the concatenation of a partition's videos.
 
   labels/preds: one array [T_i, K] (or [T_i] when K = 1) per video; frames whose label is NaN are
-  skipped. Returns {target: {'ccc', 'pcc', 'rmse'}, 'mean_ccc': mean CCC over targets}.
+  skipped. Returns {target: {'ccc', 'pcc', 'rmse'}, 'mean_ccc': mean CCC over targets}; with
+  `bootstrap_samples` > 0 also each target's 'ccc_ci95' and the 'mean_ccc_ci95' ([low, high]:
+  the 2.5/97.5 percentiles over that many video resamples, seeded by `bootstrap_seed`; [None,
+  None] with fewer than 2 labelled videos).
   """
   if len(labels) != len(preds):
     raise MuseError(f'{len(labels)} label arrays but {len(preds)} prediction arrays')
@@ -73,7 +82,18 @@ def partition_metrics(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],
     out[name] = {'ccc': ccc(y[ok, j], p[ok, j]), 'pcc': pcc(y[ok, j], p[ok, j]),
                  'rmse': rmse(y[ok, j], p[ok, j])}
   out['mean_ccc'] = float(np.mean([out[t]['ccc'] for t in targets]))
+  if bootstrap_samples > 0:
+    ci = bootstrap.partition_intervals(preds, labels, bootstrap_samples, bootstrap_seed)
+    for j, name in enumerate(targets):
+      out[name]['ccc_ci95'] = _json_interval(ci['per_target'][j])
+    out['mean_ccc_ci95'] = _json_interval(ci['mean'])
   return out
+
+
+def _json_interval(bounds) -> list:
+  """[low, high]; [None, None] (JSON null) where there is no interval: fewer than 2 labelled
+  videos to resample, or NaN predictions."""
+  return [None, None] if any(b is None or not np.isfinite(b) for b in bounds) else list(bounds)
 
 
 def per_video_ccc(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],

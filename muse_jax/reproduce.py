@@ -22,6 +22,7 @@ from absl import logging
 import numpy as np
 
 from muse_jax import cli
+from muse_jax import compare
 from muse_jax import config_util
 from muse_jax import runtime
 from muse_jax import train
@@ -160,9 +161,13 @@ def best_runs(first: list, top: int) -> list:
   return [r for r in first if r in keep]
 
 
-def _cell(results: dict, split: str, target: str) -> str:
+def _cell(results: dict, split: str, target: str, ci: bool = False) -> str:
   m = results.get(split)
-  return f'{m[target]["ccc"]:.4f}' if m else 'n/a'
+  if not m:
+    return 'n/a'
+  low_high = m[target].get('ccc_ci95') if ci else None
+  return f'{m[target]["ccc"]:.4f}' + (f' [{low_high[0]:.2f}, {low_high[1]:.2f}]'
+                                       if low_high and low_high[0] is not None else '')
 
 
 def _seed_cells(results: dict, target: str) -> list:
@@ -174,7 +179,7 @@ def _seed_cells(results: dict, target: str) -> list:
   best = next(s for s in seeds if s['seed'] == results['best_seed'])
   ens = results.get('ensemble') or {}
   return [f'{best["devel"][target]["ccc"]:.4f}',
-          f'{np.mean(ccc):.4f} ± {np.std(ccc):.4f} ({len(ccc)})',
+          f'{np.mean(ccc):.4f} ± {np.std(ccc, ddof=1):.4f} ({len(ccc)})',
           f'{_cell(ens, "devel", target)} / {_cell(ens, "test", target)}']
 
 
@@ -193,7 +198,7 @@ def table(runs: list) -> str:
     cells = [kind, inputs]
     for t in targets:
       r = by.get((kind, inputs, t))
-      cells += ([_cell(r.results, 'devel', t), _cell(r.results, 'test', t),
+      cells += ([_cell(r.results, 'devel', t, ci=True), _cell(r.results, 'test', t),
                  *_seed_cells(r.results, t)] if r else [''] * 5)
     lines.append('| ' + ' | '.join(cells) + ' |')
   written = sorted({str(r.results.get('eval_seed', 'best')) for r in runs})
@@ -201,10 +206,13 @@ def table(runs: list) -> str:
   lines += ['', 'CCC over the concatenated videos of each partition; test only where labels '
             f'exist. devel / test: what each run wrote (eval_seed {", ".join(written)}: best = '
             'the seed with the best devel CCC, as the paper keeps; ensemble = the mean of the '
-            "seeds' predictions, each at its best epoch).", '',
+            "seeds' predictions, each at its best epoch); devel [95% interval, videos "
+            'resampled]; seed std: sample std (ddof 1).', '',
             'Late fusion inputs: ' + '; '.join(f'{r.target}: {", ".join(r.fused)}' for r in late)
             + '.', '',
-            'Late fusion minus the best first-level run, devel CCC: ' + '; '.join(
+            'Late fusion minus the best first-level run, devel CCC, with the 95% interval of '
+            'the difference (paired bootstrap over devel videos: python -m muse_jax.compare) '
+            'and the share of resamples in which late fusion was not better: ' + '; '.join(
                 _versus(runs, r) for r in late) + '.']
   return '\n'.join(lines)
 
@@ -212,7 +220,14 @@ def table(runs: list) -> str:
 def _versus(runs: list, late: Run) -> str:
   first = [r for r in runs if r.target == late.target and r.kind != LATE]
   best = max(first, key=lambda r: np.nan_to_num(_devel_ccc(r), nan=-np.inf))
-  return f'{late.target} {_devel_ccc(late) - _devel_ccc(best):+.4f} (vs {best.inputs})'
+  text = f'{late.target} {_devel_ccc(late) - _devel_ccc(best):+.4f}'
+  try:
+    c = compare.compare(best.workdir, late.workdir, 'devel')['targets'][late.target]
+    text += (f' [{c["diff_ci95"][0]:+.4f}, {c["diff_ci95"][1]:+.4f}], P(not better) '
+             f'{c["p_b_not_better"]:.3f}')
+  except MuseError as e:  # e.g. a run without labelled devel videos: the plain difference
+    logging.warning('late fusion vs %s: no paired interval (%s)', best.workdir, e)
+  return text + f' (vs {best.inputs})'
 
 
 def main(argv):

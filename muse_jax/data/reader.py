@@ -318,6 +318,12 @@ def _read_label(root: str, target: str, vid: str):
   return t, _segment_column(table), value
 
 
+def read_label(root: str, target: str, vid: str):
+  """(timestamp, segment_id, value) of a video's label file as training reads it (columns by
+  name, Inf as NaN, grid checked), or None when the file does not exist (muse_jax.compare)."""
+  return _read_label(root, target, vid)
+
+
 def grid_step(t: np.ndarray) -> int:
   """The grid a video is on: the smallest step between its timestamps, in ms (0 for fewer than
   two rows). Gaps between segments are whole multiples of it (`_check_grid`)."""
