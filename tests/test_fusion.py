@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from muse_jax import compare
 from muse_jax import config_util
 from muse_jax import fusion
 from muse_jax import inference
@@ -208,6 +209,18 @@ def test_reproduce_cli_resumes_and_writes_the_table(pipeline, tiny_tree):
   assert (f'± {late["devel_ccc_std"]:.4f} (5) | {ens["devel"]["valence"]["ccc"]:.4f} / '
           f'{ens["test"]["valence"]["ccc"]:.4f} |') in text
   assert 'Late fusion minus the best first-level run' in text
+  # Each run's devel cell carries its interval; late fusion's gain carries the paired one, the
+  # same figures `python -m muse_jax.compare BEST LATE` gives (it reads late-fusion runs too).
+  for r in runs:
+    ci = r.results['devel']['valence']['ccc_ci95']
+    assert f'{r.results["devel"]["valence"]["ccc"]:.4f} [{ci[0]:.2f}, {ci[1]:.2f}]' in text
+  first = [r for r in runs if r.kind != 'late fusion']
+  best = max(first, key=lambda r: r.results['devel']['valence']['ccc'])
+  c = compare.compare(best.workdir, next(r for r in runs if r.kind == 'late fusion').workdir)
+  v = c['targets']['valence']
+  assert (f'valence {v["diff"]:+.4f} [{v["diff_ci95"][0]:+.4f}, {v["diff_ci95"][1]:+.4f}], '
+          f'P(not better) {v["p_b_not_better"]:.3f} (vs {best.inputs})') in text
+  assert c['seeds'] == {}  # the first-level run trained one seed: no seed-level view
   assert text in proc.stdout + '\n'
   # Finished runs wrote the best seed's predictions: another eval_seed is refused, not mixed in.
   proc = subprocess.run(
