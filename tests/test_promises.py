@@ -330,12 +330,12 @@ def test_late_fusion_reads_exactly_the_best_n_runs_by_devel_ccc(tiny_tree, tmp_p
   ranks last; 0 (or N >= the number of runs) reads all."""
   devel = {'au': 0.5, 'egemaps': 0.3, 'fasttext': 0.7, 'vggface': float('nan'),
            'egemaps+fasttext': 0.6}
-  fused = {}
+  fused = []  # each late-fusion run's fusion_runs
 
   def finished(config, workdir):
     inputs = os.path.basename(workdir)
     if inputs == 'late_fusion':
-      fused[len(fused)] = config_util.parse_list(config.fusion_runs)
+      fused.append(config_util.parse_list(config.fusion_runs))
       return {'devel': {'valence': {'ccc': 0.0}}}
     return {'devel': {'valence': {'ccc': devel[inputs]}}}
 
@@ -350,7 +350,7 @@ def test_late_fusion_reads_exactly_the_best_n_runs_by_devel_ccc(tiny_tree, tmp_p
     assert sorted(r.inputs for r in first) == sorted(devel)
     order = [r.inputs for r in first if r.inputs in want]  # run order, not rank order
     assert late.kind == reproduce.LATE and list(late.fused) == order, top
-    assert fused[len(fused) - 1] == [os.path.join(out, 'runs', 'valence', i) for i in order]
+    assert fused[-1] == [os.path.join(out, 'runs', 'valence', i) for i in order]
     assert late.inputs == (f'best {top} runs by devel' if 0 < top < 5 else 'all runs above')
 
 
