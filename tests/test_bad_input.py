@@ -23,6 +23,7 @@ from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
 import helpers  # pylint: disable=wrong-import-order
+import scripted  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = ('egemaps', 'fasttext')
@@ -41,8 +42,11 @@ def pristine(tmp_path_factory):
 
 
 @pytest.fixture
-def case(pristine, tmp_path):
-  """A fresh copy of the pristine tree, with helpers to break it and to run on it."""
+def case(pristine, tmp_path, monkeypatch):
+  """A fresh copy of the pristine tree, with helpers to break it and to run on it. Its in-process
+  runs' schedules see scripted devel scores (tests/scripted.py): one epoch beats the untrained
+  model, which a run must to end, on any CPU."""
+  scripted.script_devel(monkeypatch)
   root, vid, other, summary = pristine
   return Case(root, str(tmp_path), vid, other, summary)
 

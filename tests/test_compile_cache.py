@@ -4,21 +4,28 @@ Each run is a fresh process without the test session's JAX_* cache variables, as
 the first fills the folder given by config.compilation_cache_dir, a rerun of the same programs
 adds nothing to it and reports the same metrics even with an entry made unreadable (compiled again
 with a warning), and 'none' writes no cache anywhere. Three cold-compiling runs: the suite's
-slowest test, so each trains one epoch.
+slowest test, so each trains one epoch, with the devel scores its schedule sees scripted
+(tests/scripted_main.py): whether one epoch beats the untrained model, which a run must to exit 0,
+is float-level luck.
 """
 import json
 import os
 import subprocess
 
+import scripted  # pylint: disable=wrong-import-order
 from test_reliability import command  # pylint: disable=wrong-import-order
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(workdir, tree, data_dir, cache, **extra_env):
   env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_') and k != 'XLA_FLAGS'}
-  env.update(extra_env)
+  env.update(SCRIPTED_DEVEL=json.dumps({314: scripted.IMPROVING}),
+             PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, 'tests'),
+                                                      env.get('PYTHONPATH')])), **extra_env)
   proc = subprocess.run(
       command(workdir, tree, data_dir, '--config.num_epochs=1', '--config.targets=valence',
-              f'--config.compilation_cache_dir={cache}'),
+              f'--config.compilation_cache_dir={cache}', scripted=True),
       capture_output=True, text=True, env=env, cwd=os.path.dirname(workdir), timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:

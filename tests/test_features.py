@@ -15,6 +15,7 @@ from muse_jax.data import layout
 from muse_jax.errors import MuseError
 from muse_jax.features import text
 from muse_jax.features import writer
+import scripted  # pylint: disable=wrong-import-order
 
 
 def _audio_extra():
@@ -290,9 +291,10 @@ def test_predict_names_sets_that_a_recording_cannot_give(tmp_path):
   np.testing.assert_array_equal(ts, np.arange(9) * 250)
 
 
-def test_predict_end_to_end_on_a_tiny_trained_model(tmp_path, capsys):
+def test_predict_end_to_end_on_a_tiny_trained_model(tmp_path, capsys, monkeypatch):
   _audio_extra()
   _text_extra()
+  scripted.script_devel(monkeypatch)  # 1 epoch beats the untrained model on any CPU
   from muse_jax import config_util, train
   from muse_jax.data import demo
   from muse_jax.features import sample

@@ -20,6 +20,7 @@ from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
 from helpers import tiny_config  # pylint: disable=wrong-import-order
+import scripted  # pylint: disable=wrong-import-order
 
 NEW_LAYOUTS = [k for k in demo.LAYOUTS if k != 'muse2020']  # muse2020: the rest of the suite
 
@@ -114,7 +115,10 @@ def _predictions(folder, target, vid):
 
 
 @pytest.mark.parametrize('name', NEW_LAYOUTS)
-def test_train_evaluate_predict_on_each_layout(trees, name, tmp_path):
+def test_train_evaluate_predict_on_each_layout(trees, name, tmp_path, monkeypatch):
+  # Whether a layout's tiny tree beats its untrained model on devel (which a run must, to write
+  # anything) is float-level luck on some: the schedule sees scripted scores (tests/scripted.py).
+  scripted.script_devel(monkeypatch)
   s = trees[name]
   dl = demo.LAYOUTS[name]
   config = tiny_config(_release_root(s), str(tmp_path / 'tfds'), targets=('all',),
@@ -151,17 +155,14 @@ def test_a_model_refuses_data_on_another_grid(trees, tmp_path, monkeypatch):
   config = tiny_config(stress['root'], str(tmp_path / 'tfds'), targets=('arousal', 'valence'),
                        feature_sets=('egemaps',), num_epochs=2)
   workdir = str(tmp_path / 'run')
-  try:
-    train.train_and_evaluate(config, workdir)
-  except MuseError as e:  # 2 epochs may not beat the untrained model: the checkpoint is there
-    assert 'never beat the untrained model' in str(e)
+  # Whether 2 epochs beat the untrained model is float-level luck: scripted (tests/scripted.py).
+  scripted.script_devel(monkeypatch)
+  train.train_and_evaluate(config, workdir)
   other = tiny_config(trees['muse2021_wilder']['root'], str(tmp_path / 'tfds_250'),
                       targets=('arousal', 'valence'), feature_sets=('egemaps',), num_epochs=2)
   with pytest.raises(MuseError, match=r'this data is on a 250 ms grid, but the model in .* '
                                       r'learnt on a 500 ms grid'):
     inference.predict(other, workdir)
-  # Whether 2 epochs beat the untrained model is float-level luck; the grid is checked either way.
-  monkeypatch.setattr(inference, 'check_trained', lambda *args: None)
   predictor = inference.Predictor(workdir)
   assert predictor.step_ms == 500
   x = np.zeros((20, predictor.dims[0]), np.float32)

@@ -24,6 +24,7 @@ from muse_jax.data import layout
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 from helpers import tiny_config, write_lines  # pylint: disable=wrong-import-order
+import scripted  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,9 +118,11 @@ def test_library_calls_leave_the_process_alone(tiny_tree, tmp_path):
 import json, sys
 sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
 import jax
-from muse_jax import runtime, train
+from muse_jax import runtime, schedule, train
 from muse_jax.runtime import host_memory
 from helpers import tiny_config
+import scripted
+schedule.SeedTracker.update = scripted.update()  # 1 epoch beats the untrained model on any CPU
 c = tiny_config({tiny_tree!r}, {str(tmp_path / 'tfds')!r}, num_epochs=1)
 train.train_and_evaluate(c, {str(tmp_path / 'w')!r})
 print(json.dumps([jax.config.jax_compilation_cache_dir, host_memory._asked,
@@ -195,14 +198,18 @@ def test_rerun_of_finished_workdir_resumes_not_retrains(trained, caplog):
   assert again['best_epoch'] == results['best_epoch'] and again['devel'] == results['devel']
 
 
-def test_resume_after_interruption_equals_uninterrupted(tiny_tree, tmp_path):
+def test_resume_after_interruption_equals_uninterrupted(tiny_tree, tmp_path, monkeypatch):
+  """Scripted devel scores (tests/scripted.py): best at epoch 2, before the interruption, so the
+  resumed run must restore the best parameters and the schedule's record of them."""
+  scripted.script_devel(monkeypatch, {314: [0.8, 0.9, 0.85, 0.85]})
   data_dir = str(tmp_path / 'tfds')
   full = train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=4), str(tmp_path / 'a'))
   train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=2), str(tmp_path / 'b'))
   resumed = train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=4),
                                      str(tmp_path / 'b'))
   assert resumed['devel'] == full['devel']
-  assert resumed['best_epoch'] == full['best_epoch']
+  assert resumed['best_epoch'] == full['best_epoch'] == 2
+  assert resumed['epochs_run'] == full['epochs_run'] == 4
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tiny_tree, tmp_path):
@@ -253,7 +260,8 @@ def test_cli_errors_are_one_line(tiny_tree, tmp_path, arg, message):
   assert 'Traceback' not in proc.stderr
 
 
-def test_inputs_spilled_to_disk_train_identically(tiny_tree, tmp_path):
+def test_inputs_spilled_to_disk_train_identically(tiny_tree, tmp_path, monkeypatch):
+  scripted.script_devel(monkeypatch)  # 2 epochs beat the untrained model on any CPU
   data_dir = str(tmp_path / 'tfds')
   in_ram = train.train_and_evaluate(
       tiny_config(tiny_tree, data_dir, num_epochs=2, inputs_on_disk='no'), str(tmp_path / 'ram'))
