@@ -66,6 +66,8 @@ def get_config():
   c.num_seeds = 1                 # models trained side by side (in one compiled step)
   c.seed_loop = 'auto'            # how that step runs them: 'vmap' (one op S times larger: for
                                   # GPU/TPU), 'map' (one after the other: CPU), 'auto' = by device
+  c.members = ''                  # members with their own seed and schedule on the seed axis (a
+                                  # JSON list; sweeps write it: muse_jax.sweep), '' = the seeds
   c.data_seed = -1                # shuffling order of train windows; -1 = seed
   c.eval_seed = 'best'            # what the run's predictions are (training's end, evaluate,
                                   # predict, hence late fusion's inputs): 'best' = the seed with

@@ -7,6 +7,7 @@ one line naming the field; the rest of the program reads the Spec and never re-p
 """
 import dataclasses
 import importlib.util
+import json
 import os
 import sys
 
@@ -20,6 +21,11 @@ LOSSES = ('ccc', 'mse', 'l1')
 NAN_POLICIES = ('zero', 'error')
 NONFINITE_POLICIES = ('stop', 'skip')
 ATTENTION = ('auto', 'blocked', 'plain', 'dot_product', 'cudnn')
+# What one member of a run may set for itself (config.members): fields that change no array shape
+# and no data, only a member's initialisation and its host-side schedule, so members that differ
+# in them train side by side in one compiled step (as seeds do).
+MEMBER_FIELDS = ('seed', 'learning_rate', 'min_learning_rate', 'plateau_patience', 'plateau_factor',
+                 'early_stopping_patience')
 
 
 def ensure_configs_importable() -> None:
@@ -40,6 +46,19 @@ def load_config(path: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def load_sweep(path: str):
+  """The config file's get_sweep() (a list of override dicts), or None when it has none."""
+  ensure_configs_importable()
+  path = os.path.expanduser(path.split(':')[0])
+  if not path.endswith('.py'):
+    path = os.path.join(CONFIGS, f'{path}.py')
+  spec = importlib.util.spec_from_file_location(
+      f'_muse_sweep_{os.path.basename(path)[:-3]}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_sweep() if hasattr(module, 'get_sweep') else None
 
 
 def parse_list(value) -> list:
@@ -119,6 +138,52 @@ class Spec:
   layout: object = None  # data.layout.Layout of data_root (None when not set or not found)
   loss_weights: tuple = ()  # one per target, () = equal
   eval_seed: object = 'best'  # what evaluate/predict write: 'best', 'ensemble' or a seed index
+  members: tuple = ()  # per member (seed axis) its MEMBER_FIELDS overrides (config.members)
+
+  def member_config(self, i: int):
+    """The config member `i` trains with (its schedule fields); the config itself without
+    members."""
+    if not self.members or not self.members[i]:
+      return self.config
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    c = ml_collections.ConfigDict(self.config.to_dict())
+    for k, v in self.members[i].items():
+      setattr(c, k, v)
+    return c
+
+
+def parse_members(value, config) -> tuple:
+  """config.members (a JSON list of {field: value} objects, one per member, fields of
+  MEMBER_FIELDS; '' = none) -> tuple of dicts; one line for what cannot be read."""
+  if not value:
+    return ()
+  try:
+    members = json.loads(value) if isinstance(value, str) else list(value)
+  except ValueError as e:
+    raise MuseError(f'config.members is not JSON ({e}); a list of objects such as '
+                    '[{"seed": 43, "learning_rate": 0.002}, ...]') from None
+  if not isinstance(members, list) or not members or not all(isinstance(m, dict)
+                                                             for m in members):
+    raise MuseError('config.members must be a non-empty JSON list of objects, one per member')
+  out = []
+  for i, m in enumerate(members):
+    unknown = sorted(set(m) - set(MEMBER_FIELDS))
+    if unknown:
+      raise MuseError(f'config.members[{i}]: {unknown[0]!r} cannot differ between the members of '
+                      f'one run (they share one compiled step); per member: '
+                      f'{", ".join(MEMBER_FIELDS)}')
+    for k, v in m.items():
+      base = config.get(k)
+      if isinstance(base, int) and not isinstance(base, bool) and isinstance(v, float) and (
+          v.is_integer()):
+        v = int(v)
+      if type(v) is not type(base) and not (isinstance(base, float) and isinstance(v, int)
+                                            and not isinstance(v, bool)):
+        raise MuseError(f'config.members[{i}].{k}={v!r}: need a {type(base).__name__} like '
+                        f'config.{k}={base!r}')
+      m[k] = float(v) if isinstance(base, float) else v
+    out.append(dict(m))
+  return tuple(out)
 
 
 def eval_seed(value, num_seeds: int):
@@ -180,11 +245,18 @@ def parse(config, strict: bool = False, tree_targets: bool = True) -> Spec:
     if strict:
       raise
     weights = ()
+  members = parse_members(config.get('members', ''), config)
+  if members and len(members) != config.num_seeds:
+    raise MuseError(f'config.members lists {len(members)} members but num_seeds is '
+                    f'{config.num_seeds}; they must agree (one seed axis entry per member)')
+  seeds = (tuple(m.get('seed', config.seed + i) for i, m in enumerate(members)) if members
+           else tuple(config.seed + i for i in range(config.num_seeds)))
   return Spec(config=config, feature_sets=sets, targets=targets, fusion_runs=runs, inputs=inputs,
-              normalized=normalized, seeds=tuple(config.seed + i for i in range(config.num_seeds)),
+              normalized=normalized, seeds=seeds,
               data_seed=config.seed if config.data_seed < 0 else config.data_seed,
               data_root=root, data_dir=data_dir, layout=lay, loss_weights=weights,
-              eval_seed=eval_seed(config.get('eval_seed', 'best'), config.num_seeds))
+              eval_seed=eval_seed(config.get('eval_seed', 'best'), config.num_seeds),
+              members=members)
 
 
 def validate_config(config, tree_targets: bool = True) -> Spec:
@@ -215,11 +287,9 @@ def validate_config(config, tree_targets: bool = True) -> Spec:
   need(config.get('max_abs_z', 1.0) > 0, f'max_abs_z must be > 0, got {config.get("max_abs_z")}')
   need(config.nonfinite_policy in NONFINITE_POLICIES,
        f'nonfinite_policy must be one of {NONFINITE_POLICIES}, got {config.nonfinite_policy!r}')
-  need(config.learning_rate > 0, f'learning_rate must be > 0, got {config.learning_rate}')
-  need(0 < config.plateau_factor < 1,
-       f'plateau_factor must be in (0, 1), got {config.plateau_factor}')
+  for i in range(len(spec.members) or 1):
+    _check_schedule(spec.member_config(i), need, f'members[{i}].' if spec.members else '')
   need(config.num_epochs >= 1, f'num_epochs must be >= 1, got {config.num_epochs}')
-  need(config.early_stopping_patience >= 1, 'early_stopping_patience must be >= 1')
   need(config.num_seeds >= 1, f'num_seeds must be >= 1, got {config.num_seeds}')
   need(config.get('seed_loop', 'auto') in ('auto', 'vmap', 'map'),
        f"seed_loop must be 'auto', 'vmap' or 'map', got {config.get('seed_loop')!r}")
@@ -240,6 +310,18 @@ def validate_config(config, tree_targets: bool = True) -> Spec:
        f"{config.get('compilation_cache_dir')!r}")
   model_fields(config.model, len(targets))
   return spec
+
+
+def _check_schedule(c, need, where: str) -> None:
+  """The fields a member may set for itself, checked for the config and for each member."""
+  need(c.learning_rate > 0, f'{where}learning_rate must be > 0, got {c.learning_rate}')
+  need(c.min_learning_rate >= 0, f'{where}min_learning_rate must be >= 0, got '
+       f'{c.min_learning_rate}')
+  need(0 < c.plateau_factor < 1, f'{where}plateau_factor must be in (0, 1), got '
+       f'{c.plateau_factor}')
+  need(c.plateau_patience >= 0, f'{where}plateau_patience must be >= 0, got {c.plateau_patience}')
+  need(c.early_stopping_patience >= 1, f'{where}early_stopping_patience must be >= 1, got '
+       f'{c.early_stopping_patience}')
 
 
 _SIZES = {'d_rnn': 1, 'rnn_n_layers': 1, 'attn_n_layers': 0, 'n_heads': 1, 'd_out_fc': 1}

@@ -98,13 +98,15 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
   results = {'targets': targets, 'layout': spec.layout.kind, 'task': spec.layout.task,
              'step_ms': signature['step_ms'], 'epochs_run': meta['epoch'],
              'eval_seed': spec.eval_seed, 'seed': _seed_value(spec.eval_seed, picked, seeds),
-             'best_seed': seeds[best], 'best_epoch': max(trackers[s].best_epoch for s in picked),
+             'best_seed': seeds[best], 'best_member': best,
+             'best_epoch': max(trackers[s].best_epoch for s in picked),
              'skipped_steps': meta['skipped_steps']}
   if initial and len(picked) == 1:
     results['initial_devel_ccc'] = initial[picked[0]]
   for split, (_, m) in per_split.items():
     results[split] = ((m[picked[0]] if len(picked) == 1 else ensemble[split]) if m else None)
   results['seeds'] = [{'seed': seed, 'best_epoch': trackers[s].best_epoch,
+                       **({'overrides': spec.members[s]} if spec.members else {}),
                        **{split: (m[s] if m else None) for split, (_, m) in per_split.items()}}
                       for s, seed in enumerate(seeds)]
   if len(seeds) > 1 and devel_ccc:
@@ -228,7 +230,8 @@ def seed_lines(results) -> list:
   ensemble's, side by side (the run's log and its last printed lines)."""
   if 'ensemble' not in results or 'devel_ccc_mean' not in results:
     return []
-  best = next(s for s in results['seeds'] if s['seed'] == results['best_seed'])
+  best = results['seeds'][results['best_member']] if 'best_member' in results else next(
+      s for s in results['seeds'] if s['seed'] == results['best_seed'])
   lines = []
   for split in ('devel', 'test'):
     if f'{split}_ccc_mean' in results:

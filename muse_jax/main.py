@@ -34,6 +34,10 @@ flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'],
 flags.DEFINE_string('data_root', None, 'MuSe-layout tree; overrides config.data_root. Neither set: '
                     "the workdir's tree, else the generated demo tree.")
 flags.DEFINE_string('data_dir', None, 'tfds data_dir; overrides config.data_dir.')
+flags.DEFINE_multi_string('sweep', [], 'A sweep axis, field=value1,value2 (repeat for a product; '
+                          "list fields: values split by ';'); or get_sweep() in the config file. "
+                          'Trains every setting x num_seeds seeds, chooses on devel '
+                          '(muse_jax.sweep).')
 flags.DEFINE_bool('distributed', False, 'Multi-host: jax.distributed.initialize() with the '
                   "cluster's auto-detection (Cloud TPU, SLURM, Open MPI, Kubernetes).")
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
@@ -65,6 +69,19 @@ def main(argv):
   workdir = _workdir(FLAGS.workdir)
   demo_root = _default_data(config, workdir, FLAGS.mode)
   logging.info('mode %s, workdir %s', FLAGS.mode, workdir)
+  sweep_list = config_util.load_sweep(_config_path(sys.argv)) if not FLAGS.sweep else None
+  if FLAGS.sweep or sweep_list is not None:
+    from muse_jax import sweep  # pylint: disable=import-outside-toplevel
+    if FLAGS.mode != 'train':
+      raise MuseError(f'--mode={FLAGS.mode} of a sweep: point --workdir at the chosen run '
+                      f'({os.path.join(workdir, sweep.SWEEP_JSON)} names it, best.workdir) and '
+                      'drop --sweep')
+    report = sweep.run(config, workdir, sweep.axes_of(config, FLAGS.sweep), sweep_list)
+    if jax.process_index() == 0:
+      print(sweep.markdown(report))
+      if demo_root:
+        print(demo_line(demo_root))
+    return
   run = {'train': train.train_and_evaluate, 'evaluate': inference.evaluate,
          'predict': inference.predict}[FLAGS.mode]
   results = run(config, workdir)

@@ -84,7 +84,9 @@ def _train(spec, workdir: str) -> dict:
   eval_step = steps.make_eval_step(model, mapped)
   signature = checkpoint.model_signature(spec, dims, sources.grid_step(spec))
 
-  trackers = [SeedTracker(lr=config.learning_rate, seed=seed) for seed in seeds]
+  # Each member (seed) its own schedule: config.members may give each its own (a sweep's).
+  member_configs = [spec.member_config(i) for i in range(len(seeds))]
+  trackers = [SeedTracker(lr=c.learning_rate, seed=seed) for c, seed in zip(member_configs, seeds)]
   start_epoch, skipped, initial = 1, 0, None
   if mngr.latest_step() is not None:
     state, meta = checkpoint.restore(mngr, state, signature, workdir)
@@ -104,8 +106,8 @@ def _train(spec, workdir: str) -> dict:
   log = outputs.MetricLog(workdir, resume_after=start_epoch - 1)
   for epoch in range(start_epoch, config.num_epochs + 1):
     if not any(t.active for t in trackers):
-      logging.info('early stop: every seed went %d epochs without devel improvement',
-                   config.early_stopping_patience)
+      logging.info('early stop: every seed went %s epochs without devel improvement',
+                   '/'.join(sorted({str(c.early_stopping_patience) for c in member_configs})))
       break
     t0 = time.time()
     was_active = [t.active for t in trackers]
@@ -138,7 +140,8 @@ def _train(spec, workdir: str) -> dict:
     improved = np.zeros(len(seeds), bool)
     for s, t in enumerate(trackers):
       if t.active:
-        improved[s] = t.update(devel[s]['mean_ccc'] if devel else float('nan'), epoch, config)
+        improved[s] = t.update(devel[s]['mean_ccc'] if devel else float('nan'), epoch,
+                               member_configs[s])
     state = steps.keep_best(state, sharding.replicate(improved, mesh))
     seconds = time.time() - t0
     log.write({'epoch': epoch, 'seconds': seconds, 'train_seconds': t_eval - t0,

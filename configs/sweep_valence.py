@@ -1,0 +1,21 @@
+"""A ready sweep over the paper's valence config (configs/valence.py): the schedule and the output
+dropout, the settings the authors tuned by hand.
+
+  python -m muse_jax.main --config=configs/sweep_valence.py --workdir=W --config.num_seeds=5
+
+get_sweep() lists the settings (not a product: the learning rates with dropout 0, then the
+dropout with the paper's rate). The learning-rate settings differ only in schedule fields, so
+they and their seeds train side by side in one compiled step; the dropout setting is a second
+group (muse_jax.sweep). --sweep=field=a,b flags replace this list with their product.
+"""
+from configs import valence
+
+
+def get_config():
+  return valence.get_config()
+
+
+def get_sweep():
+  return [{'learning_rate': 0.002}, {'learning_rate': 0.005}, {'learning_rate': 0.01},
+          {'learning_rate': 0.005, 'early_stopping_patience': 25},
+          {'learning_rate': 0.005, 'model.out_dropout': 0.3}]

@@ -1,0 +1,270 @@
+"""Sweeps in one program: many settings trained side by side, chosen on devel.
+
+  python -m muse_jax.main --config=configs/valence.py --workdir=W \
+      --sweep=learning_rate=0.002,0.005 --sweep=model.out_dropout=0,0.3 --config.num_seeds=5
+
+trains every member of the product of the axes times the seeds (here 2 x 2 x 5 = 20). A config
+file may instead define `get_sweep()`, a list of override dicts (configs/sweep_valence.py).
+
+Why it is cheap: muse_jax trains its seeds as one compiled step (a leading seed axis, each seed
+with its own parameters, optimiser state, learning rate, plateau schedule, early stop and best
+parameters). A member is a seed with its own settings: members that differ only in fields that
+keep every shape and the data (`config_util.MEMBER_FIELDS`: seed, learning_rate,
+min_learning_rate, plateau_patience, plateau_factor, early_stopping_patience) share that step
+(`config.members`). Other fields (feature sets, normalisation, windows, batch, targets, model
+sizes, dropout rates, loss) form groups that run one after another in this process, each an
+ordinary run compiled once: `W/groups/g<i>/`, resumable like any run (kill -9 and rerun the same
+command). Every member's setting is validated before any compute.
+
+What it writes: `W/sweep.json` and `W/sweep.md` (one row per member: its overrides, seed, best
+epoch and devel metrics with their intervals; the axes; the best member by mean devel CCC, ties
+by order, with its test metrics, and its group's workdir, a normal run of it: evaluate, predict,
+late fusion and Predictor work on it; per setting the seed mean +- std), and `W/sweep.png`
+(devel CCC against each swept field, seeds as points). Test metrics are reported for the chosen
+member only: choosing on test is what a sweep must not invite.
+"""
+import itertools
+import json
+import os
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from muse_jax import config_util
+from muse_jax import outputs
+from muse_jax import train
+from muse_jax.errors import MuseError
+
+SWEEP_JSON, SWEEP_MD, SWEEP_PNG = 'sweep.json', 'sweep.md', 'sweep.png'
+# Fields that are the sweep's own business, never an axis.
+NOT_AXES = ('members', 'num_seeds', 'data_root', 'data_dir', 'task', 'eval_seed', 'fusion_runs')
+
+
+def _field(config, name: str):
+  """(parent ConfigDict, leaf name, current value) of a dotted field; one line if unknown."""
+  node, parts = config, name.split('.')
+  for i, part in enumerate(parts):
+    keys = list(node.keys()) if hasattr(node, 'keys') else []
+    if part not in keys:
+      where = '.'.join(parts[:i]) or 'the config'
+      raise MuseError(f'--sweep {name}: unknown config field ({where} has: {", ".join(keys)})')
+    if i < len(parts) - 1:
+      node = node[part]
+  return node, parts[-1], node[parts[-1]]
+
+
+def _typed(name: str, text, current):
+  """A value of --sweep (text) or get_sweep() in the type of the field it sets."""
+  if not isinstance(text, str) or isinstance(current, (tuple, list)):
+    value = text
+  elif isinstance(current, bool):
+    if text.strip().lower() not in ('true', 'false', '1', '0'):
+      raise MuseError(f'--sweep {name}={text}: not a boolean (true/false)')
+    value = text.strip().lower() in ('true', '1')
+  elif isinstance(current, int):
+    try:
+      value = int(text)
+    except ValueError:
+      raise MuseError(f'--sweep {name}={text}: not an integer, as {name}={current!r}') from None
+  elif isinstance(current, float):
+    try:
+      value = float(text)
+    except ValueError:
+      raise MuseError(f'--sweep {name}={text}: not a number, as {name}={current!r}') from None
+  else:
+    value = text
+  if isinstance(current, bool) != isinstance(value, bool) or (
+      isinstance(current, (int, float)) and not isinstance(current, bool)
+      and not isinstance(value, (int, float))) or (
+          isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float)
+          and not value.is_integer()):
+    raise MuseError(f'sweep {name}={value!r}: wrong type for {name}={current!r}')
+  if isinstance(current, float) and isinstance(value, int):
+    value = float(value)
+  if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
+    value = int(value)
+  if isinstance(current, (tuple, list)) and isinstance(value, str):
+    value = tuple(config_util.parse_list(value))  # 'egemaps,fasttext' -> ('egemaps', 'fasttext')
+  return value
+
+
+def axes_of(config, specs) -> list:
+  """[(field, [values])] of --sweep=field=v1,v2 flags (repeatable), values typed by the field."""
+  axes = []
+  for spec in specs:
+    name, sep, values = spec.partition('=')
+    name = name.strip()
+    if not sep or not name or not values.strip():
+      raise MuseError(f'--sweep {spec!r}: write --sweep=field=value1,value2 (e.g. '
+                      '--sweep=learning_rate=0.002,0.005)')
+    if name in NOT_AXES:
+      raise MuseError(f'--sweep {name}: not a sweep axis ({", ".join(NOT_AXES)} are set per run; '
+                      'seeds: --config.num_seeds)')
+    if name in (a[0] for a in axes):
+      raise MuseError(f'--sweep {name} is given twice; list its values once, comma separated')
+    _, _, current = _field(config, name)
+    if isinstance(current, (tuple, list)) or name in ('feature_sets', 'targets', 'normalize'):
+      parts = [v for v in values.split(';')]  # list fields: 'egemaps,fasttext;vggface'
+    else:
+      parts = values.split(',')
+    axes.append((name, [_typed(name, v.strip(), current) for v in parts if v.strip()]))
+  return axes
+
+
+def settings_of(config, axes, sweep_list=None) -> list:
+  """The settings ({field: value}) of the product of the axes, or of a get_sweep() list."""
+  if sweep_list is not None:
+    out = []
+    for i, s in enumerate(sweep_list):
+      if not isinstance(s, dict):
+        raise MuseError(f'get_sweep()[{i}] is {type(s).__name__}, not a dict of overrides')
+      out.append({k: _typed(k, v, _field(config, k)[2]) for k, v in s.items()})
+    return out
+  return [dict(zip([a[0] for a in axes], combo))
+          for combo in itertools.product(*[a[1] for a in axes])]
+
+
+def _apply(config, overrides: dict):
+  c = ml_collections.ConfigDict(config.to_dict())
+  for k, v in overrides.items():
+    parent, leaf, _ = _field(c, k)
+    parent[leaf] = v
+  return c
+
+
+def plan(config, settings: list) -> list:
+  """Groups: [{'name', 'shared' (overrides of every member), 'members' ([{setting, seed}]),
+  'config'}], validated. Settings are grouped by their fields outside MEMBER_FIELDS; each
+  setting trains num_seeds members (seed, seed+1, ...; a swept seed starts its own run)."""
+  groups = {}
+  for setting in settings:
+    shared = {k: v for k, v in setting.items() if k not in config_util.MEMBER_FIELDS}
+    key = json.dumps(shared, sort_keys=True)
+    groups.setdefault(key, {'shared': shared, 'settings': []})['settings'].append(setting)
+  out = []
+  for i, g in enumerate(groups.values()):
+    base = _apply(config, g['shared'])
+    members = []
+    for setting in g['settings']:
+      own = {k: v for k, v in setting.items() if k in config_util.MEMBER_FIELDS}
+      first = own.get('seed', base.seed)
+      for j in range(base.num_seeds):
+        members.append({'setting': setting, 'member': dict(own, seed=first + j)})
+    c = _apply(base, {})
+    c.num_seeds = len(members)
+    c.members = json.dumps([m['member'] for m in members])
+    try:
+      config_util.validate_config(c)
+    except MuseError as e:
+      raise MuseError(f'sweep group {g["shared"] or "(base config)"}: {e}') from None
+    out.append({'name': f'g{i}', 'shared': g['shared'], 'members': members, 'config': c})
+  return out
+
+
+def run(config, workdir: str, axes: list, sweep_list=None) -> dict:
+  """Trains every group (resuming what is done) and writes sweep.json, sweep.md, sweep.png."""
+  settings = settings_of(config, axes, sweep_list)
+  if not settings:
+    raise MuseError('the sweep has no setting (an axis without values?)')
+  groups = plan(config, settings)  # every refusal before any compute
+  logging.info('sweep: %d setting(s) x %d seed(s) = %d members in %d group(s) (one compiled '
+               'program each): %s', len(settings), config.num_seeds,
+               sum(len(g['members']) for g in groups), len(groups),
+               '; '.join(f'{g["name"]} {g["shared"] or "base"}: {len(g["members"])} members'
+                         for g in groups))
+  os.makedirs(workdir, exist_ok=True)
+  results = {}
+  for g in groups:
+    gw = os.path.join(workdir, 'groups', g['name'])
+    logging.info('sweep group %s (%s): %s', g['name'], g['shared'] or 'base config', gw)
+    results[g['name']] = train.train_and_evaluate(g['config'], gw)
+  report = _report(axes, settings, groups, results, workdir)
+  outputs.write_json(os.path.join(workdir, SWEEP_JSON), report)
+  with open(os.path.join(workdir, SWEEP_MD), 'w', encoding='utf-8') as f:
+    f.write(markdown(report) + '\n')
+  _plot(report, os.path.join(workdir, SWEEP_PNG))
+  return report
+
+
+def _report(axes, settings, groups, results, workdir) -> dict:
+  rows = []
+  for g in groups:
+    res = results[g['name']]
+    for i, m in enumerate(g['members']):
+      entry = res['seeds'][i]
+      rows.append({'group': g['name'], 'member': i, 'overrides': dict(m['setting'], seed=m['member']['seed']),
+                   'setting': m['setting'], 'seed': entry['seed'], 'best_epoch': entry['best_epoch'],
+                   'epochs_run': res['epochs_run'], 'devel': entry['devel']})
+  score = [r['devel']['mean_ccc'] if r['devel'] else -np.inf for r in rows]
+  best_i = int(np.argmax(np.nan_to_num(score, nan=-np.inf)))
+  best = rows[best_i]
+  res = results[best['group']]
+  chosen = res['seeds'][best['member']]
+  per_setting = []
+  for setting in settings:
+    own = [r['devel']['mean_ccc'] for r in rows if r['setting'] == setting and r['devel']]
+    per_setting.append({'setting': setting, 'seeds': len(own),
+                        'devel_ccc_mean': float(np.mean(own)) if own else None,
+                        'devel_ccc_std': float(np.std(own, ddof=1)) if len(own) > 1 else None})
+  return {'axes': [{'field': f, 'values': v} for f, v in axes],
+          'settings': len(settings), 'members': len(rows), 'groups': [
+              {'name': g['name'], 'shared': g['shared'], 'members': len(g['members']),
+               'workdir': os.path.join(workdir, 'groups', g['name'])} for g in groups],
+          'rows': rows,
+          'best': {'row': best_i, 'overrides': best['overrides'], 'group': best['group'],
+                   'member': best['member'],
+                   'workdir': os.path.join(workdir, 'groups', best['group']),
+                   'devel': chosen['devel'], 'test': chosen.get('test'),
+                   'written': res.get('best_member') == best['member']},
+          'per_setting': per_setting}
+
+
+def _fmt_ci(m: dict, key: str = 'mean_ccc') -> str:
+  ci = m.get(f'{key}_ci95') if m else None
+  return f' [{ci[0]:.2f}, {ci[1]:.2f}]' if ci and ci[0] is not None else ''
+
+
+def markdown(r: dict) -> str:
+  fields = [a['field'] for a in r['axes']] or sorted({k for row in r['rows']
+                                                      for k in row['setting']})
+  lines = [f'{r["members"]} members ({r["settings"]} settings) in {len(r["groups"])} group(s); '
+           'devel mean CCC [95% interval, videos resampled]', '',
+           '| group | ' + ' | '.join(fields) + ' | seed | best epoch | devel mean CCC |',
+           '|---|' + '---|' * len(fields) + '---|---|---|']
+  for i, row in enumerate(r['rows']):
+    mark = ' **best**' if i == r['best']['row'] else ''
+    dev = f'{row["devel"]["mean_ccc"]:.4f}{_fmt_ci(row["devel"])}' if row['devel'] else 'n/a'
+    lines.append(f'| {row["group"]} | ' + ' | '.join(str(row['setting'].get(f, '')) for f in fields)
+                 + f' | {row["seed"]} | {row["best_epoch"]} | {dev}{mark} |')
+  lines += ['', '| setting | seeds | devel mean CCC, mean ± std (sample) |', '|---|---|---|']
+  for s in r['per_setting']:
+    mean = f'{s["devel_ccc_mean"]:.4f}' if s['devel_ccc_mean'] is not None else 'n/a'
+    std = f' ± {s["devel_ccc_std"]:.4f}' if s['devel_ccc_std'] is not None else ''
+    lines.append(f'| {json.dumps(s["setting"])} | {s["seeds"]} | {mean}{std} |')
+  b = r['best']
+  test = (f'{b["test"]["mean_ccc"]:.4f}{_fmt_ci(b["test"])}' if b.get('test') else 'n/a')
+  lines += ['', f'Best by devel: {json.dumps(b["overrides"])}: devel {b["devel"]["mean_ccc"]:.4f}'
+            f'{_fmt_ci(b["devel"])}, test {test} (test reported for the chosen member only). '
+            f'Its run: {b["workdir"]}.']
+  return '\n'.join(lines)
+
+
+def _plot(r: dict, path: str) -> None:
+  fields = [a['field'] for a in r['axes']]
+  if not fields:
+    return
+  plt = outputs.pyplot()
+  fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.4), squeeze=False)
+  for ax, f in zip(axes[0], fields):
+    values = [a['values'] for a in r['axes'] if a['field'] == f][0]
+    for row in r['rows']:
+      if row['devel']:
+        ax.scatter(values.index(row['setting'][f]), row['devel']['mean_ccc'], s=14,
+                   color='tab:blue')
+    ax.set_xticks(range(len(values)), [str(v) for v in values])
+    ax.set_xlabel(f)
+    ax.set_ylabel('devel mean CCC')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,202 @@
+"""Sweeps in one program (`--sweep`, `get_sweep()`): members on the seed axis, groups by shape,
+each member's own schedule, sweep.json/md/png, refusals before any compute, resume.
+
+Runs are tiny, in child processes with one CPU device; the schedule's devel scores are scripted
+(tests/scripted_main.py) where a test needs a plateau cut or an early stop at a known epoch.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from muse_jax import config_util
+from muse_jax import sweep
+from muse_jax.errors import MuseError
+import helpers  # pylint: disable=wrong-import-order
+
+REPO = helpers.REPO
+SCRIPTED = os.path.join(REPO, 'tests', 'scripted_main.py')
+TINY = os.path.join(REPO, 'configs', 'tiny.py')
+
+
+def _run(tree, data_dir, workdir, *flags, script=None, module=False):
+  env = dict(os.environ, SCRIPTED_DEVEL=json.dumps(script or {'314': [0.5, 0.6], '315': [0.4,
+                                                                                        0.7]}))
+  env.pop('XLA_FLAGS', None)
+  head = [sys.executable, '-m', 'muse_jax.main'] if module else [sys.executable, SCRIPTED]
+  return subprocess.run(head + [f'--config={TINY}', f'--workdir={workdir}', f'--data_root={tree}',
+                                f'--data_dir={data_dir}', '--config.num_epochs=2',
+                                '--config.bootstrap_samples=100'] + list(flags),
+                        capture_output=True, text=True, env=env, timeout=600)
+
+
+def _ok(proc):
+  assert proc.returncode == 0 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  return proc
+
+
+def _json(path):
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _preds(workdir, target, vid):
+  with open(os.path.join(workdir, 'predictions', target, f'{vid}.csv'), encoding='utf-8') as f:
+    return np.array([float(l.split(',')[1]) for l in f.read().splitlines()[1:]])
+
+
+@pytest.fixture(scope='module')
+def swept(tiny_tree, tmp_path_factory):
+  base = tmp_path_factory.mktemp('sweep')
+  w = str(base / 'W')
+  proc = _ok(_run(tiny_tree, str(base / 'tfds'), w, '--sweep=learning_rate=0.002,0.005',
+                  '--sweep=model.out_dropout=0,0.3', '--config.num_seeds=2'))
+  return {'base': base, 'W': w, 'proc': proc, 'report': _json(os.path.join(w, 'sweep.json'))}
+
+
+def test_sweep_trains_the_product_times_seeds_in_groups_by_shape(swept):
+  r = swept['report']
+  assert r['settings'] == 4 and r['members'] == 8
+  # learning_rate shares one compiled step; the dropout rate is a model field: its own group.
+  assert [(g['name'], g['shared'], g['members']) for g in r['groups']] == [
+      ('g0', {'model.out_dropout': 0.0}, 4), ('g1', {'model.out_dropout': 0.3}, 4)]
+  for g in r['groups']:
+    res = _json(os.path.join(g['workdir'], 'results.json'))
+    assert [s['overrides'] for s in res['seeds']] == [
+        {'learning_rate': 0.002, 'seed': 314}, {'learning_rate': 0.002, 'seed': 315},
+        {'learning_rate': 0.005, 'seed': 314}, {'learning_rate': 0.005, 'seed': 315}]
+    # one compiled program for all four members: one 'data:' line (one run) per group
+  assert swept['proc'].stderr.count('] data: ') == 2
+  rows = r['rows']
+  assert [(x['setting']['learning_rate'], x['setting']['model.out_dropout'], x['seed'])
+          for x in rows][:4] == [(0.002, 0.0, 314), (0.002, 0.0, 315), (0.005, 0.0, 314),
+                                 (0.005, 0.0, 315)]
+  scores = [x['devel']['mean_ccc'] for x in rows]
+  assert r['best']['row'] == int(np.argmax(scores))  # highest devel mean CCC, ties by order
+  best = rows[r['best']['row']]
+  assert r['best']['overrides'] == best['overrides'] and r['best']['test'] is not None
+  assert all('test' not in x for x in rows)  # test only for the chosen member
+  for s in r['per_setting']:
+    own = [x['devel']['mean_ccc'] for x in rows if x['setting'] == s['setting']]
+    assert s['devel_ccc_std'] == pytest.approx(np.std(own, ddof=1))
+  for f in ('sweep.md', 'sweep.png'):
+    assert os.path.getsize(os.path.join(swept['W'], f)) > 0
+  with open(os.path.join(swept['W'], 'sweep.md'), encoding='utf-8') as f:
+    md = f.read()
+  assert md in swept['proc'].stdout and '**best**' in md
+  # The chosen member's run is a normal run that wrote the chosen member's predictions.
+  res = _json(os.path.join(r['best']['workdir'], 'results.json'))
+  assert res['best_member'] == r['best']['member'] and r['best']['written']
+  assert res['devel'] == r['best']['devel']
+
+
+def test_a_member_equals_a_separate_run_with_its_settings(swept, tiny_tree):
+  sep = str(swept['base'] / 'separate')
+  # Members share the batch order (config.data_seed, default the config's seed: 314), as seeds do.
+  _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), sep, '--config.learning_rate=0.005',
+           '--config.model.out_dropout=0.3', '--config.seed=315', '--config.data_seed=314'))
+  one = _json(os.path.join(sep, 'results.json'))
+  g1 = _json(os.path.join(swept['W'], 'groups', 'g1', 'results.json'))
+  member = g1['seeds'][3]  # lr 0.005, seed 315 of the out_dropout=0.3 group
+  assert member['overrides'] == {'learning_rate': 0.005, 'seed': 315}
+  for split in ('devel', 'test'):
+    for t in one['targets']:
+      assert member[split][t]['ccc'] == pytest.approx(one[split][t]['ccc'], abs=1e-4)
+  # A sweep of one value per axis is the plain run: same metrics and predictions.
+  w1 = str(swept['base'] / 'W1')
+  _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), w1, '--sweep=learning_rate=0.005',
+           '--config.model.out_dropout=0.3', '--config.seed=315', '--config.data_seed=314'))
+  g0 = os.path.join(w1, 'groups', 'g0')
+  again = _json(os.path.join(g0, 'results.json'))
+  assert again['devel']['mean_ccc'] == pytest.approx(one['devel']['mean_ccc'], abs=1e-5)
+  vid = next(iter(one['per_video']['devel']))
+  np.testing.assert_allclose(_preds(g0, 'arousal', vid), _preds(sep, 'arousal', vid), atol=1e-5)
+
+
+def test_each_member_keeps_its_own_schedule(tiny_tree, tmp_path):
+  # Seed 314's devel score falls after epoch 1: a member with plateau_patience 0 halves its rate
+  # after epoch 2, one with patience 5 does not; early_stopping_patience 1 stops after epoch 2.
+  members = [{'seed': 314, 'plateau_patience': 0}, {'seed': 314, 'plateau_patience': 5},
+             {'seed': 314, 'early_stopping_patience': 1}]
+  w = str(tmp_path / 'w')
+  proc = _ok(_run(tiny_tree, str(tmp_path / 'tfds'), w, '--config.num_epochs=4',
+                  '--config.num_seeds=3', f'--config.members={json.dumps(members)}',
+                  script={'314': [0.5, 0.4, 0.3, 0.2]}))
+  assert proc.stderr.count('(stopped: best epoch 1)') == 1  # the third member, after epoch 2
+  assert proc.stderr.count('epoch   4 seed 314') == 2
+  with open(os.path.join(w, 'metrics.jsonl'), encoding='utf-8') as f:
+    epochs = [json.loads(l) for l in f]
+  lrs = [[s['lr'] for s in e['seeds']] for e in epochs]
+  assert np.allclose(lrs[0], 0.005) and np.allclose(lrs[1], 0.005)  # float32 rates
+  assert lrs[2][0] == pytest.approx(0.0025) and lrs[2][1] == pytest.approx(0.005)
+  res = _json(os.path.join(w, 'results.json'))
+  assert [s['best_epoch'] for s in res['seeds']] == [1, 1, 1]
+  assert res['epochs_run'] == 4
+
+
+def test_sweep_plan_groups_and_validates_before_any_compute():
+  c = config_util.load_config('tiny')
+  axes = sweep.axes_of(c, ['learning_rate=0.002,0.005', 'feature_sets=egemaps;egemaps,fasttext',
+                           'early_stopping_patience=3'])
+  assert axes == [('learning_rate', [0.002, 0.005]),
+                  ('feature_sets', [('egemaps',), ('egemaps', 'fasttext')]),
+                  ('early_stopping_patience', [3])]
+  groups = sweep.plan(c, sweep.settings_of(c, axes))
+  assert [g['shared'] for g in groups] == [{'feature_sets': ('egemaps',)},
+                                           {'feature_sets': ('egemaps', 'fasttext')}]
+  assert [len(g['members']) for g in groups] == [2, 2]
+  spec = config_util.validate_config(groups[1]['config'])
+  assert spec.seeds == (314, 314) and spec.members[1] == {
+      'learning_rate': 0.005, 'early_stopping_patience': 3, 'seed': 314}
+  assert spec.member_config(1).learning_rate == 0.005 and spec.config.learning_rate == 0.005
+  # The ready example: the schedule settings share a group, the dropout is another.
+  ex = config_util.load_config('sweep_valence')
+  groups = sweep.plan(ex, sweep.settings_of(ex, [], config_util.load_sweep('sweep_valence')))
+  assert [(g['shared'], len(g['members'])) for g in groups] == [
+      ({}, 4), ({'model.out_dropout': 0.3}, 1)]
+  for spec_, msg in [(['no_such=1,2'], "--sweep no_such: unknown config field"),
+                     (['model.d_rnnn=8'], '--sweep model.d_rnnn: unknown config field'),
+                     (['num_epochs=a'], '--sweep num_epochs=a: not an integer'),
+                     (['learning_rate=x'], '--sweep learning_rate=x: not a number'),
+                     (['members=1'], '--sweep members: not a sweep axis'),
+                     (['learning_rate'], 'write --sweep=field=value1,value2'),
+                     (['learning_rate=1', 'learning_rate=2'], 'is given twice')]:
+    with pytest.raises(MuseError, match=msg.replace('(', r'\(')):
+      sweep.axes_of(c, spec_)
+  with pytest.raises(MuseError, match=r'sweep group .*learning_rate must be > 0, got -1.0'):
+    sweep.plan(c, sweep.settings_of(c, sweep.axes_of(c, ['learning_rate=-1,0.1'])))
+  with pytest.raises(MuseError, match=r'model.d_rnn=7 is not divisible by'):
+    sweep.plan(c, sweep.settings_of(c, sweep.axes_of(c, ['model.d_rnn=16,7'])))
+
+
+def test_sweep_refusals_are_one_line_and_train_nothing(tiny_tree, tmp_path):
+  for flags, msg in [(['--sweep=no_such=1,2'], 'unknown config field'),
+                     (['--sweep=learning_rate=-1,0.1'], 'learning_rate must be > 0'),
+                     (['--sweep=learning_rate=0.1', '--mode=evaluate'],
+                      '--mode=evaluate of a sweep')]:
+    w = tmp_path / 'w'
+    proc = _run(tiny_tree, str(tmp_path / 'tfds'), str(w), *flags, module=True)
+    err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+    assert proc.returncode == 2 and len(err) == 1 and msg in err[0], proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr and not os.path.exists(w / 'groups')
+
+
+def test_sweep_rerun_resumes_and_the_chosen_run_evaluates(swept, tiny_tree):
+  proc = _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), swept['W'],
+                  '--sweep=learning_rate=0.002,0.005', '--sweep=model.out_dropout=0,0.3',
+                  '--config.num_seeds=2'))
+  assert ' loss ' not in proc.stderr  # finished groups re-report, nothing trains
+  again = _json(os.path.join(swept['W'], 'sweep.json'))
+  assert again == swept['report']
+  # The chosen run evaluates with the config it was trained with (configs/workdir.py).
+  best = swept['report']['best']['workdir']
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  _ok(subprocess.run([sys.executable, '-m', 'muse_jax.main', f'--config=configs/workdir.py:{best}',
+                      f'--workdir={best}', '--mode=evaluate'], capture_output=True, text=True,
+                     cwd=REPO, env=env, timeout=600))
+  ev = _json(os.path.join(best, 'eval_results.json'))
+  assert ev['devel']['mean_ccc'] == pytest.approx(swept['report']['best']['devel']['mean_ccc'],
+                                                  abs=1e-6)
