@@ -12,7 +12,8 @@ that ends early keeps what was measured). Sections, in order:
              the multi-host flags of muse_jax.main;
   epochs     seconds per epoch (train, devel evaluation) of the paper config (configs/valence.py)
              through the real loop (train.train_and_evaluate), first epoch (compile) and steady
-             state apart, cold compiles: 1 seed, 5 seeds vmapped, 5 seeds mapped;
+             state apart, cold compiles: 1 seed, 5 seeds vmapped, 5 seeds mapped, and 8 members
+             of a sweep (learning rates, config.members) vmapped (--members; not with --small);
   attention  every core of muse_jax.ops.attention (plain, blocked, jax.nn.dot_product_attention
              with XLA's and cuDNN's kernel), forward+backward at the paper's batch and forward
              over the longest video, with their difference from the plain one;
@@ -59,6 +60,9 @@ def parse_args(argv=None):
                        '1/16)')
   ap.add_argument('--epochs', type=int, default=None, help='per run (default 3, --small 2)')
   ap.add_argument('--seeds', type=int, default=5, help='seeds of the vmapped/mapped runs')
+  ap.add_argument('--members', type=int, default=None,
+                  help='members of a sweep (learning rates) vmapped in one more epochs row '
+                       '(default 8, --small 0: no row)')
   ap.add_argument('--batch', type=int, default=None,
                   help="rows of a train step, as config.batch_size (default the paper's 1024): "
                        'the flops and memory sections measure that step')
@@ -77,6 +81,7 @@ def parse_args(argv=None):
   a = ap.parse_args(argv)
   a.fraction = a.fraction or (1 / 16 if a.small else 1.0)
   a.epochs = a.epochs or (2 if a.small else 3)
+  a.members = (0 if a.small else 8) if a.members is None else a.members
   a.budget = a.budget or (170.0 if a.small else 240.0)
   a.repeats = 2 if a.small else 5
   a.attention_batch = 256 if a.small else 1024  # the paper's batch; 1/4 of it on a small CPU
@@ -286,10 +291,14 @@ def multi_host_flags() -> list:
 def epochs(ck: Check):
   from muse_jax import train  # pylint: disable=import-outside-toplevel
   one = None
-  for label, seeds, loop in SEEDS_RUNS:
-    seeds = seeds or ck.a.seeds
+  runs = [(label, seeds or ck.a.seeds, loop, '') for label, seeds, loop in SEEDS_RUNS]
+  if ck.a.members:  # a sweep's members: one seed, each its own learning rate (muse_jax.sweep)
+    lrs = np.geomspace(1e-3, 1e-2, ck.a.members)
+    runs.append(('sweep members vmapped', ck.a.members, 'vmap', json.dumps(
+        [{'seed': ck.config.seed, 'learning_rate': float(lr)} for lr in lrs])))
+  for label, seeds, loop, members in runs:
     c = ck.config.copy_and_resolve_references()
-    c.num_seeds, c.seed_loop = seeds, loop
+    c.num_seeds, c.seed_loop, c.members = seeds, loop, members
     work = tempfile.mkdtemp(prefix='epochs_', dir=ck.work)
     name = f'{seeds} {label}' if seeds > 1 else label
     t0 = time.perf_counter()

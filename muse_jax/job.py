@@ -17,9 +17,6 @@ from muse_jax import train
 from muse_jax.data import demo
 from muse_jax.data import layout
 
-flags.DEFINE_string('out', 'out', 'Output folder: demo tree, tfds build, one workdir per target.')
-flags.DEFINE_string('config', 'demo', 'Config name under configs/ or a path.')
-flags.DEFINE_string('scale', 'demo', 'Demo tree size: tiny | demo | full.')
 FLAGS = flags.FLAGS
 
 
@@ -70,5 +67,14 @@ def main(argv):
   print(f'\nworkdirs: {", ".join(r["workdir"] for r in rows)}; total {time.time() - t0:.0f} s')
 
 
+def _define_flags():
+  """The command's flags, defined only when it runs (python -m): the job and reproduce share
+  flag names, and importing both modules (tests, notebooks) must not collide."""
+  flags.DEFINE_string('out', 'out', 'Output folder: demo tree, tfds build, one workdir per target.')
+  flags.DEFINE_string('config', 'demo', 'Config name under configs/ or a path.')
+  flags.DEFINE_string('scale', 'demo', 'Demo tree size: tiny | demo | full.')
+
+
 if __name__ == '__main__':
+  _define_flags()
   cli.run_app(main)

@@ -32,26 +32,6 @@ from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
 
-flags.DEFINE_string('out', 'out/reproduce', 'Output folder: demo tree, tfds build, runs, table.')
-flags.DEFINE_string('root', '', 'A MuSe-family tree (release root or task folder); empty: the '
-                    'demo tree.')
-flags.DEFINE_string('task', '', 'The task, when --root holds several (e.g. c3_muse_stress).')
-flags.DEFINE_string('scale', 'demo', 'Demo tree size when --root is empty: tiny | demo | full.')
-flags.DEFINE_string('config', '', 'First-level config under configs/ or a path; empty: demo for '
-                    'the demo tree, default (the paper) for --root.')
-flags.DEFINE_string('fusion_config', '', 'Late-fusion config under configs/ or a path; empty: '
-                    'late_fusion_demo for the demo tree, late_fusion (the paper) for --root.')
-flags.DEFINE_list('features', [], 'Feature sets for unimodal runs; empty: every set of the tree.')
-flags.DEFINE_list('early_fusion', ['egemaps+fasttext'], 'Early-fusion runs, sets joined by +; '
-                  'combinations with a set the tree lacks are left out.')
-flags.DEFINE_integer('fusion_top', 3, 'Late fusion over the best N first-level runs by devel CCC, '
-                     'as the paper fused its best models (0: all of them).')
-flags.DEFINE_list('targets', [], 'Targets, one model per run and target; empty: every target '
-                  '(label folder) of the tree.')
-flags.DEFINE_integer('num_epochs', 0, 'Overrides num_epochs of every run (0: the configs).')
-flags.DEFINE_string('eval_seed', '', "What every run writes (and late fusion so reads): 'best' "
-                    "(the paper's best devel seed), 'ensemble' (the mean of the seeds' "
-                    "predictions) or a seed index; empty: the configs' ('best').")
 FLAGS = flags.FLAGS
 
 UNIMODAL, EARLY, LATE = 'unimodal', 'early fusion', 'late fusion'
@@ -249,5 +229,31 @@ def main(argv):
   print(f'\nruns in {os.path.join(out, "runs")}; table in {os.path.join(out, "results.md")}')
 
 
+def _define_flags():
+  """The command's flags, defined only when it runs (python -m): the job and reproduce share
+  flag names, and importing both modules (tests, notebooks) must not collide."""
+  flags.DEFINE_string('out', 'out/reproduce', 'Output folder: demo tree, tfds build, runs, table.')
+  flags.DEFINE_string('root', '', 'A MuSe-family tree (release root or task folder); empty: the '
+                      'demo tree.')
+  flags.DEFINE_string('task', '', 'The task, when --root holds several (e.g. c3_muse_stress).')
+  flags.DEFINE_string('scale', 'demo', 'Demo tree size when --root is empty: tiny | demo | full.')
+  flags.DEFINE_string('config', '', 'First-level config under configs/ or a path; empty: demo for '
+                      'the demo tree, default (the paper) for --root.')
+  flags.DEFINE_string('fusion_config', '', 'Late-fusion config under configs/ or a path; empty: '
+                      'late_fusion_demo for the demo tree, late_fusion (the paper) for --root.')
+  flags.DEFINE_list('features', [], 'Feature sets for unimodal runs; empty: every set of the tree.')
+  flags.DEFINE_list('early_fusion', ['egemaps+fasttext'], 'Early-fusion runs, sets joined by +; '
+                    'combinations with a set the tree lacks are left out.')
+  flags.DEFINE_integer('fusion_top', 3, 'Late fusion over the best N first-level runs by devel CCC, '
+                       'as the paper fused its best models (0: all of them).')
+  flags.DEFINE_list('targets', [], 'Targets, one model per run and target; empty: every target '
+                    '(label folder) of the tree.')
+  flags.DEFINE_integer('num_epochs', 0, 'Overrides num_epochs of every run (0: the configs).')
+  flags.DEFINE_string('eval_seed', '', "What every run writes (and late fusion so reads): 'best' "
+                      "(the paper's best devel seed), 'ensemble' (the mean of the seeds' "
+                      "predictions) or a seed index; empty: the configs' ('best').")
+
+
 if __name__ == '__main__':
+  _define_flags()
   cli.run_app(main)
