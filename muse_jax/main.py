@@ -38,6 +38,9 @@ flags.DEFINE_multi_string('sweep', [], 'A sweep axis, field=value1,value2 (repea
                           "list fields: values split by ';'); or get_sweep() in the config file. "
                           'Trains every setting x num_seeds seeds, chooses on devel '
                           '(muse_jax.sweep).')
+flags.DEFINE_string('sweep_shard', '', 'I/N: train only the I-th share of the sweep\'s groups (one '
+                    'process of N on a cluster, same --workdir); the last to finish writes the '
+                    'report, or python -m muse_jax.sweep_report W.')
 flags.DEFINE_bool('distributed', False, 'Multi-host: jax.distributed.initialize() with the '
                   "cluster's auto-detection (Cloud TPU, SLURM, Open MPI, Kubernetes).")
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
@@ -76,9 +79,11 @@ def main(argv):
       raise MuseError(f'--mode={FLAGS.mode} of a sweep: point --workdir at the chosen run '
                       f'({os.path.join(workdir, sweep.SWEEP_JSON)} names it, best.workdir) and '
                       'drop --sweep')
-    report = sweep.run(config, workdir, sweep.axes_of(config, FLAGS.sweep), sweep_list)
+    report = sweep.run(config, workdir, sweep.axes_of(config, FLAGS.sweep), sweep_list,
+                       FLAGS.sweep_shard)
     if jax.process_index() == 0:
-      print(sweep.markdown(report))
+      print(sweep.markdown(report) if report else
+            f'shard {FLAGS.sweep_shard} done; the report follows when every shard has finished')
       if demo_root:
         print(demo_line(demo_root))
     return

@@ -21,6 +21,10 @@ def write_json(path: str, obj) -> None:
   files.atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + '\n')
 
 
+def write_text(path: str, text: str) -> None:
+  files.atomic_write(path, text)
+
+
 class MetricLog:
   """Per-epoch records as JSONL (`metrics.jsonl`) and TensorBoard scalars (`tb/`).
 

@@ -22,6 +22,11 @@ by order, with its test metrics, and its group's workdir, a normal run of it: ev
 late fusion and Predictor work on it; per setting the seed mean +- std), and `W/sweep.png`
 (devel CCC against each swept field, seeds as points). Test metrics are reported for the chosen
 member only: choosing on test is what a sweep must not invite.
+
+On a cluster of separate jobs, `--sweep_shard=I/N` trains the groups k with k % N == I into the
+same workdir; every shard writes the same `W/sweep_plan.json` (a different sweep in that workdir
+is refused), and the one that finds every group finished writes the report
+(`python -m muse_jax.sweep_report W` does it by hand).
 """
 import itertools
 import json
@@ -162,27 +167,102 @@ def plan(config, settings: list) -> list:
   return out
 
 
-def run(config, workdir: str, axes: list, sweep_list=None) -> dict:
-  """Trains every group (resuming what is done) and writes sweep.json, sweep.md, sweep.png."""
+PLAN_JSON = 'sweep_plan.json'
+
+
+def parse_shard(text: str) -> tuple:
+  """--sweep_shard=I/N -> (I, N): this process trains the groups k with k % N == I."""
+  if not text:
+    return 0, 1
+  i, sep, n = text.partition('/')
+  try:
+    i, n = int(i), int(n)
+  except ValueError:
+    i = n = -1
+  if not sep or n < 1 or not 0 <= i < n:
+    raise MuseError(f'--sweep_shard={text}: write I/N with 0 <= I < N (e.g. 0/4 for the first '
+                    'of 4 processes)')
+  return i, n
+
+
+def _plan_record(axes, settings, groups) -> dict:
+  """What every shard must agree on, JSON as written (tuples as lists)."""
+  return json.loads(json.dumps({
+      'axes': [{'field': f, 'values': v} for f, v in axes], 'settings': settings,
+      'groups': [{'name': g['name'], 'shared': g['shared'], 'members': g['members']}
+                 for g in groups]}))
+
+
+def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '') -> dict | None:
+  """Trains this process's share of the groups (all of them without `shard`), resuming what is
+  done; once every group has finished, writes sweep.json, sweep.md and sweep.png and returns the
+  report (None while other shards' groups are still running)."""
+  index, count = parse_shard(shard)
   settings = settings_of(config, axes, sweep_list)
   if not settings:
     raise MuseError('the sweep has no setting (an axis without values?)')
   groups = plan(config, settings)  # every refusal before any compute
-  logging.info('sweep: %d setting(s) x %d seed(s) = %d members in %d group(s) (one compiled '
-               'program each): %s', len(settings), config.num_seeds,
-               sum(len(g['members']) for g in groups), len(groups),
-               '; '.join(f'{g["name"]} {g["shared"] or "base"}: {len(g["members"])} members'
-                         for g in groups))
+  record = _plan_record(axes, settings, groups)
   os.makedirs(workdir, exist_ok=True)
-  results = {}
-  for g in groups:
+  path = os.path.join(workdir, PLAN_JSON)
+  saved = _read(path)
+  if saved is not None and saved != record:
+    raise MuseError(f'{workdir}: holds another sweep ({PLAN_JSON} differs: other axes, settings '
+                    'or seeds); rerun that sweep, or use a new --workdir')
+  if saved is None:
+    outputs.write_json(path, record)
+  mine = [g for k, g in enumerate(groups) if k % count == index]
+  logging.info('sweep: %d setting(s) x %d seed(s) = %d members in %d group(s) (one compiled '
+               'program each)%s: %s', len(settings), config.num_seeds,
+               sum(len(g['members']) for g in groups), len(groups),
+               f'; shard {index}/{count} trains {len(mine)}' if count > 1 else '',
+               '; '.join(f'{g["name"]} {g["shared"] or "base"}: {len(g["members"])} members'
+                         for g in mine))
+  for g in mine:
     gw = os.path.join(workdir, 'groups', g['name'])
     logging.info('sweep group %s (%s): %s', g['name'], g['shared'] or 'base config', gw)
-    results[g['name']] = train.train_and_evaluate(g['config'], gw)
-  report = _report(axes, settings, groups, results, workdir)
+    train.train_and_evaluate(g['config'], gw)
+  missing = _unfinished(workdir, record)
+  if missing:
+    logging.info('sweep: shard %d/%d done; groups %s still to finish (their shards); the last '
+                 'shard to finish writes the report, or: python -m muse_jax.sweep_report %s',
+                 index, count, ', '.join(missing), workdir)
+    return None
+  return write_report(workdir)
+
+
+def _read(path: str):
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:
+    raise MuseError(f'{path}: unreadable ({e}); restore it, or use a new --workdir') from None
+
+
+def _unfinished(workdir: str, record: dict) -> list:
+  return [g['name'] for g in record['groups']
+          if not os.path.exists(os.path.join(workdir, 'groups', g['name'], 'results.json'))]
+
+
+def write_report(workdir: str) -> dict:
+  """sweep.json, sweep.md and sweep.png of a sweep whose groups have all finished (from its plan
+  and each group's results.json: shards merged are the whole sweep)."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  record = _read(os.path.join(workdir, PLAN_JSON))
+  if record is None:
+    raise MuseError(f'{workdir}: no {PLAN_JSON}; not the workdir of a sweep (--sweep)')
+  missing = _unfinished(workdir, record)
+  if missing:
+    raise MuseError(f'{workdir}: groups {", ".join(missing)} have not finished; run their '
+                    '--sweep_shard (the same command resumes), then merge')
+  results = {g['name']: _read(os.path.join(workdir, 'groups', g['name'], 'results.json'))
+             for g in record['groups']}
+  axes = [(a['field'], a['values']) for a in record['axes']]
+  report = _report(axes, record['settings'], record['groups'], results, workdir)
   outputs.write_json(os.path.join(workdir, SWEEP_JSON), report)
-  with open(os.path.join(workdir, SWEEP_MD), 'w', encoding='utf-8') as f:
-    f.write(markdown(report) + '\n')
+  outputs.write_text(os.path.join(workdir, SWEEP_MD), markdown(report) + '\n')
   _plot(report, os.path.join(workdir, SWEEP_PNG))
   return report
 

@@ -200,3 +200,31 @@ def test_sweep_rerun_resumes_and_the_chosen_run_evaluates(swept, tiny_tree):
   ev = _json(os.path.join(best, 'eval_results.json'))
   assert ev['devel']['mean_ccc'] == pytest.approx(swept['report']['best']['devel']['mean_ccc'],
                                                   abs=1e-6)
+
+
+def test_shards_merged_are_the_whole_sweep(swept, tiny_tree, tmp_path):
+  w = str(tmp_path / 'W')
+  flags = ['--sweep=learning_rate=0.002,0.005', '--sweep=model.out_dropout=0,0.3',
+           '--config.num_seeds=2']
+  data_dir = str(swept['base'] / 'tfds')
+  first = _ok(_run(tiny_tree, data_dir, w, *flags, '--sweep_shard=1/2'))
+  assert 'groups g0 still to finish' in first.stderr
+  assert os.path.isdir(os.path.join(w, 'groups', 'g1'))
+  assert not os.path.exists(os.path.join(w, 'groups', 'g0'))
+  assert not os.path.exists(os.path.join(w, 'sweep.json'))
+  proc = subprocess.run([sys.executable, '-m', 'muse_jax.sweep_report', w], capture_output=True,
+                        text=True, timeout=300)
+  err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert proc.returncode == 2 and len(err) == 1 and 'groups g0 have not finished' in err[0]
+  _ok(_run(tiny_tree, data_dir, w, *flags, '--sweep_shard=0/2'))  # the last one writes it
+  merged = _json(os.path.join(w, 'sweep.json'))
+  whole = swept['report']
+  assert [r['overrides'] for r in merged['rows']] == [r['overrides'] for r in whole['rows']]
+  for a, b in zip(merged['rows'], whole['rows']):
+    assert a['devel']['mean_ccc'] == pytest.approx(b['devel']['mean_ccc'], abs=1e-6)
+  assert merged['best']['overrides'] == whole['best']['overrides']
+  # Another sweep into the same workdir, or a bad shard, is refused before any compute.
+  proc = _run(tiny_tree, data_dir, w, '--sweep=learning_rate=0.001', module=True)
+  assert proc.returncode == 2 and 'holds another sweep' in proc.stderr
+  proc = _run(tiny_tree, data_dir, str(tmp_path / 'x'), *flags, '--sweep_shard=2/2', module=True)
+  assert proc.returncode == 2 and '--sweep_shard=2/2: write I/N with 0 <= I < N' in proc.stderr
