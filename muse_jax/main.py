@@ -38,6 +38,8 @@ flags.DEFINE_multi_string('sweep', [], 'A sweep axis, field=value1,value2 (repea
                           "list fields: values split by ';'); or get_sweep() in the config file. "
                           'Trains every setting x num_seeds seeds, chooses on devel '
                           '(muse_jax.sweep).')
+flags.DEFINE_string('sweep_search', '', 'random:N: N settings drawn from the --sweep axes (ranges '
+                    'lo:hi, log-uniform for rates; lists a,b,c) instead of their product.')
 flags.DEFINE_string('sweep_shard', '', 'I/N: train only the I-th share of the sweep\'s groups (one '
                     'process of N on a cluster, same --workdir); the last to finish writes the '
                     'report, or python -m muse_jax.sweep_report W.')
@@ -73,6 +75,11 @@ def main(argv):
   demo_root = _default_data(config, workdir, FLAGS.mode)
   logging.info('mode %s, workdir %s', FLAGS.mode, workdir)
   sweep_list = config_util.load_sweep(_config_path(sys.argv)) if not FLAGS.sweep else None
+  if (FLAGS.sweep_search and not FLAGS.sweep) or (FLAGS.sweep_shard and not FLAGS.sweep
+                                                  and sweep_list is None):
+    raise MuseError('--sweep_search and --sweep_shard need a sweep: --sweep=field=values '
+                    '(a search: ranges lo:hi or lists a,b,c)' + (
+                        '' if FLAGS.sweep_search else ', or get_sweep() in the config file'))
   if FLAGS.sweep or sweep_list is not None:
     from muse_jax import sweep  # pylint: disable=import-outside-toplevel
     if FLAGS.mode != 'train':
@@ -80,7 +87,7 @@ def main(argv):
                       f'({os.path.join(workdir, sweep.SWEEP_JSON)} names it, best.workdir) and '
                       'drop --sweep')
     report = sweep.run(config, workdir, sweep.axes_of(config, FLAGS.sweep), sweep_list,
-                       FLAGS.sweep_shard)
+                       FLAGS.sweep_shard, FLAGS.sweep_search)
     if jax.process_index() == 0:
       print(sweep.markdown(report) if report else
             f'shard {FLAGS.sweep_shard} done; the report follows when every shard has finished')

@@ -4,7 +4,9 @@
       --sweep=learning_rate=0.002,0.005 --sweep=model.out_dropout=0,0.3 --config.num_seeds=5
 
 trains every member of the product of the axes times the seeds (here 2 x 2 x 5 = 20). A config
-file may instead define `get_sweep()`, a list of override dicts (configs/sweep_valence.py).
+file may instead define `get_sweep()`, a list of override dicts (configs/sweep_valence.py), and
+`--sweep_search=random:N` draws N settings from the axes (ranges lo:hi, log-uniform for rates;
+lists a,b,c), seeded by config.seed.
 
 Why it is cheap: muse_jax trains its seeds as one compiled step (a leading seed axis, each seed
 with its own parameters, optimiser state, learning rate, plateau schedule, early stop and best
@@ -109,6 +111,9 @@ def axes_of(config, specs) -> list:
     if name in (a[0] for a in axes):
       raise MuseError(f'--sweep {name} is given twice; list its values once, comma separated')
     _, _, current = _field(config, name)
+    if ':' in values and isinstance(current, (int, float)) and not isinstance(current, bool):
+      axes.append((name, _range(name, values, current)))
+      continue
     if isinstance(current, (tuple, list)) or name in ('feature_sets', 'targets', 'normalize'):
       parts = [v for v in values.split(';')]  # list fields: 'egemaps,fasttext;vggface'
     else:
@@ -117,8 +122,63 @@ def axes_of(config, specs) -> list:
   return axes
 
 
-def settings_of(config, axes, sweep_list=None) -> list:
-  """The settings ({field: value}) of the product of the axes, or of a get_sweep() list."""
+def _range(name: str, text: str, current) -> dict:
+  """lo:hi (or lo:hi:log / lo:hi:lin) of a numeric field, for --sweep_search=random:N: rates
+  (fields ending in learning_rate) are drawn log-uniform, other fields uniform."""
+  parts = text.split(':')
+  scale = parts[2].strip() if len(parts) == 3 else ('log' if name.endswith('learning_rate')
+                                                    else 'lin')
+  try:
+    lo, hi = (_typed(name, p.strip(), current) for p in parts[:2])
+  except MuseError:
+    lo = hi = None
+  if len(parts) not in (2, 3) or lo is None or scale not in ('log', 'lin') or not lo < hi or (
+      scale == 'log' and lo <= 0):
+    raise MuseError(f'--sweep {name}={text}: a range is lo:hi with lo < hi (lo:hi:log for a '
+                    'log-uniform draw, lo > 0), e.g. --sweep=learning_rate=1e-4:1e-2')
+  return {'range': [lo, hi], 'scale': scale, 'integer': isinstance(current, int)}
+
+
+def search_of(text: str) -> int:
+  """--sweep_search=random:N -> N (0 without a search)."""
+  if not text:
+    return 0
+  kind, _, n = text.partition(':')
+  if kind != 'random' or not n.isdigit() or int(n) < 1:
+    raise MuseError(f'--sweep_search={text}: write random:N (N settings drawn from the --sweep '
+                    'axes: ranges lo:hi, lists a,b,c)')
+  return int(n)
+
+
+def _draw(axes, n: int, seed: int) -> list:
+  """n settings drawn from the axes (ranges and lists), seeded: the same command, the same
+  settings, so a rerun resumes the same sweep."""
+  rng = np.random.default_rng([seed, 0x5eed])
+  out = []
+  for _ in range(n):
+    setting = {}
+    for name, values in axes:
+      if isinstance(values, dict):
+        lo, hi = values['range']
+        u = rng.uniform()
+        v = (np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo))) if values['scale'] == 'log'
+             else lo + u * (hi - lo))
+        setting[name] = int(round(v)) if values['integer'] else float(f'{v:.4g}')
+      else:
+        setting[name] = values[int(rng.integers(len(values)))]
+    out.append(setting)
+  return out
+
+
+def settings_of(config, axes, sweep_list=None, search: int = 0) -> list:
+  """The settings ({field: value}) of the product of the axes, of `search` random draws from
+  them, or of a get_sweep() list."""
+  if search:
+    return _draw(axes, search, config.seed)
+  ranged = [a[0] for a in axes if isinstance(a[1], dict)]
+  if ranged:
+    raise MuseError(f'--sweep {ranged[0]}: a range (lo:hi) needs --sweep_search=random:N; a grid '
+                    'lists values: --sweep=field=a,b,c')
   if sweep_list is not None:
     out = []
     for i, s in enumerate(sweep_list):
@@ -193,12 +253,13 @@ def _plan_record(axes, settings, groups) -> dict:
                  for g in groups]}))
 
 
-def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '') -> dict | None:
+def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
+        search: str = '') -> dict | None:
   """Trains this process's share of the groups (all of them without `shard`), resuming what is
   done; once every group has finished, writes sweep.json, sweep.md and sweep.png and returns the
   report (None while other shards' groups are still running)."""
   index, count = parse_shard(shard)
-  settings = settings_of(config, axes, sweep_list)
+  settings = settings_of(config, axes, sweep_list, search_of(search))
   if not settings:
     raise MuseError('the sweep has no setting (an axis without values?)')
   groups = plan(config, settings)  # every refusal before any compute
@@ -338,11 +399,15 @@ def _plot(r: dict, path: str) -> None:
   fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.4), squeeze=False)
   for ax, f in zip(axes[0], fields):
     values = [a['values'] for a in r['axes'] if a['field'] == f][0]
+    ranged = isinstance(values, dict)
     for row in r['rows']:
       if row['devel']:
-        ax.scatter(values.index(row['setting'][f]), row['devel']['mean_ccc'], s=14,
-                   color='tab:blue')
-    ax.set_xticks(range(len(values)), [str(v) for v in values])
+        x = row['setting'][f] if ranged else values.index(row['setting'][f])
+        ax.scatter(x, row['devel']['mean_ccc'], s=14, color='tab:blue')
+    if ranged:
+      ax.set_xscale('log' if values['scale'] == 'log' else 'linear')
+    else:
+      ax.set_xticks(range(len(values)), [str(v) for v in values])
     ax.set_xlabel(f)
     ax.set_ylabel('devel mean CCC')
   fig.tight_layout()

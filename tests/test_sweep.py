@@ -228,3 +228,31 @@ def test_shards_merged_are_the_whole_sweep(swept, tiny_tree, tmp_path):
   assert proc.returncode == 2 and 'holds another sweep' in proc.stderr
   proc = _run(tiny_tree, data_dir, str(tmp_path / 'x'), *flags, '--sweep_shard=2/2', module=True)
   assert proc.returncode == 2 and '--sweep_shard=2/2: write I/N with 0 <= I < N' in proc.stderr
+
+
+def test_random_search_draws_from_ranges_and_lists():
+  c = config_util.load_config('tiny')
+  axes = sweep.axes_of(c, ['learning_rate=1e-4:1e-2', 'model.out_dropout=0,0.3',
+                           'plateau_patience=1:4'])
+  assert axes[0] == ('learning_rate', {'range': [1e-4, 1e-2], 'scale': 'log', 'integer': False})
+  assert axes[2][1] == {'range': [1, 4], 'scale': 'lin', 'integer': True}
+  drawn = sweep.settings_of(c, axes, search=sweep.search_of('random:200'))
+  assert drawn == sweep.settings_of(c, axes, search=200)  # seeded: the same command, same draws
+  lrs = np.array([d['learning_rate'] for d in drawn])
+  assert lrs.min() >= 1e-4 and lrs.max() <= 1e-2
+  # log-uniform: about half the draws below the geometric middle 1e-3 (a uniform draw: ~9%)
+  assert 0.35 < np.mean(lrs < 1e-3) < 0.65
+  assert {d['model.out_dropout'] for d in drawn} == {0.0, 0.3}
+  assert {d['plateau_patience'] for d in drawn} == {1, 2, 3, 4}
+  groups = sweep.plan(c, drawn[:6])
+  assert sorted(g['shared']['model.out_dropout'] for g in groups) == sorted(
+      {d['model.out_dropout'] for d in drawn[:6]})
+  for bad, msg in [(['learning_rate=1e-2:1e-4'], 'a range is lo:hi with lo < hi'),
+                   (['learning_rate=0:1e-2:log'], 'a range is lo:hi'),
+                   (['num_epochs=a:b'], 'a range is lo:hi')]:
+    with pytest.raises(MuseError, match=msg):
+      sweep.axes_of(c, bad)
+  with pytest.raises(MuseError, match=r'needs --sweep_search=random:N'):
+    sweep.settings_of(c, axes)
+  with pytest.raises(MuseError, match=r'--sweep_search=grid:3: write random:N'):
+    sweep.search_of('grid:3')
