@@ -280,10 +280,10 @@ def validate_config(config, tree_targets: bool = True) -> Spec:
   need(config.loss in LOSSES, f'loss must be one of {LOSSES}, got {config.loss!r}')
   need(config.nan_policy in NAN_POLICIES,
        f'nan_policy must be one of {NAN_POLICIES}, got {config.nan_policy!r}')
-  for field in ('bootstrap_samples', 'bootstrap_seed'):
+  for field in ('bootstrap_samples', 'bootstrap_seed', 'sweep_ensemble'):
     v = config.get(field, 0)
     need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-         f'{field} must be an integer >= 0 ({"0 = no intervals" if field == "bootstrap_samples" else "the resamples seed"}), got {v!r}')
+         f'{field} must be an integer >= 0, got {v!r}')
   need(config.get('max_abs_z', 1.0) > 0, f'max_abs_z must be > 0, got {config.get("max_abs_z")}')
   need(config.nonfinite_policy in NONFINITE_POLICIES,
        f'nonfinite_policy must be one of {NONFINITE_POLICIES}, got {config.nonfinite_policy!r}')

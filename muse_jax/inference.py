@@ -129,6 +129,8 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
     for split, preds in written.items():
       outputs.write_predictions(os.path.join(workdir, 'predictions'), videos[split], preds,
                                 targets, spec.layout.label_columns)
+    if spec.members:  # a sweep's group: its members' predictions, for the sweep's ensemble
+      outputs.write_member_predictions(workdir, per_split, videos)
     outputs.write_json(os.path.join(workdir, 'predictions.json'), {
         'written_by': by, 'what': what, 'eval_seed': spec.eval_seed, 'seed': results['seed'],
         'best_epoch': results['best_epoch'],

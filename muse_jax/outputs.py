@@ -25,6 +25,25 @@ def write_text(path: str, text: str) -> None:
   files.atomic_write(path, text)
 
 
+MEMBER_PREDICTIONS = 'member_predictions.npz'
+
+
+def write_member_predictions(workdir: str, per_split: dict, videos: dict) -> None:
+  """Every member's devel and test predictions of the labelled videos, with their labels
+  (`<split>/<Id>/pred` [S, T, K], `<split>/<Id>/label` [T, K]): a sweep's ensemble of its best
+  members across groups is scored from these (muse_jax.sweep), without re-running any model."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  arrays = {}
+  for split in ('devel', 'test'):
+    preds = per_split[split][0]
+    for i, v in enumerate(videos[split]):
+      if v.has_labels:
+        arrays[f'{split}/{v.id}/pred'] = np.stack([p[i] for p in preds]).astype(np.float32)
+        arrays[f'{split}/{v.id}/label'] = v.y
+  with files.atomic_path(os.path.join(workdir, MEMBER_PREDICTIONS), '.npz') as tmp:
+    np.savez(tmp, **arrays)
+
+
 class MetricLog:
   """Per-epoch records as JSONL (`metrics.jsonl`) and TensorBoard scalars (`tb/`).
 

@@ -22,8 +22,10 @@ What it writes: `W/sweep.json` and `W/sweep.md` (one row per member: its overrid
 epoch and devel metrics with their intervals; the axes; the best member by mean devel CCC, ties
 by order, with its test metrics, and its group's workdir, a normal run of it: evaluate, predict,
 late fusion and Predictor work on it; per setting the seed mean +- std), and `W/sweep.png`
-(devel CCC against each swept field, seeds as points). Test metrics are reported for the chosen
-member only: choosing on test is what a sweep must not invite.
+(devel CCC against each swept field, seeds as points), and the ensemble of the best
+`config.sweep_ensemble` (5) members by devel: the mean of their predictions, each at its best
+epoch (from each group's member_predictions.npz). Test metrics are reported for the chosen member
+and that ensemble only: choosing on test is what a sweep must not invite.
 
 On a cluster of separate jobs, `--sweep_shard=I/N` trains the groups k with k % N == I into the
 same workdir; every shard writes the same `W/sweep_plan.json` (a different sweep in that workdir
@@ -39,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from muse_jax import config_util
+from muse_jax import metrics
 from muse_jax import outputs
 from muse_jax import train
 from muse_jax.errors import MuseError
@@ -245,10 +248,12 @@ def parse_shard(text: str) -> tuple:
   return i, n
 
 
-def _plan_record(axes, settings, groups) -> dict:
+def _plan_record(axes, settings, groups, config) -> dict:
   """What every shard must agree on, JSON as written (tuples as lists)."""
   return json.loads(json.dumps({
       'axes': [{'field': f, 'values': v} for f, v in axes], 'settings': settings,
+      'ensemble': config.get('sweep_ensemble', 5),
+      'bootstrap': [config.get('bootstrap_samples', 1000), config.get('bootstrap_seed', 0)],
       'groups': [{'name': g['name'], 'shared': g['shared'], 'members': g['members']}
                  for g in groups]}))
 
@@ -263,7 +268,7 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
   if not settings:
     raise MuseError('the sweep has no setting (an axis without values?)')
   groups = plan(config, settings)  # every refusal before any compute
-  record = _plan_record(axes, settings, groups)
+  record = _plan_record(axes, settings, groups, config)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, PLAN_JSON)
   saved = _read(path)
@@ -322,10 +327,41 @@ def write_report(workdir: str) -> dict:
              for g in record['groups']}
   axes = [(a['field'], a['values']) for a in record['axes']]
   report = _report(axes, record['settings'], record['groups'], results, workdir)
+  report['ensemble'] = _ensemble(workdir, report['rows'], record.get('ensemble', 5),
+                                 record.get('bootstrap', [1000, 0]))
   outputs.write_json(os.path.join(workdir, SWEEP_JSON), report)
   outputs.write_text(os.path.join(workdir, SWEEP_MD), markdown(report) + '\n')
   _plot(report, os.path.join(workdir, SWEEP_PNG))
   return report
+
+
+def _ensemble(workdir: str, rows: list, k: int, boot) -> dict | None:
+  """The mean of the best k members' predictions (by devel mean CCC, each at its best epoch),
+  scored on devel and test: what the sweep bought beyond its single best member."""
+  if k < 1:
+    return None
+  scored = [i for i, r in enumerate(rows) if r['devel']]
+  top = sorted(scored, key=lambda i: (-rows[i]['devel']['mean_ccc'], i))[:k]
+  loaded = {}
+  for i in top:
+    g = rows[i]['group']
+    if g not in loaded:
+      with np.load(os.path.join(workdir, 'groups', g, outputs.MEMBER_PREDICTIONS)) as z:
+        loaded[g] = {name: z[name] for name in z.files}
+  out = {'k': len(top), 'rows': top, 'members': [rows[i]['overrides'] for i in top]}
+  targets = list(rows[top[0]]['devel']) if top else []
+  targets = [t for t in targets if t not in ('mean_ccc', 'mean_ccc_ci95')]
+  first = loaded[rows[top[0]]['group']]
+  for split in ('devel', 'test'):
+    ids = [n.split('/')[1] for n in first if n.startswith(f'{split}/') and n.endswith('/pred')]
+    if not ids:
+      out[split] = None
+      continue
+    labels = [first[f'{split}/{v}/label'] for v in ids]
+    preds = [np.mean([loaded[rows[i]['group']][f'{split}/{v}/pred'][rows[i]['member']]
+                      .astype(np.float64) for i in top], axis=0) for v in ids]
+    out[split] = metrics.partition_metrics(labels, preds, targets, int(boot[0]), int(boot[1]))
+  return out
 
 
 def _report(axes, settings, groups, results, workdir) -> dict:
@@ -386,8 +422,14 @@ def markdown(r: dict) -> str:
   b = r['best']
   test = (f'{b["test"]["mean_ccc"]:.4f}{_fmt_ci(b["test"])}' if b.get('test') else 'n/a')
   lines += ['', f'Best by devel: {json.dumps(b["overrides"])}: devel {b["devel"]["mean_ccc"]:.4f}'
-            f'{_fmt_ci(b["devel"])}, test {test} (test reported for the chosen member only). '
-            f'Its run: {b["workdir"]}.']
+            f'{_fmt_ci(b["devel"])}, test {test} (test reported for the chosen member and the '
+            f'ensemble only). Its run: {b["workdir"]}.']
+  e = r.get('ensemble')
+  if e and e.get('devel'):
+    test = f'{e["test"]["mean_ccc"]:.4f}{_fmt_ci(e["test"])}' if e.get('test') else 'n/a'
+    lines.append(f'Ensemble of the best {e["k"]} members by devel (rows '
+                 f'{", ".join(str(i + 1) for i in e["rows"])}): devel '
+                 f'{e["devel"]["mean_ccc"]:.4f}{_fmt_ci(e["devel"])}, test {test}.')
   return '\n'.join(lines)
 
 

@@ -87,6 +87,23 @@ def test_sweep_trains_the_product_times_seeds_in_groups_by_shape(swept):
   with open(os.path.join(swept['W'], 'sweep.md'), encoding='utf-8') as f:
     md = f.read()
   assert md in swept['proc'].stdout and '**best**' in md
+  # The ensemble of the best 5 members by devel, recomputed from their saved predictions.
+  e = r['ensemble']
+  top = sorted(range(len(rows)), key=lambda i: -rows[i]['devel']['mean_ccc'])[:5]
+  assert e['k'] == 5 and e['rows'] == top
+  z = {g['name']: np.load(os.path.join(g['workdir'], 'member_predictions.npz'))
+       for g in r['groups']}
+  for split in ('devel', 'test'):
+    ids = [n.split('/')[1] for n in z['g0'].files if n.startswith(split) and n.endswith('/pred')]
+    y = np.concatenate([z['g0'][f'{split}/{v}/label'] for v in ids]).astype(np.float64)
+    p = np.concatenate([np.mean([z[rows[i]['group']][f'{split}/{v}/pred'][rows[i]['member']]
+                                 for i in top], axis=0) for v in ids]).astype(np.float64)
+    for k, t in enumerate(['arousal', 'valence']):
+      ok = ~np.isnan(y[:, k])
+      a, b = y[ok, k], p[ok, k]
+      ccc = 2 * np.cov(a, b)[0, 1] / (a.var(ddof=1) + b.var(ddof=1) + (a.mean() - b.mean()) ** 2)
+      assert e[split][t]['ccc'] == pytest.approx(ccc, abs=1e-5)
+  assert 'Ensemble of the best 5 members by devel' in md
   # The chosen member's run is a normal run that wrote the chosen member's predictions.
   res = _json(os.path.join(r['best']['workdir'], 'results.json'))
   assert res['best_member'] == r['best']['member'] and r['best']['written']
