@@ -15,7 +15,6 @@ over seeds, so "B's seeds beat A's" is told apart from "B's chosen seed beat A's
 Refused (one line): runs of different trees, grids or targets, or with no common scored video.
 Labels are read from the tree the runs were trained on (their config.json), through the layout.
 """
-import json
 import os
 import sys
 
@@ -24,6 +23,7 @@ import numpy as np
 from muse_jax import bootstrap
 from muse_jax import cli
 from muse_jax import metrics
+from muse_jax import workdir as workdir_lib
 from muse_jax.data import csv_table
 from muse_jax.data import layout
 from muse_jax.data import reader
@@ -32,26 +32,16 @@ from muse_jax.errors import MuseError
 SEED_RESAMPLES = 10000
 
 
-def _json(path: str) -> dict | None:
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    raise MuseError(f'{path}: unreadable ({e})') from None
-
-
 class Run:
   """A finished workdir as compare reads it: its tree, grid, targets, predictions and seeds."""
 
   def __init__(self, workdir: str):
     self.workdir = os.path.abspath(os.path.expanduser(workdir))
-    config = _json(os.path.join(self.workdir, 'config.json'))
-    written = _json(os.path.join(self.workdir, 'predictions.json')) or {}
+    config = workdir_lib.read_json(os.path.join(self.workdir, 'config.json'))
+    written = workdir_lib.read_json(os.path.join(self.workdir, 'predictions.json')) or {}
     name = written.get('results', 'results.json')
-    results = (_json(os.path.join(self.workdir, name))
-               or _json(os.path.join(self.workdir, 'results.json')))
+    results = (workdir_lib.read_json(os.path.join(self.workdir, name))
+               or workdir_lib.read_json(os.path.join(self.workdir, 'results.json')))
     if config is None or results is None or not os.path.isdir(self.predictions()):
       raise MuseError(f'{self.workdir}: not a finished muse_jax run (needs config.json, '
                       'results.json and predictions/); train it first')

@@ -35,8 +35,8 @@ def ensure_configs_importable() -> None:
     sys.path.insert(1, REPO)
 
 
-def load_config(path: str):
-  """`configs/demo.py`, an absolute path, or a bare name like 'demo' -> its get_config()."""
+def _config_module(path: str):
+  """The module of `configs/demo.py`, an absolute path, or a bare name like 'demo'."""
   ensure_configs_importable()
   path = os.path.expanduser(path)
   if not path.endswith('.py'):
@@ -45,19 +45,18 @@ def load_config(path: str):
       f'_muse_config_{os.path.basename(path)[:-3]}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
+
+
+def load_config(path: str):
+  """`configs/demo.py`, an absolute path, or a bare name like 'demo' -> its get_config()."""
+  return _config_module(path).get_config()
 
 
 def load_sweep(path: str):
-  """The config file's get_sweep() (a list of override dicts), or None when it has none."""
-  ensure_configs_importable()
-  path = os.path.expanduser(path.split(':')[0])
-  if not path.endswith('.py'):
-    path = os.path.join(CONFIGS, f'{path}.py')
-  spec = importlib.util.spec_from_file_location(
-      f'_muse_sweep_{os.path.basename(path)[:-3]}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  """The config file's get_sweep() (a list of override dicts), or None when it has none
+  (`path` as --config gives it: a ':arg' suffix is the config's, not the file's)."""
+  module = _config_module(path.split(':')[0])
   return module.get_sweep() if hasattr(module, 'get_sweep') else None
 
 

@@ -44,6 +44,7 @@ from muse_jax import config_util
 from muse_jax import metrics
 from muse_jax import outputs
 from muse_jax import train
+from muse_jax import workdir as workdir_lib
 from muse_jax.errors import MuseError
 
 SWEEP_JSON, SWEEP_MD, SWEEP_PNG = 'sweep.json', 'sweep.md', 'sweep.png'
@@ -271,7 +272,7 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
   record = _plan_record(axes, settings, groups, config)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, PLAN_JSON)
-  saved = _read(path)
+  saved = workdir_lib.read_json(path)
   if saved is not None and saved != record:
     raise MuseError(f'{workdir}: holds another sweep ({PLAN_JSON} differs: other axes, settings '
                     'or seeds); rerun that sweep, or use a new --workdir')
@@ -297,16 +298,6 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
   return write_report(workdir)
 
 
-def _read(path: str):
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    raise MuseError(f'{path}: unreadable ({e}); restore it, or use a new --workdir') from None
-
-
 def _unfinished(workdir: str, record: dict) -> list:
   return [g['name'] for g in record['groups']
           if not os.path.exists(os.path.join(workdir, 'groups', g['name'], 'results.json'))]
@@ -316,14 +307,14 @@ def write_report(workdir: str) -> dict:
   """sweep.json, sweep.md and sweep.png of a sweep whose groups have all finished (from its plan
   and each group's results.json: shards merged are the whole sweep)."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  record = _read(os.path.join(workdir, PLAN_JSON))
+  record = workdir_lib.read_json(os.path.join(workdir, PLAN_JSON))
   if record is None:
     raise MuseError(f'{workdir}: no {PLAN_JSON}; not the workdir of a sweep (--sweep)')
   missing = _unfinished(workdir, record)
   if missing:
     raise MuseError(f'{workdir}: groups {", ".join(missing)} have not finished; run their '
                     '--sweep_shard (the same command resumes), then merge')
-  results = {g['name']: _read(os.path.join(workdir, 'groups', g['name'], 'results.json'))
+  results = {g['name']: workdir_lib.read_json(os.path.join(workdir, 'groups', g['name'], 'results.json'))
              for g in record['groups']}
   axes = [(a['field'], a['values']) for a in record['axes']]
   report = _report(axes, record['settings'], record['groups'], results, workdir)

@@ -174,12 +174,15 @@ def same_config(saved: dict, config: dict) -> list:
 
 
 def read_json(path: str, default=None):
-  """A JSON file's content, or `default` when it does not exist."""
+  """A JSON file's content, or `default` when it does not exist; one line when it cannot be
+  read (cut short, not JSON)."""
   try:
     with open(path, encoding='utf-8') as f:
       return json.load(f)
   except FileNotFoundError:
     return default
+  except (OSError, ValueError) as e:
+    raise MuseError(f'{path}: unreadable ({e}); restore it, or use a new --workdir') from None
 
 
 @contextlib.contextmanager
@@ -211,14 +214,7 @@ def held(workdir: str, what: str):
 
 
 def saved_config(workdir: str) -> dict | None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    raise MuseError(f'{path}: unreadable ({e}); restore it, or use a new --workdir') from None
+  return read_json(os.path.join(workdir, CONFIG_FILE))
 
 
 # What evaluate must share with training: how the tree becomes normalised inputs.

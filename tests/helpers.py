@@ -1,4 +1,5 @@
 """Helpers shared by the test modules (fixtures live in conftest.py)."""
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,12 @@ def child_env(**extra) -> dict:
   return env
 
 
+def run(cmd, cwd=None, timeout=600, **extra_env):
+  """`cmd` in a child process with `child_env(**extra_env)`; the CompletedProcess."""
+  return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                        env=child_env(**extra_env))
+
+
 def run_main(*args, cwd, module='muse_jax.main', timeout=300, **extra_env):
   """`python -m <module> --config=<repo>/configs/tiny.py ARGS` in `cwd`; the CompletedProcess."""
   cmd = [sys.executable, '-m', module, f'--config={REPO}/configs/tiny.py', *args]
@@ -64,3 +71,14 @@ def ok(proc) -> str:
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
   return proc.stderr
+
+
+def passed(proc):
+  """`ok` for callers that keep the CompletedProcess (its stdout: the printed summary)."""
+  ok(proc)
+  return proc
+
+
+def read_json(path):
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)

@@ -118,20 +118,8 @@ def tree(pristine, tmp_path):
   return Tree(pristine, tmp_path)
 
 
-def one_error(proc, *words) -> str:
-  """Exit 2, exactly one `error:` line holding `words`, no traceback."""
-  err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  assert len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-  for w in words:
-    assert w in err[0], (w, err[0])
-  return err[0]
-
-
-def ok(proc) -> str:
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-  return proc.stderr
+one_error = helpers.one_error
+ok = helpers.ok
 
 
 def assert_trained_and_finite(tree, workdir=None):

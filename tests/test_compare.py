@@ -28,9 +28,7 @@ SAMPLES = 400
 
 
 def _env():
-  e = dict(os.environ, SCRIPTED_DEVEL=json.dumps({'314': [0.5, 0.6], '315': [0.4, 0.7]}))
-  e.pop('XLA_FLAGS', None)
-  return e
+  return helpers.child_env(SCRIPTED_DEVEL=json.dumps({'314': [0.5, 0.6], '315': [0.4, 0.7]}))
 
 
 def _train(tree, data_dir, workdir, *flags):
@@ -42,9 +40,7 @@ def _train(tree, data_dir, workdir, *flags):
   return proc
 
 
-def _json(path):
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+_json = helpers.read_json
 
 
 @pytest.fixture(scope='module')
@@ -156,17 +152,18 @@ def test_bootstrap_is_off_with_zero_samples_and_config_fields_are_checked(runs, 
   # evaluate may change it (it only changes what is reported): 0 turns the intervals off.
   w = str(tmp_path / 'b')
   shutil.copytree(runs['b'], w)
-  cfg = _json(os.path.join(w, 'config.json'))
-  proc = subprocess.run([sys.executable, '-m', 'muse_jax.main', f'--config={TINY}',
-                         f'--workdir={w}', '--mode=evaluate', '--config.bootstrap_samples=0',
-                         '--config.feature_sets=egemaps,fasttext', '--config.num_seeds=2',
-                         f'--data_dir={cfg["data_dir"]}'],
-                        capture_output=True, text=True, env=_env(), timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  _evaluate(w, '--config.bootstrap_samples=0')
   ev = _json(os.path.join(w, 'eval_results.json'))
   assert 'ccc_ci95' not in ev['devel']['arousal'] and 'mean_ccc_ci95' not in ev['devel']
   assert ev['devel']['arousal']['ccc'] == pytest.approx(
       _json(os.path.join(w, 'results.json'))['devel']['arousal']['ccc'], abs=1e-6)
+
+
+def _evaluate(workdir, *flags):
+  """--mode=evaluate of a copied run with the config it was trained with (configs/workdir.py)."""
+  helpers.ok(helpers.run([sys.executable, '-m', 'muse_jax.main',
+                          f'--config=configs/workdir.py:{workdir}', f'--workdir={workdir}',
+                          '--mode=evaluate', *flags], REPO))
 
 
 def _cli(*args):
@@ -243,13 +240,7 @@ def test_compare_on_a_2021_tree_and_of_evaluate_predictions(runs, tmp_path):
   # Predictions rewritten by --mode=evaluate with another eval_seed are compared as they are.
   a2 = str(tmp_path / 'a2')
   shutil.copytree(runs['a'], a2)
-  cfg = _json(os.path.join(a2, 'config.json'))
-  proc = subprocess.run([sys.executable, '-m', 'muse_jax.main', f'--config={TINY}',
-                         f'--workdir={a2}', '--mode=evaluate', '--config.eval_seed=1',
-                         '--config.num_seeds=2', '--config.feature_sets=egemaps',
-                         f'--config.bootstrap_samples={SAMPLES}', f'--data_dir={cfg["data_dir"]}'],
-                        capture_output=True, text=True, env=_env(), timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  _evaluate(a2, '--config.eval_seed=1')
   c = compare.compare(runs['a'], a2, samples=SAMPLES)
   assert c['predictions']['b'] == 'seed 315 (written by evaluate)'
   ev = _json(os.path.join(a2, 'eval_results.json'))
@@ -257,11 +248,7 @@ def test_compare_on_a_2021_tree_and_of_evaluate_predictions(runs, tmp_path):
 
 
 def test_compare_refuses_what_cannot_be_compared(runs, tmp_path):
-  def one_error(proc, words):
-    err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-    assert proc.returncode == 2 and len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr
-    assert words in err[0], err[0]
-
+  one_error = helpers.one_error
   one_error(_cli(runs['a'], runs['c']), 'runs of different trees are not compared')
 
   def edited(name, edit):

@@ -23,24 +23,15 @@ TINY = os.path.join(REPO, 'configs', 'tiny.py')
 
 
 def _run(tree, data_dir, workdir, *flags, script=None, module=False):
-  env = dict(os.environ, SCRIPTED_DEVEL=json.dumps(script or {'314': [0.5, 0.6], '315': [0.4,
-                                                                                        0.7]}))
-  env.pop('XLA_FLAGS', None)
   head = [sys.executable, '-m', 'muse_jax.main'] if module else [sys.executable, SCRIPTED]
-  return subprocess.run(head + [f'--config={TINY}', f'--workdir={workdir}', f'--data_root={tree}',
-                                f'--data_dir={data_dir}', '--config.num_epochs=2',
-                                '--config.bootstrap_samples=100'] + list(flags),
-                        capture_output=True, text=True, env=env, timeout=600)
+  return helpers.run(head + [f'--config={TINY}', f'--workdir={workdir}', f'--data_root={tree}',
+                             f'--data_dir={data_dir}', '--config.num_epochs=2',
+                             '--config.bootstrap_samples=100'] + list(flags),
+                     SCRIPTED_DEVEL=json.dumps(script or {'314': [0.5, 0.6], '315': [0.4, 0.7]}))
 
 
-def _ok(proc):
-  assert proc.returncode == 0 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-  return proc
-
-
-def _json(path):
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+_ok = helpers.passed
+_json = helpers.read_json
 
 
 def _preds(workdir, target, vid):

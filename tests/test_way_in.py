@@ -30,35 +30,15 @@ TINY = os.path.join(REPO, 'configs', 'tiny.py')
 SCRIPT = json.dumps({'314': [0.5, 0.6]})
 
 
-def child_env(**extra) -> dict:
-  e = dict(os.environ, SCRIPTED_DEVEL=SCRIPT, **extra)
-  e.pop('XLA_FLAGS', None)  # one CPU device, as a plain user run
-  return e
-
-
 def run(cmd, cwd, **extra):
-  return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=child_env(**extra),
-                        timeout=600)
+  return helpers.run(cmd, cwd, SCRIPTED_DEVEL=SCRIPT, **extra)
 
 
-def one_error(proc, *words) -> str:
-  """Exit 2, exactly one `error:` line holding `words`, no traceback."""
-  err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  assert len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-  for w in words:
-    assert w in err[0], (w, err[0])
-  return err[0]
+one_error = helpers.one_error
 
 
-def ok(proc):
-  assert proc.returncode == 0 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-  return proc
-
-
-def read_json(path):
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+ok = helpers.passed
+read_json = helpers.read_json
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,7 +164,7 @@ def test_tilde_is_expanded_in_every_path_flag_and_field(tmp_path):
           "print(compile_cache.enable('~/cc'))")
   env_cc = dict(HOME=str(home))
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                        cwd=tmp_path, env={k: v for k, v in child_env(**env_cc).items()
+                        cwd=tmp_path, env={k: v for k, v in helpers.child_env(**env_cc).items()
                                            if k != 'JAX_COMPILATION_CACHE_DIR'}, timeout=120)
   assert proc.stdout.strip() == str(home / 'cc') and os.path.isdir(home / 'cc'), proc.stderr
 
