@@ -3,10 +3,10 @@ dropout, the settings the authors tuned by hand.
 
   python -m muse_jax.main --config=configs/sweep_valence.py --workdir=W --config.num_seeds=5
 
-get_sweep() lists the settings (not a product: the learning rates with dropout 0, then the
-dropout with the paper's rate). The learning-rate settings differ only in schedule fields, so
-they and their seeds train side by side in one compiled step; the dropout setting is a second
-group (muse_jax.sweep). --sweep=field=a,b flags replace this list with their product.
+get_sweep() lists the settings (not a product: three learning rates, a longer patience, and
+the output dropout at the middle rate). They differ only in fields a member may set for itself
+(schedule, seed, rnn/output dropout), so all of them and their seeds train side by side in one
+compiled step (muse_jax.sweep). --sweep=field=a,b flags replace this list with their product.
 """
 from configs import valence
 

@@ -25,7 +25,18 @@ ATTENTION = ('auto', 'blocked', 'plain', 'dot_product', 'cudnn')
 # and no data, only a member's initialisation and its host-side schedule, so members that differ
 # in them train side by side in one compiled step (as seeds do).
 MEMBER_FIELDS = ('seed', 'learning_rate', 'min_learning_rate', 'plateau_patience', 'plateau_factor',
-                 'early_stopping_patience')
+                 'early_stopping_patience', 'model.rnn_dropout', 'model.out_dropout')
+MEMBER_RATES = ('model.rnn_dropout', 'model.out_dropout')  # traced per member (steps.MEMBER_RATES)
+
+
+def get_field(config, name: str):
+  """A dotted field's value ('model.out_dropout'), or None where there is none."""
+  node = config
+  for part in name.split('.'):
+    if not hasattr(node, 'keys') or part not in node.keys():
+      return None
+    node = node[part]
+  return node
 
 
 def ensure_configs_importable() -> None:
@@ -147,7 +158,11 @@ class Spec:
     import ml_collections  # pylint: disable=import-outside-toplevel
     c = ml_collections.ConfigDict(self.config.to_dict())
     for k, v in self.members[i].items():
-      setattr(c, k, v)
+      *parents, leaf = k.split('.')
+      node = c
+      for p in parents:
+        node = node[p]
+      node[leaf] = v
     return c
 
 
@@ -172,7 +187,7 @@ def parse_members(value, config) -> tuple:
                       f'one run (they share one compiled step); per member: '
                       f'{", ".join(MEMBER_FIELDS)}')
     for k, v in m.items():
-      base = config.get(k)
+      base = get_field(config, k)
       if isinstance(base, int) and not isinstance(base, bool) and isinstance(v, float) and (
           v.is_integer()):
         v = int(v)
@@ -321,6 +336,9 @@ def _check_schedule(c, need, where: str) -> None:
   need(c.plateau_patience >= 0, f'{where}plateau_patience must be >= 0, got {c.plateau_patience}')
   need(c.early_stopping_patience >= 1, f'{where}early_stopping_patience must be >= 1, got '
        f'{c.early_stopping_patience}')
+  for f in MEMBER_RATES:
+    v = get_field(c, f)
+    need(v is None or 0.0 <= v < 1.0, f'{where}{f} must be a rate in [0, 1), got {v!r}')
 
 
 _SIZES = {'d_rnn': 1, 'rnn_n_layers': 1, 'attn_n_layers': 0, 'n_heads': 1, 'd_out_fc': 1}

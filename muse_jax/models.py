@@ -128,6 +128,23 @@ class RecurrentLayer(nn.Module):
     return jnp.where(mask[..., None], jnp.concatenate(outs, axis=-1), 0.0)
 
 
+class Dropout(nn.Module):
+  """flax's nn.Dropout whose rate may also be given per call, traced: a sweep's members each
+  train with their own rate in one compiled step (config.members). Same class name, so the same
+  auto-name, rng stream and mask as nn.Dropout for the same rate: a member equals a separate run
+  with that rate."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool, rate=None) -> jax.Array:
+    rate = self.rate if rate is None else rate
+    if deterministic or (isinstance(rate, (int, float)) and rate == 0.0):
+      return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), p=keep, shape=x.shape)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 class RNN(nn.Module):
   """Stacked (bi)LSTM/GRU like torch's nn.LSTM/nn.GRU on packed sequences.
 
@@ -140,10 +157,11 @@ class RNN(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True,
+               rate=None) -> jax.Array:
     for i in range(self.n_layers):
       if i:
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        x = Dropout(self.dropout)(x, deterministic, rate)
       x = RecurrentLayer(self.hidden, self.cell, self.bidirectional, name=f'layer_{i}')(x, lengths)
     return x
 
@@ -199,8 +217,11 @@ class Regressor(nn.Module):
   attention: str = 'plain'  # the attention core (ops.attention); not a config.model field
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    """x [B, T, D] float, lengths [B] int -> [B, T, n_targets] (padded steps are meaningless)."""
+  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True,
+               rates: Mapping[str, Any] | None = None) -> jax.Array:
+    """x [B, T, D] float, lengths [B] int -> [B, T, n_targets] (padded steps are meaningless).
+    `rates`: {'rnn_dropout', 'out_dropout'} for this call (traced), instead of the fields."""
+    rates = rates or {}
     # Zero padding first: NaN/inf in padded inputs would otherwise reach valid gradients.
     x = jnp.where(length_mask(lengths, x.shape[1])[..., None], x, 0.0)
     if x.shape[-1] != self.d_rnn:
@@ -211,9 +232,9 @@ class Regressor(nn.Module):
       x = AttentionLayer(self.d_rnn, self.n_heads, self.attn_dropout, self.attention,
                          name=f'attn_{i}')(x, lengths, deterministic=deterministic)
     x = RNN(self.d_rnn, self.rnn_type, self.rnn_n_layers, self.rnn_bi, self.rnn_dropout,
-            name='rnn')(x, lengths, deterministic=deterministic)
+            name='rnn')(x, lengths, deterministic=deterministic, rate=rates.get('rnn_dropout'))
     x = nn.relu(_torch_dense(self.d_out_fc, x.shape[-1], 'fc1')(x))
-    x = nn.Dropout(self.out_dropout)(x, deterministic=deterministic)
+    x = Dropout(self.out_dropout)(x, deterministic, rates.get('out_dropout'))
     return _torch_dense(self.n_targets, self.d_out_fc, 'fc2',
                         bias_init=_out_bias_init(self.out_bias, self.n_targets))(x)
 
@@ -228,9 +249,11 @@ class LateFusion(nn.Module):
   out_bias: Sequence[float] = (0.0,)
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True,
+               rates: Mapping[str, Any] | None = None) -> jax.Array:
     x = RNN(self.d_rnn, 'lstm', self.rnn_n_layers, self.rnn_bi, self.rnn_dropout,
-            name='rnn')(x, lengths, deterministic=deterministic)
+            name='rnn')(x, lengths, deterministic=deterministic,
+                        rate=(rates or {}).get('rnn_dropout'))
     return _torch_dense(self.n_targets, x.shape[-1], 'fc',
                         bias_init=_out_bias_init(self.out_bias, self.n_targets))(x)
 

@@ -12,9 +12,10 @@ Why it is cheap: muse_jax trains its seeds as one compiled step (a leading seed 
 with its own parameters, optimiser state, learning rate, plateau schedule, early stop and best
 parameters). A member is a seed with its own settings: members that differ only in fields that
 keep every shape and the data (`config_util.MEMBER_FIELDS`: seed, learning_rate,
-min_learning_rate, plateau_patience, plateau_factor, early_stopping_patience) share that step
-(`config.members`). Other fields (feature sets, normalisation, windows, batch, targets, model
-sizes, dropout rates, loss) form groups that run one after another in this process, each an
+min_learning_rate, plateau_patience, plateau_factor, early_stopping_patience, model.rnn_dropout,
+model.out_dropout: the rates are traced into the step) share that step (`config.members`).
+Other fields (feature sets, normalisation, windows, batch, targets, model sizes, the attention
+dropout, loss and its weights) form groups that run one after another in this process, each an
 ordinary run compiled once: `W/groups/g<i>/`, resumable like any run (kill -9 and rerun the same
 command). Every member's setting is validated before any compute.
 

@@ -20,6 +20,8 @@ import helpers  # pylint: disable=wrong-import-order
 REPO = helpers.REPO
 SCRIPTED = os.path.join(REPO, 'tests', 'scripted_main.py')
 TINY = os.path.join(REPO, 'configs', 'tiny.py')
+# 2 dropout rates (a member's own) x 2 head widths (shapes: a group each) x 2 seeds = 8 members.
+FLAGS = ('--sweep=model.out_dropout=0,0.3', '--sweep=model.d_out_fc=16,8', '--config.num_seeds=2')
 
 
 def _run(tree, data_dir, workdir, *flags, script=None, module=False):
@@ -43,28 +45,27 @@ def _preds(workdir, target, vid):
 def swept(tiny_tree, tmp_path_factory):
   base = tmp_path_factory.mktemp('sweep')
   w = str(base / 'W')
-  proc = _ok(_run(tiny_tree, str(base / 'tfds'), w, '--sweep=learning_rate=0.002,0.005',
-                  '--sweep=model.out_dropout=0,0.3', '--config.num_seeds=2'))
+  proc = _ok(_run(tiny_tree, str(base / 'tfds'), w, *FLAGS))
   return {'base': base, 'W': w, 'proc': proc, 'report': _json(os.path.join(w, 'sweep.json'))}
 
 
 def test_sweep_trains_the_product_times_seeds_in_groups_by_shape(swept):
   r = swept['report']
   assert r['settings'] == 4 and r['members'] == 8
-  # learning_rate shares one compiled step; the dropout rate is a model field: its own group.
+  # The dropout rate is a member's own (traced in one step); the head's width changes shapes:
+  # a group each.
   assert [(g['name'], g['shared'], g['members']) for g in r['groups']] == [
-      ('g0', {'model.out_dropout': 0.0}, 4), ('g1', {'model.out_dropout': 0.3}, 4)]
+      ('g0', {'model.d_out_fc': 16}, 4), ('g1', {'model.d_out_fc': 8}, 4)]
   for g in r['groups']:
     res = _json(os.path.join(g['workdir'], 'results.json'))
     assert [s['overrides'] for s in res['seeds']] == [
-        {'learning_rate': 0.002, 'seed': 314}, {'learning_rate': 0.002, 'seed': 315},
-        {'learning_rate': 0.005, 'seed': 314}, {'learning_rate': 0.005, 'seed': 315}]
+        {'model.out_dropout': 0.0, 'seed': 314}, {'model.out_dropout': 0.0, 'seed': 315},
+        {'model.out_dropout': 0.3, 'seed': 314}, {'model.out_dropout': 0.3, 'seed': 315}]
     # one compiled program for all four members: one 'data:' line (one run) per group
   assert swept['proc'].stderr.count('] data: ') == 2
   rows = r['rows']
-  assert [(x['setting']['learning_rate'], x['setting']['model.out_dropout'], x['seed'])
-          for x in rows][:4] == [(0.002, 0.0, 314), (0.002, 0.0, 315), (0.005, 0.0, 314),
-                                 (0.005, 0.0, 315)]
+  assert [(x['setting']['model.out_dropout'], x['setting']['model.d_out_fc'], x['seed'])
+          for x in rows][:4] == [(0.0, 16, 314), (0.0, 16, 315), (0.3, 16, 314), (0.3, 16, 315)]
   scores = [x['devel']['mean_ccc'] for x in rows]
   assert r['best']['row'] == int(np.argmax(scores))  # highest devel mean CCC, ties by order
   best = rows[r['best']['row']]
@@ -104,19 +105,21 @@ def test_sweep_trains_the_product_times_seeds_in_groups_by_shape(swept):
 def test_a_member_equals_a_separate_run_with_its_settings(swept, tiny_tree):
   sep = str(swept['base'] / 'separate')
   # Members share the batch order (config.data_seed, default the config's seed: 314), as seeds do.
-  _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), sep, '--config.learning_rate=0.005',
+  _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), sep, '--config.model.d_out_fc=8',
            '--config.model.out_dropout=0.3', '--config.seed=315', '--config.data_seed=314'))
   one = _json(os.path.join(sep, 'results.json'))
   g1 = _json(os.path.join(swept['W'], 'groups', 'g1', 'results.json'))
-  member = g1['seeds'][3]  # lr 0.005, seed 315 of the out_dropout=0.3 group
-  assert member['overrides'] == {'learning_rate': 0.005, 'seed': 315}
+  # Dropout 0.3, seed 315 of the d_out_fc=8 group: its rate traced in the members' step, the
+  # separate run's a field of its model: the same masks, the same model.
+  member = g1['seeds'][3]
+  assert member['overrides'] == {'model.out_dropout': 0.3, 'seed': 315}
   for split in ('devel', 'test'):
     for t in one['targets']:
       assert member[split][t]['ccc'] == pytest.approx(one[split][t]['ccc'], abs=1e-4)
   # A sweep of one value per axis is the plain run: same metrics and predictions.
   w1 = str(swept['base'] / 'W1')
-  _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), w1, '--sweep=learning_rate=0.005',
-           '--config.model.out_dropout=0.3', '--config.seed=315', '--config.data_seed=314'))
+  _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), w1, '--sweep=model.out_dropout=0.3',
+           '--config.model.d_out_fc=8', '--config.seed=315', '--config.data_seed=314'))
   g0 = os.path.join(w1, 'groups', 'g0')
   again = _json(os.path.join(g0, 'results.json'))
   assert again['devel']['mean_ccc'] == pytest.approx(one['devel']['mean_ccc'], abs=1e-5)
@@ -164,7 +167,7 @@ def test_sweep_plan_groups_and_validates_before_any_compute():
   ex = config_util.load_config('sweep_valence')
   groups = sweep.plan(ex, sweep.settings_of(ex, [], config_util.load_sweep('sweep_valence')))
   assert [(g['shared'], len(g['members'])) for g in groups] == [
-      ({}, 4), ({'model.out_dropout': 0.3}, 1)]
+      ({}, 5)]  # learning rates, a patience and a dropout rate: all a member's own
   for spec_, msg in [(['no_such=1,2'], "--sweep no_such: unknown config field"),
                      (['model.d_rnnn=8'], '--sweep model.d_rnnn: unknown config field'),
                      (['num_epochs=a'], '--sweep num_epochs=a: not an integer'),
@@ -193,9 +196,7 @@ def test_sweep_refusals_are_one_line_and_train_nothing(tiny_tree, tmp_path):
 
 
 def test_sweep_rerun_resumes_and_the_chosen_run_evaluates(swept, tiny_tree):
-  proc = _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), swept['W'],
-                  '--sweep=learning_rate=0.002,0.005', '--sweep=model.out_dropout=0,0.3',
-                  '--config.num_seeds=2'))
+  proc = _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), swept['W'], *FLAGS))
   assert ' loss ' not in proc.stderr  # finished groups re-report, nothing trains
   again = _json(os.path.join(swept['W'], 'sweep.json'))
   assert again == swept['report']
@@ -212,8 +213,7 @@ def test_sweep_rerun_resumes_and_the_chosen_run_evaluates(swept, tiny_tree):
 
 def test_shards_merged_are_the_whole_sweep(swept, tiny_tree, tmp_path):
   w = str(tmp_path / 'W')
-  flags = ['--sweep=learning_rate=0.002,0.005', '--sweep=model.out_dropout=0,0.3',
-           '--config.num_seeds=2']
+  flags = FLAGS
   data_dir = str(swept['base'] / 'tfds')
   first = _ok(_run(tiny_tree, data_dir, w, *flags, '--sweep_shard=1/2'))
   assert 'groups g0 still to finish' in first.stderr
@@ -253,8 +253,7 @@ def test_random_search_draws_from_ranges_and_lists():
   assert {d['model.out_dropout'] for d in drawn} == {0.0, 0.3}
   assert {d['plateau_patience'] for d in drawn} == {1, 2, 3, 4}
   groups = sweep.plan(c, drawn[:6])
-  assert sorted(g['shared']['model.out_dropout'] for g in groups) == sorted(
-      {d['model.out_dropout'] for d in drawn[:6]})
+  assert len(groups) == 1 and len(groups[0]['members']) == 6  # every field a member's own
   for bad, msg in [(['learning_rate=1e-2:1e-4'], 'a range is lo:hi with lo < hi'),
                    (['learning_rate=0:1e-2:log'], 'a range is lo:hi'),
                    (['num_epochs=a:b'], 'a range is lo:hi')]:
