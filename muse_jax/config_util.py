@@ -25,7 +25,8 @@ ATTENTION = ('auto', 'blocked', 'plain', 'dot_product', 'cudnn')
 # and no data, only a member's initialisation and its host-side schedule, so members that differ
 # in them train side by side in one compiled step (as seeds do).
 MEMBER_FIELDS = ('seed', 'learning_rate', 'min_learning_rate', 'plateau_patience', 'plateau_factor',
-                 'early_stopping_patience', 'model.rnn_dropout', 'model.out_dropout')
+                 'early_stopping_patience', 'model.rnn_dropout', 'model.out_dropout',
+                 'loss_weights')
 MEMBER_RATES = ('model.rnn_dropout', 'model.out_dropout')  # traced per member (steps.MEMBER_RATES)
 
 
@@ -302,7 +303,8 @@ def validate_config(config, tree_targets: bool = True) -> Spec:
   need(config.nonfinite_policy in NONFINITE_POLICIES,
        f'nonfinite_policy must be one of {NONFINITE_POLICIES}, got {config.nonfinite_policy!r}')
   for i in range(len(spec.members) or 1):
-    _check_schedule(spec.member_config(i), need, f'members[{i}].' if spec.members else '')
+    _check_schedule(spec.member_config(i), need, f'members[{i}].' if spec.members else '',
+                    spec.targets)
   need(config.num_epochs >= 1, f'num_epochs must be >= 1, got {config.num_epochs}')
   need(config.num_seeds >= 1, f'num_seeds must be >= 1, got {config.num_seeds}')
   need(config.get('seed_loop', 'auto') in ('auto', 'vmap', 'map'),
@@ -326,7 +328,7 @@ def validate_config(config, tree_targets: bool = True) -> Spec:
   return spec
 
 
-def _check_schedule(c, need, where: str) -> None:
+def _check_schedule(c, need, where: str, targets=()) -> None:
   """The fields a member may set for itself, checked for the config and for each member."""
   need(c.learning_rate > 0, f'{where}learning_rate must be > 0, got {c.learning_rate}')
   need(c.min_learning_rate >= 0, f'{where}min_learning_rate must be >= 0, got '
@@ -339,6 +341,11 @@ def _check_schedule(c, need, where: str) -> None:
   for f in MEMBER_RATES:
     v = get_field(c, f)
     need(v is None or 0.0 <= v < 1.0, f'{where}{f} must be a rate in [0, 1), got {v!r}')
+  if where:  # a member's own loss weights (the config's are checked by parse)
+    try:
+      loss_weights(c, list(targets))
+    except MuseError as e:
+      need(False, f'{where}{str(e).removeprefix("config: ")}')
 
 
 _SIZES = {'d_rnn': 1, 'rnn_n_layers': 1, 'attn_n_layers': 0, 'n_heads': 1, 'd_out_fc': 1}

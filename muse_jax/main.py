@@ -35,7 +35,8 @@ flags.DEFINE_string('data_root', None, 'MuSe-layout tree; overrides config.data_
                     "the workdir's tree, else the generated demo tree.")
 flags.DEFINE_string('data_dir', None, 'tfds data_dir; overrides config.data_dir.')
 flags.DEFINE_multi_string('sweep', [], 'A sweep axis, field=value1,value2 (repeat for a product; '
-                          "list fields: values split by ';'); or get_sweep() in the config file. "
+                          "values holding commas (feature_sets, loss_weights): split by ';'); or "
+                          'get_sweep() in the config file. '
                           'Trains every setting x num_seeds seeds, chooses on devel '
                           '(muse_jax.sweep).')
 flags.DEFINE_string('sweep_search', '', 'random:N: N settings drawn from the --sweep axes (ranges '

@@ -95,9 +95,10 @@ MEMBER_RATES = ('rnn_dropout', 'out_dropout')  # dropout rates a member may set 
 
 def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=False,
                     seeds_map: bool = False):
-  """(state, batch, keys [S], active [S] bool, rates [S, 2] or None) -> (state, loss [S],
-  finite [S]). `rates`: each member's MEMBER_RATES (a sweep's members with their own dropout, in
-  this one step); None: the model's own rates.
+  """(state, batch, keys [S], active [S] bool, member) -> (state, loss [S], finite [S]).
+  `member`: None, or what a sweep's members set for themselves in this one step, leading axis
+  [S]: {'rates': [S, 2]} (their MEMBER_RATES, instead of the model's) and/or {'weights': [S, K]}
+  (their loss weights, instead of `weights`).
 
   Inactive (early-stopped) seeds and non-finite steps are not applied; the host reads `finite`
   once per epoch and stops or counts, per config.nonfinite_policy. With n_micro > 1 the
@@ -105,15 +106,16 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
   result): each slice's mean loss is weighted by its valid sequences (CCC) or frames (per_frame
   losses, MSE/L1), which is exactly the whole batch's mean. seeds_map: see seeds_mapped.
   """
-  def loss_of(params, batch, key, rates):
-    kw = {} if rates is None else {'rates': dict(zip(MEMBER_RATES, rates))}
+  def loss_of(params, batch, key, member):
+    member = member or {}
+    kw = {'rates': dict(zip(MEMBER_RATES, member['rates']))} if 'rates' in member else {}
     pred = model.apply({'params': params}, batch['x'], batch['lengths'], deterministic=False,
                        rngs={'dropout': key}, **kw)
-    return loss_fn(pred, batch['y'], batch['mask'], weights)
+    return loss_fn(pred, batch['y'], batch['mask'], member.get('weights', weights))
 
-  def grads_of(params, batch, key, rates):
+  def grads_of(params, batch, key, member):
     if n_micro == 1:
-      return jax.value_and_grad(loss_of)(params, batch, key, rates)
+      return jax.value_and_grad(loss_of)(params, batch, key, member)
     # Slice j holds rows j, j+M, ...: every device keeps an equal share of every slice.
     slices = jax.tree.map(lambda a: jnp.swapaxes(
         a.reshape((a.shape[0] // n_micro, n_micro) + a.shape[1:]), 0, 1), batch)
@@ -122,7 +124,7 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
       mb, i = inputs
       n = jnp.sum(mb['mask']) if per_frame else jnp.sum(jnp.any(mb['mask'], axis=1))
       n = n.astype(jnp.float32)
-      loss, g = jax.value_and_grad(loss_of)(params, mb, jax.random.fold_in(key, i), rates)
+      loss, g = jax.value_and_grad(loss_of)(params, mb, jax.random.fold_in(key, i), member)
       total_loss, total_g, total_n = acc
       return (total_loss + loss * n, jax.tree.map(lambda a, b: a + b * n, total_g, g),
               total_n + n), None
@@ -132,9 +134,9 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
     n = jnp.maximum(n, 1.0)
     return loss / n, jax.tree.map(lambda a: a / n, g)
 
-  def one_seed(params, opt_state, key, active, rates, step, batch):
+  def one_seed(params, opt_state, key, active, member, step, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(key), step)
-    loss, grads = grads_of(params, batch, key, rates)
+    loss, grads = grads_of(params, batch, key, member)
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     updates, new_opt_state = tx.update(grads, opt_state, params)
@@ -143,14 +145,14 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
     return keep(new_params, params), keep(new_opt_state, opt_state), loss, finite | ~active
 
-  def train_step(state, batch, keys, active, rates=None):
-    if rates is None:
+  def train_step(state, batch, keys, active, member=None):
+    if member is None:
       fn = lambda p, o, k, a, step, b: one_seed(p, o, k, a, None, step, b)
       params, opt_state, loss, finite = over_seeds(fn, seeds_map, 4)(
           state.params, state.opt_state, keys, active, state.step, batch)
     else:
       params, opt_state, loss, finite = over_seeds(one_seed, seeds_map, 5)(
-          state.params, state.opt_state, keys, active, rates, state.step, batch)
+          state.params, state.opt_state, keys, active, member, state.step, batch)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss, finite
   return jax.jit(train_step, donate_argnums=(0,))
 

@@ -13,9 +13,10 @@ with its own parameters, optimiser state, learning rate, plateau schedule, early
 parameters). A member is a seed with its own settings: members that differ only in fields that
 keep every shape and the data (`config_util.MEMBER_FIELDS`: seed, learning_rate,
 min_learning_rate, plateau_patience, plateau_factor, early_stopping_patience, model.rnn_dropout,
-model.out_dropout: the rates are traced into the step) share that step (`config.members`).
-Other fields (feature sets, normalisation, windows, batch, targets, model sizes, the attention
-dropout, loss and its weights) form groups that run one after another in this process, each an
+model.out_dropout, loss_weights: rates and weights are traced into the step) share that step
+(`config.members`). Other fields (feature sets, normalisation, windows, batch, targets, model
+sizes, the attention dropout, the loss) form groups that run one after another in this process,
+each an
 ordinary run compiled once: `W/groups/g<i>/`, resumable like any run (kill -9 and rerun the same
 command). Every member's setting is validated before any compute.
 
@@ -49,6 +50,8 @@ from muse_jax import workdir as workdir_lib
 from muse_jax.errors import MuseError
 
 SWEEP_JSON, SWEEP_MD, SWEEP_PNG = 'sweep.json', 'sweep.md', 'sweep.png'
+# Fields whose values hold commas: their --sweep values are separated by ';'.
+SEMICOLON = ('feature_sets', 'targets', 'normalize', 'loss_weights')
 # Fields that are the sweep's own business, never an axis.
 NOT_AXES = ('members', 'num_seeds', 'data_root', 'data_dir', 'task', 'eval_seed', 'fusion_runs')
 
@@ -119,11 +122,12 @@ def axes_of(config, specs) -> list:
     if ':' in values and isinstance(current, (int, float)) and not isinstance(current, bool):
       axes.append((name, _range(name, values, current)))
       continue
-    if isinstance(current, (tuple, list)) or name in ('feature_sets', 'targets', 'normalize'):
-      parts = [v for v in values.split(';')]  # list fields: 'egemaps,fasttext;vggface'
+    if isinstance(current, (tuple, list)) or name in SEMICOLON:
+      parts = values.split(';')  # values holding commas: 'egemaps,fasttext;vggface'
     else:
       parts = values.split(',')
-    axes.append((name, [_typed(name, v.strip(), current) for v in parts if v.strip()]))
+    axes.append((name, [_typed(name, v.strip(), current) for v in parts
+                        if v.strip() or name == 'loss_weights']))  # '' = equal weights
   return axes
 
 

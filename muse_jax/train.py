@@ -86,12 +86,17 @@ def _train(spec, workdir: str) -> dict:
 
   # Each member (seed) its own schedule: config.members may give each its own (a sweep's).
   member_configs = [spec.member_config(i) for i in range(len(seeds))]
-  # Members with their own dropout rates pass them to the step (traced); else the model's own.
-  rates = None
+  # What members set for themselves beyond the schedule goes into the step, traced: their dropout
+  # rates and loss weights (else the model's rates and the config's weights, compiled in).
+  member = {}
   if any(f in m for m in spec.members for f in config_util.MEMBER_RATES):
-    rates = sharding.replicate(np.asarray(
+    member['rates'] = np.asarray(
         [[float(config_util.get_field(c, f) or 0.0) for f in config_util.MEMBER_RATES]
-         for c in member_configs], np.float32), mesh)
+         for c in member_configs], np.float32)
+  if any('loss_weights' in m for m in spec.members):
+    member['weights'] = np.asarray([config_util.loss_weights(c, targets) or (1.0,) * len(targets)
+                                    for c in member_configs], np.float32)
+  member = sharding.replicate(member, mesh) if member else None
   trackers = [SeedTracker(lr=c.learning_rate, seed=seed) for c, seed in zip(member_configs, seeds)]
   start_epoch, skipped, initial = 1, 0, None
   if mngr.latest_step() is not None:
@@ -122,7 +127,7 @@ def _train(spec, workdir: str) -> dict:
     active = sharding.replicate(np.array(was_active), mesh)
     step_losses, step_finite = [], []
     for batch in ip.train_batches(windows, config.batch_size, spec.data_seed, epoch, unit):
-      state, loss, finite = train_step(state, sharding.shard(batch, mesh), keys, active, rates)
+      state, loss, finite = train_step(state, sharding.shard(batch, mesh), keys, active, member)
       step_losses.append(loss)
       step_finite.append(finite)
       # Where dispatch is async (GPU/TPU; CPU when runtime.host_memory is off), this keeps one step in

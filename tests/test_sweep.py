@@ -263,3 +263,22 @@ def test_random_search_draws_from_ranges_and_lists():
     sweep.settings_of(c, axes)
   with pytest.raises(MuseError, match=r'--sweep_search=grid:3: write random:N'):
     sweep.search_of('grid:3')
+
+
+def test_members_own_loss_weights_equal_separate_runs(tiny_tree, tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  w = str(tmp_path / 'w')
+  _ok(_run(tiny_tree, data_dir, w, '--sweep=loss_weights=;arousal=3'))
+  g = _json(os.path.join(w, 'groups', 'g0', 'results.json'))
+  assert [s['overrides'] for s in g['seeds']] == [{'loss_weights': '', 'seed': 314},
+                                                  {'loss_weights': 'arousal=3', 'seed': 314}]
+  sep = str(tmp_path / 'sep')
+  _ok(_run(tiny_tree, data_dir, sep, '--config.loss_weights=arousal=3'))
+  one = _json(os.path.join(sep, 'results.json'))
+  for t in one['targets']:
+    assert g['seeds'][1]['devel'][t]['ccc'] == pytest.approx(one['devel'][t]['ccc'], abs=1e-4)
+  # The weights change training: the two members differ.
+  assert g['seeds'][0]['devel']['arousal']['ccc'] != g['seeds'][1]['devel']['arousal']['ccc']
+  with pytest.raises(MuseError, match=r"members\[1\]\.loss_weights names 'nope'"):
+    c = config_util.load_config('tiny')
+    sweep.plan(c, sweep.settings_of(c, sweep.axes_of(c, ['loss_weights=;nope=2,valence=1'])))
