@@ -6,8 +6,10 @@ Runs are tiny, in child processes with one CPU device; the schedule's devel scor
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -282,3 +284,32 @@ def test_members_own_loss_weights_equal_separate_runs(tiny_tree, tmp_path):
   with pytest.raises(MuseError, match=r"members\[1\]\.loss_weights names 'nope'"):
     c = config_util.load_config('tiny')
     sweep.plan(c, sweep.settings_of(c, sweep.axes_of(c, ['loss_weights=;nope=2,valence=1'])))
+
+
+def test_kill_9_mid_sweep_and_rerun_ends_as_uninterrupted(swept, tiny_tree, tmp_path):
+  """Killed while its second group trains (the first finished), the same command resumes: the
+  finished group is read back, the killed one resumes from its checkpoint, and the report is
+  the uninterrupted sweep's, to the bit."""
+  w = str(tmp_path / 'W')
+  data_dir = str(swept['base'] / 'tfds')
+  head = [sys.executable, SCRIPTED, f'--config={TINY}', f'--workdir={w}',
+          f'--data_root={tiny_tree}', f'--data_dir={data_dir}', '--config.num_epochs=2',
+          '--config.bootstrap_samples=100', *FLAGS]
+  env = helpers.child_env(SCRIPTED_DEVEL=json.dumps({'314': [0.5, 0.6], '315': [0.4, 0.7]}))
+  child = subprocess.Popen(head, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = os.path.join(w, 'groups', 'g1', 'checkpoints')
+  deadline = time.time() + 300
+  while child.poll() is None and time.time() < deadline and not (
+      os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))):
+    time.sleep(0.05)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  assert os.path.exists(os.path.join(w, 'groups', 'g0', 'results.json'))
+  assert not os.path.exists(os.path.join(w, 'sweep.json'))
+  proc = _ok(_run(tiny_tree, data_dir, w, *FLAGS))
+  assert 'resuming after epoch' in proc.stderr
+  again = _json(os.path.join(w, 'sweep.json'))
+  whole = swept['report']
+  assert [r['devel'] for r in again['rows']] == [r['devel'] for r in whole['rows']]
+  assert again['best']['test'] == whole['best']['test']
+  assert again['ensemble']['devel'] == whole['ensemble']['devel']
