@@ -177,7 +177,8 @@ if [ "$cmd" = upgrade ]; then  # newest versions, the suite, then the lock (only
   "$venv/bin/python" -m pytest -q -n "${MUSE_TEST_JOBS:-2}" tests || {
     echo "run.sh: the suite failed with the newest versions; constraints.txt left as it was (.venv now holds the new versions: rm -rf .venv to go back)" >&2; exit 1; }
   { sed -n '1,/^# it passed/p' "$constraints"
-    "$venv/bin/python" -m pip freeze --exclude-editable 2>/dev/null | grep -iv '^muse.jax'; } > "$constraints.new"
+    "$venv/bin/python" -m pip freeze --exclude-editable 2>/dev/null |
+      grep -ivE '^(muse.jax|jax-cuda|libtpu|nvidia-)'; } > "$constraints.new"
   mv "$constraints.new" "$constraints"
   setup  # the stamp of the new lock
   echo "run.sh: constraints.txt rewritten with the versions the suite just passed with; commit it" >&2

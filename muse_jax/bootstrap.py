@@ -21,8 +21,7 @@ Degenerate cases, decided once here:
 - fewer than 2 frames, or a zero denominator (labels and predictions both constant and equal):
   CCC 0.0, as `metrics.ccc` documents. Sums cannot resolve an exact zero after rounding, so a
   denominator below 1e-10 of the frames' second moment (about the label mean) counts as zero;
-  only (nearly) constant resamples get there. (`metrics.ccc` itself returns 1.0 for some constant
-  inputs, where its np.cov rounds to a tiny nonzero; this module returns the documented 0.0.)
+  only (nearly) constant resamples get there (as `metrics.ccc`, which tests exact constancy).
 - videos without a labelled frame carry nothing to score: they are dropped before resampling.
 - fewer than 2 such videos: the point score is still returned, the interval is (nan, nan): with
   one video there is no between-video variation to resample, and a zero-width interval would

@@ -116,7 +116,8 @@ class ArgumentParser(argparse.ArgumentParser):
   (argparse prints the whole usage first)."""
 
   def error(self, message):
-    _exit_with(f'error: {self.prog}: {message} (see --help)')
+    print(f'error: {self.prog}: {message} (see --help)', file=sys.stderr)
+    sys.exit(2)  # before any library thread exists: a plain exit (callers in-process can catch)
 
 
 def path(text: str) -> str:

@@ -341,6 +341,12 @@ def _check_schedule(c, need, where: str, targets=()) -> None:
   for f in MEMBER_RATES:
     v = get_field(c, f)
     need(v is None or 0.0 <= v < 1.0, f'{where}{f} must be a rate in [0, 1), got {v!r}')
+    if where and v:  # a member's own rate must act (else its comparison shows nothing)
+      need(not (f == 'model.rnn_dropout' and c.model.get('rnn_n_layers', 1) < 2),
+           f'{where}{f}={v}: the RNN drops out between its layers only, and it has '
+           f'rnn_n_layers={c.model.get("rnn_n_layers", 1)}')
+      need(not (f == 'model.out_dropout' and c.model.get('name') == 'late_fusion'),
+           f'{where}{f}={v}: the late_fusion model has no output dropout')
   if where:  # a member's own loss weights (the config's are checked by parse)
     try:
       loss_weights(c, list(targets))

@@ -404,10 +404,10 @@ class Predictor:
     state, meta = checkpoint.restore(
         mngr, state, checkpoint.model_signature(spec, self.dims, self.step_ms), workdir)
     seeds = list(spec.seeds)
-    if seed_index is None:
-      seed = wd.read_json(os.path.join(workdir, 'results.json'), {}).get('seed')
-      seed_index = seeds.index(seed) if seed in seeds else 'ensemble' if seed == 'ensemble' else (
-          'best')
+    if seed_index is None:  # what the workdir's results.json wrote: its eval_seed (by index,
+      # never by seed value: a sweep's members share seeds)
+      written = wd.read_json(os.path.join(workdir, 'results.json'), {})
+      seed_index = written.get('eval_seed', 'best')
     choice = config_util.eval_seed(seed_index, len(seeds))
     trackers = [SeedTracker(**t) for t in meta['trackers']]
     picked = pick_seeds(choice, trackers, meta.get('initial_devel'), best_tracked(trackers))

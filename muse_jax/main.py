@@ -75,7 +75,8 @@ def main(argv):
   workdir = _workdir(FLAGS.workdir)
   demo_root = _default_data(config, workdir, FLAGS.mode)
   logging.info('mode %s, workdir %s', FLAGS.mode, workdir)
-  sweep_list = config_util.load_sweep(_config_path(sys.argv)) if not FLAGS.sweep else None
+  path = _config_path(sys.argv)
+  sweep_list = config_util.load_sweep(path) if path and not FLAGS.sweep else None
   if (FLAGS.sweep_search and not FLAGS.sweep) or (FLAGS.sweep_shard and not FLAGS.sweep
                                                   and sweep_list is None):
     raise MuseError('--sweep_search and --sweep_shard need a sweep: --sweep=field=values '
@@ -84,9 +85,9 @@ def main(argv):
   if FLAGS.sweep or sweep_list is not None:
     from muse_jax import sweep  # pylint: disable=import-outside-toplevel
     if FLAGS.mode != 'train':
-      raise MuseError(f'--mode={FLAGS.mode} of a sweep: point --workdir at the chosen run '
-                      f'({os.path.join(workdir, sweep.SWEEP_JSON)} names it, best.workdir) and '
-                      'drop --sweep')
+      raise MuseError(f'--mode={FLAGS.mode} of a sweep: evaluate or predict the chosen run, '
+                      f'which {os.path.join(workdir, sweep.SWEEP_JSON)} names (best.workdir), '
+                      'with the config it was trained with: --config=configs/workdir.py:RUN')
     report = sweep.run(config, workdir, sweep.axes_of(config, FLAGS.sweep), sweep_list,
                        FLAGS.sweep_shard, FLAGS.sweep_search)
     if jax.process_index() == 0:
@@ -109,7 +110,12 @@ def _workdir(flag: str | None) -> str:
   if flag:
     return os.path.abspath(os.path.expanduser(flag))
   path = _config_path(sys.argv) or 'run'
-  name = os.path.splitext(os.path.basename(path.split(':')[0]))[0] or 'run'
+  file, _, arg = path.partition(':')
+  if os.path.basename(file) == 'workdir.py' and arg:  # the run it reads the config of
+    workdir = os.path.abspath(os.path.expanduser(arg))
+    logging.info('no --workdir given: the run whose config this is, %s', workdir)
+    return workdir
+  name = os.path.splitext(os.path.basename(file))[0] or 'run'
   workdir = os.path.abspath(os.path.join('runs', name))
   logging.info('no --workdir given: writing to %s (runs/<config name>)', workdir)
   return workdir
@@ -130,6 +136,8 @@ def _default_data(config, workdir: str, mode: str) -> str:
   from muse_jax import workdir as run_dir  # pylint: disable=import-outside-toplevel
   from muse_jax.data import demo  # pylint: disable=import-outside-toplevel
   saved = run_dir.saved_config(workdir) if os.path.isdir(workdir) else None
+  if saved is None and os.path.isfile(os.path.join(workdir, 'sweep_plan.json')):
+    saved = run_dir.saved_config(os.path.join(workdir, 'groups', 'g0'))  # a sweep's tree
   if saved and saved.get('data_root'):
     with config.unlocked():
       config.data_root = saved['data_root']
@@ -166,12 +174,18 @@ def _config():
 
 
 def _config_path(argv) -> str | None:
-  return next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  """The --config value as given (--config=X or --config X), or None."""
+  for i, a in enumerate(argv):
+    if a.startswith('--config='):
+      return a.split('=', 1)[1]
+    if a == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
 
 
 def _missing(path: str) -> str | None:
   """The message for a --config file that does not exist (None if it does)."""
-  if os.path.exists(path.split(':')[0]):
+  if os.path.exists(os.path.expanduser(path.split(':')[0])):
     return None
   return (f'{path}: config file not found; pass --config=configs/<name>.py (the repository has: '
           f'{", ".join(_known_configs())})')
@@ -205,6 +219,9 @@ def summary(results: dict) -> str:
 
 
 def _parse_flags(argv):
+  # `--config=~/my.py`: the shell leaves ~ after = alone, and config_flags does not expand it.
+  argv = [f'--config={os.path.expanduser(a[len("--config="):])}' if a.startswith('--config=')
+          else a for a in argv]
   try:
     return FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except

@@ -79,8 +79,9 @@ class MetricLog:
       f.write(json.dumps(record, default=float) + '\n')
     step = record['epoch']
     multi = len(record['seeds']) > 1
-    for r in record['seeds']:
-      prefix = f'seed{r["seed"]}/' if multi else ''
+    shared = len({r['seed'] for r in record['seeds']}) < len(record['seeds'])  # sweep members
+    for i, r in enumerate(record['seeds']):
+      prefix = (f'm{i}_seed{r["seed"]}/' if shared else f'seed{r["seed"]}/') if multi else ''
       self.tb.add_scalar(f'{prefix}train/loss', r['train_loss'], step)
       self.tb.add_scalar(f'{prefix}train/lr', r['lr'], step)
       for target, m in (r.get('devel') or {}).items():

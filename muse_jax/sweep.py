@@ -14,7 +14,8 @@ parameters). A member is a seed with its own settings: members that differ only 
 keep every shape and the data (`config_util.MEMBER_FIELDS`: seed, learning_rate,
 min_learning_rate, plateau_patience, plateau_factor, early_stopping_patience, model.rnn_dropout,
 model.out_dropout, loss_weights: rates and weights are traced into the step) share that step
-(`config.members`). Other fields (feature sets, normalisation, windows, batch, targets, model
+(`config.members`; they share the batch order, config.data_seed, default the config's seed:
+a member with a swept seed equals a separate run with that seed and that data_seed). Other fields (feature sets, normalisation, windows, batch, targets, model
 sizes, the attention dropout, the loss) form groups that run one after another in this process,
 each an
 ordinary run compiled once: `W/groups/g<i>/`, resumable like any run (kill -9 and rerun the same
@@ -39,6 +40,7 @@ import json
 import os
 
 from absl import logging
+import jax
 import ml_collections
 import numpy as np
 
@@ -193,6 +195,10 @@ def settings_of(config, axes, sweep_list=None, search: int = 0) -> list:
     for i, s in enumerate(sweep_list):
       if not isinstance(s, dict):
         raise MuseError(f'get_sweep()[{i}] is {type(s).__name__}, not a dict of overrides')
+      bad = [k for k in s if k in NOT_AXES]
+      if bad:
+        raise MuseError(f'get_sweep()[{i}] sets {bad[0]}: not a sweep axis ({", ".join(NOT_AXES)}'
+                        ' are set per run; seeds: --config.num_seeds)')
       out.append({k: _typed(k, v, _field(config, k)[2]) for k, v in s.items()})
     return out
   return [dict(zip([a[0] for a in axes], combo))
@@ -207,10 +213,30 @@ def _apply(config, overrides: dict):
   return c
 
 
+def _distinct(settings: list) -> list:
+  """Settings in order, each once: a repeated one (drawn twice, listed twice) would train the
+  same members again and count them twice in its seed mean."""
+  out, seen = [], set()
+  for s in settings:
+    key = json.dumps(s, sort_keys=True)
+    if key in seen:
+      logging.info('sweep: setting %s is given more than once; trained once', key)
+      continue
+    seen.add(key)
+    out.append(s)
+  return out
+
+
 def plan(config, settings: list) -> list:
   """Groups: [{'name', 'shared' (overrides of every member), 'members' ([{setting, seed}]),
   'config'}], validated. Settings are grouped by their fields outside MEMBER_FIELDS; each
   setting trains num_seeds members (seed, seed+1, ...; a swept seed starts its own run)."""
+  settings = _distinct(settings)
+  seeds = sorted({s['seed'] for s in settings if 'seed' in s})
+  if config.num_seeds > 1 and any(b - a < config.num_seeds for a, b in zip(seeds, seeds[1:])):
+    raise MuseError(f'--sweep seed={",".join(map(str, seeds))} with num_seeds={config.num_seeds}: '
+                    'each swept seed starts its own seeds seed, seed+1, ...: these overlap (the '
+                    f'same member twice); space them by at least {config.num_seeds}')
   groups = {}
   for setting in settings:
     shared = {k: v for k, v in setting.items() if k not in config_util.MEMBER_FIELDS}
@@ -278,10 +304,13 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, PLAN_JSON)
   saved = workdir_lib.read_json(path)
-  if saved is not None and saved != record:
+  changeable = ('ensemble', 'bootstrap')  # what a rerun may change: the report's, not the runs'
+  if saved is not None and {k: v for k, v in saved.items() if k not in changeable} != {
+      k: v for k, v in record.items() if k not in changeable}:
     raise MuseError(f'{workdir}: holds another sweep ({PLAN_JSON} differs: other axes, settings '
                     'or seeds); rerun that sweep, or use a new --workdir')
-  if saved is None:
+  writer = jax.process_index() == 0  # multi-host: process 0 writes the sweep's files
+  if writer and saved != record:
     outputs.write_json(path, record)
   mine = [g for k, g in enumerate(groups) if k % count == index]
   logging.info('sweep: %d setting(s) x %d seed(s) = %d members in %d group(s) (one compiled '
@@ -294,6 +323,8 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
     gw = os.path.join(workdir, 'groups', g['name'])
     logging.info('sweep group %s (%s): %s', g['name'], g['shared'] or 'base config', gw)
     train.train_and_evaluate(g['config'], gw)
+  if not writer:
+    return None
   missing = _unfinished(workdir, record)
   if missing:
     logging.info('sweep: shard %d/%d done; groups %s still to finish (their shards); the last '
@@ -324,19 +355,29 @@ def write_report(workdir: str) -> dict:
   axes = [(a['field'], a['values']) for a in record['axes']]
   report = _report(axes, record['settings'], record['groups'], results, workdir)
   report['ensemble'] = _ensemble(workdir, report['rows'], record.get('ensemble', 5),
-                                 record.get('bootstrap', [1000, 0]))
-  outputs.write_json(os.path.join(workdir, SWEEP_JSON), report)
-  outputs.write_text(os.path.join(workdir, SWEEP_MD), markdown(report) + '\n')
-  _plot(report, os.path.join(workdir, SWEEP_PNG))
+                                 record.get('bootstrap', [1000, 0]),
+                                 {g: r['targets'] for g, r in results.items()})
+  if jax.process_index() == 0:
+    outputs.write_json(os.path.join(workdir, SWEEP_JSON), report)
+    outputs.write_text(os.path.join(workdir, SWEEP_MD), markdown(report) + '\n')
+    _plot(report, os.path.join(workdir, SWEEP_PNG))
   return report
 
 
-def _ensemble(workdir: str, rows: list, k: int, boot) -> dict | None:
+def _ensemble(workdir: str, rows: list, k: int, boot, targets_of: dict) -> dict | None:
   """The mean of the best k members' predictions (by devel mean CCC, each at its best epoch),
   scored on devel and test: what the sweep bought beyond its single best member."""
   if k < 1:
     return None
-  scored = [i for i, r in enumerate(rows) if r['devel']]
+  best = max((i for i, r in enumerate(rows) if r['devel'] and np.isfinite(r['devel']['mean_ccc'])),
+             key=lambda i: (rows[i]['devel']['mean_ccc'], -i), default=None)
+  if best is None:
+    return None
+  # Members whose predictions can be averaged: the same targets and videos as the best one's
+  # (a sweep over targets or feature sets has groups that cannot).
+  same = {g for g, t in targets_of.items() if t == targets_of[rows[best]['group']]}
+  scored = [i for i, r in enumerate(rows) if r['devel'] and np.isfinite(r['devel']['mean_ccc'])
+            and r['group'] in same]
   top = sorted(scored, key=lambda i: (-rows[i]['devel']['mean_ccc'], i))[:k]
   loaded = {}
   for i in top:
@@ -345,11 +386,11 @@ def _ensemble(workdir: str, rows: list, k: int, boot) -> dict | None:
       with np.load(os.path.join(workdir, 'groups', g, outputs.MEMBER_PREDICTIONS)) as z:
         loaded[g] = {name: z[name] for name in z.files}
   out = {'k': len(top), 'rows': top, 'members': [rows[i]['overrides'] for i in top]}
-  targets = list(rows[top[0]]['devel']) if top else []
-  targets = [t for t in targets if t not in ('mean_ccc', 'mean_ccc_ci95')]
+  targets = targets_of[rows[best]['group']]  # the runs' column order (results.json is sorted)
   first = loaded[rows[top[0]]['group']]
   for split in ('devel', 'test'):
-    ids = [n.split('/')[1] for n in first if n.startswith(f'{split}/') and n.endswith('/pred')]
+    ids = [n.split('/')[1] for n in first if n.startswith(f'{split}/') and n.endswith('/pred')
+           and all(n in z for z in loaded.values())]
     if not ids:
       out[split] = None
       continue

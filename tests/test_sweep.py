@@ -179,6 +179,16 @@ def test_sweep_plan_groups_and_validates_before_any_compute():
                      (['learning_rate=1', 'learning_rate=2'], 'is given twice')]:
     with pytest.raises(MuseError, match=msg.replace('(', r'\(')):
       sweep.axes_of(c, spec_)
+  with pytest.raises(MuseError, match=r'with num_seeds=2: each swept seed starts its own seeds'):
+    c2 = config_util.load_config('tiny')
+    c2.num_seeds = 2
+    sweep.plan(c2, sweep.settings_of(c2, sweep.axes_of(c2, ['seed=1,2'])))
+  with pytest.raises(MuseError, match=r'get_sweep\(\)\[0\] sets num_seeds: not a sweep axis'):
+    sweep.settings_of(c, [], [{'num_seeds': 3}])
+  with pytest.raises(MuseError, match=r'model.rnn_dropout=0.2: the RNN drops out between its '
+                                      r'layers only, and it has rnn_n_layers=1'):
+    sweep.plan(c, sweep.settings_of(c, sweep.axes_of(c, ['model.rnn_dropout=0,0.2'])))
+  assert len(sweep.plan(c, [{'learning_rate': 0.1}, {'learning_rate': 0.1}])[0]['members']) == 1
   with pytest.raises(MuseError, match=r'sweep group .*learning_rate must be > 0, got -1.0'):
     sweep.plan(c, sweep.settings_of(c, sweep.axes_of(c, ['learning_rate=-1,0.1'])))
   with pytest.raises(MuseError, match=r'model.d_rnn=7 is not divisible by'):

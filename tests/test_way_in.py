@@ -284,3 +284,13 @@ def test_build_is_offline(tiny_tree, tmp_path, monkeypatch, caplog):
   assert tried == []
   assert os.path.isdir(tmp_path / 'tfds' / 'muse_car' / 'egemaps')
   assert 'gs://' not in caplog.text and 'GCS' not in caplog.text
+
+
+def test_config_given_as_two_words_or_under_home(tmp_path):
+  home = tmp_path / 'home'
+  home.mkdir()
+  shutil.copy(TINY, home / 'my.py')
+  for flags in (['--config', TINY], ['--config=~/my.py']):
+    proc = run([sys.executable, '-m', 'muse_jax.main', *flags, '--workdir=W', 'extra'], tmp_path,
+               HOME=str(home))
+    one_error(proc, "unexpected argument 'extra'")  # the config loaded: the stray word is next
