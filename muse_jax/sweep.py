@@ -23,8 +23,9 @@ command). Every member's setting is validated before any compute.
 
 What it writes: `W/sweep.json` and `W/sweep.md` (one row per member: its overrides, seed, best
 epoch and devel metrics with their intervals; the axes; the best member by mean devel CCC, ties
-by order, with its test metrics, and its group's workdir, a normal run of it: evaluate, predict,
-late fusion and Predictor work on it; per setting the seed mean +- std), and `W/sweep.png`
+by order, with its test metrics, and its group's workdir, a normal run of it, whose files are
+also linked into W: evaluate, predict, late fusion and Predictor take W (or that group) as any
+run; per setting the seed mean +- std), and `W/sweep.png`
 (devel CCC against each swept field, seeds as points), and the ensemble of the best
 `config.sweep_ensemble` (5) members by devel: the mean of their predictions, each at its best
 epoch (from each group's member_predictions.npz). Test metrics are reported for the chosen member
@@ -361,7 +362,26 @@ def write_report(workdir: str) -> dict:
     outputs.write_json(os.path.join(workdir, SWEEP_JSON), report)
     outputs.write_text(os.path.join(workdir, SWEEP_MD), markdown(report) + '\n')
     _plot(report, os.path.join(workdir, SWEEP_PNG))
+    _link_best(workdir, report['best']['group'])
   return report
+
+
+def _link_best(workdir: str, group: str) -> None:
+  """Makes W itself read as the chosen member's run: every file of its group's workdir (whose
+  written predictions are the chosen member's: it is that group's best) linked into W, so
+  evaluate, predict (--config=configs/workdir.py:W), late fusion and Predictor take W as any
+  run. Links of an earlier best are replaced; W's own files (eval_results.json of an evaluate
+  of W, the sweep's reports) are left alone."""
+  src = os.path.join('groups', group)
+  for name in sorted(os.listdir(os.path.join(workdir, src))):
+    if name == workdir_lib.LOCK_FILE:
+      continue
+    link = os.path.join(workdir, name)
+    if os.path.islink(link):
+      os.remove(link)
+    elif os.path.exists(link):
+      continue
+    os.symlink(os.path.join(src, name), link)
 
 
 def _ensemble(workdir: str, rows: list, k: int, boot, targets_of: dict) -> dict | None:
