@@ -23,9 +23,10 @@ def ridge_predict(w, videos):
   return [np.hstack([v.x, np.ones((len(v.x), 1))]) @ w for v in videos]
 
 
-def ridge_metrics(train_videos, eval_videos, targets, alpha: float = 1.0):
-  """Fits on train, returns partition metrics on the labelled eval videos."""
+def ridge_metrics(train_videos, eval_videos, targets, alpha: float = 1.0, bootstrap=(0, 0)):
+  """Fits on train, returns partition metrics on the labelled eval videos (`bootstrap`:
+  (samples, seed) of their intervals, as a run's)."""
   w = ridge_fit(train_videos, alpha)
   labelled = [v for v in eval_videos if v.has_labels]
   return metrics_lib.partition_metrics([v.y for v in labelled], ridge_predict(w, labelled),
-                                       targets)
+                                       targets, *bootstrap)

@@ -34,22 +34,31 @@ def run(out: str, config_name: str = 'demo', scale: str = 'demo') -> list:
     results = train.train_and_evaluate(config, workdir)
     seconds = time.time() - t0
     videos, _ = sources.prepare_data(config_util.parse(config), workdir, fit_stats=False)
-    linear = baselines.ridge_metrics(videos['train'], videos['devel'], [target])
+    linear = baselines.ridge_metrics(videos['train'], videos['devel'], [target],
+                                     bootstrap=(config.bootstrap_samples, config.bootstrap_seed))
     rows.append({'target': target, 'linear_devel': linear[target]['ccc'],
+                 'linear_ci': linear[target].get('ccc_ci95'),
                  'devel': results['devel'][target]['ccc'],
+                 'devel_ci': results['devel'][target].get('ccc_ci95'),
                  'test': results['test'][target]['ccc'] if results.get('test') else None,
+                 'test_ci': results['test'][target].get('ccc_ci95') if results.get('test') else None,
                  'best_epoch': results['best_epoch'], 'epochs': results['epochs_run'],
                  'seconds': seconds, 'workdir': workdir})
   return rows
 
 
 def table(rows) -> str:
+  """Markdown; each CCC with its 95% interval (videos resampled) where there is one."""
+  def cell(value, ci):
+    if value is None:
+      return 'n/a'
+    return f'{value:.4f}' + (f' [{ci[0]:.2f}, {ci[1]:.2f}]' if ci and ci[0] is not None else '')
   lines = ['| target | frame-wise linear (devel CCC) | muse_jax model (devel CCC) | '
            'model (test CCC) | best / run epochs | seconds |',
            '|---|---|---|---|---|---|']
   for r in rows:
-    test = f'{r["test"]:.4f}' if r['test'] is not None else 'n/a'
-    lines.append(f'| {r["target"]} | {r["linear_devel"]:.4f} | {r["devel"]:.4f} | {test} | '
+    lines.append(f'| {r["target"]} | {cell(r["linear_devel"], r.get("linear_ci"))} | '
+                 f'{cell(r["devel"], r.get("devel_ci"))} | {cell(r["test"], r.get("test_ci"))} | '
                  f'{r["best_epoch"]} / {r["epochs"]} | {r["seconds"]:.0f} |')
   return '\n'.join(lines)
 

@@ -96,7 +96,8 @@ def test_main_job_table_linear_column_and_rerun(job_run):
   rows = _table_rows(table)
   assert list(rows) == list(TARGETS)  # every label folder of the demo tree
   for target, cells in rows.items():
-    linear, devel, test = (float(c) for c in cells[:3])
+    linear, devel, test = (float(c.split()[0]) for c in cells[:3])  # CCC [low, high]
+    assert all(c.split()[1].startswith('[') for c in cells[:2]), cells  # devel: with interval
     assert np.isfinite([linear, devel, test]).all() and np.isfinite(float(cells[4]))
     with open(os.path.join(out, 'runs', f'tiny_{target}', 'results.json'), encoding='utf-8') as f:
       results = json.load(f)
