@@ -214,6 +214,6 @@ case "$cmd" in
   build) exec "$py" -m muse_jax.data.build "$@" ;;
   compare) cd "$OLDPWD"; exec "$py" -m muse_jax.compare "$@" ;;  # paths as the caller typed them
   py) exec "$py" "$@" ;;
-  -h|--help|help) sed -n '2,24p' "$0" ;;
+  -h|--help|help) sed -n '2,23p' "$0" ;;
   *) echo "run.sh: unknown command '$cmd' (try ./run.sh help)" >&2; exit 2 ;;
 esac
