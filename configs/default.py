@@ -79,6 +79,9 @@ def get_config():
 
   # Devices: batches are sharded over the first num_devices devices (0 = all of them).
   c.num_devices = 0
+  c.member_devices = 1            # > 1: the seed/member axis sharded over this many devices (a
+                                  # sweep's members on different devices; must divide num_seeds
+                                  # and the devices), data parallel within; 1 = replicated
   c.attention = 'auto'            # attention core: 'blocked' (cache-sized blocks: CPU), 'plain'
                                   # (one kernel: GPU/TPU), 'auto' = by device; or
                                   # jax.nn.dot_product_attention: 'dot_product' (XLA's kernel),

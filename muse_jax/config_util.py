@@ -319,6 +319,13 @@ def validate_config(config, tree_targets: bool = True) -> Spec:
   need(config.inputs_on_disk in ('auto', 'yes', 'no'),
        f"inputs_on_disk must be 'auto', 'yes' or 'no', got {config.inputs_on_disk!r}")
   need(config.num_devices >= 0, f'num_devices must be >= 0 (0 = all), got {config.num_devices}')
+  md = config.get('member_devices', 1)
+  need(isinstance(md, int) and md >= 1 and config.num_seeds % md == 0,
+       f'member_devices must be an integer >= 1 dividing num_seeds={config.num_seeds} (each '
+       f'device holds num_seeds / member_devices members), got {md!r}')
+  need(md == 1 or config.get('seed_loop', 'auto') != 'map',
+       "member_devices > 1 shards members over devices in one vmapped step: seed_loop 'map' "
+       'cannot, use auto or vmap')
   need(isinstance(config.get('reuse_cpu_buffers', True), bool),
        f'reuse_cpu_buffers must be True or False, got {config.get("reuse_cpu_buffers")!r}')
   need(isinstance(config.get('compilation_cache_dir', 'auto'), str),

@@ -39,7 +39,7 @@ def predict_videos(eval_step, params, videos, mesh) -> list:
   """Per seed, per video predictions: [S][video] -> [T_i, K], batched by length bucket."""
   n_seeds = jax.tree.leaves(params)[0].shape[0]
   preds = [[None] * len(videos) for _ in range(n_seeds)]
-  for batch, idxs in ip.eval_batches(videos, multiple=mesh.devices.size):
+  for batch, idxs in ip.eval_batches(videos, multiple=sharding.data_devices(mesh)):
     out = sharding.to_host(eval_step(params, sharding.shard(batch, mesh)))
     for s in range(n_seeds):
       for j, i in enumerate(idxs):
@@ -78,7 +78,7 @@ def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
   results.json of training) and plots; returns the results dict."""
   config = spec.config
   state, meta = checkpoint.restore(mngr, state, signature, workdir)
-  params = sharding.replicate(state.best_params, mesh)
+  params = sharding.place_members(state.best_params, mesh, len(spec.seeds))
   trackers = [SeedTracker(**t) for t in meta['trackers']]
   targets, seeds, initial = list(spec.targets), list(spec.seeds), meta.get('initial_devel')
   boot = bootstrap_of(config)
@@ -284,7 +284,7 @@ def _restored(spec, workdir, require):
   """What evaluate and predict share: the manager, a state to restore into, the data."""
   mngr = checkpoint.open_trained(workdir)
   videos, dims = sources.prepare_data(spec, workdir, fit_stats=False, require=require)
-  mesh = sharding.make_mesh(spec.config.num_devices)
+  mesh = sharding.make_mesh(spec.config.num_devices, spec.config.get('member_devices', 1))
   platform = sharding.platform(mesh)
   model, _, state = steps.create_state(spec.config, sum(dims), len(spec.targets), spec.seeds,
                                        steps.attention_impl(spec.config, platform))

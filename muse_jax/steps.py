@@ -66,6 +66,8 @@ def seeds_mapped(config, platform: str) -> bool:
   instead of a transpose copy and a separate dot each.
   """
   mode = config.get('seed_loop', 'auto')
+  if config.get('member_devices', 1) > 1:
+    return False  # members sharded over devices: one vmapped step partitioned over them
   return mode == 'map' or (mode == 'auto' and platform == 'cpu')
 
 

@@ -31,6 +31,8 @@ run; per setting the seed mean +- std), and `W/sweep.png`
 epoch (from each group's member_predictions.npz). Test metrics are reported for the chosen member
 and that ensemble only: choosing on test is what a sweep must not invite.
 
+On several devices, `config.member_devices=M` shards the member axis over M of them (a `member`
+x `data` mesh, muse_jax.sharding); by default members are replicated, data parallel over all.
 On a cluster of separate jobs, `--sweep_shard=I/N` trains the groups k with k % N == I into the
 same workdir; every shard writes the same `W/sweep_plan.json` (a different sweep in that workdir
 is refused), and the one that finds every group finished writes the report

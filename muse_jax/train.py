@@ -60,10 +60,10 @@ def _train(spec, workdir: str) -> dict:
   if jax.process_index() == 0:
     files.remove_stale_tmp(workdir)
     outputs.write_json(os.path.join(workdir, wd.CONFIG_FILE), config_json)
-  mesh = sharding.make_mesh(config.num_devices)
+  mesh = sharding.make_mesh(config.num_devices, config.get('member_devices', 1))
   platform = sharding.platform(mesh)
   windows = ip.train_windows(config, videos['train'])
-  n_dev = mesh.devices.size
+  n_dev = sharding.data_devices(mesh)
   unit = n_dev * steps.micro_batches(config)  # rows split evenly over devices and micro-batches
   n_win = len(windows.lengths)
   step_rows = sorted(set(ip.step_rows(n_win, config.batch_size, unit)), reverse=True)
@@ -74,7 +74,9 @@ def _train(spec, workdir: str) -> dict:
                {s: len(v) for s, v in videos.items()}, n_win,
                -(-n_win // config.batch_size), ' or '.join(map(str, step_rows)), n_dev, platform,
                ip.num_eval_shapes(videos['devel']), ip.num_eval_shapes(videos['test']), seeds,
-               'one after the other' if mapped else 'vmapped', impl)
+               ('one after the other' if mapped else 'vmapped') + (
+                   f', sharded over {mesh.shape["member"]} member devices'
+                   if 'member' in mesh.axis_names else ''), impl)
 
   model, tx, state = steps.create_state(config, sum(dims), len(targets), seeds, impl)
   weights = jnp.asarray(spec.loss_weights, jnp.float32) if spec.loss_weights else None
@@ -96,7 +98,8 @@ def _train(spec, workdir: str) -> dict:
   if any('loss_weights' in m for m in spec.members):
     member['weights'] = np.asarray([config_util.loss_weights(c, targets) or (1.0,) * len(targets)
                                     for c in member_configs], np.float32)
-  member = sharding.replicate(member, mesh) if member else None
+  place = lambda tree: sharding.place_members(tree, mesh, len(seeds))  # pylint: disable=unnecessary-lambda-assignment
+  member = place(member) if member else None
   trackers = [SeedTracker(lr=c.learning_rate, seed=seed) for c, seed in zip(member_configs, seeds)]
   start_epoch, skipped, initial = 1, 0, None
   if mngr.latest_step() is not None:
@@ -105,8 +108,8 @@ def _train(spec, workdir: str) -> dict:
     trackers = [SeedTracker(**t) for t in meta['trackers']]
     initial = meta.get('initial_devel')
     logging.info('resuming after epoch %d from %s', meta['epoch'], mngr.directory)
-  state = sharding.replicate(state, mesh)
-  keys = sharding.replicate(steps.dropout_keys(seeds), mesh)
+  state = place(state)
+  keys = place(steps.dropout_keys(seeds))
   # A checkpoint holds the state's arrays and some metadata; 2x: a margin for orbax's layout.
   ckpt_bytes = 2 * sum(x.nbytes for x in jax.tree.leaves(state)) + (1 << 20)
   if start_epoch == 1:
@@ -123,8 +126,8 @@ def _train(spec, workdir: str) -> dict:
     t0 = time.time()
     was_active = [t.active for t in trackers]
     lrs = np.asarray([t.lr for t in trackers], np.float32)
-    state.opt_state.hyperparams['learning_rate'] = sharding.replicate(lrs, mesh)
-    active = sharding.replicate(np.array(was_active), mesh)
+    state.opt_state.hyperparams['learning_rate'] = place(lrs)
+    active = place(np.array(was_active))
     step_losses, step_finite = [], []
     for batch in ip.train_batches(windows, config.batch_size, spec.data_seed, epoch, unit):
       state, loss, finite = train_step(state, sharding.shard(batch, mesh), keys, active, member)
@@ -153,7 +156,7 @@ def _train(spec, workdir: str) -> dict:
       if t.active:
         improved[s] = t.update(devel[s]['mean_ccc'] if devel else float('nan'), epoch,
                                member_configs[s])
-    state = steps.keep_best(state, sharding.replicate(improved, mesh))
+    state = steps.keep_best(state, place(improved))
     seconds = time.time() - t0
     log.write({'epoch': epoch, 'seconds': seconds, 'train_seconds': t_eval - t0,
                'eval_seconds': time.time() - t_eval, 'steps': len(step_finite),

@@ -39,6 +39,7 @@ CONFIG_FILE = 'config.json'
 # run goes on, which is why one resumes with them; the others change only how it runs or what
 # it writes at the end.
 RESUMABLE = ('num_epochs', 'nonfinite_policy', 'num_plot_videos', 'eval_seed', 'num_devices',
+             'member_devices',
              'bootstrap_samples', 'bootstrap_seed', 'sweep_ensemble',
              'micro_batch_size', 'inputs_on_disk', 'reuse_cpu_buffers', 'compilation_cache_dir',
              'seed_loop', 'attention', 'data_dir')

@@ -326,3 +326,37 @@ def test_kill_9_mid_sweep_and_rerun_ends_as_uninterrupted(swept, tiny_tree, tmp_
   assert [r['devel'] for r in again['rows']] == [r['devel'] for r in whole['rows']]
   assert again['best']['test'] == whole['best']['test']
   assert again['ensemble']['devel'] == whole['ensemble']['devel']
+
+
+def test_members_sharded_over_devices_train_as_replicated(tiny_tree, tmp_path, monkeypatch):
+  """On the session's 8 simulated devices: 4 members with their own learning rates, sharded 2
+  per device pair (member_devices=2: a 2 x 4 mesh) or replicated on all 8, train the same."""
+  from muse_jax import train  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import scripted  # pylint: disable=import-outside-toplevel
+  scripted.script_devel(monkeypatch)
+  assert jax.device_count() == 8
+  members = json.dumps([{'seed': 314, 'learning_rate': lr} for lr in (0.002, 0.005)]
+                       + [{'seed': 315, 'learning_rate': lr} for lr in (0.002, 0.005)])
+  out = {}
+  for md in (1, 2):
+    c = helpers.tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_epochs=2, num_seeds=4,
+                            members=members, member_devices=md, seed_loop='vmap',
+                            bootstrap_samples=0)
+    out[md] = train.train_and_evaluate(c, str(tmp_path / f'md{md}'))
+  for a, b in zip(out[1]['seeds'], out[2]['seeds']):
+    for split in ('devel', 'test'):
+      assert a[split]['mean_ccc'] == pytest.approx(b[split]['mean_ccc'], abs=1e-5)
+  assert [s['overrides'] for s in out[2]['seeds']] == json.loads(members)
+  from muse_jax import sharding  # pylint: disable=import-outside-toplevel
+  mesh = sharding.make_mesh(0, 2)
+  assert dict(mesh.shape) == {'member': 2, 'data': 4} and sharding.data_devices(mesh) == 4
+  placed = sharding.place_members({'w': np.zeros((4, 3)), 'step': np.zeros(())}, mesh, 4)
+  assert placed['w'].sharding.spec == jax.sharding.PartitionSpec('member')
+  assert len(placed['w'].addressable_shards) == 8 and placed['w'].addressable_shards[0].data.shape == (
+      2, 3)  # each device: 2 of the 4 members
+  assert placed['step'].sharding.spec == jax.sharding.PartitionSpec()
+  with pytest.raises(MuseError, match='member_devices must be an integer >= 1 dividing num_seeds'):
+    c = helpers.tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_seeds=4, members=members,
+                            member_devices=3)
+    config_util.validate_config(c)
