@@ -26,8 +26,9 @@ ATTENTION = ('auto', 'blocked', 'plain', 'dot_product', 'cudnn')
 # in them train side by side in one compiled step (as seeds do).
 MEMBER_FIELDS = ('seed', 'learning_rate', 'min_learning_rate', 'plateau_patience', 'plateau_factor',
                  'early_stopping_patience', 'model.rnn_dropout', 'model.out_dropout',
-                 'loss_weights')
-MEMBER_RATES = ('model.rnn_dropout', 'model.out_dropout')  # traced per member (steps.MEMBER_RATES)
+                 'model.attn_dropout', 'loss_weights')
+# Traced per member, in steps.MEMBER_RATES' order.
+MEMBER_RATES = ('model.rnn_dropout', 'model.out_dropout', 'model.attn_dropout')
 
 
 def get_field(config, name: str):
@@ -354,6 +355,12 @@ def _check_schedule(c, need, where: str, targets=()) -> None:
            f'rnn_n_layers={c.model.get("rnn_n_layers", 1)}')
       need(not (f == 'model.out_dropout' and c.model.get('name') == 'late_fusion'),
            f'{where}{f}={v}: the late_fusion model has no output dropout')
+      need(not (f == 'model.attn_dropout' and (c.model.get('name') == 'late_fusion'
+                                               or not c.model.get('attn_n_layers', 1))),
+           f'{where}{f}={v}: the model has no attention layer')
+      need(not (f == 'model.attn_dropout' and c.get('attention', 'auto') in ('dot_product',
+                                                                          'cudnn')),
+           f"{where}{f}={v}: attention {c.get('attention')!r} has no dropout on the weights")
   if where:  # a member's own loss weights (the config's are checked by parse)
     try:
       loss_weights(c, list(targets))

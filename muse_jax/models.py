@@ -179,17 +179,21 @@ class AttentionLayer(nn.Module):
   block_bytes: Any = attention_ops.BLOCK_BYTES
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True,
+               rate=None) -> jax.Array:
+    """`rate`: this call's dropout rate (traced: a sweep member's own), instead of `dropout`."""
     b, t, d = x.shape
     dh = self.d // self.n_heads
+    drop = self.dropout if rate is None else rate
     qkv = nn.Dense(3 * self.d, kernel_init=nn.initializers.xavier_uniform(),
                    bias_init=nn.initializers.zeros, name='in_proj')(x)
     q, k, v = (a.reshape(b, t, self.n_heads, dh) for a in jnp.split(qkv, 3, axis=-1))
-    rng = None if deterministic or self.dropout == 0.0 else self.make_rng('dropout')
-    y = attention_ops.attention(q, k, v, lengths, self.attention, dropout_rate=self.dropout,
+    static_zero = isinstance(drop, (int, float)) and drop == 0.0
+    rng = None if deterministic or static_zero else self.make_rng('dropout')
+    y = attention_ops.attention(q, k, v, lengths, self.attention, dropout_rate=drop,
                                 dropout_rng=rng, block_bytes=self.block_bytes).reshape(b, t, self.d)
     y = _torch_dense(d, self.d, 'out_proj', bias_init=nn.initializers.zeros)(y)
-    y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    y = Dropout(self.dropout)(y, deterministic, rate)
     return nn.LayerNorm(epsilon=1e-5, name='norm')(x + y)
 
 
@@ -220,7 +224,8 @@ class Regressor(nn.Module):
   def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True,
                rates: Mapping[str, Any] | None = None) -> jax.Array:
     """x [B, T, D] float, lengths [B] int -> [B, T, n_targets] (padded steps are meaningless).
-    `rates`: {'rnn_dropout', 'out_dropout'} for this call (traced), instead of the fields."""
+    `rates`: {'rnn_dropout', 'out_dropout', 'attn_dropout'} for this call (traced), instead of
+    the fields."""
     rates = rates or {}
     # Zero padding first: NaN/inf in padded inputs would otherwise reach valid gradients.
     x = jnp.where(length_mask(lengths, x.shape[1])[..., None], x, 0.0)
@@ -230,7 +235,8 @@ class Regressor(nn.Module):
       x = x + sinusoidal_encoding(x.shape[1], self.d_rnn)
     for i in range(self.attn_n_layers):
       x = AttentionLayer(self.d_rnn, self.n_heads, self.attn_dropout, self.attention,
-                         name=f'attn_{i}')(x, lengths, deterministic=deterministic)
+                         name=f'attn_{i}')(x, lengths, deterministic=deterministic,
+                                           rate=rates.get('attn_dropout'))
     x = RNN(self.d_rnn, self.rnn_type, self.rnn_n_layers, self.rnn_bi, self.rnn_dropout,
             name='rnn')(x, lengths, deterministic=deterministic, rate=rates.get('rnn_dropout'))
     x = nn.relu(_torch_dense(self.d_out_fc, x.shape[-1], 'fc1')(x))

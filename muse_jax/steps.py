@@ -92,14 +92,14 @@ def over_seeds(fn, mapped: bool, n_per_seed: int):
   return over
 
 
-MEMBER_RATES = ('rnn_dropout', 'out_dropout')  # dropout rates a member may set for itself
+MEMBER_RATES = ('rnn_dropout', 'out_dropout', 'attn_dropout')  # a member's own dropout rates
 
 
 def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=False,
                     seeds_map: bool = False):
   """(state, batch, keys [S], active [S] bool, member) -> (state, loss [S], finite [S]).
   `member`: None, or what a sweep's members set for themselves in this one step, leading axis
-  [S]: {'rates': [S, 2]} (their MEMBER_RATES, instead of the model's) and/or {'weights': [S, K]}
+  [S]: {'rates': [S, 3]} (their MEMBER_RATES, instead of the model's) and/or {'weights': [S, K]}
   (their loss weights, instead of `weights`).
 
   Inactive (early-stopped) seeds and non-finite steps are not applied; the host reads `finite`

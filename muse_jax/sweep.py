@@ -13,10 +13,11 @@ with its own parameters, optimiser state, learning rate, plateau schedule, early
 parameters). A member is a seed with its own settings: members that differ only in fields that
 keep every shape and the data (`config_util.MEMBER_FIELDS`: seed, learning_rate,
 min_learning_rate, plateau_patience, plateau_factor, early_stopping_patience, model.rnn_dropout,
-model.out_dropout, loss_weights: rates and weights are traced into the step) share that step
+model.out_dropout, model.attn_dropout, loss_weights: rates and weights are traced into the
+step) share that step
 (`config.members`; they share the batch order, config.data_seed, default the config's seed:
 a member with a swept seed equals a separate run with that seed and that data_seed). Other fields (feature sets, normalisation, windows, batch, targets, model
-sizes, the attention dropout, the loss) form groups that run one after another in this process,
+sizes, the loss) form groups that run one after another in this process,
 each an
 ordinary run compiled once: `W/groups/g<i>/`, resumable like any run (kill -9 and rerun the same
 command). Every member's setting is validated before any compute.

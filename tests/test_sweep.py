@@ -280,6 +280,19 @@ def test_random_search_draws_from_ranges_and_lists():
     sweep.search_of('grid:3')
 
 
+def test_members_own_attention_dropout_equals_a_separate_run(tiny_tree, tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  w = str(tmp_path / 'w')
+  _ok(_run(tiny_tree, data_dir, w, '--sweep=model.attn_dropout=0,0.2', '--config.attention=plain'))
+  g = _json(os.path.join(w, 'groups', 'g0', 'results.json'))
+  sep = str(tmp_path / 'sep')
+  _ok(_run(tiny_tree, data_dir, sep, '--config.model.attn_dropout=0.2', '--config.attention=plain'))
+  one = _json(os.path.join(sep, 'results.json'))
+  for t in one['targets']:
+    assert g['seeds'][1]['devel'][t]['ccc'] == pytest.approx(one['devel'][t]['ccc'], abs=1e-4)
+  assert g['seeds'][0]['devel']['arousal']['ccc'] != g['seeds'][1]['devel']['arousal']['ccc']
+
+
 def test_members_own_loss_weights_equal_separate_runs(tiny_tree, tmp_path):
   data_dir = str(tmp_path / 'tfds')
   w = str(tmp_path / 'w')

@@ -36,12 +36,18 @@ def length_mask(lengths: jax.Array, t: int) -> jax.Array:
   return jnp.arange(t)[None, :] < lengths[:, None]
 
 
+def _drops(rate) -> bool:
+  """Whether a dropout rate acts: a traced one (a sweep member's own, muse_jax.models.Dropout)
+  always does (a traced 0 keeps every weight, exactly); a number only when positive."""
+  return not isinstance(rate, (int, float)) or rate > 0.0
+
+
 def plain_attention(q, k, v, lengths, *, dropout_rate: float = 0.0, dropout_rng=None):
   """Softmax(q k^T / sqrt(dh), padded keys masked) v, with dropout on the weights."""
   s = jnp.einsum('bqhd,bkhd->bhqk', q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype), k)
   valid = length_mask(lengths, k.shape[1])[:, None, None, :]
   p = jax.nn.softmax(jnp.where(valid, s, jnp.finfo(s.dtype).min), axis=-1)
-  if dropout_rng is not None and dropout_rate > 0.0:
+  if dropout_rng is not None and _drops(dropout_rate):
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, p.shape)
     p = jnp.where(keep, p / (1.0 - dropout_rate), 0.0)
   return jnp.einsum('bhqk,bkhd->bqhd', p, v)
@@ -117,7 +123,7 @@ def blocked_attention(q, k, v, lengths, *, dropout_rate: float = 0.0, dropout_rn
   """
   b, t, h, dh = q.shape
   scale = jnp.asarray(1.0 / math.sqrt(dh), q.dtype)
-  drop = dropout_rng is not None and dropout_rate > 0.0
+  drop = dropout_rng is not None and _drops(dropout_rate)
 
   def block(q, k, v, lengths, rng, layout='bthd'):
     if not drop:
