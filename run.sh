@@ -139,7 +139,7 @@ setup() {
     echo "run.sh: installing muse_jax and its dependencies into .venv (setup.py or constraints.txt changed, or first run)" >&2
     local pins=(-c "$constraints")
     [ -n "${MUSE_JAX_UNPINNED:-}" ] && pins=(--upgrade --upgrade-strategy eager)
-    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}" -e ".[test,features]" >"$venv/pip.log" 2>&1; then
+    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}" -e ".[test,features,search]" >"$venv/pip.log" 2>&1; then
       grep -v '^WARNING: Location' "$venv/pip.log" | tail -n 30 >&2
       echo "run.sh: pip install failed (full log: .venv/pip.log)" >&2; exit 1
     fi

@@ -25,6 +25,7 @@ setup(
     ],
     extras_require={
         'test': ['pytest>=8.0', 'pytest-xdist>=3.5'],
+        'search': ['optuna>=4.0'],
         'features': ['opensmile>=2.5', 'soundfile>=0.12', 'audresample>=1.3', 'tokenizers>=0.15',
                      'safetensors>=0.4'],
     },

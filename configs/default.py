@@ -67,6 +67,8 @@ def get_config():
   c.seed_loop = 'auto'            # how that step runs them: 'vmap' (one op S times larger: for
                                   # GPU/TPU), 'map' (one after the other: CPU), 'auto' = by device
   c.sweep_ensemble = 5            # a sweep's ensemble: the mean of its best k members by devel
+  c.sweep_storage = ''            # --sweep_search=optuna: the study's database URL ('' =
+                                  # sqlite:///<workdir>/optuna.db)
   c.members = ''                  # members with their own seed and schedule on the seed axis (a
                                   # JSON list; sweeps write it: muse_jax.sweep), '' = the seeds
   c.data_seed = -1                # shuffling order of train windows; -1 = seed

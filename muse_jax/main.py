@@ -40,7 +40,9 @@ flags.DEFINE_multi_string('sweep', [], 'A sweep axis, field=value1,value2 (repea
                           'Trains every setting x num_seeds seeds, chooses on devel '
                           '(muse_jax.sweep).')
 flags.DEFINE_string('sweep_search', '', 'random:N: N settings drawn from the --sweep axes (ranges '
-                    'lo:hi, log-uniform for rates; lists a,b,c) instead of their product.')
+                    'lo:hi, log-uniform for rates; lists a,b,c) instead of their product; '
+                    "optuna:N[:B]: Optuna's TPE proposes them B at a time (pip install -e "
+                    '.[search]).')
 flags.DEFINE_string('sweep_shard', '', 'I/N: train only the I-th share of the sweep\'s groups (one '
                     'process of N on a cluster, same --workdir); the last to finish writes the '
                     'report, or python -m muse_jax.sweep_report W.')

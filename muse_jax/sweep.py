@@ -6,7 +6,8 @@
 trains every member of the product of the axes times the seeds (here 2 x 2 x 5 = 20). A config
 file may instead define `get_sweep()`, a list of override dicts (configs/sweep_valence.py), and
 `--sweep_search=random:N` draws N settings from the axes (ranges lo:hi, log-uniform for rates;
-lists a,b,c), seeded by config.seed.
+lists a,b,c), seeded by config.seed; `--sweep_search=optuna:N[:B]` lets Optuna's TPE propose them
+B at a time, each batch trained as one sweep before the next is proposed (`_optuna`).
 
 Why it is cheap: muse_jax trains its seeds as one compiled step (a leading seed axis, each seed
 with its own parameters, optimiser state, learning rate, plateau schedule, early stop and best
@@ -105,6 +106,8 @@ def _typed(name: str, text, current):
     value = float(value)
   if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
     value = int(value)
+  if isinstance(current, tuple) and isinstance(value, list):
+    value = tuple(value)  # as JSON read it back
   if isinstance(current, (tuple, list)) and isinstance(value, str):
     value = tuple(config_util.parse_list(value))  # 'egemaps,fasttext' -> ('egemaps', 'fasttext')
   return value
@@ -155,14 +158,25 @@ def _range(name: str, text: str, current) -> dict:
 
 
 def search_of(text: str) -> int:
-  """--sweep_search=random:N -> N (0 without a search)."""
-  if not text:
+  """--sweep_search=random:N -> N (0 without a random search)."""
+  if not text or text.startswith('optuna:'):
     return 0
   kind, _, n = text.partition(':')
   if kind != 'random' or not n.isdigit() or int(n) < 1:
-    raise MuseError(f'--sweep_search={text}: write random:N (N settings drawn from the --sweep '
-                    'axes: ranges lo:hi, lists a,b,c)')
+    raise MuseError(f'--sweep_search={text}: write random:N or optuna:N[:B] (N settings drawn '
+                    'from the --sweep axes: ranges lo:hi, lists a,b,c)')
   return int(n)
+
+
+def optuna_of(text: str) -> tuple | None:
+  """--sweep_search=optuna:N[:B] -> (N trials, B per batch; default 8), else None."""
+  if not text or not text.startswith('optuna:'):
+    return None
+  parts = text.split(':')[1:]
+  if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+    raise MuseError(f'--sweep_search={text}: write optuna:N or optuna:N:B (N trials, proposed B '
+                    'at a time, each batch trained as one sweep)')
+  return int(parts[0]), int(parts[1]) if len(parts) == 2 else 8
 
 
 def _draw(axes, n: int, seed: int) -> list:
@@ -191,9 +205,9 @@ def settings_of(config, axes, sweep_list=None, search: int = 0) -> list:
   if search:
     return _draw(axes, search, config.seed)
   ranged = [a[0] for a in axes if isinstance(a[1], dict)]
-  if ranged:
-    raise MuseError(f'--sweep {ranged[0]}: a range (lo:hi) needs --sweep_search=random:N; a grid '
-                    'lists values: --sweep=field=a,b,c')
+  if ranged and sweep_list is None:
+    raise MuseError(f'--sweep {ranged[0]}: a range (lo:hi) needs --sweep_search=random:N (or '
+                    'optuna:N); a grid lists values: --sweep=field=a,b,c')
   if sweep_list is not None:
     out = []
     for i, s in enumerate(sweep_list):
@@ -300,6 +314,13 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
   done; once every group has finished, writes sweep.json, sweep.md and sweep.png and returns the
   report (None while other shards' groups are still running)."""
   index, count = parse_shard(shard)
+  tpe = optuna_of(search)
+  if tpe:
+    if count > 1:
+      raise MuseError('--sweep_shard with --sweep_search=optuna: its batches are proposed one '
+                      'after the other from the results so far; run it as one process (a study '
+                      'shared by machines: config.sweep_storage)')
+    return _optuna(config, workdir, axes, *tpe)
   settings = settings_of(config, axes, sweep_list, search_of(search))
   if not settings:
     raise MuseError('the sweep has no setting (an axis without values?)')
@@ -336,6 +357,84 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
                  index, count, ', '.join(missing), workdir)
     return None
   return write_report(workdir)
+
+
+def _suggest(trial, axes) -> dict:
+  """One setting from an Optuna trial: ranges as floats (log for rates) or ints, lists as
+  categories (by index where values are not plain scalars, e.g. feature-set tuples)."""
+  out = {}
+  for name, values in axes:
+    if isinstance(values, dict):
+      lo, hi = values['range']
+      out[name] = (trial.suggest_int(name, lo, hi) if values['integer'] else
+                   trial.suggest_float(name, lo, hi, log=values['scale'] == 'log'))
+    elif all(isinstance(v, (bool, int, float, str)) for v in values):
+      out[name] = trial.suggest_categorical(name, list(values))
+    else:
+      out[name] = values[trial.suggest_categorical(f'{name}#', list(range(len(values))))]
+  return out
+
+
+def _optuna(config, workdir: str, axes: list, n_trials: int, batch: int) -> dict | None:
+  """TPE proposes `batch` settings at a time; each batch trains as one sweep (one compiled step
+  for the members of a group), its groups `W/groups/b<k>_g<i>`; each trial is told its setting's
+  mean devel CCC over seeds, then the next batch is proposed. The study lives in
+  config.sweep_storage (default sqlite:///W/optuna.db; any URL Optuna takes, for a study
+  several machines share). A rerun resumes: proposed batches are read back from the plan."""
+  try:
+    import optuna  # pylint: disable=import-outside-toplevel  (an optional extra)
+  except ModuleNotFoundError:
+    raise MuseError('--sweep_search=optuna needs Optuna: pip install -e .[search] (or pip '
+                    'install optuna)') from None
+  if not axes:
+    raise MuseError('--sweep_search=optuna needs --sweep axes (ranges lo:hi, lists a,b,c)')
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  storage = config.get('sweep_storage') or f'sqlite:///{os.path.join(workdir, "optuna.db")}'
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  study = optuna.create_study(study_name='muse_jax_sweep', storage=storage, load_if_exists=True,
+                              direction='maximize',
+                              sampler=optuna.samplers.TPESampler(seed=config.seed))
+  path = os.path.join(workdir, PLAN_JSON)
+  saved = workdir_lib.read_json(path) or {}
+  axes_record = json.loads(json.dumps([{'field': f, 'values': v} for f, v in axes]))
+  if saved and (saved.get('axes') != axes_record or saved.get('search') != [n_trials, batch]):
+    raise MuseError(f'{workdir}: holds another sweep ({PLAN_JSON}: other axes or search); rerun '
+                    'that sweep, or use a new --workdir')
+  batches = saved.get('batches', [])
+  settings, groups = [], []
+  for k in range(-(-n_trials // batch)):
+    if k < len(batches):  # proposed before (a rerun): the same settings, already told or not
+      numbers, proposed = batches[k]['trials'], batches[k]['settings']
+    else:
+      trials = [study.ask() for _ in range(min(batch, n_trials - k * batch))]
+      numbers, proposed = [t.number for t in trials], [_suggest(t, axes) for t in trials]
+      batches.append(json.loads(json.dumps({'trials': numbers, 'settings': proposed})))
+      proposed = batches[-1]['settings']
+    mine = plan(config, [settings_of(config, axes, [s])[0] for s in proposed])
+    for g in mine:
+      g['name'] = f'b{k}_{g["name"]}'
+    settings += proposed
+    groups += mine
+    record = dict(_plan_record(axes, settings, groups, config), search=[n_trials, batch],
+                  batches=batches)
+    if jax.process_index() == 0:
+      outputs.write_json(path, record)
+    scored = []  # (setting key, devel mean CCC) of every member of this batch
+    for g in mine:
+      gw = os.path.join(workdir, 'groups', g['name'])
+      logging.info('sweep batch %d, group %s (%s): %s', k, g['name'], g['shared'] or 'base', gw)
+      res = train.train_and_evaluate(g['config'], gw)
+      scored += [(json.dumps(m['setting'], sort_keys=True, default=list),
+                  s['devel']['mean_ccc'] if s.get('devel') else float('nan'))
+                 for s, m in zip(res['seeds'], g['members'])]
+    for number, setting in zip(numbers, proposed):
+      key = json.dumps(settings_of(config, axes, [setting])[0], sort_keys=True, default=list)
+      own = [v for s, v in scored if s == key]
+      value = float(np.nanmean(own)) if own and np.isfinite(own).any() else None
+      study.tell(number, value, state=None if value is not None else
+                 optuna.trial.TrialState.FAIL, skip_if_finished=True)
+  return write_report(workdir) if jax.process_index() == 0 else None
 
 
 def _unfinished(workdir: str, record: dict) -> list:

@@ -40,7 +40,7 @@ CONFIG_FILE = 'config.json'
 # it writes at the end.
 RESUMABLE = ('num_epochs', 'nonfinite_policy', 'num_plot_videos', 'eval_seed', 'num_devices',
              'member_devices',
-             'bootstrap_samples', 'bootstrap_seed', 'sweep_ensemble',
+             'bootstrap_samples', 'bootstrap_seed', 'sweep_ensemble', 'sweep_storage',
              'micro_batch_size', 'inputs_on_disk', 'reuse_cpu_buffers', 'compilation_cache_dir',
              'seed_loop', 'attention', 'data_dir')
 

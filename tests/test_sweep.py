@@ -373,3 +373,27 @@ def test_members_sharded_over_devices_train_as_replicated(tiny_tree, tmp_path, m
     c = helpers.tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_seeds=4, members=members,
                             member_devices=3)
     config_util.validate_config(c)
+
+
+def test_optuna_proposes_batches_that_train_as_sweeps(tiny_tree, tmp_path):
+  """TPE in batches of 2 over a learning-rate range: 4 trials = 2 batches, each one group (one
+  compiled step), every trial told its setting's devel score; a rerun reads both batches back."""
+  optuna = pytest.importorskip('optuna')
+  w = str(tmp_path / 'W')
+  flags = ['--sweep=learning_rate=1e-3:1e-2', '--sweep_search=optuna:4:2']
+  proc = _ok(_run(tiny_tree, str(tmp_path / 'tfds'), w, *flags))
+  r = _json(os.path.join(w, 'sweep.json'))
+  assert [g['name'] for g in r['groups']] == ['b0_g0', 'b1_g0'] and r['members'] == 4
+  study = optuna.load_study(study_name='muse_jax_sweep',
+                            storage=f'sqlite:///{os.path.join(w, "optuna.db")}')
+  done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+  assert len(done) == 4
+  by_lr = {round(x['setting']['learning_rate'], 12): x['devel']['mean_ccc'] for x in r['rows']}
+  for t in done:
+    assert t.value == pytest.approx(by_lr[round(t.params['learning_rate'], 12)])
+    assert 1e-3 <= t.params['learning_rate'] <= 1e-2
+  again = _ok(_run(tiny_tree, str(tmp_path / 'tfds'), w, *flags))
+  assert ' loss ' not in again.stderr and len(optuna.load_study(
+      study_name='muse_jax_sweep', storage=f'sqlite:///{os.path.join(w, "optuna.db")}').trials) == 4
+  assert _json(os.path.join(w, 'sweep.json'))['rows'] == r['rows']
+  del proc
