@@ -397,3 +397,19 @@ def test_optuna_proposes_batches_that_train_as_sweeps(tiny_tree, tmp_path):
       study_name='muse_jax_sweep', storage=f'sqlite:///{os.path.join(w, "optuna.db")}').trials) == 4
   assert _json(os.path.join(w, 'sweep.json'))['rows'] == r['rows']
   del proc
+
+
+@pytest.mark.parametrize('layout_name', ['muse2022_stress', 'plain'])
+def test_sweep_on_other_layouts(layout_name, tmp_path):
+  from muse_jax.data import demo  # pylint: disable=import-outside-toplevel
+  from muse_jax.data import layout  # pylint: disable=import-outside-toplevel
+  out = str(tmp_path / 'tree')
+  demo.make_tree(out, scale='tiny', features='egemaps,fasttext', layout_name=layout_name)
+  root = layout.resolve(out).root
+  w = str(tmp_path / 'W')
+  targets = ','.join(layout.resolve(out).targets())
+  _ok(_run(root, str(tmp_path / 'tfds'), w, '--sweep=learning_rate=0.002,0.005',
+           f'--config.targets={targets}', '--config.num_epochs=1',
+           script={'314': [0.5]}))
+  r = _json(os.path.join(w, 'sweep.json'))
+  assert r['members'] == 2 and len(r['groups']) == 1 and r['best']['devel'] is not None
