@@ -353,7 +353,7 @@ def test_members_sharded_over_devices_train_as_replicated(tiny_tree, tmp_path, m
                        + [{'seed': 315, 'learning_rate': lr} for lr in (0.002, 0.005)])
   out = {}
   for md in (1, 2):
-    c = helpers.tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_epochs=2, num_seeds=4,
+    c = helpers.tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_epochs=1, num_seeds=4,
                             members=members, member_devices=md, seed_loop='vmap',
                             bootstrap_samples=0)
     out[md] = train.train_and_evaluate(c, str(tmp_path / f'md{md}'))
