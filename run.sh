@@ -175,7 +175,7 @@ if [ "$cmd" = upgrade ]; then  # newest versions, the suite, then the lock (only
   export MUSE_JAX_UNPINNED=1
   rm -f "$venv/.muse_jax_setup"
   setup
-  "$venv/bin/python" -m pytest -q -n "${MUSE_TEST_JOBS:-2}" --dist loadfile tests || {
+  "$venv/bin/python" -m pytest -q -n "${MUSE_TEST_JOBS:-2}" tests || {
     echo "run.sh: the suite failed with the newest versions; constraints.txt left as it was (.venv now holds the new versions: rm -rf .venv to go back)" >&2; exit 1; }
   { sed -n '1,/^# it passed/p' "$constraints"
     "$venv/bin/python" -m pip freeze --exclude-editable 2>/dev/null |
@@ -196,8 +196,7 @@ case "$cmd" in
     set +e
     # Two workers (pytest-xdist): most tests are short training runs bound by one Python thread.
     # MUSE_TEST_JOBS=0 runs everything in this process.
-    # --dist loadfile: a module's tests on one worker, so its shared trained fixtures are made once.
-    "$py" -m pytest -q -n "${MUSE_TEST_JOBS:-2}" --dist loadfile "$@" tests
+    "$py" -m pytest -q -n "${MUSE_TEST_JOBS:-2}" "$@" tests
     rc=$?
     set -e
     if [ $rc -eq 5 ]; then echo "run.sh: pytest collected no tests" >&2; exit 1; fi
