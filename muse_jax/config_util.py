@@ -157,15 +157,20 @@ class Spec:
     members."""
     if not self.members or not self.members[i]:
       return self.config
-    import ml_collections  # pylint: disable=import-outside-toplevel
-    c = ml_collections.ConfigDict(self.config.to_dict())
-    for k, v in self.members[i].items():
-      *parents, leaf = k.split('.')
-      node = c
-      for p in parents:
-        node = node[p]
-      node[leaf] = v
-    return c
+    return with_overrides(self.config, self.members[i])
+
+
+def with_overrides(config, overrides: dict):
+  """A copy of `config` with dotted fields set ('model.out_dropout': 0.3); fields must exist."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  c = ml_collections.ConfigDict(config.to_dict())
+  for k, v in overrides.items():
+    *parents, leaf = k.split('.')
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
 
 
 def parse_members(value, config) -> tuple:

@@ -46,7 +46,6 @@ import os
 
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 
 from muse_jax import config_util
@@ -223,14 +222,6 @@ def settings_of(config, axes, sweep_list=None, search: int = 0) -> list:
           for combo in itertools.product(*[a[1] for a in axes])]
 
 
-def _apply(config, overrides: dict):
-  c = ml_collections.ConfigDict(config.to_dict())
-  for k, v in overrides.items():
-    parent, leaf, _ = _field(c, k)
-    parent[leaf] = v
-  return c
-
-
 def _distinct(settings: list) -> list:
   """Settings in order, each once: a repeated one (drawn twice, listed twice) would train the
   same members again and count them twice in its seed mean."""
@@ -262,14 +253,14 @@ def plan(config, settings: list) -> list:
     groups.setdefault(key, {'shared': shared, 'settings': []})['settings'].append(setting)
   out = []
   for i, g in enumerate(groups.values()):
-    base = _apply(config, g['shared'])
+    base = config_util.with_overrides(config, g['shared'])
     members = []
     for setting in g['settings']:
       own = {k: v for k, v in setting.items() if k in config_util.MEMBER_FIELDS}
       first = own.get('seed', base.seed)
       for j in range(base.num_seeds):
         members.append({'setting': setting, 'member': dict(own, seed=first + j)})
-    c = _apply(base, {})
+    c = config_util.with_overrides(base, {})
     c.num_seeds = len(members)
     c.members = json.dumps([m['member'] for m in members])
     try:
