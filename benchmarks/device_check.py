@@ -533,12 +533,12 @@ def cpu_reference(a) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from muse_jax import models, steps  # pylint: disable=import-outside-toplevel
+  from muse_jax import config_util, models, steps  # pylint: disable=import-outside-toplevel
   assert jax.default_backend() == 'cpu', jax.default_backend()
   z = np.load(a._cpu_reference[0])
   meta = json.loads(str(z['meta']))
   impl = steps.attention_impl(ml_collections.ConfigDict({'attention': 'auto'}), 'cpu')
-  model = models.create_model(meta['model'], meta['targets'], impl)
+  model = models.create_model(*config_util.model_fields(meta['model'], meta['targets']), impl)
   params = traverse_util.unflatten_dict({k[2:]: z[k] for k in z.files if k.startswith('p:')},
                                         sep='/')
   batch = {k[2:]: z[k] for k in z.files if k.startswith('b:')}
@@ -551,7 +551,7 @@ def cpu_reference(a) -> None:
 def agreement(ck: Check):
   jax = ck.jax
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
-  from muse_jax import models  # pylint: disable=import-outside-toplevel
+  from muse_jax import config_util, models  # pylint: disable=import-outside-toplevel
   from muse_jax.ops import attention as ops  # pylint: disable=import-outside-toplevel
   _, _, state = ck.state()
   params = jax.tree.map(lambda x: np.asarray(x[0]), state.params)
@@ -579,7 +579,7 @@ def agreement(ck: Check):
   scale = max(float(np.max(np.abs(g))) for g in ref_grads.values())
   for impl in ops.IMPLS:
     try:
-      model = models.create_model(model_cfg, n_t, impl)
+      model = models.create_model(*config_util.model_fields(model_cfg, n_t), impl)
       preds, grads, long = model_outputs(model, params, batch, video)
     except Exception as e:  # pylint: disable=broad-except
       ck.report.add('agreement', f'{impl} vs CPU {cpu["impl"]}',

@@ -93,7 +93,7 @@ def save(mngr, epoch: int, state, meta: dict) -> None:
     mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)))
   except OSError as e:
-    if not e.filename:  # a failed write(2) names no file: name the checkpoint (cli.disk_error)
+    if not e.filename:  # a failed write(2) names no file: name the checkpoint (errors.disk_error)
       e.filename = os.path.join(str(mngr.directory), f'{epoch}.orbax-checkpoint-tmp')
     raise
 

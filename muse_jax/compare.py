@@ -23,6 +23,7 @@ import numpy as np
 from muse_jax import bootstrap
 from muse_jax import cli
 from muse_jax import metrics
+from muse_jax import outputs
 from muse_jax import workdir as workdir_lib
 from muse_jax.data import csv_table
 from muse_jax.data import layout
@@ -214,7 +215,6 @@ def table(c: dict) -> str:
 
 def plot(c: dict, path: str) -> None:
   """Per-video CCC, A against B (one panel per target); points above the diagonal: B better."""
-  from muse_jax import outputs  # pylint: disable=import-outside-toplevel  (matplotlib: only here)
   plt = outputs.pyplot()
   targets = list(c['targets'])
   fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 4.2), squeeze=False)
@@ -236,7 +236,6 @@ def plot(c: dict, path: str) -> None:
 def run(args) -> dict:
   c = compare(args.workdir_a, args.workdir_b, args.split, args.samples, args.seed)
   if args.out:
-    from muse_jax import outputs  # pylint: disable=import-outside-toplevel
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     outputs.write_json(out, c)

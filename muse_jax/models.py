@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from muse_jax import config_util
 from muse_jax.ops import attention as attention_ops
 from muse_jax.ops.attention import length_mask
 
@@ -272,10 +271,12 @@ def config_fields(cls) -> set[str]:
   return {f for f in cls.__dataclass_fields__ if f not in ('parent', 'name', 'attention')}
 
 
-def create_model(model_cfg: Mapping[str, Any], n_targets: int, attention: str = 'plain'):
-  """The model `config.model` names, its fields validated (config_util.model_fields);
-  `attention`: the core of its attention layers, for Regressor (ops.attention)."""
-  name, kw = config_util.model_fields(model_cfg, n_targets)
+def create_model(name: str, fields: Mapping[str, Any], attention: str = 'plain'):
+  """The model `name` (a key of MODELS) built from `fields` as config_util.model_fields returns
+  them: the config layer is the one place that checks config.model (one line per bad field), so
+  this module builds from checked arguments and knows no config. `attention`: the core of its
+  attention layers, for Regressor (ops.attention)."""
+  kw = dict(fields)
   if 'attention' in MODELS[name].__dataclass_fields__:
     kw['attention'] = attention
   return MODELS[name](**kw)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from muse_jax import config_util
 from muse_jax import models
 from muse_jax.errors import MuseError
 
@@ -29,7 +30,7 @@ def create_state(config, d_in: int, n_targets: int, seeds=None, attention: str =
   to config.seed, config.seed + 1, ... (config.num_seeds of them, as Spec.seeds)."""
   if seeds is None:
     seeds = [config.seed + i for i in range(config.num_seeds)]
-  model = models.create_model(config.model, n_targets, attention)
+  model = models.create_model(*config_util.model_fields(config.model, n_targets), attention)
   x = jnp.zeros((1, 8, d_in), jnp.float32)
   tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
 

@@ -1,4 +1,4 @@
-"""Models: parity with the PyTorch fixtures, padding semantics, dropout, create_model checks."""
+"""Models: parity with the PyTorch fixtures, padding semantics, dropout, config.model checks."""
 import os
 
 import jax
@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from muse_jax import convert, models
+from muse_jax import config_util, convert, models
 from muse_jax.errors import MuseError
 from muse_jax.ops import attention
 
@@ -290,10 +290,15 @@ def _model_cfg(**kw):
 
 
 def test_create_model_builds_from_config():
-  model = models.create_model({**dict(_model_cfg()), 'out_bias': 0.1}, n_targets=2)
+  model = models.create_model(*config_util.model_fields({**dict(_model_cfg()), 'out_bias': 0.1},
+                                                        n_targets=2))
   assert isinstance(model, models.Regressor)
   assert (model.d_rnn, model.n_heads, model.n_targets, model.out_bias) == (16, 4, 2, (0.1,))
-  fusion = models.create_model(_model_cfg(name='late_fusion'), n_targets=2)
+  assert model.attention == 'plain'
+  assert models.create_model(*config_util.model_fields(_model_cfg(), 1), 'blocked').attention == (
+      'blocked')
+  fusion = models.create_model(*config_util.model_fields(_model_cfg(name='late_fusion'),
+                                                         n_targets=2))
   assert isinstance(fusion, models.LateFusion) and fusion.d_rnn == 16
   x, lengths = jnp.ones((2, 4, 3)), jnp.array([4, 2])
   y = jax.eval_shape(fusion.apply, _random_params(fusion, x, lengths), x, lengths)
@@ -315,13 +320,13 @@ def test_create_model_builds_from_config():
      r'model\.out_bias=\(0\.0, 0\.0, 0\.0\) is invalid: need 1 or 2 \(one per target\)'),
     ({}, 0, r'n_targets=0 is invalid: need at least one target'),
 ])
-def test_create_model_rejects_bad_config(override, n_targets, message):
+def test_model_fields_rejects_bad_config(override, n_targets, message):
   cfg = {**dict(_model_cfg()), **override}  # a dict: ConfigDict would type-check some itself
   with pytest.raises(MuseError, match=message) as e:
-    models.create_model(cfg, n_targets)
+    config_util.model_fields(cfg, n_targets)
   assert '\n' not in str(e.value)
 
 
-def test_create_model_rejects_unknown_field():
+def test_model_fields_rejects_unknown_field():
   with pytest.raises(MuseError, match='d_rnnn'):
-    models.create_model({**dict(_model_cfg()), 'd_rnnn': 8}, 1)
+    config_util.model_fields({**dict(_model_cfg()), 'd_rnnn': 8}, 1)

@@ -216,8 +216,8 @@ def test_2020_root_means_c1_muse_wild_and_says_which_tasks_it_holds(release, mon
       release, 'c3_muse_trust', 'feature_segments', 'label_aligned', 'egemaps')
   assert trust.label_columns == ('timestamp', 'value', 'segment_id')
   # Builds of the two tasks never share a folder.
-  assert config_util.task_data_dir('/d', lay) == '/d'
-  assert config_util.task_data_dir('/d', trust) == '/d/c3_muse_trust'
+  assert layout.task_data_dir('/d', lay) == '/d'
+  assert layout.task_data_dir('/d', trust) == '/d/c3_muse_trust'
   with pytest.raises(MuseError, match="no task 'c2_muse_topic' here; found: c1_muse_wild, "
                                       'c3_muse_trust'):
     layout.resolve(release, 'c2_muse_topic')

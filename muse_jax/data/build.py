@@ -7,7 +7,7 @@ once per run.
   python -m muse_jax.data.build --root ROOT --data_dir DIR [--task T] [--features a,b]
 
 `root` is the folder holding metadata/ (a layout root, `layout.resolve`); `data_dir` the folder
-of that task's builds (`config_util` puts a task's builds in `<data_dir>/<task>/`, the 2020
+of that task's builds (`layout.task_data_dir`: a task's builds in `<data_dir>/<task>/`, the 2020
 release's directly in `<data_dir>`, so tasks with same-named feature sets never share a build).
 
 Staleness: beside each build (`<data_dir>/muse_car/<set>/<version>/muse_build.json`) we keep a
@@ -33,8 +33,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from muse_jax import cli
-from muse_jax import config_util
+from muse_jax import console
 from muse_jax import files
 from muse_jax.data import layout
 from muse_jax.data import muse_car
@@ -59,7 +58,7 @@ def builder_dir(data_dir: str, name: str) -> str:
 
 
 def _names(feature_sets) -> list:
-  return list(dict.fromkeys(config_util.parse_list(feature_sets)))
+  return list(dict.fromkeys(layout.parse_list(feature_sets)))
 
 
 def _listing(root: str, rel: str) -> list:
@@ -307,23 +306,24 @@ def load_feature_set(data_dir: str, name: str) -> dict:
 
 def main(argv=None) -> int:
   # argparse, not absl flags: this module is imported by the training code, which has its own.
-  ap = cli.ArgumentParser(prog='python -m muse_jax.data.build',
-                               description=__doc__.split('\n')[0])
-  ap.add_argument('--root', type=cli.path, required=True,
+  ap = console.ArgumentParser(prog='python -m muse_jax.data.build',
+                              description=__doc__.split('\n')[0])
+  ap.add_argument('--root', type=console.path, required=True,
                   help='release root or task folder (docs/data_format.md: every MuSe layout)')
   ap.add_argument('--task', default='', help='the task, when the root holds several')
-  ap.add_argument('--data_dir', type=cli.path, required=True, help='tfds data_dir to build into')
+  ap.add_argument('--data_dir', type=console.path, required=True,
+                  help='tfds data_dir to build into')
   ap.add_argument('--features', default='',
                   help='comma list of feature sets (default: every folder in the tree)')
   args = ap.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   def build_all():
     lay = layout.resolve(args.root, args.task)
-    data_dir = config_util.task_data_dir(args.data_dir, lay)
+    data_dir = layout.task_data_dir(args.data_dir, lay)
     names = _names(args.features) or list(reader.discover_feature_sets(lay.root))
     ensure_built(lay.root, data_dir, names)
     return names, data_dir
-  rc, out = cli.call(build_all)  # one `error:` line for bad data or a full disk
+  rc, out = console.call(build_all)  # one `error:` line for bad data or a full disk
   if rc:
     return rc
   names, data_dir = out

@@ -56,8 +56,7 @@ import zlib
 from absl import logging
 import numpy as np
 
-from muse_jax import cli
-from muse_jax import config_util
+from muse_jax import console
 from muse_jax.data import demo_files
 from muse_jax.data import layout
 from muse_jax.errors import MuseError
@@ -192,7 +191,7 @@ def _spread(x: np.ndarray, width: int) -> np.ndarray:
 def _parse_features(features) -> dict:
   if features is None:
     features = DEFAULT_FEATURES
-  features = config_util.parse_list(features)
+  features = layout.parse_list(features)
   out = {}
   for f in features:
     name, _, dim = f.strip().partition(':')
@@ -521,9 +520,10 @@ def tree_in(out: str, scale: str = 'demo', task: str = '') -> str:
 
 def main(argv=None) -> int:
   # argparse, not absl flags: this module is imported by the job, which has its own --out/--scale.
-  ap = cli.ArgumentParser(prog='python -m muse_jax.data.demo', description=__doc__.split(
+  ap = console.ArgumentParser(prog='python -m muse_jax.data.demo', description=__doc__.split(
       '\n')[0])
-  ap.add_argument('--out', type=cli.path, required=True, help='folder to write into (new, empty or a demo tree)')
+  ap.add_argument('--out', type=console.path, required=True,
+                  help='folder to write into (new, empty or a demo tree)')
   ap.add_argument('--scale', default='demo', choices=list(SCALES),
                   help='tiny (unit tests), demo (default), full (benchmarks)')
   ap.add_argument('--seed', type=int, default=0, help='same seed -> identical files')
@@ -536,8 +536,8 @@ def main(argv=None) -> int:
                        'whole scale)')
   args = ap.parse_args(argv)
   logging.set_verbosity(logging.INFO)
-  rc, s = cli.call(make_tree, args.out, args.scale, args.seed, args.features, args.layout,
-                   args.fraction)
+  rc, s = console.call(make_tree, args.out, args.scale, args.seed, args.features, args.layout,
+                       args.fraction)
   if rc:
     return rc
   print(f'{s["root"]} ({s["layout"]}, {s["step_ms"]} ms, targets {",".join(s["targets"])}): '

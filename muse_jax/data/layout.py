@@ -75,6 +75,17 @@ def natural_key(s: str):
   return tuple((0, int(t), '') if t.isdigit() else (1, 0, t) for t in re.split(r'(\d+)', s) if t)
 
 
+def parse_list(value) -> list:
+  """Tuple/list/comma string config fields -> list of names (feature sets, targets, runs). Here,
+  not in config_util, because the data tools' own --features take the same lists."""
+  if isinstance(value, str):
+    value = (value,)
+  out = []
+  for v in value:
+    out += [s.strip() for s in str(v).split(',') if s.strip()]
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   kind: str   # a key of KINDS
@@ -143,6 +154,12 @@ class Layout:
     """The folder a build of this layout lives under in the data_dir: '' for the 2020 release
     (its builds predate the others), else the task, so tasks never share a build."""
     return '' if self.kind == 'muse2020' else self.task
+
+
+def task_data_dir(data_dir: str, lay: Layout) -> str:
+  """Where a layout's builds live: `<data_dir>/<task>` (the 2020 release: `<data_dir>`)."""
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  return os.path.join(data_dir, lay.layout_dir) if lay.layout_dir else data_dir
 
 
 def _is_2020_task(root: str) -> bool:

@@ -96,7 +96,7 @@ def extract(transcript: str, root: str, vid: str, model_dir: str | None = None,
             step_ms: int | None = None) -> str:
   """Writes the `bert` set of one transcript into ROOT, on `step_ms` (default: the grid of
   ROOT's labels, else 250 ms); returns the path."""
-  from muse_jax.features import bert  # pylint: disable=import-outside-toplevel
+  from muse_jax.features import bert  # pylint: disable=import-outside-toplevel  (JAX: only here)
   vid = writer.check_id(vid)
   step_ms = writer.tree_step(root) if step_ms is None else writer.check_step(step_ms)
   n = None if duration_ms is None else writer.num_frames(duration_ms, step_ms)

@@ -7,6 +7,8 @@ import pandas as pd
 
 from muse_jax import files
 from muse_jax.data import layout
+from muse_jax.data import reader
+from muse_jax.data.csv_table import read_table
 from muse_jax.errors import MuseError
 
 STEP_MS = layout.DEFAULT_STEP_MS  # when neither --step_ms nor the tree's labels tell
@@ -36,8 +38,6 @@ def out_layout(root: str):
 def tree_step(root: str) -> int:
   """The grid step of the labels already in `root` (so new features land on them), else
   STEP_MS; read from the first label file with two rows or more."""
-  from muse_jax.data import reader  # pylint: disable=import-outside-toplevel
-  from muse_jax.data.csv_table import read_table  # pylint: disable=import-outside-toplevel
   lay = out_layout(root)
   for target in lay.targets():
     folder = lay.label_folder(target)
