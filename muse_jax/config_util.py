@@ -205,6 +205,10 @@ def eval_seed(value, num_seeds: int):
     return 'best'
   if index is not None and 0 <= index < num_seeds:
     return index
+  if isinstance(value, str) and value.strip().lower() == 'sweep_ensemble':
+    raise MuseError("config.eval_seed='sweep_ensemble' is the ensemble of a sweep's best members: "
+                    'a sweep (--sweep) or --mode=evaluate/predict of its workdir takes it, not one '
+                    "run (whose seeds' ensemble is 'ensemble')")
   raise MuseError(f"config.eval_seed={value!r} is invalid: use 'best' (the seed with the best "
                   f"devel CCC), 'ensemble' (the mean of the seeds' predictions) or a seed index "
                   f'in [0, num_seeds={num_seeds})')

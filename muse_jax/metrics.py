@@ -103,3 +103,8 @@ def per_video_ccc(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],
   how it spreads over videos."""
   return [{t: v[t]['ccc'] for t in targets}
           for v in (partition_metrics([y], [p], targets) for y, p in zip(labels, preds))]
+
+
+def seed_spread(values) -> float:
+  """The seeds' spread as papers report it: the sample standard deviation (ddof 1)."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else float('nan')

@@ -1,7 +1,7 @@
 """Inputs z-normalised with train statistics, and the NaN policy for cells that cannot be used.
 
 Statistics come from the train partition only and are kept in the workdir (`norm_stats.npz`), so
-evaluate, predict and `inference.Predictor` apply exactly the training normalisation. Bad cells
+evaluate, predict and `predictor.Predictor` apply exactly the training normalisation. Bad cells
 are non-finite ones and finite ones no genuine feature reaches: missing-value markers such as 1e30
 (`SENTINEL_ABS`) or cells over `config.max_abs_z` train std from the train mean. Left as they are,
 one of them turns a whole video's predictions into NaN; `config.nan_policy` replaces them by the

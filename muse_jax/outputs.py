@@ -154,3 +154,56 @@ def plot_per_video_ccc(workdir: str, cccs: dict, targets, split: str, what: str)
                          '.png') as tmp:
     fig.savefig(tmp, dpi=80)
   plt.close(fig)
+
+
+# What a run prints at its end (and logs): each CCC with its interval, the seeds side by side.
+
+
+def interval(m: dict, key: str = 'ccc') -> str:
+  """' [low, high]' of a metrics entry's 95% interval ('' when the bootstrap was off)."""
+  ci = m.get(f'{key}_ci95')
+  if not ci or ci[0] is None:
+    return ''
+  return f' [{ci[0]:.2f}, {ci[1]:.2f}]'
+
+
+def seed_lines(results: dict) -> list:
+  """With several seeds, per split: the best seed's mean CCC, the seeds' mean +- std and their
+  ensemble's, side by side (the run's log and its last printed lines)."""
+  if 'ensemble' not in results or 'devel_ccc_mean' not in results:
+    return []
+  best = results['seeds'][results['best_member']] if 'best_member' in results else next(
+      s for s in results['seeds'] if s['seed'] == results['best_seed'])
+  lines = []
+  for split in ('devel', 'test'):
+    if f'{split}_ccc_mean' in results:
+      ens = results['ensemble'].get(split)
+      lines.append(f'{split}: mean CCC of the best seed ({best["seed"]}) '
+                   f'{best[split]["mean_ccc"]:.4f}{interval(best[split], "mean_ccc")}, of '
+                   f'{len(results["seeds"])} seeds {results[f"{split}_ccc_mean"]:.4f} +- '
+                   f'{results[f"{split}_ccc_std"]:.4f} (sample std)'
+                   + (f', of their ensemble {ens["mean_ccc"]:.4f}{interval(ens, "mean_ccc")}'
+                      if ens else ''))
+  return lines
+
+
+def summary(results: dict) -> str:
+  """The lines printed at the end: best epoch and CCC per target (predict: where it wrote)."""
+  ens = results.get('ensemble') if results.get('seed') in ('ensemble', 'sweep_ensemble') else None
+  written = (f'the ensemble of {ens["name"]}' if ens and 'name' in ens else
+             f'the ensemble of seeds {", ".join(map(str, ens["seeds"]))} (best epochs '
+             f'{", ".join(map(str, ens["best_epochs"]))})' if ens else
+             f'seed {results["seed"]} (epoch {results["best_epoch"]})')
+  if 'predictions' in results and 'devel' not in results:
+    return (f'predictions of {written} for {sum(results["videos"].values())} videos in '
+            f'{results["predictions"]}')
+  lines = [f'predictions of {written}' if ens else f'best epoch {results["best_epoch"]}']
+  for split in ('devel', 'test'):
+    m = results.get(split)
+    if m:
+      lines.append(f'{split}: ' + '  '.join(
+          f'{t} CCC {m[t]["ccc"]:.4f}{interval(m[t])}' for t in results['targets']))
+    elif split == 'test':
+      lines.append('test: no labels in this tree, no test CCC (predictions are written)')
+  lines += seed_lines(results)  # several seeds: the best one, their spread, average
+  return '\n'.join(lines)

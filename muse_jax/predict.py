@@ -3,7 +3,7 @@
   python -m muse_jax.predict --workdir W --wav F [--transcript T] [--model_dir DIR] --out OUTDIR
 
 Extracts the feature sets the model reads (egemaps, egemaps_lld from the audio; bert from the
-transcript) on the model's own grid (its training data's step), runs `inference.Predictor` (which applies the
+transcript) on the model's own grid (its training data's step), runs `predictor.Predictor` (which applies the
 workdir's train-partition normalisation) and writes `OUTDIR/<target>.csv` (`timestamp,value`)
 and `OUTDIR/prediction.png`. The extraction must match what the model was trained on: a model
 trained on the challenge's own egemaps files sees features from a different extractor setting,
@@ -95,8 +95,8 @@ def write_outputs(out: str, timestamps: np.ndarray, preds: np.ndarray, targets: 
 def predict_recording(workdir: str, wav: str, out: str, transcript: str | None = None,
                       model_dir: str | None = None, win_s: float = 3.0,
                       seed_index: int | str | None = None) -> dict:
-  from muse_jax import inference  # pylint: disable=import-outside-toplevel
-  predictor = inference.Predictor(workdir, seed_index)
+  from muse_jax import predictor as predictor_lib  # pylint: disable=import-outside-toplevel
+  predictor = predictor_lib.Predictor(workdir, seed_index)
   raw, timestamps = extract_inputs(list(predictor.inputs), list(predictor.dims), wav, transcript,
                                    model_dir, win_s, step_ms=predictor.step_ms)
   preds = np.asarray(predictor(raw, timestamps))

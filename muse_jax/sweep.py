@@ -49,13 +49,13 @@ import jax
 import numpy as np
 
 from muse_jax import config_util
-from muse_jax import metrics
 from muse_jax import outputs
+from muse_jax import sweep_report
 from muse_jax import train
 from muse_jax import workdir as workdir_lib
 from muse_jax.errors import MuseError
+from muse_jax.sweep_report import PLAN_JSON
 
-SWEEP_JSON, SWEEP_MD, SWEEP_PNG = 'sweep.json', 'sweep.md', 'sweep.png'
 # Fields whose values hold commas: their --sweep values are separated by ';'.
 SEMICOLON = ('feature_sets', 'targets', 'normalize', 'loss_weights')
 # Fields that are the sweep's own business, never an axis.
@@ -262,6 +262,8 @@ def plan(config, settings: list) -> list:
         members.append({'setting': setting, 'member': dict(own, seed=first + j)})
     c = config_util.with_overrides(base, {})
     c.num_seeds = len(members)
+    if _ensemble_written(c):  # each group writes its best member; W, the sweep's ensemble
+      c.eval_seed = 'best'
     c.members = json.dumps([m['member'] for m in members])
     try:
       config_util.validate_config(c)
@@ -270,8 +272,6 @@ def plan(config, settings: list) -> list:
     out.append({'name': f'g{i}', 'shared': g['shared'], 'members': members, 'config': c})
   return out
 
-
-PLAN_JSON = 'sweep_plan.json'
 
 
 def parse_shard(text: str) -> tuple:
@@ -341,13 +341,13 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
     train.train_and_evaluate(g['config'], gw)
   if not writer:
     return None
-  missing = _unfinished(workdir, record)
+  missing = sweep_report.unfinished(workdir, record)
   if missing:
     logging.info('sweep: shard %d/%d done; groups %s still to finish (their shards); the last '
                  'shard to finish writes the report, or: python -m muse_jax.sweep_report %s',
                  index, count, ', '.join(missing), workdir)
     return None
-  return write_report(workdir)
+  return _finish(config, workdir)
 
 
 def _suggest(trial, axes) -> dict:
@@ -425,183 +425,16 @@ def _optuna(config, workdir: str, axes: list, n_trials: int, batch: int) -> dict
       value = float(np.nanmean(own)) if own and np.isfinite(own).any() else None
       study.tell(number, value, state=None if value is not None else
                  optuna.trial.TrialState.FAIL, skip_if_finished=True)
-  return write_report(workdir) if jax.process_index() == 0 else None
+  return _finish(config, workdir) if jax.process_index() == 0 else None
 
 
-def _unfinished(workdir: str, record: dict) -> list:
-  return [g['name'] for g in record['groups']
-          if not os.path.exists(os.path.join(workdir, 'groups', g['name'], 'results.json'))]
-
-
-def write_report(workdir: str) -> dict:
-  """sweep.json, sweep.md and sweep.png of a sweep whose groups have all finished (from its plan
-  and each group's results.json: shards merged are the whole sweep)."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  record = workdir_lib.read_json(os.path.join(workdir, PLAN_JSON))
-  if record is None:
-    raise MuseError(f'{workdir}: no {PLAN_JSON}; not the workdir of a sweep (--sweep)')
-  missing = _unfinished(workdir, record)
-  if missing:
-    raise MuseError(f'{workdir}: groups {", ".join(missing)} have not finished; run their '
-                    '--sweep_shard (the same command resumes), then merge')
-  results = {g['name']: workdir_lib.read_json(os.path.join(workdir, 'groups', g['name'], 'results.json'))
-             for g in record['groups']}
-  axes = [(a['field'], a['values']) for a in record['axes']]
-  report = _report(axes, record['settings'], record['groups'], results, workdir)
-  report['ensemble'] = _ensemble(workdir, report['rows'], record.get('ensemble', 5),
-                                 record.get('bootstrap', [1000, 0]),
-                                 {g: r['targets'] for g, r in results.items()})
-  if jax.process_index() == 0:
-    outputs.write_json(os.path.join(workdir, SWEEP_JSON), report)
-    outputs.write_text(os.path.join(workdir, SWEEP_MD), markdown(report) + '\n')
-    _plot(report, os.path.join(workdir, SWEEP_PNG))
-    _link_best(workdir, report['best']['group'])
+def _finish(config, workdir: str) -> dict:
+  """The report; with eval_seed 'sweep_ensemble', W's predictions become the ensemble's."""
+  report = sweep_report.write_report(workdir)
+  if _ensemble_written(config):
+    sweep_report.write_ensemble(config, workdir, 'evaluate')
   return report
 
 
-def _link_best(workdir: str, group: str) -> None:
-  """Makes W itself read as the chosen member's run: every file of its group's workdir (whose
-  written predictions are the chosen member's: it is that group's best) linked into W, so
-  evaluate, predict (--config=configs/workdir.py:W), late fusion and Predictor take W as any
-  run. Links of an earlier best are replaced; W's own files (eval_results.json of an evaluate
-  of W, the sweep's reports) are left alone."""
-  src = os.path.join('groups', group)
-  for name in sorted(os.listdir(os.path.join(workdir, src))):
-    if name == workdir_lib.LOCK_FILE:
-      continue
-    link = os.path.join(workdir, name)
-    if os.path.islink(link):
-      os.remove(link)
-    elif os.path.exists(link):
-      continue
-    os.symlink(os.path.join(src, name), link)
-
-
-def _ensemble(workdir: str, rows: list, k: int, boot, targets_of: dict) -> dict | None:
-  """The mean of the best k members' predictions (by devel mean CCC, each at its best epoch),
-  scored on devel and test: what the sweep bought beyond its single best member."""
-  if k < 1:
-    return None
-  best = max((i for i, r in enumerate(rows) if r['devel'] and np.isfinite(r['devel']['mean_ccc'])),
-             key=lambda i: (rows[i]['devel']['mean_ccc'], -i), default=None)
-  if best is None:
-    return None
-  # Members whose predictions can be averaged: the same targets and videos as the best one's
-  # (a sweep over targets or feature sets has groups that cannot).
-  same = {g for g, t in targets_of.items() if t == targets_of[rows[best]['group']]}
-  scored = [i for i, r in enumerate(rows) if r['devel'] and np.isfinite(r['devel']['mean_ccc'])
-            and r['group'] in same]
-  top = sorted(scored, key=lambda i: (-rows[i]['devel']['mean_ccc'], i))[:k]
-  loaded = {}
-  for i in top:
-    g = rows[i]['group']
-    if g not in loaded:
-      with np.load(os.path.join(workdir, 'groups', g, outputs.MEMBER_PREDICTIONS)) as z:
-        loaded[g] = {name: z[name] for name in z.files}
-  out = {'k': len(top), 'rows': top, 'members': [rows[i]['overrides'] for i in top]}
-  targets = targets_of[rows[best]['group']]  # the runs' column order (results.json is sorted)
-  first = loaded[rows[top[0]]['group']]
-  for split in ('devel', 'test'):
-    ids = [n.split('/')[1] for n in first if n.startswith(f'{split}/') and n.endswith('/pred')
-           and all(n in z for z in loaded.values())]
-    if not ids:
-      out[split] = None
-      continue
-    labels = [first[f'{split}/{v}/label'] for v in ids]
-    preds = [np.mean([loaded[rows[i]['group']][f'{split}/{v}/pred'][rows[i]['member']]
-                      .astype(np.float64) for i in top], axis=0) for v in ids]
-    out[split] = metrics.partition_metrics(labels, preds, targets, int(boot[0]), int(boot[1]))
-  return out
-
-
-def _report(axes, settings, groups, results, workdir) -> dict:
-  rows = []
-  for g in groups:
-    res = results[g['name']]
-    for i, m in enumerate(g['members']):
-      entry = res['seeds'][i]
-      rows.append({'group': g['name'], 'member': i, 'overrides': dict(m['setting'], seed=m['member']['seed']),
-                   'setting': m['setting'], 'seed': entry['seed'], 'best_epoch': entry['best_epoch'],
-                   'epochs_run': res['epochs_run'], 'devel': entry['devel']})
-  score = [r['devel']['mean_ccc'] if r['devel'] else -np.inf for r in rows]
-  best_i = int(np.argmax(np.nan_to_num(score, nan=-np.inf)))
-  best = rows[best_i]
-  res = results[best['group']]
-  chosen = res['seeds'][best['member']]
-  per_setting = []
-  for setting in settings:
-    own = [r['devel']['mean_ccc'] for r in rows if r['setting'] == setting and r['devel']]
-    per_setting.append({'setting': setting, 'seeds': len(own),
-                        'devel_ccc_mean': float(np.mean(own)) if own else None,
-                        'devel_ccc_std': float(np.std(own, ddof=1)) if len(own) > 1 else None})
-  return {'axes': [{'field': f, 'values': v} for f, v in axes],
-          'settings': len(settings), 'members': len(rows), 'groups': [
-              {'name': g['name'], 'shared': g['shared'], 'members': len(g['members']),
-               'workdir': os.path.join(workdir, 'groups', g['name'])} for g in groups],
-          'rows': rows,
-          'best': {'row': best_i, 'overrides': best['overrides'], 'group': best['group'],
-                   'member': best['member'],
-                   'workdir': os.path.join(workdir, 'groups', best['group']),
-                   'devel': chosen['devel'], 'test': chosen.get('test'),
-                   'written': res.get('best_member') == best['member']},
-          'per_setting': per_setting}
-
-
-def _fmt_ci(m: dict, key: str = 'mean_ccc') -> str:
-  ci = m.get(f'{key}_ci95') if m else None
-  return f' [{ci[0]:.2f}, {ci[1]:.2f}]' if ci and ci[0] is not None else ''
-
-
-def markdown(r: dict) -> str:
-  fields = [a['field'] for a in r['axes']] or sorted({k for row in r['rows']
-                                                      for k in row['setting']})
-  lines = [f'{r["members"]} members ({r["settings"]} settings) in {len(r["groups"])} group(s); '
-           'devel mean CCC [95% interval, videos resampled]', '',
-           '| group | ' + ' | '.join(fields) + ' | seed | best epoch | devel mean CCC |',
-           '|---|' + '---|' * len(fields) + '---|---|---|']
-  for i, row in enumerate(r['rows']):
-    mark = ' **best**' if i == r['best']['row'] else ''
-    dev = f'{row["devel"]["mean_ccc"]:.4f}{_fmt_ci(row["devel"])}' if row['devel'] else 'n/a'
-    lines.append(f'| {row["group"]} | ' + ' | '.join(str(row['setting'].get(f, '')) for f in fields)
-                 + f' | {row["seed"]} | {row["best_epoch"]} | {dev}{mark} |')
-  lines += ['', '| setting | seeds | devel mean CCC, mean ± std (sample) |', '|---|---|---|']
-  for s in r['per_setting']:
-    mean = f'{s["devel_ccc_mean"]:.4f}' if s['devel_ccc_mean'] is not None else 'n/a'
-    std = f' ± {s["devel_ccc_std"]:.4f}' if s['devel_ccc_std'] is not None else ''
-    lines.append(f'| {json.dumps(s["setting"])} | {s["seeds"]} | {mean}{std} |')
-  b = r['best']
-  test = (f'{b["test"]["mean_ccc"]:.4f}{_fmt_ci(b["test"])}' if b.get('test') else 'n/a')
-  lines += ['', f'Best by devel: {json.dumps(b["overrides"])}: devel {b["devel"]["mean_ccc"]:.4f}'
-            f'{_fmt_ci(b["devel"])}, test {test} (test reported for the chosen member and the '
-            f'ensemble only). Its run: {b["workdir"]}.']
-  e = r.get('ensemble')
-  if e and e.get('devel'):
-    test = f'{e["test"]["mean_ccc"]:.4f}{_fmt_ci(e["test"])}' if e.get('test') else 'n/a'
-    lines.append(f'Ensemble of the best {e["k"]} members by devel (rows '
-                 f'{", ".join(str(i + 1) for i in e["rows"])}): devel '
-                 f'{e["devel"]["mean_ccc"]:.4f}{_fmt_ci(e["devel"])}, test {test}.')
-  return '\n'.join(lines)
-
-
-def _plot(r: dict, path: str) -> None:
-  fields = [a['field'] for a in r['axes']]
-  if not fields:
-    return
-  plt = outputs.pyplot()
-  fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.4), squeeze=False)
-  for ax, f in zip(axes[0], fields):
-    values = [a['values'] for a in r['axes'] if a['field'] == f][0]
-    ranged = isinstance(values, dict)
-    for row in r['rows']:
-      if row['devel']:
-        x = row['setting'][f] if ranged else values.index(row['setting'][f])
-        ax.scatter(x, row['devel']['mean_ccc'], s=14, color='tab:blue')
-    if ranged:
-      ax.set_xscale('log' if values['scale'] == 'log' else 'linear')
-    else:
-      ax.set_xticks(range(len(values)), [str(v) for v in values])
-    ax.set_xlabel(f)
-    ax.set_ylabel('devel mean CCC')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+def _ensemble_written(config) -> bool:
+  return str(config.get('eval_seed', '')).strip().lower() == 'sweep_ensemble'

@@ -218,6 +218,26 @@ def saved_config(workdir: str) -> dict | None:
   return read_json(os.path.join(workdir, CONFIG_FILE))
 
 
+def sweep_ensemble_parts(workdir: str) -> tuple:
+  """([(group workdir, [member indices])], the ensemble's entry of sweep.json): the members of a
+  sweep's ensemble of its best k (eval_seed 'sweep_ensemble'), by group, in the order the report
+  ranked them. Groups are found under this W (a moved workdir still reads)."""
+  report = read_json(os.path.join(workdir, 'sweep.json'))
+  if report is None:
+    raise MuseError(f"{workdir}: no sweep.json; eval_seed 'sweep_ensemble' is the ensemble of a "
+                    "sweep's best members: use it on the --workdir of a finished --sweep (or "
+                    "eval_seed 'ensemble' for this run's seeds)")
+  ens = report.get('ensemble')
+  if not ens or not ens.get('rows'):
+    raise MuseError(f'{workdir}: the sweep has no ensemble (config.sweep_ensemble=0, or no '
+                    'member was scored on devel)')
+  parts = {}
+  for i in ens['rows']:
+    row = report['rows'][i]
+    parts.setdefault(row['group'], []).append(row['member'])
+  return [(os.path.join(workdir, 'groups', g), m) for g, m in parts.items()], ens
+
+
 # What evaluate must share with training: how the tree becomes normalised inputs.
 PREPROCESSING = ('data_root', 'task', 'normalize', 'add_segment_id', 'nan_policy', 'max_abs_z',
                  'fusion_runs')

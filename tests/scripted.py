@@ -1,7 +1,7 @@
 """Each seed's devel score as its schedule sees it, scripted, in this process (as
 tests/scripted_main.py does for the command; its docstring says why).
 
-Whether a short run's parameters beat the untrained model on devel (else `inference.check_trained`
+Whether a short run's parameters beat the untrained model on devel (else `schedule.check_trained`
 stops it: no predictions, exit 2), and when a seed early-stops, follow from devel CCCs that move
 at float precision with the CPU's kernels. A test about anything else (inputs, layouts, resume,
 devices) scripts the score `SeedTracker.update` sees; parameters, dropout, optimiser, checkpoints

@@ -8,7 +8,7 @@ either in exit 0 with trained, finite outputs and a log line saying what was don
 with one `error:` line and no traceback. Runs are 1-2 tiny epochs in a child process with one
 CPU device, sharing the session's compilation cache.
 
-Whether an epoch beats the untrained model on devel (else exit 2, `inference.check_trained`), and
+Whether an epoch beats the untrained model on devel (else exit 2, `schedule.check_trained`), and
 when a run early-stops, follow from devel CCCs that move at float precision with the CPU's
 kernels. So the runs that must train to the end go through tests/scripted_main.py: the devel
 score the schedule sees improves every epoch (SCRIPTED), above any untrained model's real score;

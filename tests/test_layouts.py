@@ -13,6 +13,7 @@ import pytest
 
 from muse_jax import config_util
 from muse_jax import inference
+from muse_jax import predictor as predictor_lib
 from muse_jax import train
 from muse_jax.data import build
 from muse_jax.data import demo
@@ -163,7 +164,7 @@ def test_a_model_refuses_data_on_another_grid(trees, tmp_path, monkeypatch):
   with pytest.raises(MuseError, match=r'this data is on a 250 ms grid, but the model in .* '
                                       r'learnt on a 500 ms grid'):
     inference.predict(other, workdir)
-  predictor = inference.Predictor(workdir)
+  predictor = predictor_lib.Predictor(workdir)
   assert predictor.step_ms == 500
   x = np.zeros((20, predictor.dims[0]), np.float32)
   assert predictor(x, np.arange(20) * 500).shape == (20, 2)

@@ -19,6 +19,8 @@ from muse_jax import inference
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
 from muse_jax import metrics
+from muse_jax import predictor as predictor_lib
+from muse_jax import schedule
 from muse_jax import sharding
 from muse_jax import steps
 from muse_jax import train
@@ -257,7 +259,7 @@ def test_seed_ensemble_is_the_mean_of_the_seeds_predictions():
   for t in targets:
     assert got['devel'][t] == pytest.approx(want[t], rel=1e-6)
   # What evaluate/predict write for eval_seed='ensemble' is that same mean, per video.
-  mean = inference.combine(preds, inference.pick_seeds('ensemble', trackers, initial, best=1))
+  mean = inference.combine(preds, schedule.pick_seeds('ensemble', trackers, initial, best=1))
   for i in range(4):
     np.testing.assert_allclose(mean[i], (preds[0][i] + preds[1][i] + preds[2][i]) / 3,
                                rtol=1e-5, atol=1e-6)
@@ -283,11 +285,11 @@ def test_eval_seed_choices():
     with pytest.raises(MuseError, match=r"config.eval_seed=.* is invalid: use 'best'"):
       config_util.eval_seed(bad, 3)
   trackers = [trained, untrained, trained]
-  assert inference.pick_seeds('best', trackers, None, best=2) == [2]
-  assert inference.pick_seeds(1, trackers, None, best=2) == [1]
-  assert inference.pick_seeds('ensemble', trackers, None, best=2) == [0, 2]
+  assert schedule.pick_seeds('best', trackers, None, best=2) == [2]
+  assert schedule.pick_seeds(1, trackers, None, best=2) == [1]
+  assert schedule.pick_seeds('ensemble', trackers, None, best=2) == [0, 2]
   # No member: the best seed, so that check_trained says what is wrong with it.
-  assert inference.pick_seeds('ensemble', [untrained] * 2, None, best=1) == [1]
+  assert schedule.pick_seeds('ensemble', [untrained] * 2, None, best=1) == [1]
 
 
 def _read_predictions(folder, raw=False) -> dict:
@@ -366,9 +368,9 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path, monk
   assert out['seed'] == 'ensemble' and out['ensemble']['seeds'] == ens['seeds']
   assert _read_predictions(out['predictions'], raw=True) == written_bytes
   # Predictor: by default what results.json wrote (the ensemble), the mean of the members'.
-  predictor = inference.Predictor(work)
+  predictor = predictor_lib.Predictor(work)
   assert predictor.seeds == ens['seeds']
   x = np.random.default_rng(0).normal(size=(40, sum(predictor.dims))).astype(np.float32)
-  members = [inference.Predictor(work, seed - 314)(x) for seed in ens['seeds']]
+  members = [predictor_lib.Predictor(work, seed - 314)(x) for seed in ens['seeds']]
   np.testing.assert_allclose(predictor(x), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
 

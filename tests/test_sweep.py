@@ -6,6 +6,7 @@ Runs are tiny, in child processes with one CPU device; the schedule's devel scor
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -224,6 +225,59 @@ def test_sweep_rerun_resumes_and_the_chosen_run_evaluates(swept, tiny_tree):
   ev = _json(os.path.join(best, 'eval_results.json'))
   assert ev['devel']['mean_ccc'] == pytest.approx(swept['report']['best']['devel']['mean_ccc'],
                                                   abs=1e-6)
+
+
+def test_sweep_ensemble_evaluates_predicts_and_predicts_one_recording(swept, tiny_tree, tmp_path):
+  """eval_seed 'sweep_ensemble': the best k members' mean, restored from the groups'
+  checkpoints, written into W as a run's outputs; its scores match the report's ensemble
+  (scored from member_predictions.npz, no model run) and its predictions the members' mean."""
+  w = str(tmp_path / 'W')
+  shutil.copytree(swept['W'], w, symlinks=True)  # W's links are relative: the copy reads itself
+  ens = swept['report']['ensemble']
+  rows = [swept['report']['rows'][i] for i in ens['rows']]
+  assert ens['k'] == 5 and len({r['group'] for r in rows}) == 2  # members of both groups
+  _ok(helpers.run([sys.executable, '-m', 'muse_jax.main', f'--config=configs/workdir.py:{w}',
+                   '--mode=evaluate', '--config.eval_seed=sweep_ensemble',
+                   '--config.bootstrap_samples=100'], REPO))
+  ev = _json(os.path.join(w, 'eval_results.json'))
+  assert ev['eval_seed'] == 'sweep_ensemble' and ev['ensemble']['k'] == 5
+  for split in ('devel', 'test'):
+    assert ev[split]['mean_ccc'] == pytest.approx(ens[split]['mean_ccc'], abs=1e-5)
+  assert not os.path.islink(os.path.join(w, 'predictions'))  # W's own now; the groups keep theirs
+  assert _json(os.path.join(w, 'predictions.json'))['eval_seed'] == 'sweep_ensemble'
+  member = {}
+  for r in rows:
+    with np.load(os.path.join(w, 'groups', r['group'], 'member_predictions.npz')) as z:
+      names = [n for n in z.files if n.startswith('devel/') and n.endswith('/pred')]
+      member.setdefault(names[0], []).append(z[names[0]][r['member']])
+  (name, preds), = member.items()
+  target = _json(os.path.join(w, 'config.json'))['targets'][0]
+  expected = np.mean(np.stack(preds).astype(np.float64), axis=0)[:, 0]
+  np.testing.assert_allclose(_preds(w, target, name.split('/')[1]), expected, rtol=1e-5,
+                             atol=1e-6)
+  # Predict on a tree (here the same one): the same predictions, in predict/.
+  _ok(helpers.run([sys.executable, '-m', 'muse_jax.main', f'--config=configs/workdir.py:{w}',
+                   '--mode=predict', '--config.eval_seed=sweep_ensemble'], REPO))
+  vid = name.split('/')[1]
+  with open(os.path.join(w, 'predict', target, f'{vid}.csv'), encoding='utf-8') as f:
+    predicted = np.array([float(l.split(',')[1]) for l in f.read().splitlines()[1:]])
+  np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
+  # One recording: Predictor(W, 'sweep_ensemble') is the mean of its members' Predictors.
+  from muse_jax import predictor as predictor_lib  # pylint: disable=import-outside-toplevel
+  p = predictor_lib.Predictor(w, 'sweep_ensemble')
+  x = np.random.default_rng(0).normal(size=(30, sum(p.dims))).astype(np.float32)
+  each = [predictor_lib.Predictor(os.path.join(w, 'groups', r['group']), [r['member']])(x)
+          for r in rows]
+  np.testing.assert_allclose(p(x), np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+  # Not a sweep's workdir, or one run trained with it: one line each, nothing written.
+  group = os.path.join(w, 'groups', rows[0]['group'])
+  proc = helpers.run([sys.executable, '-m', 'muse_jax.main', f'--config=configs/workdir.py:{group}',
+                      '--mode=evaluate', '--config.eval_seed=sweep_ensemble'], REPO)
+  assert proc.returncode == 2 and 'no sweep.json' in proc.stderr.splitlines()[-1], proc.stderr
+  proc = _run(tiny_tree, str(swept['base'] / 'tfds'), str(tmp_path / 'plain'),
+              '--config.eval_seed=sweep_ensemble', module=True)
+  assert proc.returncode == 2 and "'sweep_ensemble' is the ensemble of a sweep" in proc.stderr
+  assert not os.path.exists(tmp_path / 'plain' / 'checkpoints')
 
 
 def test_shards_merged_are_the_whole_sweep(swept, tiny_tree, tmp_path):

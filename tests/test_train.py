@@ -325,12 +325,12 @@ def test_guards_refuse_untrained_or_non_finite_outputs(tmp_path):
   """The last checks before anything is written (the CLI tests reach the first one for real)."""
   t = schedule.SeedTracker(lr=0.005, seed=314)  # best_epoch 0: no epoch ever scored
   with pytest.raises(MuseError, match=r'devel CCC of seed 314 is not finite \(in no epoch'):
-    inference.check_trained(str(tmp_path), t, 314, float('nan'), None, 0)
+    schedule.check_trained(str(tmp_path), t, 314, float('nan'), None, 0)
   t.update(0.2, 1, tiny_config('', ''))
   with pytest.raises(MuseError, match=r'never beat the untrained model on devel \(seed 314: best '
                      r'devel CCC 0.2000 at epoch 1, untrained 0.2500\)'):
-    inference.check_trained(str(tmp_path), t, 314, 0.2, [0.25], 0)
-  inference.check_trained(str(tmp_path), t, 314, 0.2, [0.1], 0)  # beat it: no error
+    schedule.check_trained(str(tmp_path), t, 314, 0.2, [0.25], 0)
+  schedule.check_trained(str(tmp_path), t, 314, 0.2, [0.1], 0)  # beat it: no error
   v = Video('7', np.array([0, 250, 500]), np.ones(3, np.int32), np.zeros((3, 1), np.float32),
             np.zeros((3, 1), np.float32), ('valence',), (True,))
   inference.check_finite([np.zeros((3, 1))], [v], 'test', 'seed 314')
