@@ -464,6 +464,12 @@ def test_sweep_on_other_layouts(layout_name, tmp_path):
   targets = ','.join(layout.resolve(out).targets())
   _ok(_run(root, str(tmp_path / 'tfds'), w, '--sweep=learning_rate=0.002,0.005',
            f'--config.targets={targets}', '--config.num_epochs=1',
-           script={'314': [0.5]}))
+           '--config.eval_seed=sweep_ensemble', script={'314': [0.5]}))
   r = _json(os.path.join(w, 'sweep.json'))
   assert r['members'] == 2 and len(r['groups']) == 1 and r['best']['devel'] is not None
+  # Trained with eval_seed sweep_ensemble: W's predictions are its ensemble's, scored as the
+  # report scored it; the group wrote its best member's.
+  assert _json(os.path.join(w, 'predictions.json'))['eval_seed'] == 'sweep_ensemble'
+  assert _json(os.path.join(w, 'groups', 'g0', 'predictions.json'))['eval_seed'] == 'best'
+  assert _json(os.path.join(w, 'eval_results.json'))['devel']['mean_ccc'] == pytest.approx(
+      r['ensemble']['devel']['mean_ccc'], abs=1e-5)
