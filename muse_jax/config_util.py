@@ -10,10 +10,14 @@ import importlib.util
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from muse_jax.data import layout
 from muse_jax.data.layout import parse_list  # the list fields' parser: config_util.parse_list
 from muse_jax.errors import MuseError
+
+if TYPE_CHECKING:  # annotations only: ml_collections loads where a config is made
+  import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, 'configs')
@@ -122,20 +126,20 @@ def loss_weights(config, targets) -> tuple:
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """A config with its list fields parsed and paths absolute; `config` holds the scalars."""
-  config: object
-  feature_sets: tuple
-  targets: tuple
-  fusion_runs: tuple   # absolute workdirs of first-level runs (late fusion), else ()
-  inputs: tuple        # input names in column order: sets, fusion runs, segment_id
-  normalized: tuple    # the inputs that are z-normalised
-  seeds: tuple
+  config: 'ml_collections.ConfigDict'
+  feature_sets: tuple[str, ...]
+  targets: tuple[str, ...]
+  fusion_runs: tuple[str, ...]  # absolute workdirs of first-level runs (late fusion), else ()
+  inputs: tuple[str, ...]       # input names in column order: sets, fusion runs, segment_id
+  normalized: tuple[str, ...]   # the inputs that are z-normalised
+  seeds: tuple[int, ...]
   data_seed: int
   data_root: str       # absolute, '' when not set: the folder holding metadata/ (the layout's)
   data_dir: str        # absolute: where this layout's builds live (layout.task_data_dir)
-  layout: object = None  # data.layout.Layout of data_root (None when not set or not found)
-  loss_weights: tuple = ()  # one per target, () = equal
-  eval_seed: object = 'best'  # what evaluate/predict write: 'best', 'ensemble' or a seed index
-  members: tuple = ()  # per member (seed axis) its MEMBER_FIELDS overrides (config.members)
+  layout: 'layout.Layout | None' = None  # the layout of data_root (None: not set or found)
+  loss_weights: tuple[float, ...] = ()  # one per target, () = equal
+  eval_seed: int | str = 'best'  # what evaluate/predict write: 'best', 'ensemble' or an index
+  members: tuple[dict, ...] = ()  # per member (seed axis) its MEMBER_FIELDS overrides
 
   def member_config(self, i: int):
     """The config member `i` trains with (its schedule fields); the config itself without

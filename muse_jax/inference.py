@@ -15,11 +15,13 @@ Which members are read is the schedule's member policy (`schedule.choose`).
 """
 import copy
 import os
+from typing import Callable
 
 from absl import logging
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from muse_jax import checkpoint
 from muse_jax import config_util
@@ -32,10 +34,12 @@ from muse_jax import schedule
 from muse_jax import steps
 from muse_jax import workdir as workdir_lib
 from muse_jax.data import layout
+from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
 
-def predict_videos(eval_step, params, videos, mesh) -> list:
+def predict_videos(eval_step: Callable, params, videos: list[Video],
+                   mesh: jax.sharding.Mesh) -> list:
   """Per seed, per video predictions: [S][video] -> [T_i, K], batched by length bucket."""
   n_seeds = jax.tree.leaves(params)[0].shape[0]
   preds = [[None] * len(videos) for _ in range(n_seeds)]
@@ -47,7 +51,8 @@ def predict_videos(eval_step, params, videos, mesh) -> list:
   return preds
 
 
-def evaluate_split(eval_step, params, videos, targets, mesh, bootstrap=(0, 0)) -> tuple:
+def evaluate_split(eval_step: Callable, params, videos: list[Video], targets: list[str],
+                   mesh: jax.sharding.Mesh, bootstrap: tuple = (0, 0)) -> tuple:
   """(predictions [S][video], metrics per seed or None when the split has no labels);
   `bootstrap`: (samples, seed) of the CCC intervals (off during training's epochs)."""
   preds = predict_videos(eval_step, params, videos, mesh)
@@ -65,8 +70,9 @@ def bootstrap_of(config) -> tuple:
   return config.get('bootstrap_samples', 1000), config.get('bootstrap_seed', 0)
 
 
-def score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
-               by: str = 'train') -> dict:
+def score_best(spec: config_util.Spec, workdir: str, mngr: ocp.CheckpointManager,
+               state: steps.TrainState, signature: dict, videos: dict[str, list[Video]],
+               eval_step: Callable, mesh: jax.sharding.Mesh, by: str = 'train') -> dict:
   """Scores every partition with each seed's best parameters; writes the predictions
   `config.eval_seed` picks (challenge CSVs), `predictions.json` saying what they are (`by`:
   'train' or 'evaluate', the run that wrote them: evaluate may pick another eval_seed than the
@@ -249,7 +255,8 @@ def check_predict(spec, workdir: str) -> None:
                     'pass another --data_dir for this tree')
 
 
-def predictions_of(spec, workdir: str, require=(), choice=None) -> dict:
+def predictions_of(spec: config_util.Spec, workdir: str, require: tuple = (),
+                   choice: int | str | list | None = None) -> dict:
   """The predictions of what `choice` picks (default `spec.eval_seed`; a list of member indices
   for a sweep's ensemble) for every video of every partition of the spec's tree: {'videos',
   'preds' ({split: [video] -> [T, K]}), 'picked', 'seeds', 'what', 'best_epoch', 'step_ms'}.

@@ -26,7 +26,7 @@ from muse_jax import compare
 from muse_jax import config_util
 from muse_jax import runtime
 from muse_jax import train
-from muse_jax import workdir as wd
+from muse_jax import workdir as workdir_lib
 from muse_jax.data import demo
 from muse_jax.data import layout
 from muse_jax.data import reader
@@ -53,12 +53,12 @@ def train_once(config, workdir: str) -> dict:
   A workdir started with another config is an error, not a silent resume of mixed settings.
   """
   spec = config_util.validate_config(config)
-  want = dict(wd.config_record(config), targets=list(spec.targets))
+  want = dict(workdir_lib.config_record(config), targets=list(spec.targets))
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       have = json.load(f)
-    diff = wd.same_config(have, want)
+    diff = workdir_lib.same_config(have, want)
     if diff:
       raise MuseError(f'{workdir}: started with another config (differs in {", ".join(diff)}); '
                       'delete that workdir or pick another --out')

@@ -29,7 +29,7 @@ from muse_jax import outputs
 from muse_jax import sharding
 from muse_jax import sources
 from muse_jax import steps
-from muse_jax import workdir as wd
+from muse_jax import workdir as workdir_lib
 from muse_jax.errors import MuseError
 from muse_jax.schedule import SeedTracker
 
@@ -41,8 +41,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   resume may change only the fields of `workdir.RESUMABLE`. One run at a time per workdir.
   """
   spec = config_util.validate_config(config)
-  workdir = wd.prepare(workdir)
-  with wd.held(workdir, 'train'):
+  workdir = workdir_lib.prepare(workdir)
+  with workdir_lib.held(workdir, 'train'):
     return _train(spec, workdir)
 
 
@@ -52,14 +52,14 @@ def _train(spec, workdir: str) -> dict:
   mngr = checkpoint.checkpoint_manager(workdir)
   # Targets and tree as resolved ('all' -> the tree's targets; a release root -> the task's
   # folder): what the model predicts and read, even if the root gains other tasks later.
-  config_json = dict(wd.config_record(config), targets=list(targets), data_root=spec.data_root,
+  config_json = dict(workdir_lib.config_record(config), targets=list(targets), data_root=spec.data_root,
                      task=spec.layout.task)
   if mngr.latest_step() is not None:
-    wd.check_resume(workdir, config_json)  # before any data work: a refused resume costs nothing
+    workdir_lib.check_resume(workdir, config_json)  # before any data work: a refused resume costs nothing
   videos, dims = sources.prepare_data(spec, workdir, fit_stats=True)
   if jax.process_index() == 0:
     files.remove_stale_tmp(workdir)
-    outputs.write_json(os.path.join(workdir, wd.CONFIG_FILE), config_json)
+    outputs.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), config_json)
   mesh = sharding.make_mesh(config.num_devices, config.get('member_devices', 1))
   platform = sharding.platform(mesh)
   windows = ip.train_windows(config, videos['train'])
@@ -168,7 +168,7 @@ def _train(spec, workdir: str) -> dict:
                was_active)
     meta = {'epoch': epoch, 'skipped_steps': skipped, 'signature': signature,
             'trackers': [dataclasses.asdict(t) for t in trackers], 'initial_devel': initial}
-    wd.check_space(workdir, ckpt_bytes, f'the checkpoint of epoch {epoch}', _kept(epoch))
+    workdir_lib.check_space(workdir, ckpt_bytes, f'the checkpoint of epoch {epoch}', _kept(epoch))
     checkpoint.save(mngr, epoch, state, meta)
   mngr.wait_until_finished()
   log.close()

@@ -277,16 +277,16 @@ def test_packaged_all_minilm_matches_published_similarities():
 
 def test_predict_names_sets_that_a_recording_cannot_give(tmp_path):
   _audio_extra()
-  from muse_jax import predict
+  from muse_jax.features import recording
   from muse_jax.features import sample
   wav = sample.write_wav(str(tmp_path / 'a.wav'), 2.0)
   with pytest.raises(MuseError, match=r"\['vggface'\]"):
-    predict.extract_inputs(['egemaps', 'vggface'], [88, 512], wav)
+    recording.extract_inputs(['egemaps', 'vggface'], [88, 512], wav)
   with pytest.raises(MuseError, match='--transcript'):
-    predict.extract_inputs(['egemaps', 'bert'], [88, 16], wav)
+    recording.extract_inputs(['egemaps', 'bert'], [88, 16], wav)
   with pytest.raises(MuseError, match='egemaps with 80 columns'):
-    predict.extract_inputs(['egemaps'], [80], wav)
-  raw, ts = predict.extract_inputs(['egemaps_lld', 'segment_id'], [25, 1], wav)
+    recording.extract_inputs(['egemaps'], [80], wav)
+  raw, ts = recording.extract_inputs(['egemaps_lld', 'segment_id'], [25, 1], wav)
   assert raw.shape == (9, 26) and (raw[:, -1] == 1).all()
   np.testing.assert_array_equal(ts, np.arange(9) * 250)
 
@@ -298,7 +298,7 @@ def test_predict_end_to_end_on_a_tiny_trained_model(tmp_path, capsys, monkeypatc
   from muse_jax import config_util, train
   from muse_jax.data import demo
   from muse_jax.features import sample
-  from muse_jax.predict import main
+  from muse_jax.features.__main__ import main
   tree, work = str(tmp_path / 'tree'), str(tmp_path / 'work')
   demo.make_tree(tree, scale='tiny', features='egemaps,bert:16')
   config = config_util.load_config('tiny')
@@ -307,14 +307,14 @@ def test_predict_end_to_end_on_a_tiny_trained_model(tmp_path, capsys, monkeypatc
   train.train_and_evaluate(config, work)
   media = sample.make_sample(str(tmp_path / 'media'), seconds=6.0)
   out = str(tmp_path / 'out')
-  assert main(['--workdir', work, '--wav', media['wav'], '--transcript', media['transcript'],
-               '--model_dir', media['model_dir'], '--out', out]) == 0
+  assert main(['predict', '--workdir', work, '--wav', media['wav'], '--transcript',
+               media['transcript'], '--model_dir', media['model_dir'], '--out', out]) == 0
   for target in ('arousal', 'valence'):
     frame = pd.read_csv(os.path.join(out, f'{target}.csv'))
     assert list(frame.columns) == ['timestamp', 'value'] and len(frame) == 25
     assert np.isfinite(frame['value']).all()
   assert open(os.path.join(out, 'prediction.png'), 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
   capsys.readouterr()
-  assert main(['--workdir', work, '--wav', media['wav'], '--out', out]) == 2
+  assert main(['predict', '--workdir', work, '--wav', media['wav'], '--out', out]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: ') and '--transcript' in err[0]

@@ -9,4 +9,8 @@ package; the heavy dependencies load only inside the functions that need them.
   python -m muse_jax.features audio --wav F --id N --out ROOT [--win_s 3.0]
   python -m muse_jax.features text --transcript T --id N --out ROOT --model_dir DIR
   python -m muse_jax.features sample --out DIR     # a synthetic recording, transcript, tiny BERT
+  python -m muse_jax.features predict --workdir W --wav F --out DIR   # a model on a recording
+
+`predict` (muse_jax.features.recording) extracts what a trained workdir reads from a recording
+and runs its `predictor.Predictor`: the one module of this package that imports the core.
 """

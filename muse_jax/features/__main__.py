@@ -2,6 +2,7 @@
 
 User errors end as one line `error: <message>` and exit status 2, never a traceback.
 """
+import os
 import sys
 
 from muse_jax import cli
@@ -34,6 +35,20 @@ def _parser() -> cli.ArgumentParser:
   t.add_argument('--segment_id', type=int, default=1, help='segment_id of every row (default 1)')
   t.add_argument('--step_ms', type=int, default=None,
                  help="grid step in ms (default: that of ROOT's labels, else 250)")
+  r = sub.add_parser('predict', help="a trained workdir's targets on a new recording")
+  r.add_argument('--workdir', type=cli.path, required=True, help='a trained muse_jax workdir')
+  r.add_argument('--wav', type=cli.path, required=True, help='the recording (wav, flac, ogg, mp3)')
+  r.add_argument('--transcript', type=cli.path, default=None,
+                 help='CSV start_ms,end_ms,text (for bert models)')
+  r.add_argument('--model_dir', type=cli.path, default=None,
+                 help='sentence encoder folder (for bert models)')
+  r.add_argument('--win_s', type=float, default=3.0, help='egemaps functionals window (s)')
+  r.add_argument('--seed_index', default=None,
+                 help="'best', 'ensemble' (the mean of the seeds' predictions), a seed index, or "
+                      "'sweep_ensemble' of a sweep's workdir (default: what its results.json "
+                      'wrote)')
+  r.add_argument('--out', type=cli.path, required=True,
+                 help='folder for <target>.csv and prediction.png')
   s = sub.add_parser('sample', help='a synthetic recording, transcript and tiny random BERT')
   s.add_argument('--out', type=cli.path, required=True, help='folder for sample.wav, transcript.csv, tiny_bert/')
   s.add_argument('--seconds', type=float, default=12.0)
@@ -53,11 +68,28 @@ def run(args) -> None:
     from muse_jax.features import text  # pylint: disable=import-outside-toplevel  (see run)
     paths = {text.BERT: text.extract(args.transcript, args.out, args.id, args.model_dir,
                                      args.duration_ms, args.segment_id, args.step_ms)}
+  elif args.command == 'predict':
+    paths = _predict(args)
   else:
     from muse_jax.features import sample  # pylint: disable=import-outside-toplevel  (see run)
     paths = sample.make_sample(args.out, args.seconds, args.sample_rate, args.channels)
   for name, path in paths.items():
     print(f'{name}: {path}')
+
+
+def _predict(args) -> dict:
+  """The process settings of the workdir's own config (an entry point's business, as in
+  muse_jax.main), then the prediction."""
+  from absl import logging  # pylint: disable=import-outside-toplevel  (see run)
+  import ml_collections  # pylint: disable=import-outside-toplevel  (see run)
+  from muse_jax import runtime  # pylint: disable=import-outside-toplevel  (JAX: see run)
+  from muse_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from muse_jax.features import recording  # pylint: disable=import-outside-toplevel  (see run)
+  logging.set_verbosity(logging.ERROR)  # orbax's read-only checkpoint notes are noise here
+  saved = workdir_lib.read_json(os.path.join(args.workdir, 'config.json'))
+  runtime.configure(ml_collections.ConfigDict(saved) if isinstance(saved, dict) else None)
+  return recording.predict_recording(args.workdir, args.wav, args.out, args.transcript,
+                                     args.model_dir, args.win_s, args.seed_index)
 
 
 def main(argv=None) -> int:

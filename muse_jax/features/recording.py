@@ -1,6 +1,7 @@
-"""Predict a trained workdir's targets on a new recording (needs the features extra).
+"""A trained workdir's targets predicted on a new recording (raw audio, a transcript).
 
-  python -m muse_jax.predict --workdir W --wav F [--transcript T] [--model_dir DIR] --out OUTDIR
+  python -m muse_jax.features predict --workdir W --wav F [--transcript T] [--model_dir DIR] \
+      --out OUTDIR
 
 Extracts the feature sets the model reads (egemaps, egemaps_lld from the audio; bert from the
 transcript) on the model's own grid (its training data's step), runs `predictor.Predictor` (which applies the
@@ -10,15 +11,14 @@ trained on the challenge's own egemaps files sees features from a different extr
 so train on sets made with `python -m muse_jax.features` for the most faithful predictions.
 """
 import os
-import sys
 
-from absl import logging
 import numpy as np
 
-from muse_jax import cli
 from muse_jax import outputs
+from muse_jax import predictor as predictor_lib
 from muse_jax.data.layout import SEGMENT_ID
 from muse_jax.errors import MuseError
+
 AUDIO_SETS = ('egemaps', 'egemaps_lld')
 TEXT_SETS = ('bert',)
 
@@ -28,7 +28,8 @@ def extract_inputs(inputs: list, dims: list, wav: str, transcript: str | None = 
                    segment_id: int = 1, step_ms: int = 250) -> tuple:
   """Raw joined features [T, sum(dims)] in the model's column order, and their timestamps, on
   the model's grid (`step_ms`, `Predictor.step_ms`)."""
-  from muse_jax.features import audio, text, writer  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel  (pandas, openSMILE: only when extracting)
+  from muse_jax.features import audio, text, writer
   sets = [n for n in inputs if n != SEGMENT_ID]
   unknown = [n for n in sets if n not in AUDIO_SETS + TEXT_SETS]
   if unknown:
@@ -95,7 +96,6 @@ def write_outputs(out: str, timestamps: np.ndarray, preds: np.ndarray, targets: 
 def predict_recording(workdir: str, wav: str, out: str, transcript: str | None = None,
                       model_dir: str | None = None, win_s: float = 3.0,
                       seed_index: int | str | None = None) -> dict:
-  from muse_jax import predictor as predictor_lib  # pylint: disable=import-outside-toplevel
   predictor = predictor_lib.Predictor(workdir, seed_index)
   raw, timestamps = extract_inputs(list(predictor.inputs), list(predictor.dims), wav, transcript,
                                    model_dir, win_s, step_ms=predictor.step_ms)
@@ -103,34 +103,3 @@ def predict_recording(workdir: str, wav: str, out: str, transcript: str | None =
   return write_outputs(out, timestamps, preds, list(predictor.targets),
                        f'{os.path.basename(wav)}: {", ".join(predictor.targets)} '
                        f'({os.path.basename(os.path.abspath(workdir))})')
-
-
-def main(argv=None) -> int:
-  p = cli.ArgumentParser(prog='python -m muse_jax.predict', description=__doc__.split('\n')[0])
-  p.add_argument('--workdir', type=cli.path, required=True, help='a trained muse_jax workdir')
-  p.add_argument('--wav', type=cli.path, required=True, help='the recording (wav, flac, ogg, mp3)')
-  p.add_argument('--transcript', type=cli.path, default=None, help='CSV start_ms,end_ms,text (for bert models)')
-  p.add_argument('--model_dir', type=cli.path, default=None, help='sentence encoder folder (for bert models)')
-  p.add_argument('--win_s', type=float, default=3.0, help='egemaps functionals window (s)')
-  p.add_argument('--seed_index', default=None,
-                 help="'best', 'ensemble' (the mean of the seeds' predictions) or a seed index "
-                      "(default: what the workdir's results.json wrote)")
-  p.add_argument('--out', type=cli.path, required=True, help='folder for <target>.csv and prediction.png')
-  args = p.parse_args(argv)
-  logging.set_verbosity(logging.ERROR)  # orbax's read-only checkpoint notes are noise here
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from muse_jax import runtime  # pylint: disable=import-outside-toplevel
-  from muse_jax import workdir as wd  # pylint: disable=import-outside-toplevel
-  saved = wd.read_json(os.path.join(args.workdir, 'config.json'))  # the workdir's own settings
-  runtime.configure(ml_collections.ConfigDict(saved) if isinstance(saved, dict) else None)
-  rc, paths = cli.call(predict_recording, args.workdir, args.wav, args.out, args.transcript,
-                       args.model_dir, args.win_s, args.seed_index)
-  if rc:
-    return rc
-  for name, path in paths.items():
-    print(f'{name}: {path}')
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
