@@ -82,7 +82,8 @@ class MetricLog:
     shared = len({r['seed'] for r in record['seeds']}) < len(record['seeds'])  # sweep members
     for i, r in enumerate(record['seeds']):
       prefix = (f'm{i}_seed{r["seed"]}/' if shared else f'seed{r["seed"]}/') if multi else ''
-      self.tb.add_scalar(f'{prefix}train/loss', r['train_loss'], step)
+      if r['train_loss'] is not None:  # None: the seed had stopped (nothing trained)
+        self.tb.add_scalar(f'{prefix}train/loss', r['train_loss'], step)
       self.tb.add_scalar(f'{prefix}train/lr', r['lr'], step)
       for target, m in (r.get('devel') or {}).items():
         if isinstance(m, dict):

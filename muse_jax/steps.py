@@ -82,14 +82,27 @@ def attention_impl(config, platform: str) -> str:
   return ('blocked' if platform == 'cpu' else 'plain') if impl == 'auto' else impl
 
 
-def over_seeds(fn, mapped: bool, n_per_seed: int):
+def over_seeds(fn, mapped: bool, n_per_seed: int, skip=None):
   """fn applied per seed: its first n_per_seed arguments carry a leading seed axis, the rest are
-  shared by all seeds; vmapped, or mapped one seed after the other."""
+  shared by all seeds; vmapped, or mapped one seed after the other.
+
+  `skip`: (i, fallback): mapped, a seed whose i-th argument is False runs `fallback` (same
+  arguments, same output structure) instead of fn, so an early-stopped member of a sweep costs
+  nothing (lax.cond on its scalar flag: only the taken branch runs). Vmapped, every seed computes
+  (a batched flag turns the cond into a select) and the caller discards what it must."""
   def over(*args):
     per_seed, shared = args[:n_per_seed], args[n_per_seed:]
-    if mapped:  # batch_size=1: each seed's body is vmapped over a size-1 axis (see seeds_mapped)
-      return jax.lax.map(lambda xs: fn(*xs, *shared), per_seed, batch_size=1)
-    return jax.vmap(lambda *xs: fn(*xs, *shared))(*per_seed)
+    if not mapped:
+      return jax.vmap(lambda *xs: fn(*xs, *shared))(*per_seed)
+
+    def one(_, xs):  # as lax.map(batch_size=1): the body vmapped over a size-1 axis
+      run = lambda: jax.tree.map(lambda a: a[0], jax.vmap(lambda *x: fn(*x, *shared))(
+          *jax.tree.map(lambda a: a[None], xs)))
+      if skip is None:
+        return None, run()
+      i, fallback = skip
+      return None, jax.lax.cond(xs[i], run, lambda: fallback(*xs, *shared))
+    return jax.lax.scan(one, None, per_seed)[1]
   return over
 
 
@@ -103,7 +116,8 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
   [S]: {'rates': [S, 3]} (their MEMBER_RATES, instead of the model's) and/or {'weights': [S, K]}
   (their loss weights, instead of `weights`).
 
-  Inactive (early-stopped) seeds and non-finite steps are not applied; the host reads `finite`
+  Inactive (early-stopped) seeds and non-finite steps are not applied (mapped seeds: an
+  inactive one is not even computed, its loss NaN); the host reads `finite`
   once per epoch and stops or counts, per config.nonfinite_policy. With n_micro > 1 the
   gradient is accumulated over that many interleaved slices of the batch (bounded memory, same
   result): each slice's mean loss is weighted by its valid sequences (CCC) or frames (per_frame
@@ -148,13 +162,17 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
     return keep(new_params, params), keep(new_opt_state, opt_state), loss, finite | ~active
 
+  def stopped(params, opt_state, *_):
+    """An early-stopped seed's step when seeds are mapped: nothing computed (loss NaN)."""
+    return params, opt_state, jnp.full((), jnp.nan, jnp.float32), jnp.ones((), bool)
+
   def train_step(state, batch, keys, active, member=None):
     if member is None:
       fn = lambda p, o, k, a, step, b: one_seed(p, o, k, a, None, step, b)
-      params, opt_state, loss, finite = over_seeds(fn, seeds_map, 4)(
+      params, opt_state, loss, finite = over_seeds(fn, seeds_map, 4, (3, stopped))(
           state.params, state.opt_state, keys, active, state.step, batch)
     else:
-      params, opt_state, loss, finite = over_seeds(one_seed, seeds_map, 5)(
+      params, opt_state, loss, finite = over_seeds(one_seed, seeds_map, 5, (3, stopped))(
           state.params, state.opt_state, keys, active, member, state.step, batch)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss, finite
   return jax.jit(train_step, donate_argnums=(0,))

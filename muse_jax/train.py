@@ -147,7 +147,10 @@ def _train(spec, workdir: str) -> dict:
                         'learning_rate, check the inputs, or set --config.nonfinite_policy=skip')
       skipped += int((~step_finite).sum())
       logging.warning('skipped %d non-finite step(s), first at %s', (~step_finite).sum(), where)
-    train_loss = np.nanmean(np.where(step_finite, step_losses, np.nan), axis=0)  # [S]
+    # [S]; NaN for a seed that was stopped (mapped: not computed) or had no finite step.
+    counted = step_finite & np.asarray(was_active)[None, :]
+    train_loss = np.where(counted, step_losses, 0.0).sum(0) / np.maximum(counted.sum(0), 1)
+    train_loss = np.where(counted.any(0), train_loss, np.nan)
 
     t_eval = time.time()
     _, devel = inference.evaluate_split(eval_step, state.params, videos['devel'], targets, mesh)
@@ -161,7 +164,8 @@ def _train(spec, workdir: str) -> dict:
     log.write({'epoch': epoch, 'seconds': seconds, 'train_seconds': t_eval - t0,
                'eval_seconds': time.time() - t_eval, 'steps': len(step_finite),
                'skipped_steps': skipped,
-               'seeds': [{'seed': seed, 'train_loss': float(train_loss[s]), 'lr': float(lrs[s]),
+               'seeds': [{'seed': seed, 'lr': float(lrs[s]),
+                          'train_loss': float(train_loss[s]) if was_active[s] else None,
                           'devel': devel[s] if devel else None}
                          for s, seed in enumerate(seeds)]})
     _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improved, seeds,

@@ -11,6 +11,7 @@ import sys
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -67,6 +68,40 @@ def _one_step(mesh, batch_size=13):
   active = sharding.replicate(np.array([True, True]), mesh)
   state, loss, _ = step(sharding.replicate(state, mesh), batch, keys, active)
   return jax.device_get(state.params), g, np.asarray(loss)
+
+
+def test_a_stopped_seed_is_not_trained_and_mapped_not_even_computed():
+  """Mapped seeds (CPU's default) skip a stopped seed's step (lax.cond: its loss is NaN, nothing
+  ran); vmapped seeds compute it and discard it. Either way its parameters and optimiser state
+  stay as they were, and the active seed's step is the same in both programs."""
+  config = config_util.load_config('tiny')
+  config.num_seeds = 2
+  model, tx, state = steps.create_state(config, 10, 2)
+  batch = next(ip.train_batches(_synthetic_windows(), 13, 0, 0, 1))
+  keys = steps.dropout_keys([314, 315])
+  out = {}
+  for mapped in (True, False):
+    step = steps.make_train_step(model, tx, losses.get_loss('ccc'), None, seeds_map=mapped)
+    new, loss, finite = step(jax.tree.map(jnp.copy, state), batch, keys, np.array([True, False]))
+    out[mapped] = jax.device_get(new), np.asarray(loss), np.asarray(finite)
+  before = jax.device_get(state)
+  for mapped, (new, loss, finite) in out.items():
+    assert finite.all() and np.isfinite(loss[0])
+    assert np.isnan(loss[1]) == mapped  # mapped: the stopped seed's step did not run
+    for a, b in zip(jax.tree.leaves((new.params, new.opt_state)),
+                    jax.tree.leaves((before.params, before.opt_state))):
+      np.testing.assert_array_equal(a[1], b[1])  # the stopped seed: untouched
+    changed = [not np.array_equal(a[0], b[0]) for a, b in zip(jax.tree.leaves(new.params),
+                                                               jax.tree.leaves(before.params))]
+    assert all(changed)  # the active seed trained
+  assert out[True][1][0] == pytest.approx(out[False][1][0], rel=1e-5)
+  # Adam's first move is about +-lr where the gradient is meaningful, noise where it is at
+  # rounding level (see the 8-device test): compare the meaningful moves.
+  for a, b, p in zip(jax.tree.leaves(out[True][0].params), jax.tree.leaves(out[False][0].params),
+                     jax.tree.leaves(before.params)):
+    moved = np.abs(b[0] - p[0]) > 0.5 * config.learning_rate
+    np.testing.assert_allclose(a[0][moved], b[0][moved], atol=1e-5)
+    assert moved.mean() > 0.5
 
 
 def test_eight_devices_are_simulated():
