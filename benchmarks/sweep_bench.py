@@ -1,13 +1,17 @@
 """A sweep of N members against N separate runs of the same settings, side by side in one call.
 
   ./run.sh py benchmarks/sweep_bench.py [--members 8] [--epochs 3] [--config demo]
+      [--early_stopping]
 
 The members differ in learning rate (log-spaced over 1e-3..1e-2, one seed each): what a sweep
 trains as one compiled program. The separate runs are what users do today: one
 `python -m muse_jax.main` process per setting. Both on the demo tree (`out/demo_tree_demo`,
 written if missing), every process with cold compiles (no persistent cache), one after the
 other on this machine. Printed: wall time, first epoch (compile + one epoch), steady epoch (median
-of the others, from metrics.jsonl) and the ratio sweep / separate.
+of the others, from metrics.jsonl), member-epochs trained, and the ratio sweep / separate.
+Early stopping is off unless --early_stopping keeps the config's (the demo's: patience 8), so
+that members stop as they would in use; a stopped member costs the sweep nothing where seeds
+are mapped (CPU), so both sides then train the same member-epochs.
 """
 import argparse
 import json
@@ -31,8 +35,8 @@ def _run(args, workdir, *flags) -> dict:
          if k not in ('JAX_COMPILATION_CACHE_DIR', 'XLA_FLAGS', 'SCRIPTED_DEVEL')}
   cmd = [sys.executable, '-m', 'muse_jax.main', f'--config=configs/{args.config}.py',
          f'--workdir={workdir}', f'--data_root={args.root}', f'--data_dir={args.data_dir}',
-         f'--config.num_epochs={args.epochs}', '--config.early_stopping_patience=1000',
-         '--config.compilation_cache_dir=none'] + list(flags)
+         f'--config.num_epochs={args.epochs}', '--config.compilation_cache_dir=none'] + (
+             [] if args.early_stopping else ['--config.early_stopping_patience=1000']) + list(flags)
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO, env=env,
                         check=False)
@@ -48,13 +52,15 @@ def _epochs(workdir) -> dict:
   if not os.path.exists(paths[0]):
     groups = os.path.join(workdir, 'groups')
     paths = [os.path.join(groups, g, 'metrics.jsonl') for g in sorted(os.listdir(groups))]
-  first, steady = 0.0, 0.0
+  first, steady, trained = 0.0, 0.0, 0
   for p in paths:
     with open(p, encoding='utf-8') as f:
-      secs = [json.loads(l)['seconds'] for l in f]
+      records = [json.loads(l) for l in f]
+    secs = [r['seconds'] for r in records]
     first += secs[0]
     steady += statistics.median(secs[1:]) if len(secs) > 1 else float('nan')
-  return {'first': first, 'steady': steady}
+    trained += sum(s['train_loss'] is not None for r in records for s in r['seeds'])
+  return {'first': first, 'steady': steady, 'member_epochs': trained}
 
 
 def main():
@@ -63,6 +69,8 @@ def main():
   ap.add_argument('--epochs', type=int, default=3)
   ap.add_argument('--config', default='demo')
   ap.add_argument('--root', default='', help='a tree (default: the demo tree of out/)')
+  ap.add_argument('--early_stopping', action='store_true',
+                  help="keep the config's early stopping (default: off, every epoch trained)")
   ap.add_argument('--seed_loop', default='auto',
                   help="the sweep's config.seed_loop: auto (map on CPU), vmap or map")
   args = ap.parse_args()
@@ -77,14 +85,16 @@ def main():
                f'--config.seed_loop={args.seed_loop}')
   sep = [_run(args, os.path.join(work, f'run_{i}'), f'--config.learning_rate={lr}')
          for i, lr in enumerate(lrs)]
-  total = {k: sum(r[k] for r in sep) for k in ('wall', 'first', 'steady')}
+  total = {k: sum(r[k] for r in sep) for k in ('wall', 'first', 'steady', 'member_epochs')}
   print(f'# {args.members} members (learning rates {lrs}), {args.epochs} epochs, configs/'
-        f'{args.config}.py on {args.root}; sweep seed_loop {args.seed_loop}')
+        f'{args.config}.py on {args.root}; sweep seed_loop {args.seed_loop}; early stopping '
+        f'{"as configured" if args.early_stopping else "off"}')
   print('| | sweep (one program) | separate runs (sum) | sweep / separate |')
   print('|---|---|---|---|')
   for k, name in (('wall', 'wall time'), ('first', 'first epoch (compile)'),
                   ('steady', 'steady epoch')):
     print(f'| {name} | {sweep[k]:.1f} s | {total[k]:.1f} s | {sweep[k] / total[k]:.2f}x |')
+  print(f'| member-epochs trained | {sweep["member_epochs"]} | {total["member_epochs"]} | |')
   shutil.rmtree(work, ignore_errors=True)
 
 
