@@ -15,7 +15,7 @@ from configs import default
 def _merge(node, saved: dict) -> None:
   for k, v in saved.items():
     if k not in node:
-      continue  # a field this version no longer has
+      continue  # a field the defaults lack (a user's own config file may add one)
     if hasattr(node[k], 'keys') and isinstance(v, dict):
       _merge(node[k], v)
     else:

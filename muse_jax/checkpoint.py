@@ -3,8 +3,13 @@
 A checkpoint holds the training state, each seed's best-so-far parameters and all host counters
 (`meta`: epoch, schedules, skipped steps, the untrained devel score), so a killed job resumes
 exactly and evaluate/predict restore the best parameters from the same place. Its `signature`
-(model config, inputs, dims, targets, seeds) is checked on every restore.
+(model config, inputs, dims, targets, seeds, grid step) is checked on every restore.
+
+One format: a meta without a field this version writes, or with one it does not know, is another
+version's and refused by name (`_check_format`), never given a default: muse_jax 0.1.0 is its
+first release, so no older format is read.
 """
+import dataclasses
 import json
 import os
 
@@ -12,7 +17,11 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from muse_jax import schedule
 from muse_jax.errors import MuseError
+
+# What train.py writes as a checkpoint's meta, each epoch.
+META_FIELDS = ('epoch', 'skipped_steps', 'signature', 'trackers', 'initial_devel')
 
 
 def checkpoint_manager(workdir: str, read_only: bool = False):
@@ -34,18 +43,35 @@ def model_signature(spec, dims, step_ms: int) -> dict:
           'step_ms': int(step_ms)}
 
 
+def _check_format(meta, signature, workdir) -> None:
+  """Refuses the meta of another version of muse_jax, by the first field it lacks or does not
+  know (in the meta, its signature, its trackers): read with defaults, it would resume or score
+  a model under settings it never had."""
+  tracker = [f.name for f in dataclasses.fields(schedule.SeedTracker)]
+  parts = [('', meta, META_FIELDS)]
+  if isinstance(meta.get('signature'), dict):
+    parts.append(('signature.', meta['signature'], list(signature)))
+  if isinstance(meta.get('trackers'), list):
+    parts += [('trackers.', t, tracker) for t in meta['trackers'] if isinstance(t, dict)]
+  for prefix, saved, fields in parts:
+    why = ([f'no {prefix}{k}' for k in fields if k not in saved]
+           + [f'unknown field {prefix}{k}' for k in saved if k not in fields])
+    if why:
+      raise MuseError(f'{workdir}: its checkpoint was written by another version of muse_jax '
+                      f'({why[0]}); retrain in a new --workdir')
+
+
 def _check_signature(saved, signature, workdir) -> None:
-  # step_ms: absent from checkpoints of older versions (all on MuSe-CaR's 250 ms grid).
-  diff = [k for k in signature if signature[k] != saved.get(k, 250 if k == 'step_ms' else None)]
+  diff = [k for k in signature if signature[k] != saved[k]]
   if diff:
     k = 'step_ms' if 'step_ms' in diff else diff[0]
     if k == 'step_ms':
-      raise MuseError(f'{workdir}: the model learnt on a {saved.get(k, 250)} ms grid, but this '
+      raise MuseError(f'{workdir}: the model learnt on a {saved[k]} ms grid, but this '
                       f'data is on a {signature[k]} ms grid; its windows and dynamics are in '
                       'frames, so give it data on its own grid (or train one on this grid)')
-    what = f'{k} ({saved.get(k)} in the checkpoint, {signature[k]} now)'
+    what = f'{k} ({saved[k]} in the checkpoint, {signature[k]} now)'
     if k == 'model':  # name the fields that differ, not two whole dicts
-      old, new = saved.get(k) or {}, signature[k]
+      old, new = saved[k], signature[k]
       what = 'model config (' + ', '.join(
           f'model.{f} {old.get(f)} in the checkpoint, {new.get(f)} now'
           for f in sorted(set(old) | set(new)) if old.get(f) != new.get(f)) + ')'
@@ -64,6 +90,7 @@ def restore(mngr, state, signature, workdir):
   for i, step in enumerate(steps):
     try:
       meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      _check_format(meta, signature, workdir)
       _check_signature(meta['signature'], signature, workdir)
       restored = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))['state']

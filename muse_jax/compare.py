@@ -39,13 +39,12 @@ class Run:
   def __init__(self, workdir: str):
     self.workdir = os.path.abspath(os.path.expanduser(workdir))
     config = workdir_lib.read_json(os.path.join(self.workdir, 'config.json'))
-    written = workdir_lib.read_json(os.path.join(self.workdir, 'predictions.json')) or {}
-    name = written.get('results', 'results.json')
-    results = (workdir_lib.read_json(os.path.join(self.workdir, name))
-               or workdir_lib.read_json(os.path.join(self.workdir, 'results.json')))
+    results = workdir_lib.read_json(os.path.join(self.workdir, 'results.json'))
     if config is None or results is None or not os.path.isdir(self.predictions()):
       raise MuseError(f'{self.workdir}: not a finished muse_jax run (needs config.json, '
                       'results.json and predictions/); train it first')
+    written = outputs.read_written(self.workdir)  # what predictions/ hold, scored in which file
+    results = workdir_lib.read_json(os.path.join(self.workdir, written['results'])) or results
     root = config.get('data_root') or ''
     try:
       self.layout = layout.resolve(root, config.get('task') or '')
@@ -55,8 +54,7 @@ class Run:
     self.results = results
     self.targets = list(results.get('targets') or [])
     self.step_ms = results.get('step_ms')
-    self.what = (f"{written['what']} (written by {written['written_by']})" if written.get('what')
-                 else 'an unrecorded choice (no predictions.json)')
+    self.what = f"{written['what']} (written by {written['written_by']})"
 
   def predictions(self, target: str = '') -> str:
     base = os.path.join(self.workdir, 'predictions')

@@ -197,16 +197,13 @@ def parse_members(value, config) -> tuple:
 
 
 def eval_seed(value, num_seeds: int):
-  """config.eval_seed as 'best', 'ensemble' or a seed index in [0, num_seeds). The int -1 that
-  workdirs from before 'best' and 'ensemble' recorded reads as 'best'."""
+  """config.eval_seed as 'best', 'ensemble' or a seed index in [0, num_seeds)."""
   if isinstance(value, str) and value.strip().lower() in ('best', 'ensemble'):
     return value.strip().lower()
   try:
     index = int(value) if not isinstance(value, (bool, float)) else None
   except ValueError:
     index = None
-  if index == -1:
-    return 'best'
   if index is not None and 0 <= index < num_seeds:
     return index
   if isinstance(value, str) and value.strip().lower() == 'sweep_ensemble':

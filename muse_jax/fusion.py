@@ -5,8 +5,9 @@ stacks them per frame. Here that is one more input source of `sources.load_video
 (run, target) becomes a one-column "feature set" on the label grid, so windows, normalisation,
 checkpoints, metrics and prediction files all work unchanged and there is no second trainer.
 
-A run is the workdir of a finished `train.train_and_evaluate`: its `config.json` and
-`predictions/<target>/<Id>.csv` (timestamp,value,segment_id) for every video of every partition.
+A run is the workdir of a finished `train.train_and_evaluate`: its `config.json`,
+`predictions/<target>/<Id>.csv` (timestamp,value,segment_id) for every video of every partition
+and `predictions.json` (what they are).
 Labels and the frame grid come from the MuSe tree, through a built feature set (by default the
 first set of the first run, already built by it); prediction rows are matched by timestamp.
 """
@@ -18,6 +19,7 @@ from absl import logging
 import numpy as np
 
 from muse_jax import config_util
+from muse_jax import outputs
 from muse_jax.data import csv_table
 from muse_jax.data import layout
 from muse_jax.errors import MuseError
@@ -48,8 +50,8 @@ def load_runs(runs: list, targets: list, root: str, grid: dict) -> dict:
 
   `grid` is {split: [Video]} of a built set (`build.load_feature_set`; `x` may be None); each
   result video is its grid video with `x` = the run's predictions [T, 1]. Runs
-  trained on another tree, and missing or misaligned predictions, are errors naming the run,
-  target and video.
+  trained on another tree or without this version's predictions.json, and missing or
+  misaligned predictions, are errors naming the run, target and video.
   """
   root = os.path.realpath(root)
   out = {}
@@ -74,15 +76,12 @@ def load_runs(runs: list, targets: list, root: str, grid: dict) -> dict:
 
 def written_choice(run: str) -> str:
   """What the run's predictions/ hold, from its predictions.json: which seed (or the ensemble),
-  and whether training or a later --mode=evaluate (with its own eval_seed) wrote them."""
-  path = os.path.join(run, 'predictions.json')
-  try:
-    with open(path, encoding='utf-8') as f:
-      w = json.load(f)
-    return (f"predictions of {w['what']} (eval_seed {w['eval_seed']}, best epoch "
-            f"{w['best_epoch']}) written by {w['written_by']}, scored in {w['results']}")
-  except (OSError, ValueError, KeyError):
-    return 'predictions of an unrecorded choice (no readable predictions.json: an older run)'
+  and whether training or a later --mode=evaluate (with its own eval_seed) wrote them. A run
+  without one of this version is refused (`outputs.read_written`): its predictions would be an
+  input of unknown origin."""
+  w = outputs.read_written(run)
+  return (f"predictions of {w['what']} (eval_seed {w['eval_seed']}, best epoch "
+          f"{w['best_epoch']}) written by {w['written_by']}, scored in {w['results']}")
 
 
 def _aligned(run: str, target: str, split: str, v):

@@ -81,7 +81,7 @@ def score_best(spec: config_util.Spec, workdir: str, mngr: ocp.CheckpointManager
   state, meta = checkpoint.restore(mngr, state, signature, workdir)
   params = sharding.place_members(state.best_params, mesh, len(spec.seeds))
   trackers = [schedule.SeedTracker(**t) for t in meta['trackers']]
-  targets, seeds, initial = list(spec.targets), list(spec.seeds), meta.get('initial_devel')
+  targets, seeds, initial = list(spec.targets), list(spec.seeds), meta['initial_devel']
   boot = bootstrap_of(config)
   per_split = {s: evaluate_split(eval_step, params, videos[s], targets, mesh, boot)
                for s in layout.SPLITS}
@@ -266,7 +266,7 @@ def predictions_of(spec: config_util.Spec, workdir: str, require: tuple = (),
   trackers = [schedule.SeedTracker(**t) for t in meta['trackers']]
   choice = spec.eval_seed if choice is None else choice
   seeds = list(spec.seeds)
-  picked, what = schedule.choose(workdir, choice, trackers, meta.get('initial_devel'), seeds)
+  picked, what = schedule.choose(workdir, choice, trackers, meta['initial_devel'], seeds)
   params = sharding.replicate(jax.tree.map(lambda a: a[np.asarray(picked)], state.best_params),
                               mesh)
   preds = {}

@@ -29,6 +29,9 @@ DEFAULT_MAX_ABS_Z = 1e3
 # A float32 feature of this magnitude is a missing-value marker (1e30, FLT_MAX), never a value.
 SENTINEL_ABS = 1e20
 MAX_POLICY_LINES = 20  # per run: past that, one summary line (a release may have hundreds)
+# What norm_stats.npz holds: these NormStats fields as arrays, and these in its JSON `meta`.
+ARRAYS = ('mean', 'std', 'raw_mean', 'raw_std')
+META = ('names', 'dims', 'normalized', 'n_train', 'columns', 'step_ms')
 
 
 @dataclasses.dataclass
@@ -44,12 +47,13 @@ class NormStats:
   mean: np.ndarray
   std: np.ndarray
   normalized: list        # per name: was it normalised
-  raw_mean: np.ndarray = None
-  raw_std: np.ndarray = None
-  n_train: int = 0        # train frames: the bound is never below sqrt(n_train) (see below)
+  raw_mean: np.ndarray
+  raw_std: np.ndarray
+  n_train: int            # train frames: the bound is never below sqrt(n_train) (see below)
   path: str = ''          # the workdir file it was loaded from, for messages
+  # Set by sources.prepare_data once fitted (they come from the build, not the train videos):
   columns: dict = None    # per feature set: its column names as trained (the build's order)
-  step_ms: int = 0        # the label grid of the training data (0: unknown, an older version)
+  step_ms: int = 0        # the label grid of the training data (0: no video long enough to tell)
 
   def apply(self, x):
     return (x - self.mean) / self.std
@@ -59,46 +63,46 @@ class NormStats:
     max(max_abs_z, sqrt(n_train)) train std from the train mean (a column constant over train:
     that many of its own units from its value; a column without any usable train value: every
     cell). Over N frames no train value of a column lies
-    more than sqrt(N - 1) std from its mean, so genuine train data is never out of range.
-    Statistics of an older version (no raw_*): only the first two checks."""
+    more than sqrt(N - 1) std from its mean, so genuine train data is never out of range."""
     with np.errstate(invalid='ignore', over='ignore'):
       ok = np.abs(x) < SENTINEL_ABS  # NaN compares False
-      if self.raw_mean is not None:
-        bound = max(max_abs_z, float(np.sqrt(max(self.n_train, 1))))
-        scale = np.where(self.raw_std > 0, self.raw_std,
-                         np.where(np.isnan(self.raw_std), -1.0, 1.0)).astype(np.float32)
-        ok &= np.abs(x - self.raw_mean) <= bound * scale
+      bound = max(max_abs_z, float(np.sqrt(max(self.n_train, 1))))
+      scale = np.where(self.raw_std > 0, self.raw_std,
+                       np.where(np.isnan(self.raw_std), -1.0, 1.0)).astype(np.float32)
+      ok &= np.abs(x - self.raw_mean) <= bound * scale
     return ~ok
 
   def fill(self) -> np.ndarray:
     """What a bad cell becomes (nan_policy zero): the train mean, i.e. 0 in a normalised column
     and the raw train mean in one that is not normalised."""
     out = np.zeros(self.mean.shape, np.float32)
-    if self.raw_mean is not None:
-      start = 0
-      for is_norm, d in zip(self.normalized, self.dims):
-        if not is_norm:
-          out[start:start + d] = np.nan_to_num(self.raw_mean[start:start + d])
-        start += d
+    start = 0
+    for is_norm, d in zip(self.normalized, self.dims):
+      if not is_norm:
+        out[start:start + d] = np.nan_to_num(self.raw_mean[start:start + d])
+      start += d
     return out
 
   def save(self, path):
     with files.atomic_path(path, '.npz') as tmp:
-      np.savez(tmp, mean=self.mean, std=self.std, raw_mean=self.raw_mean, raw_std=self.raw_std,
-               meta=json.dumps({'names': self.names, 'dims': self.dims,
-                                'normalized': self.normalized, 'n_train': self.n_train,
-                                'columns': self.columns, 'step_ms': self.step_ms}))
+      np.savez(tmp, **{k: getattr(self, k) for k in ARRAYS},
+               meta=json.dumps({k: getattr(self, k) for k in META}))
 
   @classmethod
   def load(cls, path):
+    """The statistics `save` wrote. One format: a file without an array or meta field this
+    version writes is another version's and refused by name, never read with defaults."""
     if not os.path.exists(path):
       raise MuseError(f'{path}: no normalisation statistics; train in this workdir first')
     with np.load(path) as z:
-      meta = json.loads(str(z['meta']))
-      raw = (z['raw_mean'], z['raw_std']) if 'raw_mean' in z else (None, None)
-      return cls(meta['names'], meta['dims'], z['mean'], z['std'], meta['normalized'], *raw,
-                 n_train=meta.get('n_train', 0), path=path, columns=meta.get('columns'),
-                 step_ms=int(meta.get('step_ms') or 0))
+      meta = json.loads(str(z['meta'])) if 'meta' in z else None
+      missing = [k for k in ARRAYS + ('meta',) if k not in z] or [k for k in META if k not in meta]
+      if missing:
+        raise MuseError(f'{path}: written by another version of muse_jax (no {missing[0]}); '
+                        'retrain in a new --workdir')
+      return cls(meta['names'], meta['dims'], z['mean'], z['std'], meta['normalized'],
+                 z['raw_mean'], z['raw_std'], meta['n_train'], path=path, columns=meta['columns'],
+                 step_ms=int(meta['step_ms']))
 
 
 def _moments(videos, shift, exclude=None):

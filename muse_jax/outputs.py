@@ -7,6 +7,11 @@ import os
 
 
 from muse_jax import files
+from muse_jax.errors import MuseError
+
+# What predictions.json holds: what predictions/ are, written with them by training, evaluate
+# and a sweep's ensemble (inference.score_best, sweep_report).
+WRITTEN_FIELDS = ('written_by', 'what', 'eval_seed', 'seed', 'best_epoch', 'results')
 
 
 def pyplot():
@@ -23,6 +28,27 @@ def write_json(path: str, obj) -> None:
 
 def write_text(path: str, text: str) -> None:
   files.atomic_write(path, text)
+
+
+def read_written(workdir: str) -> dict:
+  """A finished run's predictions.json. One format: missing (a run killed before it, or of
+  another version of muse_jax), unreadable or without a field of WRITTEN_FIELDS, it is one line,
+  never a default: the predictions beside it would be of an unknown choice."""
+  path = os.path.join(workdir, 'predictions.json')
+  try:
+    with open(path, encoding='utf-8') as f:
+      w = json.load(f)
+  except FileNotFoundError:
+    raise MuseError(f'{path}: not found, so {workdir} is unfinished or of another version of '
+                    'muse_jax (this one writes it with predictions/); rerun its training, or '
+                    'retrain it in a new --workdir') from None
+  except (OSError, ValueError) as e:
+    raise MuseError(f'{path}: unreadable ({e}); evaluate the run again (--mode=evaluate)') from None
+  missing = [k for k in WRITTEN_FIELDS if not isinstance(w, dict) or k not in w]
+  if missing:
+    raise MuseError(f'{path}: written by another version of muse_jax (no {missing[0]}); retrain '
+                    'the run in a new --workdir')
+  return w
 
 
 MEMBER_PREDICTIONS = 'member_predictions.npz'

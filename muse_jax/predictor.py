@@ -73,7 +73,7 @@ class Predictor:
     else:
       choice = config_util.eval_seed(seed_index, len(seeds))
     trackers = [schedule.SeedTracker(**t) for t in meta['trackers']]
-    picked, _ = schedule.choose(workdir, choice, trackers, meta.get('initial_devel'), seeds)
+    picked, _ = schedule.choose(workdir, choice, trackers, meta['initial_devel'], seeds)
     self.seeds = [seeds[s] for s in picked]  # whose predictions are averaged (one: that seed's)
     self.params = jax.tree.map(lambda a: a[np.asarray(picked)], state.best_params)
     self._eval = steps.make_eval_step(model)

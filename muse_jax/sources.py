@@ -55,7 +55,7 @@ def prepare_data(spec, workdir: str, fit_stats: bool, require=('train', 'devel')
              for n in spec.feature_sets}
   if fit:
     stats.columns = columns
-  elif stats.columns:
+  else:
     _check_columns(spec, stats, columns)
   normalization.normalize(spec, videos, stats)
   if fit and jax.process_index() == 0:  # only once the data passed: a fixed file is refitted

@@ -106,7 +106,7 @@ def _train(spec, workdir: str) -> dict:
     state, meta = checkpoint.restore(mngr, state, signature, workdir)
     start_epoch, skipped = meta['epoch'] + 1, meta['skipped_steps']
     trackers = [SeedTracker(**t) for t in meta['trackers']]
-    initial = meta.get('initial_devel')
+    initial = meta['initial_devel']
     logging.info('resuming after epoch %d from %s', meta['epoch'], mngr.directory)
   state = place(state)
   keys = place(steps.dropout_keys(seeds))

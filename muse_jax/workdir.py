@@ -165,12 +165,12 @@ def _tree(record: dict) -> dict:
 
 
 def same_config(saved: dict, config: dict) -> list:
-  """The fields (flat names) that differ between two config records, over the fields both have;
-  list fields by items, the tree by the layout root it resolves to."""
+  """The fields (flat names) that differ between two config records (`config_record`: paths
+  absolute), over the fields both have; list fields by items, the tree by the layout root it
+  resolves to. Not a version check: a config file need not set every field (the code has a
+  default for those it reads with .get, and a user's own file may leave them out), so one that
+  only one of the two records holds is not a change."""
   old, new = _tree(flat(saved)), _tree(flat(config))
-  for k in PATHS:  # an older version stored them as typed
-    if old.get(k):
-      old[k] = os.path.abspath(os.path.expanduser(old[k]))
   return [k for k in sorted(new) if k in old and not _same(old[k], new[k])]
 
 
@@ -256,8 +256,10 @@ def config_record(config) -> dict:
 def check_resume(workdir: str, config: dict, evaluating: bool = False,
                  other_tree: bool = False) -> list:
   """On resume (or evaluate): a one-line MuseError for the first field that cannot change
-  mid-run; returns the changed fields that can, as (field, old, new), and logs them. Fields
-  unknown to the saved config (written by an older version) are not compared. `other_tree`
+  mid-run; returns the changed fields that can, as (field, old, new), and logs them. Fields only
+  one side's config file sets are not compared (`same_config`). A workdir without config.json
+  has nothing to compare: evaluate of one never trained stops at its missing checkpoint, and a
+  checkpoint is checked against the model and inputs on restore either way. `other_tree`
   (predict): data_root and data_dir may differ too."""
   saved = saved_config(workdir)
   if saved is None:

@@ -220,25 +220,41 @@ def test_record_index_is_stored_and_matches_the_data(built):
           np.testing.assert_array_equal(getattr(got, k), getattr(v, k))
 
 
-def test_build_without_record_index_still_loads(tree, built, tmp_path, caplog):
-  """Builds made before the index existed are indexed in memory, not rebuilt."""
+def test_build_of_another_version_is_rebuilt_never_read_with_defaults(tree, built, tmp_path,
+                                                                      caplog):
+  """A muse_build.json without a field this version writes (here the record index) is another
+  version's build: ensure_built rebuilds it like a stale one, and FeatureSet, which never
+  indexes a build in memory instead, refuses it with the command that rebuilds it."""
   root, _ = tree
   data_dir, loaded = built
   copy = str(tmp_path / 'd')
   shutil.copytree(data_dir, copy)
-  info_path = os.path.join(build.builder_dir(copy, 'vggish'), build.FINGERPRINT_FILE)
+  path = build.builder_dir(copy, 'vggish')
+  info_path = os.path.join(path, build.FINGERPRINT_FILE)
   info = json.load(open(info_path))
   del info['records']
   json.dump(info, open(info_path, 'w'))
-  build.ensure_built(root, copy, ['vggish'])  # still up to date: same digest
-  assert 'records' not in build.build_info(copy, 'vggish')
-  with caplog.at_level('INFO'):
-    again = build.load_feature_set(copy, 'vggish')
-  assert 'no record index' in caplog.text
+  with pytest.raises(MuseError) as e:
+    build.FeatureSet(copy, 'vggish')
+  assert str(e.value) == (f'{path}: written by another version of muse_jax (no records in '
+                          f'{build.FINGERPRINT_FILE}); rebuild it: python -m muse_jax.data.build '
+                          f'--root ROOT --data_dir {copy} --features vggish')
+  with caplog.at_level('WARNING'):
+    build.ensure_built(root, copy, ['vggish'])
+  assert ('stale build' in caplog.text
+          and 'written by another version of muse_jax (no records)' in caplog.text)
+  assert build.build_info(copy, 'vggish')['records']
+  again = build.load_feature_set(copy, 'vggish')
   for split, vs in loaded['vggish'].items():
     assert [v.id for v in again[split]] == [v.id for v in vs]
     for a, b in zip(again[split], vs):
       np.testing.assert_array_equal(a.x, b.x)
+  # A record index that does not fit the stored data is refused too (not re-indexed).
+  info = json.load(open(info_path))
+  info['records']['train'] = info['records']['train'][1:]
+  json.dump(info, open(info_path, 'w'))
+  with pytest.raises(MuseError, match='its record index does not match the data; delete'):
+    build.FeatureSet(copy, 'vggish')
 
 
 def test_large_split_builds_without_tensorflow(tree, built, tmp_path, monkeypatch):

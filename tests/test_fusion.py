@@ -98,7 +98,7 @@ def pipeline(tiny_tree, tmp_path_factory):
 
 
 def test_late_fusion_trains_on_the_runs_and_beats_the_worse_input(pipeline):
-  out, runs = pipeline
+  _, runs = pipeline
   assert [(r.kind, r.inputs) for r in runs] == [
       ('unimodal', 'egemaps'), ('unimodal', 'fasttext'), ('late fusion', 'all runs above')]
   devel = [r.results['devel']['valence']['ccc'] for r in runs]
@@ -114,7 +114,33 @@ def test_late_fusion_trains_on_the_runs_and_beats_the_worse_input(pipeline):
   assert fusion.written_choice(runs[0].workdir) == (
       f'predictions of seed {seed} (eval_seed best, best epoch '
       f'{runs[0].results["best_epoch"]}) written by train, scored in results.json')
-  assert 'unrecorded choice' in fusion.written_choice(out)  # a folder without predictions.json
+
+
+def test_runs_without_this_versions_predictions_json_are_refused(pipeline, tmp_path):
+  """predictions.json says what a run's predictions/ are: late fusion and compare refuse a run
+  without it (another version's, or one killed before it) or with one lacking a field, instead
+  of reading the predictions as an unrecorded choice."""
+  _, runs = pipeline
+  run = str(tmp_path / 'egemaps')
+  shutil.copytree(runs[0].workdir, run)
+  path = os.path.join(run, 'predictions.json')
+  with open(path, encoding='utf-8') as f:
+    written = json.load(f)
+  os.remove(path)
+  for read in (fusion.written_choice, compare.Run):
+    with pytest.raises(MuseError) as e:
+      read(run)
+    assert str(e.value) == (f'{path}: not found, so {run} is unfinished or of another version of '
+                            'muse_jax (this one writes it with predictions/); rerun its training, '
+                            'or retrain it in a new --workdir')
+  del written['results']
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(written, f)
+  for read in (fusion.written_choice, compare.Run):
+    with pytest.raises(MuseError) as e:
+      read(run)
+    assert str(e.value) == (f'{path}: written by another version of muse_jax (no results); '
+                            'retrain the run in a new --workdir')
 
 
 def test_late_fusion_evaluate_restores_the_same_model(pipeline):
@@ -167,6 +193,9 @@ def test_predictions_align_by_timestamp_and_may_end_early_only_without_labels(tm
   run = tmp_path / 'r'
   os.makedirs(run / 'predictions' / 'valence')
   (run / 'config.json').write_text(json.dumps({'data_root': str(tmp_path)}))
+  (run / 'predictions.json').write_text(json.dumps({
+      'written_by': 'train', 'what': 'seed 1', 'eval_seed': 'best', 'seed': 1, 'best_epoch': 1,
+      'results': 'results.json'}))
   t = 1000 + 250 * np.arange(6)
 
   def video(vid, labelled):

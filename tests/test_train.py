@@ -226,6 +226,62 @@ def test_restore_refuses_other_model_config(trained, tmp_path):
     inference.evaluate(other, work)
 
 
+def _edit_checkpoint_meta(workdir, edit) -> None:
+  """Applies `edit` to the meta of every checkpoint kept in `workdir` (orbax's JSON file)."""
+  ckpt = os.path.join(workdir, 'checkpoints')
+  for step in os.listdir(ckpt):
+    path = os.path.join(ckpt, step, 'meta', 'metadata')
+    if os.path.isfile(path):
+      with open(path, encoding='utf-8') as f:
+        meta = json.load(f)
+      edit(meta)
+      with open(path, 'w', encoding='utf-8') as f:
+        json.dump(meta, f)
+
+
+@pytest.mark.parametrize('edit,why', [
+    (lambda m: m['signature'].pop('step_ms'), 'no signature.step_ms'),
+    (lambda m: m.pop('initial_devel'), 'no initial_devel'),
+    (lambda m: m['trackers'][0].pop('since_best'), 'no trackers.since_best'),
+    (lambda m: m['trackers'][0].update(momentum=0.9), 'unknown field trackers.momentum'),
+], ids=['step_ms', 'initial_devel', 'tracker_field', 'unknown_field'])
+def test_checkpoint_of_another_version_is_refused_not_defaulted(trained, tmp_path, edit, why):
+  """One format per file kind (docs/troubleshooting.md): a checkpoint whose meta lacks a field
+  this version writes (the grid step was once read as 250 ms when absent, a tracker field would
+  take its dataclass default) or holds one it does not know is one line, never read."""
+  config, work, _ = trained
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(work, copy)
+  _edit_checkpoint_meta(copy, edit)
+  with pytest.raises(MuseError) as e:
+    inference.evaluate(config, copy)
+  assert str(e.value) == (f'{copy}: its checkpoint was written by another version of muse_jax '
+                          f'({why}); retrain in a new --workdir')
+
+
+@pytest.mark.parametrize('field', ['raw_mean', 'meta', 'step_ms', 'columns'])
+def test_norm_stats_of_another_version_are_refused_not_defaulted(trained, tmp_path, field):
+  """norm_stats.npz without an array or meta field this version writes (raw statistics, whose
+  absence once skipped the out-of-range check; the grid step or column names, whose absence
+  skipped their checks) is one line naming it."""
+  _, work, _ = trained
+  with np.load(os.path.join(work, 'norm_stats.npz')) as z:
+    arrays = dict(z)
+  meta = json.loads(str(arrays['meta']))
+  if field in meta:
+    del meta[field]
+    arrays['meta'] = json.dumps(meta)
+  else:
+    del arrays[field]
+  path = str(tmp_path / 'norm_stats.npz')
+  np.savez(path, **arrays)
+  with pytest.raises(MuseError) as e:
+    normalization.NormStats.load(path)
+  assert str(e.value) == (f'{path}: written by another version of muse_jax (no {field}); '
+                          'retrain in a new --workdir')
+  assert normalization.NormStats.load(os.path.join(work, 'norm_stats.npz')).step_ms == 250
+
+
 @pytest.mark.parametrize('field,value,message', [
     ('hop_len', 500, 'hop_len'),
     ('feature_sets', (), 'feature_sets is empty'),

@@ -18,6 +18,10 @@ Other sets' sources are not part of it, so adding a feature folder never rebuild
 
 The same file holds the build's record index (`records`: split -> [[id, rows], ...] in record
 order): tfds stores videos in its own order, so reading one video by id needs it.
+
+One format: a build is a cache of the tree, so one of another version (another reader policy, or
+a `muse_build.json` without a field this version writes, `INFO_FIELDS`) is stale like an edited
+tree and rebuilt by `ensure_built`; `FeatureSet` never reads one with defaults.
 """
 import concurrent.futures
 import contextlib
@@ -49,6 +53,9 @@ except ImportError:  # not POSIX: builds are not locked
 FINGERPRINT_FILE = 'muse_build.json'
 # Bump when the reader policies or the storage format change: older builds are then rebuilt.
 POLICY_VERSION = 4  # 3: feature columns matched by name; 4: any layout, targets and grid step
+# What `_build` writes into muse_build.json: the fingerprint, then what the build found.
+INFO_FIELDS = ('root', 'feature_set', 'policy', 'layout', 'task', 'targets', 'files', 'digest',
+               'built_s', 'dim', 'stats', 'records', 'columns', 'step_ms')
 _READ_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -91,12 +98,19 @@ def fingerprint(root: str, name: str) -> dict:
           'digest': hashlib.sha256(blob).hexdigest()}
 
 
+def _missing(info: dict) -> str | None:
+  """The first field of INFO_FIELDS a build's info lacks (None: this version's format)."""
+  return next((k for k in INFO_FIELDS if k not in info), None)
+
+
 def _why_stale(old: dict, new: dict) -> str:
-  if old.get('root') != new['root']:
-    return f'built from another root ({old.get("root")})'
-  if old.get('policy') != new['policy']:
-    return f'built by reader policy {old.get("policy")}, now {new["policy"]}'
-  before = {f[0]: f[1:] for f in old.get('files', [])}
+  if _missing(old):
+    return f'written by another version of muse_jax (no {_missing(old)})'
+  if old['root'] != new['root']:
+    return f'built from another root ({old["root"]})'
+  if old['policy'] != new['policy']:
+    return f'built by reader policy {old["policy"]}, now {new["policy"]}'
+  before = {f[0]: f[1:] for f in old['files']}
   after = {f[0]: f[1:] for f in new['files']}
   changed = sorted(set(before) ^ set(after)) + sorted(
       k for k in set(before) & set(after) if before[k] != after[k])
@@ -134,6 +148,7 @@ def _build(root: str, data_dir: str, name: str, dim: int, fp: dict) -> dict:
   info = dict(fp, built_s=round(time.time() - t0, 3), dim=dim, stats=builder.stats,
               records=records, columns=builder.columns,
               step_ms=next(iter(steps)) if steps else 0)
+  assert set(info) == set(INFO_FIELDS), sorted(info)  # what FeatureSet and _up_to_date require
   files.atomic_write(os.path.join(path, FINGERPRINT_FILE), json.dumps(info))
   logging.info('built %s (%d-d) from %s (%s, targets %s, %s ms grid) in %.1f s: %s', name, dim,
                root, fp['layout'], ','.join(fp['targets']) or 'none', info['step_ms'] or '?',
@@ -159,10 +174,11 @@ def _lock(data_dir: str, name: str):
 
 
 def _up_to_date(path: str, fp: dict) -> tuple:
-  """(whether the build in `path` matches fingerprint `fp`, its stored info or None)."""
+  """(whether the build in `path` matches fingerprint `fp` and is of this version's format, its
+  stored info or None)."""
   old = _read_json(os.path.join(path, FINGERPRINT_FILE))
   done = os.path.exists(os.path.join(path, 'dataset_info.json'))
-  return bool(done and old and old.get('digest') == fp['digest']), old
+  return bool(done and old and not _missing(old) and old['digest'] == fp['digest']), old
 
 
 def ensure_built(root: str, data_dir: str, feature_sets) -> None:
@@ -265,19 +281,23 @@ class FeatureSet:
       raise MuseError(f'{self.path}: feature set {name!r} is not built (built: '
                       f'{", ".join(built) or "none"}); run python -m muse_jax.data.build --root '
                       f'ROOT --data_dir {data_dir} --features {name}')
+    info = build_info(data_dir, name)
+    if info is None or _missing(info):  # ensure_built rebuilds such a build; never read here
+      why = (f'no readable {FINGERPRINT_FILE} (an interrupted or foreign build)' if info is None
+             else f'written by another version of muse_jax (no {_missing(info)} in '
+             f'{FINGERPRINT_FILE})')
+      raise MuseError(f'{self.path}: {why}; rebuild it: python -m muse_jax.data.build --root '
+                      f'ROOT --data_dir {data_dir} --features {name}')
     builder = tfds.builder_from_directory(self.path)
     self.dim = int(builder.info.features['features'].shape[1])
     self._sources = builder.as_data_source()
-    info = build_info(data_dir, name) or {}
-    self.targets = tuple(info.get('targets', ()))
-    self.step_ms = int(info.get('step_ms') or 0)  # the label grid's step (0: too short to tell)
+    self.targets = tuple(info['targets'])
+    self.step_ms = int(info['step_ms'])  # the label grid's step (0: no video long enough to tell)
     sizes = {split: len(src) for split, src in self._sources.items()}
-    self._where = _positions(info.get('records'), sizes)
+    self._where = _positions(info['records'], sizes)
     if self._where is None:
-      t0 = time.time()
-      self._where = _positions(record_index(self._sources), sizes)
-      logging.info('%s: no record index in %s (built by an older version); indexed %d videos in '
-                   '%.1f s', name, FINGERPRINT_FILE, sum(sizes.values()), time.time() - t0)
+      raise MuseError(f'{self.path}/{FINGERPRINT_FILE}: its record index does not match the data; '
+                      f'delete {self.path} to rebuild it')
 
   def ids(self, split: str) -> list:
     """Video ids of `split` in natural order ([] for a split without videos)."""
