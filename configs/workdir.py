@@ -9,6 +9,8 @@ still overrides a field (what evaluate and predict may change: eval_seed, bootst
 import json
 import os
 
+import ml_collections
+
 from configs import default
 
 
@@ -30,4 +32,8 @@ def get_config(workdir=None):
     saved = json.load(f)
   c = default.get_config()
   _merge(c, saved)
+  if isinstance(saved.get('model'), dict):  # the run's own model fields, not the defaults' (a
+    # late-fusion model has fewer): the checkpoint's signature holds exactly these
+    c.model = ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in saved['model'].items()})
   return c

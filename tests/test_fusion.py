@@ -151,6 +151,10 @@ def test_late_fusion_evaluate_restores_the_same_model(pipeline):
   config.targets, config.fusion_runs = ('valence',), ','.join(r.workdir for r in runs[:2])
   again = inference.evaluate(config, late.workdir)
   assert again['devel'] == late.results['devel']
+  # The config it was trained with, read back (configs/workdir.py): its own model fields.
+  from configs import workdir  # pylint: disable=import-outside-toplevel
+  again = inference.evaluate(workdir.get_config(late.workdir), late.workdir)
+  assert again['devel'] == late.results['devel']
 
 
 def _data(out):
