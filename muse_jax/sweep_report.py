@@ -55,8 +55,8 @@ def write_report(workdir: str) -> dict:
              for g in record['groups']}
   axes = [(a['field'], a['values']) for a in record['axes']]
   report = _report(axes, record['settings'], record['groups'], results, workdir)
-  report['ensemble'] = _ensemble(workdir, report['rows'], record.get('ensemble', 5),
-                                 record.get('bootstrap', [1000, 0]),
+  report['ensemble'] = _ensemble(workdir, report['rows'], record['ensemble'],
+                                 record['bootstrap'],
                                  {g: r['targets'] for g, r in results.items()})
   if jax.process_index() == 0:
     outputs.write_json(os.path.join(workdir, SWEEP_JSON), report)
