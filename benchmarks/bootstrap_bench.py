@@ -8,15 +8,16 @@ smooth noise, so the figures are those of a real run's scoring at the end of tra
 --mode=evaluate: `metrics.partition_metrics` per partition, once without intervals and once with
 `--samples` video resamples (config.bootstrap_samples), best of `--repeats`, side by side.
 """
+
 import argparse
 import time
 
+import numpy as np
+
+from muse_jax import metrics
+from muse_jax.data import build
+
 import common  # sets sys.path to the repository
-
-import numpy as np  # pylint: disable=wrong-import-order
-
-from muse_jax import metrics  # pylint: disable=wrong-import-order
-from muse_jax.data import build  # pylint: disable=wrong-import-order
 
 
 def _best(fn, repeats: int) -> float:
@@ -36,8 +37,10 @@ def main():
   root = common.full_tree(('egemaps',))
   data = build.load_feature_set(common.ensure_built(root, ('egemaps',)), 'egemaps')
   rng = np.random.default_rng(0)
-  print('| partition | videos | frames | metrics, no interval | with '
-        f'{args.samples} resamples | bootstrap share |')
+  print(
+    '| partition | videos | frames | metrics, no interval | with '
+    f'{args.samples} resamples | bootstrap share |'
+  )
   print('|---|---|---|---|---|---|')
   for split in ('devel', 'test'):
     videos = [v for v in data[split] if v.has_labels]
@@ -45,11 +48,14 @@ def main():
     preds = [np.nan_to_num(y) + 0.3 * np.cumsum(rng.normal(size=y.shape), 0) / 30 for y in labels]
     targets = list(videos[0].targets)
     plain = _best(lambda: metrics.partition_metrics(labels, preds, targets), args.repeats)
-    boot = _best(lambda: metrics.partition_metrics(labels, preds, targets, args.samples, 0),
-                 args.repeats)
+    boot = _best(
+      lambda: metrics.partition_metrics(labels, preds, targets, args.samples, 0), args.repeats
+    )
     frames = sum(len(y) for y in labels)
-    print(f'| {split} | {len(videos)} | {frames:,} | {plain * 1e3:.1f} ms | {boot * 1e3:.1f} ms | '
-          f'{(boot - plain) * 1e3:.1f} ms ({(boot - plain) / boot:.0%}) |')
+    print(
+      f'| {split} | {len(videos)} | {frames:,} | {plain * 1e3:.1f} ms | {boot * 1e3:.1f} ms | '
+      f'{(boot - plain) * 1e3:.1f} ms ({(boot - plain) / boot:.0%}) |'
+    )
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@
 The full-scale tree (290 videos, ~560k frames at 4 Hz, like MuSe-CaR) is written once under
 $MUSE_BENCH_DIR (default $TMPDIR/muse_jax_bench) and reused by every benchmark.
 """
+
 import json
 import os
 import subprocess
@@ -13,9 +14,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from muse_jax.data import build  # pylint: disable=wrong-import-position
-from muse_jax.data import demo  # pylint: disable=wrong-import-position
-from muse_jax.data import reader  # pylint: disable=wrong-import-position
+from muse_jax.data import build
+from muse_jax.data import demo
+from muse_jax.data import reader
 
 WORK = os.environ.get('MUSE_BENCH_DIR', os.path.join(tempfile.gettempdir(), 'muse_jax_bench'))
 
@@ -30,8 +31,9 @@ def full_tree(features=('egemaps', 'fasttext'), root=None) -> str:
   if have.get('scale') != 'full' or not set(features) <= set(have.get('feature_sets', {})):
     t0 = time.perf_counter()
     demo.make_tree(root, scale='full', seed=0, features=list(features))
-    print(f'# wrote the full-scale demo tree in {time.perf_counter() - t0:.0f} s: {root}',
-          flush=True)
+    print(
+      f'# wrote the full-scale demo tree in {time.perf_counter() - t0:.0f} s: {root}', flush=True
+    )
   return root
 
 
@@ -51,8 +53,9 @@ def subset_tree(root: str, fraction: float) -> str:
   if fraction >= 1:
     return root
   base = os.path.basename(os.path.normpath(root))
-  out = os.path.join(WORK, f'tree_subset_{fraction:g}' if base == 'tree_full'
-                     else f'{base}_subset_{fraction:g}')
+  out = os.path.join(
+    WORK, f'tree_subset_{fraction:g}' if base == 'tree_full' else f'{base}_subset_{fraction:g}'
+  )
   os.makedirs(os.path.join(out, 'metadata'), exist_ok=True)
   link = os.path.join(out, 'c1_muse_wild')
   if not os.path.exists(link):
@@ -63,7 +66,7 @@ def subset_tree(root: str, fraction: float) -> str:
     by_split.setdefault(split, []).append(vid)
   rows = ['Id,Proposal']
   for split, ids in by_split.items():
-    rows += [f'{v},{split}' for v in ids[:max(1, round(len(ids) * fraction))]]
+    rows += [f'{v},{split}' for v in ids[: max(1, round(len(ids) * fraction))]]
   path = os.path.join(out, 'metadata', 'partition.csv')
   text = '\n'.join(rows) + '\n'
   if not os.path.exists(path) or open(path).read() != text:
@@ -78,8 +81,12 @@ def tree_args(ap, epochs: int) -> None:
   ap.add_argument('--features', default='egemaps,fasttext')
   ap.add_argument('--target', default='valence')
   ap.add_argument('--epochs', type=int, default=epochs)
-  ap.add_argument('--fraction', type=float, default=1.0,
-                  help="use this fraction of each partition's videos (quicker runs)")
+  ap.add_argument(
+    '--fraction',
+    type=float,
+    default=1.0,
+    help="use this fraction of each partition's videos (quicker runs)",
+  )
 
 
 def torch_python() -> str | None:
@@ -92,8 +99,10 @@ def torch_python() -> str | None:
 
 
 def torch_epoch_script() -> str | None:
-  for p in (os.environ.get('TORCH_EPOCH', ''),
-            os.path.join(os.path.dirname(REPO), 'shared', 'bench', 'torch_epoch.py')):
+  for p in (
+    os.environ.get('TORCH_EPOCH', ''),
+    os.path.join(os.path.dirname(REPO), 'shared', 'bench', 'torch_epoch.py'),
+  ):
     if p and os.path.exists(p):
       return p
   return None

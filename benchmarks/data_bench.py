@@ -12,6 +12,7 @@ process (as a training run is), timed after its imports, repeated --repeat times
     the same joined NaN-free arrays as the baseline's (`+ join`), for an equal-output figure.
 Train-statistics z-normalisation costs the same on both sides and is left out of both.
 """
+
 import argparse
 import json
 import os
@@ -26,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from muse_jax.data import build  # pylint: disable=wrong-import-position
-from muse_jax.data import demo  # pylint: disable=wrong-import-position
-from muse_jax.data import layout  # pylint: disable=wrong-import-position
+from muse_jax.data import build
+from muse_jax.data import demo
+from muse_jax.data import layout
 
 WIN, HOP = 200, 100
 
@@ -44,13 +45,17 @@ def torch_baseline_load(root, feats, target):
     lab = os.path.join(root, 'c1_muse_wild/label_segments', target, f'{vid}.csv')
     if not os.path.exists(lab):
       continue
-    xs = [pd.read_csv(os.path.join(root, 'c1_muse_wild/feature_segments/label_aligned', f,
-                                   f'{vid}.csv')).values[:, 2:] for f in feats]
+    xs = [
+      pd.read_csv(
+        os.path.join(root, 'c1_muse_wild/feature_segments/label_aligned', f, f'{vid}.csv')
+      ).values[:, 2:]
+      for f in feats
+    ]
     y = pd.read_csv(lab)['value'].values
     n = min(len(y), *(len(x) for x in xs))
     data.setdefault(p, []).append(
-        (np.nan_to_num(np.hstack([x[:n] for x in xs]).astype(np.float32)),
-         y[:n].astype(np.float32)))
+      (np.nan_to_num(np.hstack([x[:n] for x in xs]).astype(np.float32)), y[:n].astype(np.float32))
+    )
   return data
 
 
@@ -84,8 +89,13 @@ def run_muse_jax(root, data_dir, feats, target):
       y = v.label(target)
       wins += [([x[a:b] for x in xs], y[a:b]) for a, b in cut(len(y))]
   t1 = time.perf_counter()
-  joined = {split: [np.nan_to_num(np.hstack([s[split][i].x for s in sets]), copy=False)
-                    for i in range(len(videos))] for split, videos in sets[0].items()}
+  joined = {
+    split: [
+      np.nan_to_num(np.hstack([s[split][i].x for s in sets]), copy=False)
+      for i in range(len(videos))
+    ]
+    for split, videos in sets[0].items()
+  }
   t2 = time.perf_counter()
   del joined
   return {'seconds': t1 - t0, 'join_seconds': t2 - t1, 'windows': len(wins)}
@@ -95,13 +105,26 @@ RUNNERS = {'pandas': run_baseline, 'muse_jax': run_muse_jax}
 
 
 def child(args):
-  print(json.dumps(RUNNERS[args.child](args.root, args.data_dir, args.features.split(','),
-                                       args.target)))
+  print(
+    json.dumps(RUNNERS[args.child](args.root, args.data_dir, args.features.split(','), args.target))
+  )
 
 
 def in_fresh_process(mode, args, root, data_dir):
-  cmd = [sys.executable, os.path.abspath(__file__), '--child', mode, '--root', root,
-         '--data_dir', data_dir, '--features', args.features, '--target', args.target]
+  cmd = [
+    sys.executable,
+    os.path.abspath(__file__),
+    '--child',
+    mode,
+    '--root',
+    root,
+    '--data_dir',
+    data_dir,
+    '--features',
+    args.features,
+    '--target',
+    args.target,
+  ]
   out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
   return json.loads(out.strip().splitlines()[-1])
 
@@ -114,8 +137,8 @@ def check_same_data(root, data_dir, feats, target, n=3):
     y = pd.read_csv(layout.label_path(root, target, vid))['value'].to_numpy(np.float32)
     np.testing.assert_array_equal(sets[0]['train'][i].label(target), y)
     for f, s in zip(feats, sets):
-      x = pd.read_csv(layout.feature_path(root, f, vid)).to_numpy()[:len(y), 2:]
-      np.testing.assert_array_equal(s['train'][i].x[:len(x)], x.astype(np.float32))
+      x = pd.read_csv(layout.feature_path(root, f, vid)).to_numpy()[: len(y), 2:]
+      np.testing.assert_array_equal(s['train'][i].x[: len(x)], x.astype(np.float32))
 
 
 def main():
@@ -142,8 +165,12 @@ def main():
       t0 = time.perf_counter()
       demo.make_tree(root, scale='full', seed=0, features=feats)
       figures['write_tree_s'] = round(time.perf_counter() - t0, 2)
-  csv_bytes = sum(os.path.getsize(os.path.join(d, f))
-                  for d, _, fs in os.walk(root) for f in fs if f.endswith('.csv'))
+  csv_bytes = sum(
+    os.path.getsize(os.path.join(d, f))
+    for d, _, fs in os.walk(root)
+    for f in fs
+    if f.endswith('.csv')
+  )
   os.makedirs(a.work, exist_ok=True)
   data_dir = tempfile.mkdtemp(prefix='tfds_', dir=a.work)
   t0 = time.perf_counter()
@@ -159,8 +186,11 @@ def main():
   base = statistics.median(r['seconds'] for r in runs['pandas'])
   ours = statistics.median(r['seconds'] for r in runs['muse_jax'])
   join = statistics.median(r['join_seconds'] for r in runs['muse_jax'])
-  figures.update({
-      'root': root, 'features': a.features, 'csv_mb': round(csv_bytes / 2**20, 1),
+  figures.update(
+    {
+      'root': root,
+      'features': a.features,
+      'csv_mb': round(csv_bytes / 2**20, 1),
       'train_windows': runs['muse_jax'][0]['windows'],
       'pandas_csv_per_run_s': round(base, 3),
       'muse_jax_per_run_s': round(ours, 3),
@@ -170,11 +200,14 @@ def main():
       'runs': {m: [{k: round(v, 3) for k, v in r.items()} for r in rs] for m, rs in runs.items()},
       'load_average': os.getloadavg(),
       'cpus': os.cpu_count(),
-  })
+    }
+  )
   print(json.dumps(figures, indent=1))
-  print(f'per run: pandas CSV {base:.2f} s vs muse_jax {ours:.2f} s -> {base / ours:.1f}x '
-        f'({ours + join:.2f} s, {base / (ours + join):.1f}x with the join); '
-        f'one-off build {figures["build_once_s"]:.1f} s')
+  print(
+    f'per run: pandas CSV {base:.2f} s vs muse_jax {ours:.2f} s -> {base / ours:.1f}x '
+    f'({ours + join:.2f} s, {base / (ours + join):.1f}x with the join); '
+    f'one-off build {figures["build_once_s"]:.1f} s'
+  )
   shutil.rmtree(data_dir, ignore_errors=True)
 
 

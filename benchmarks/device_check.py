@@ -30,6 +30,7 @@ that would start past --budget seconds is a row saying it was skipped. GPU memor
 on demand here (XLA_PYTHON_CLIENT_PREALLOCATE=false, unless set), so the fresh processes find it
 free; on a TPU, whose devices one process holds, the device-peak figures say they are unavailable.
 """
+
 import argparse
 import json
 import os
@@ -41,43 +42,63 @@ import tempfile
 import time
 import traceback
 
+import numpy as np
+
 import common  # sets sys.path to the repository
 
-import numpy as np  # pylint: disable=wrong-import-order
-
 SECTIONS = ('devices', 'epochs', 'attention', 'flops', 'memory', 'agreement')
-SEEDS_RUNS = (('1 seed', 1, 'auto'), ('seeds vmapped', None, 'vmap'),
-              ('seeds mapped', None, 'map'))
+SEEDS_RUNS = (('1 seed', 1, 'auto'), ('seeds vmapped', None, 'vmap'), ('seeds mapped', None, 'map'))
 
 
 def parse_args(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--small', action='store_true',
-                  help='CPU sizes: 1/16 of the full tree, 2 epochs per run, fewer repeats')
+  ap.add_argument(
+    '--small',
+    action='store_true',
+    help='CPU sizes: 1/16 of the full tree, 2 epochs per run, fewer repeats',
+  )
   ap.add_argument('--root', help='a MuSe-family tree to use instead of the demo tree')
-  ap.add_argument('--fraction', type=float, default=None,
-                  help="share of each partition's videos of the demo tree (default 1, --small "
-                       '1/16)')
+  ap.add_argument(
+    '--fraction',
+    type=float,
+    default=None,
+    help="share of each partition's videos of the demo tree (default 1, --small 1/16)",
+  )
   ap.add_argument('--epochs', type=int, default=None, help='per run (default 3, --small 2)')
   ap.add_argument('--seeds', type=int, default=5, help='seeds of the vmapped/mapped runs')
-  ap.add_argument('--members', type=int, default=None,
-                  help='members of a sweep (learning rates) vmapped in one more epochs row '
-                       '(default 8, --small 0: no row)')
-  ap.add_argument('--batch', type=int, default=None,
-                  help="rows of a train step, as config.batch_size (default the paper's 1024): "
-                       'the flops and memory sections measure that step')
-  ap.add_argument('--num_devices', type=int, default=0,
-                  help='devices of the mesh, as config.num_devices (0 = all)')
-  ap.add_argument('--sections', default=','.join(SECTIONS), help='comma list of ' +
-                  ', '.join(SECTIONS))
-  ap.add_argument('--budget', type=float, default=None,
-                  help='seconds: sections that would start later are skipped (default 240, '
-                       '--small 170)')
+  ap.add_argument(
+    '--members',
+    type=int,
+    default=None,
+    help='members of a sweep (learning rates) vmapped in one more epochs row '
+    '(default 8, --small 0: no row)',
+  )
+  ap.add_argument(
+    '--batch',
+    type=int,
+    default=None,
+    help="rows of a train step, as config.batch_size (default the paper's 1024): "
+    'the flops and memory sections measure that step',
+  )
+  ap.add_argument(
+    '--num_devices',
+    type=int,
+    default=0,
+    help='devices of the mesh, as config.num_devices (0 = all)',
+  )
+  ap.add_argument(
+    '--sections', default=','.join(SECTIONS), help='comma list of ' + ', '.join(SECTIONS)
+  )
+  ap.add_argument(
+    '--budget',
+    type=float,
+    default=None,
+    help='seconds: sections that would start later are skipped (default 240, --small 170)',
+  )
   ap.add_argument('--out', default='device_check.json', help='JSON file of the figures')
   ap.add_argument('--work', default=None, help='scratch folder (default $MUSE_BENCH_DIR)')
   ap.add_argument('--_cpu_reference', nargs=2, metavar=('IN', 'OUT'), help=argparse.SUPPRESS)
-  ap.add_argument('--_peak', nargs=4, metavar=('KIND', 'D_IN', 'ROWS', 'T'),
-                  help=argparse.SUPPRESS)
+  ap.add_argument('--_peak', nargs=4, metavar=('KIND', 'D_IN', 'ROWS', 'T'), help=argparse.SUPPRESS)
   a = ap.parse_args(argv)
   a.fraction = a.fraction or (1 / 16 if a.small else 1.0)
   a.epochs = a.epochs or (2 if a.small else 3)
@@ -99,8 +120,15 @@ class Report:
     self.path, self.meta, self.rows = path, meta, []
 
   def add(self, section, check, result, note='', **figures):
-    self.rows.append({'section': section, 'check': check, 'result': result, 'note': note,
-                      'figures': {k: _plain(v) for k, v in figures.items()}})
+    self.rows.append(
+      {
+        'section': section,
+        'check': check,
+        'result': result,
+        'note': note,
+        'figures': {k: _plain(v) for k, v in figures.items()},
+      }
+    )
     print(f'# {section} | {check} | {result}' + (f' | {note}' if note else ''), flush=True)
     self.save()
 
@@ -113,8 +141,10 @@ class Report:
   def markdown(self) -> str:
     esc = lambda s: str(s).replace('|', '\\|')
     lines = ['| section | check | result | notes |', '|---|---|---|---|']
-    lines += [f'| {r["section"]} | {esc(r["check"])} | {esc(r["result"])} | {esc(r["note"])} |'
-              for r in self.rows]
+    lines += [
+      f'| {r["section"]} | {esc(r["check"])} | {esc(r["result"])} | {esc(r["note"])} |'
+      for r in self.rows
+    ]
     return '\n'.join(lines)
 
 
@@ -138,7 +168,8 @@ def _mb(n) -> str:
 
 def timed(fn, repeats: int):
   """(first call seconds (compile + run), median of `repeats` further calls, the last output)."""
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax  # noqa: PLC0415
+
   t = time.perf_counter()
   out = jax.block_until_ready(fn())
   first = time.perf_counter() - t
@@ -155,8 +186,12 @@ class Check:
   """The data, config and mesh every section shares; sections add rows to the report."""
 
   def __init__(self, a, report):
-    import jax  # pylint: disable=import-outside-toplevel
-    from muse_jax import config_util, sharding, steps  # pylint: disable=import-outside-toplevel
+    import jax  # noqa: PLC0415
+
+    from muse_jax import config_util  # noqa: PLC0415
+    from muse_jax import sharding  # noqa: PLC0415
+    from muse_jax import steps  # noqa: PLC0415
+
     self.a, self.report, self.jax = a, report, jax
     self.work = a.work or os.path.join(common.WORK, 'device_check')
     os.makedirs(self.work, exist_ok=True)
@@ -180,7 +215,8 @@ class Check:
   def videos(self):
     """The normalised videos and dims of the paper config (stats fitted in a scratch workdir)."""
     if self._videos is None:
-      from muse_jax import sources  # pylint: disable=import-outside-toplevel
+      from muse_jax import sources  # noqa: PLC0415
+
       work = tempfile.mkdtemp(prefix='data_', dir=self.work)
       self._videos = sources.prepare_data(self.spec, work, fit_stats=True)
     return self._videos
@@ -188,27 +224,32 @@ class Check:
   def train_batch(self, rows: int) -> dict:
     """`rows` train windows in a shuffled order (repeated when the tree has fewer: every row a
     real window, as in a full batch of a large tree), padded to the device multiple."""
-    from muse_jax import input_pipeline as ip  # pylint: disable=import-outside-toplevel
+    from muse_jax import input_pipeline as ip  # noqa: PLC0415
+
     videos, _ = self.videos
     w = ip.train_windows(self.config, videos['train'])
     rng = np.random.default_rng([self.spec.data_seed, 1])
-    idx = np.concatenate([rng.permutation(len(w.lengths))
-                          for _ in range(-(-rows // len(w.lengths)))])[:rows]
+    idx = np.concatenate(
+      [rng.permutation(len(w.lengths)) for _ in range(-(-rows // len(w.lengths)))]
+    )[:rows]
     n = self.mesh.devices.size
     return ip.pad_batch(*w.gather(idx), -(-rows // n) * n)
 
   def longest_video_batch(self) -> dict:
     """The evaluation batch of the longest devel/test video, as evaluation shapes it."""
-    from muse_jax import input_pipeline as ip  # pylint: disable=import-outside-toplevel
+    from muse_jax import input_pipeline as ip  # noqa: PLC0415
+
     videos, _ = self.videos
     v = max((v for s in ('devel', 'test') for v in videos.get(s, [])), key=lambda v: len(v.x))
     return next(ip.eval_batches([v], multiple=self.mesh.devices.size))[0]
 
   def state(self, seeds=(314,), impl=None):
-    from muse_jax import steps  # pylint: disable=import-outside-toplevel
+    from muse_jax import steps  # noqa: PLC0415
+
     _, dims = self.videos
-    return steps.create_state(self.config, sum(dims), len(self.spec.targets), list(seeds),
-                              impl or self.impl)
+    return steps.create_state(
+      self.config, sum(dims), len(self.spec.targets), list(seeds), impl or self.impl
+    )
 
 
 def data_tree(a) -> tuple:
@@ -222,7 +263,8 @@ def data_tree(a) -> tuple:
     root = common.full_tree(feats)
     what = 'the full-scale demo tree'
   else:
-    from muse_jax.data import demo  # pylint: disable=import-outside-toplevel
+    from muse_jax.data import demo  # noqa: PLC0415
+
     root = os.path.join(common.WORK, f'tree_full_slice_{a.fraction:g}')
     marker = os.path.join(root, demo.MARKER)
     have = json.load(open(marker)) if os.path.exists(marker) else {}
@@ -241,61 +283,112 @@ def data_tree(a) -> tuple:
 # ------------------------------------------------------------------------------------------------
 def devices(ck: Check):
   jax, rep = ck.jax, ck.report
-  from muse_jax import input_pipeline as ip, steps  # pylint: disable=import-outside-toplevel
+  from muse_jax import input_pipeline as ip  # noqa: PLC0415
+  from muse_jax import steps  # noqa: PLC0415
+
   d = jax.devices()
-  rep.add('devices', 'backend, device kind', f'{jax.default_backend()}, {d[0].device_kind}',
-          f'jax {jax.__version__}', backend=jax.default_backend(), device_kind=d[0].device_kind)
-  rep.add('devices', 'devices (local / all), processes',
-          f'{jax.local_device_count()} / {jax.device_count()}, {jax.process_count()}',
-          local=jax.local_device_count(), total=jax.device_count(),
-          processes=jax.process_count())
+  rep.add(
+    'devices',
+    'backend, device kind',
+    f'{jax.default_backend()}, {d[0].device_kind}',
+    f'jax {jax.__version__}',
+    backend=jax.default_backend(),
+    device_kind=d[0].device_kind,
+  )
+  rep.add(
+    'devices',
+    'devices (local / all), processes',
+    f'{jax.local_device_count()} / {jax.device_count()}, {jax.process_count()}',
+    local=jax.local_device_count(),
+    total=jax.device_count(),
+    processes=jax.process_count(),
+  )
   n = ck.mesh.devices.size
-  rep.add('devices', f'mesh (--num_devices {ck.a.num_devices})',
-          f'{n} {ck.platform} device(s) on axis data',
-          'config.num_devices=N uses the first N (0 = all)', mesh_devices=n)
-  dispatch = ('synchronous (runtime.host_memory)' if ck.platform == 'cpu' and not jax.config.read(
-      'jax_cpu_enable_async_dispatch') else 'asynchronous')
-  rep.add('devices', "'auto' picks", f'attention {ck.impl}, seeds '
-          f'{"mapped" if ck.mapped else "vmapped"}, {dispatch} dispatch',
-          'config.attention / config.seed_loop override', attention=ck.impl,
-          seeds_mapped=ck.mapped, dispatch=dispatch.split()[0])
+  rep.add(
+    'devices',
+    f'mesh (--num_devices {ck.a.num_devices})',
+    f'{n} {ck.platform} device(s) on axis data',
+    'config.num_devices=N uses the first N (0 = all)',
+    mesh_devices=n,
+  )
+  dispatch = (
+    'synchronous (runtime.host_memory)'
+    if ck.platform == 'cpu' and not jax.config.read('jax_cpu_enable_async_dispatch')
+    else 'asynchronous'
+  )
+  rep.add(
+    'devices',
+    "'auto' picks",
+    f'attention {ck.impl}, seeds {"mapped" if ck.mapped else "vmapped"}, {dispatch} dispatch',
+    'config.attention / config.seed_loop override',
+    attention=ck.impl,
+    seeds_mapped=ck.mapped,
+    dispatch=dispatch.split()[0],
+  )
   videos, _ = ck.videos
   n_win = len(ip.train_windows(ck.config, videos['train']).lengths)
   unit = n * steps.micro_batches(ck.config)
   rows = ip.step_rows(n_win, ck.config.batch_size, unit)
   longest = max(len(v.x) for s in ('devel', 'test') for v in videos.get(s, []))
   bucket = ip.bucket_length(longest)
-  rep.add('devices', f'padded batch: {n_win} train windows, batch {ck.config.batch_size}',
-          f'{len(rows)} steps of {" or ".join(map(str, sorted(set(rows), reverse=True)))} rows '
-          f'({rows[0] // n} per device)',
-          f'each step padded with empty rows to a multiple of {unit} (devices x micro-batches)',
-          train_windows=n_win, step_rows=sorted(set(rows)), rows_per_device=rows[0] // n)
-  rep.add('devices', f'evaluation of the longest video ({longest} frames)',
-          f'bucket {bucket}, batches of {ip.eval_batch_rows(bucket, n)} row(s)',
-          'videos padded to a length bucket, rows to a multiple of the devices',
-          longest=longest, bucket=bucket, eval_rows=ip.eval_batch_rows(bucket, n))
+  rep.add(
+    'devices',
+    f'padded batch: {n_win} train windows, batch {ck.config.batch_size}',
+    f'{len(rows)} steps of {" or ".join(map(str, sorted(set(rows), reverse=True)))} rows '
+    f'({rows[0] // n} per device)',
+    f'each step padded with empty rows to a multiple of {unit} (devices x micro-batches)',
+    train_windows=n_win,
+    step_rows=sorted(set(rows)),
+    rows_per_device=rows[0] // n,
+  )
+  rep.add(
+    'devices',
+    f'evaluation of the longest video ({longest} frames)',
+    f'bucket {bucket}, batches of {ip.eval_batch_rows(bucket, n)} row(s)',
+    'videos padded to a length bucket, rows to a multiple of the devices',
+    longest=longest,
+    bucket=bucket,
+    eval_rows=ip.eval_batch_rows(bucket, n),
+  )
   flags = multi_host_flags()
-  rep.add('devices', 'multi-host', f'{jax.process_count()} process(es)',
-          'muse_jax.main ' + ', '.join(f'--{f}' for f in flags), flags=flags)
+  rep.add(
+    'devices',
+    'multi-host',
+    f'{jax.process_count()} process(es)',
+    'muse_jax.main ' + ', '.join(f'--{f}' for f in flags),
+    flags=flags,
+  )
 
 
 def multi_host_flags() -> list:
   """The flags of muse_jax.main that start a multi-host job (their help says 'Multi-host')."""
-  import importlib  # pylint: disable=import-outside-toplevel
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  import importlib  # noqa: PLC0415
+
+  from absl import flags  # noqa: PLC0415
+
   importlib.import_module('muse_jax.main')  # defines its flags
-  return [f.name for f in flags.FLAGS.get_flags_for_module('muse_jax.main')
-          if f.help.startswith('Multi-host')]
+  return [
+    f.name
+    for f in flags.FLAGS.get_flags_for_module('muse_jax.main')
+    if f.help.startswith('Multi-host')
+  ]
 
 
 def epochs(ck: Check):
-  from muse_jax import train  # pylint: disable=import-outside-toplevel
+  from muse_jax import train  # noqa: PLC0415
+
   one = None
   runs = [(label, seeds or ck.a.seeds, loop, '') for label, seeds, loop in SEEDS_RUNS]
   if ck.a.members:  # a sweep's members: one seed, each its own learning rate (muse_jax.sweep)
     lrs = np.geomspace(1e-3, 1e-2, ck.a.members)
-    runs.append(('sweep members vmapped', ck.a.members, 'vmap', json.dumps(
-        [{'seed': ck.config.seed, 'learning_rate': float(lr)} for lr in lrs])))
+    runs.append(
+      (
+        'sweep members vmapped',
+        ck.a.members,
+        'vmap',
+        json.dumps([{'seed': ck.config.seed, 'learning_rate': float(lr)} for lr in lrs]),
+      )
+    )
   for label, seeds, loop, members in runs:
     c = ck.config.copy_and_resolve_references()
     c.num_seeds, c.seed_loop, c.members = seeds, loop, members
@@ -304,33 +397,44 @@ def epochs(ck: Check):
     t0 = time.perf_counter()
     try:  # one run's failure (say, out of memory with 5 seeds vmapped) is its row only
       train.train_and_evaluate(c, work)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001
       ck.report.add('epochs', f'epoch, {name}', 'failed', _why(e), seeds=seeds, seed_loop=loop)
       continue
     total = time.perf_counter() - t0
     log = [json.loads(l) for l in open(os.path.join(work, 'metrics.jsonl'))]
     steady = log[1:] or log
-    med = {k: statistics.median(r[k] for r in steady)
-           for k in ('seconds', 'train_seconds', 'eval_seconds')}
+    med = {
+      k: statistics.median(r[k] for r in steady)
+      for k in ('seconds', 'train_seconds', 'eval_seconds')
+    }
     first = log[0]
     one = one or (med if seeds == 1 else None)
     ratio = med['seconds'] / one['seconds'] if one else float('nan')
     ck.report.add(
-        'epochs', f'epoch, {name}',
-        f'{med["seconds"]:.2f} s (train {med["train_seconds"]:.2f} + devel '
-        f'{med["eval_seconds"]:.2f})' + (f' = {ratio:.2f}x one seed' if seeds > 1 and one
-                                         else ''),
-        f'first epoch {first["seconds"]:.2f} s (train {first["train_seconds"]:.2f} + devel '
-        f'{first["eval_seconds"]:.2f}); whole run {total:.1f} s; median of {len(steady)} '
-        'steady epoch(s)', seeds=seeds, seed_loop=loop, steady_s=med['seconds'],
-        steady_train_s=med['train_seconds'], steady_eval_s=med['eval_seconds'],
-        first_s=first['seconds'], first_train_s=first['train_seconds'],
-        first_eval_s=first['eval_seconds'], run_s=total, ratio_vs_one_seed=ratio)
+      'epochs',
+      f'epoch, {name}',
+      f'{med["seconds"]:.2f} s (train {med["train_seconds"]:.2f} + devel '
+      f'{med["eval_seconds"]:.2f})' + (f' = {ratio:.2f}x one seed' if seeds > 1 and one else ''),
+      f'first epoch {first["seconds"]:.2f} s (train {first["train_seconds"]:.2f} + devel '
+      f'{first["eval_seconds"]:.2f}); whole run {total:.1f} s; median of {len(steady)} '
+      'steady epoch(s)',
+      seeds=seeds,
+      seed_loop=loop,
+      steady_s=med['seconds'],
+      steady_train_s=med['train_seconds'],
+      steady_eval_s=med['eval_seconds'],
+      first_s=first['seconds'],
+      first_train_s=first['train_seconds'],
+      first_eval_s=first['eval_seconds'],
+      run_s=total,
+      ratio_vs_one_seed=ratio,
+    )
 
 
 def attention(ck: Check):
   jax, jnp = ck.jax, ck.jax.numpy
-  from muse_jax.ops import attention as ops  # pylint: disable=import-outside-toplevel
+  from muse_jax.ops import attention as ops  # noqa: PLC0415
+
   m = ck.config.model
   h, dh = m.n_heads, m.d_rnn // m.n_heads
   batch = ck.train_batch(ck.a.attention_batch)
@@ -345,34 +449,53 @@ def attention(ck: Check):
   lv = jnp.asarray(video['lengths'][:1])
   ref = {}
   for impl in ops.IMPLS:
-    fwd_bwd = jax.jit(jax.value_and_grad(
+    fwd_bwd = jax.jit(
+      jax.value_and_grad(
         lambda q, k, v, impl=impl: jnp.sum(ops.attention(q, k, v, lengths, impl) * ct),
-        argnums=(0, 1, 2)))
+        argnums=(0, 1, 2),
+      )
+    )
     fwd_long = jax.jit(lambda q, impl=impl: ops.attention(q, q, q, lv, impl))
     try:
       first, med, out = timed(lambda: fwd_bwd(q, k, v), ck.a.repeats)
       out = jax.device_get(out[1])
       first_l, med_l, out_l = timed(lambda: fwd_long(qv), ck.a.repeats)
-      out_l = np.asarray(out_l)[:, :int(lv[0])]
-    except Exception as e:  # pylint: disable=broad-except
-      ck.report.add('attention', f'{impl}', f'unavailable on {ck.jax.default_backend()}',
-                    _why(e), available=False)
+      out_l = np.asarray(out_l)[:, : int(lv[0])]
+    except Exception as e:  # noqa: BLE001
+      ck.report.add(
+        'attention',
+        f'{impl}',
+        f'unavailable on {ck.jax.default_backend()}',
+        _why(e),
+        available=False,
+      )
       continue
     ref = ref or {'grads': out, 'long': out_l}
     diff = max(float(np.max(np.abs(a - r))) for a, r in zip(out, ref['grads']))
     diff_l = float(np.max(np.abs(out_l - ref['long'])))
     ck.report.add(
-        'attention', f'{impl}: fwd+bwd [{b}, {t}, {h}, {dh}]',
-        f'{med * 1e3:.1f} ms; fwd over {tl} frames {med_l * 1e3:.1f} ms',
-        f'first call {first:.2f} s / {first_l:.2f} s; max abs diff from plain: grads '
-        f'{diff:.1e}, long fwd {diff_l:.1e}' + (' (bfloat16 inputs)' if impl == 'cudnn' else ''),
-        available=True, fwd_bwd_s=med, long_fwd_s=med_l, first_s=first, diff_grads=diff,
-        diff_long=diff_l, shape=[b, t, h, dh], long_frames=tl)
+      'attention',
+      f'{impl}: fwd+bwd [{b}, {t}, {h}, {dh}]',
+      f'{med * 1e3:.1f} ms; fwd over {tl} frames {med_l * 1e3:.1f} ms',
+      f'first call {first:.2f} s / {first_l:.2f} s; max abs diff from plain: grads '
+      f'{diff:.1e}, long fwd {diff_l:.1e}' + (' (bfloat16 inputs)' if impl == 'cudnn' else ''),
+      available=True,
+      fwd_bwd_s=med,
+      long_fwd_s=med_l,
+      first_s=first,
+      diff_grads=diff,
+      diff_long=diff_l,
+      shape=[b, t, h, dh],
+      long_frames=tl,
+    )
 
 
 def train_step_parts(ck: Check, rows: int):
   """(jitted step, state, batch, keys, active) of the paper config for one seed at `rows`."""
-  from muse_jax import losses, sharding, steps  # pylint: disable=import-outside-toplevel
+  from muse_jax import losses  # noqa: PLC0415
+  from muse_jax import sharding  # noqa: PLC0415
+  from muse_jax import steps  # noqa: PLC0415
+
   model, tx, state = ck.state()
   step = steps.make_train_step(model, tx, losses.get_loss('ccc'), None, seeds_map=ck.mapped)
   batch = sharding.shard(ck.train_batch(rows), ck.mesh)
@@ -388,14 +511,14 @@ def footprint(compiled) -> dict:
   m = compiled.memory_analysis()
   if m is None:
     return {}
-  f = {k: int(getattr(m, f'{k}_size_in_bytes', 0)) for k in ('argument', 'output', 'temp',
-                                                              'alias')}
+  f = {k: int(getattr(m, f'{k}_size_in_bytes', 0)) for k in ('argument', 'output', 'temp', 'alias')}
   f['total'] = f['argument'] + f['output'] + f['temp'] - f['alias']
   return f
 
 
 def flops(ck: Check):
-  import jax_epoch  # pylint: disable=import-outside-toplevel
+  import jax_epoch  # noqa: PLC0415
+
   _, dims = ck.videos
   rows = ck.config.batch_size
   _, step, state, batch, keys, active = train_step_parts(ck, rows)
@@ -418,21 +541,34 @@ def flops(ck: Check):
   mm = jax_epoch.matmul_flops(n)  # on one device; the step runs on the whole mesh
   dev = ck.mesh.devices.size
   peak = mm * dev
-  ck.report.add('flops', f'train step, batch {rows}, 1 seed',
-                f'{per_step / step_s / 1e9:,.1f} GFLOP/s = {per_step / step_s / peak:.1%} of '
-                + ('matmul' if dev == 1 else f'{dev} x one device\'s matmul'),
-                f'{step_s * 1e3:.0f} ms per step (compile {compile_s:.1f} s), '
-                f'{per_step / 1e9:.1f} GFLOP counted from its matmuls',
-                step_s=step_s, compile_s=compile_s, step_flops=per_step,
-                flops_per_s=per_step / step_s, fraction_of_matmul=per_step / step_s / peak,
-                mesh_devices=dev)
-  ck.report.add('flops', f'matmul {n} x {n}, float32, one device', f'{mm / 1e9:,.1f} GFLOP/s',
-                "jnp.matmul at JAX's default precision (on GPUs with TF32, TF32)",
-                flops_per_s=mm, n=n)
+  ck.report.add(
+    'flops',
+    f'train step, batch {rows}, 1 seed',
+    f'{per_step / step_s / 1e9:,.1f} GFLOP/s = {per_step / step_s / peak:.1%} of '
+    + ('matmul' if dev == 1 else f"{dev} x one device's matmul"),
+    f'{step_s * 1e3:.0f} ms per step (compile {compile_s:.1f} s), '
+    f'{per_step / 1e9:.1f} GFLOP counted from its matmuls',
+    step_s=step_s,
+    compile_s=compile_s,
+    step_flops=per_step,
+    flops_per_s=per_step / step_s,
+    fraction_of_matmul=per_step / step_s / peak,
+    mesh_devices=dev,
+  )
+  ck.report.add(
+    'flops',
+    f'matmul {n} x {n}, float32, one device',
+    f'{mm / 1e9:,.1f} GFLOP/s',
+    "jnp.matmul at JAX's default precision (on GPUs with TF32, TF32)",
+    flops_per_s=mm,
+    n=n,
+  )
 
 
 def memory(ck: Check):
-  from muse_jax import sharding, steps  # pylint: disable=import-outside-toplevel
+  from muse_jax import sharding  # noqa: PLC0415
+  from muse_jax import steps  # noqa: PLC0415
+
   _, dims = ck.videos
   rows = ck.config.batch_size
   if ck.step_footprint is None:
@@ -444,37 +580,63 @@ def memory(ck: Check):
   video = ck.longest_video_batch()
   params = sharding.replicate(state.params, ck.mesh)
   ev = steps.make_eval_step(model, ck.mapped)
-  items.append((f'whole-video evaluation, {int(video["lengths"].max())} frames', 'eval',
-                video['x'].shape[0], video['x'].shape[1],
-                footprint(ev.lower(params, sharding.shard(video, ck.mesh)).compile())))
+  items.append(
+    (
+      f'whole-video evaluation, {int(video["lengths"].max())} frames',
+      'eval',
+      video['x'].shape[0],
+      video['x'].shape[1],
+      footprint(ev.lower(params, sharding.shard(video, ck.mesh)).compile()),
+    )
+  )
   # A TPU's chips belong to this process: a fresh one could not open them.
   has_stats = ck.jax.default_backend() != 'tpu' and ck.jax.devices()[0].memory_stats() is not None
   for label, kind, n, t, f in items:
-    peak, note = None, (f'{ck.jax.default_backend()} reports no device memory statistics'
-                        if ck.jax.default_backend() != 'tpu' else
-                        'no device peak on TPU (this process holds the chips)')
+    peak, note = (
+      None,
+      (
+        f'{ck.jax.default_backend()} reports no device memory statistics'
+        if ck.jax.default_backend() != 'tpu'
+        else 'no device peak on TPU (this process holds the chips)'
+      ),
+    )
     if has_stats:
       try:
         peak = peak_in_fresh_process(ck, kind, sum(dims), n, t)
         note = f'device peak {_mb(peak)} (fresh process: parameters, batch and step)'
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:  # noqa: BLE001
         note = f'device peak unavailable: {_why(e)}'
-    ck.report.add('memory', f'{label} [{n} x {t}]',
-                  f'XLA footprint {_mb(f["total"])}' if f else 'XLA reports no footprint',
-                  (f'temporaries {_mb(f["temp"])}, arguments {_mb(f["argument"])}; ' if f else '')
-                  + note, rows=n, frames=t, peak_bytes=peak, **{f'{k}_bytes': v
-                                                                for k, v in f.items()})
+    ck.report.add(
+      'memory',
+      f'{label} [{n} x {t}]',
+      f'XLA footprint {_mb(f["total"])}' if f else 'XLA reports no footprint',
+      (f'temporaries {_mb(f["temp"])}, arguments {_mb(f["argument"])}; ' if f else '') + note,
+      rows=n,
+      frames=t,
+      peak_bytes=peak,
+      **{f'{k}_bytes': v for k, v in f.items()},
+    )
 
 
 def peak_in_fresh_process(ck: Check, kind: str, d_in: int, rows: int, t: int) -> int:
   """The device peak of one step or evaluation in a new process on this backend (rows padded
   to the mesh, as a run pads them)."""
   n = ck.mesh.devices.size
-  cmd = [sys.executable, os.path.abspath(__file__), '--_peak', kind, str(d_in),
-         str(-(-rows // n) * n), str(t), '--num_devices', str(ck.a.num_devices)]
+  cmd = [
+    sys.executable,
+    os.path.abspath(__file__),
+    '--_peak',
+    kind,
+    str(d_in),
+    str(-(-rows // n) * n),
+    str(t),
+    '--num_devices',
+    str(ck.a.num_devices),
+  ]
   backend = ck.jax.default_backend()
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, JAX_PLATFORMS=backend))
+  proc = subprocess.run(
+    cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS=backend)
+  )
   if proc.returncode:
     raise RuntimeError((proc.stderr.strip().splitlines() or ['no output'])[-1])
   return int(json.loads(proc.stdout.strip().splitlines()[-1])['peak_bytes'])
@@ -482,45 +644,70 @@ def peak_in_fresh_process(ck: Check, kind: str, d_in: int, rows: int, t: int) ->
 
 def peak_child(a) -> None:
   """--_peak: one step (or one evaluation) on random inputs of that shape; prints the peak."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from muse_jax import config_util, losses, runtime, sharding, steps  # pylint: disable=import-outside-toplevel
+  import jax  # noqa: PLC0415
+
+  from muse_jax import config_util  # noqa: PLC0415
+  from muse_jax import losses  # noqa: PLC0415
+  from muse_jax import runtime  # noqa: PLC0415
+  from muse_jax import sharding  # noqa: PLC0415
+  from muse_jax import steps  # noqa: PLC0415
+
   kind, d_in, rows, t = a._peak[0], *map(int, a._peak[1:])
   c = config_util.load_config('valence')
   c.num_devices = a.num_devices
   runtime.configure(c)
   assert jax.devices()[0].memory_stats() is not None, f'{jax.default_backend()}: no memory stats'
   mesh = sharding.make_mesh(a.num_devices)
-  impl, mapped = (steps.attention_impl(c, sharding.platform(mesh)),
-                  steps.seeds_mapped(c, sharding.platform(mesh)))
+  impl, mapped = (
+    steps.attention_impl(c, sharding.platform(mesh)),
+    steps.seeds_mapped(c, sharding.platform(mesh)),
+  )
   model, tx, state = steps.create_state(c, d_in, 1, [314], impl)
   rng = np.random.default_rng(0)
   lengths = np.full(rows, t, np.int32)
-  batch = {'x': rng.normal(size=(rows, t, d_in)).astype(np.float32),
-           'y': rng.uniform(-1, 1, (rows, t, 1)).astype(np.float32), 'lengths': lengths,
-           'mask': np.ones((rows, t), bool)}
+  batch = {
+    'x': rng.normal(size=(rows, t, d_in)).astype(np.float32),
+    'y': rng.uniform(-1, 1, (rows, t, 1)).astype(np.float32),
+    'lengths': lengths,
+    'mask': np.ones((rows, t), bool),
+  }
   batch = sharding.shard(batch, mesh)
   state = sharding.replicate(state, mesh)
   if kind == 'step':
     step = steps.make_train_step(model, tx, losses.get_loss('ccc'), None, seeds_map=mapped)
-    out = step(state, batch, sharding.replicate(steps.dropout_keys([314]), mesh),
-               sharding.replicate(np.array([True]), mesh))
+    out = step(
+      state,
+      batch,
+      sharding.replicate(steps.dropout_keys([314]), mesh),
+      sharding.replicate(np.array([True]), mesh),
+    )
   else:
     out = steps.make_eval_step(model, mapped)(state.params, batch)
   jax.block_until_ready(out)
-  print(json.dumps({'peak_bytes': max(d.memory_stats()['peak_bytes_in_use']
-                                      for d in mesh.devices.flat)}))
+  print(
+    json.dumps(
+      {'peak_bytes': max(d.memory_stats()['peak_bytes_in_use'] for d in mesh.devices.flat)}
+    )
+  )
 
 
 # ------------------------------------------------------------------------------------------------
 def model_outputs(model, params, batch, video):
   """(train-window predictions, CCC-loss gradients, longest-video predictions) as numpy."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from flax import traverse_util  # pylint: disable=import-outside-toplevel
-  from muse_jax import losses  # pylint: disable=import-outside-toplevel
+  from flax import traverse_util  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from muse_jax import losses  # noqa: PLC0415
+
   apply = jax.jit(lambda p, x, l: model.apply({'params': p}, x, l, deterministic=True))
-  loss = jax.jit(jax.grad(lambda p, b: losses.get_loss('ccc')(
-      model.apply({'params': p}, b['x'], b['lengths'], deterministic=True), b['y'], b['mask'])))
+  loss = jax.jit(
+    jax.grad(
+      lambda p, b: losses.get_loss('ccc')(
+        model.apply({'params': p}, b['x'], b['lengths'], deterministic=True), b['y'], b['mask']
+      )
+    )
+  )
   b = {k: jnp.asarray(v) for k, v in batch.items()}
   preds = np.asarray(apply(params, b['x'], b['lengths']))
   grads = traverse_util.flatten_dict(jax.device_get(loss(params, b)), sep='/')
@@ -530,29 +717,42 @@ def model_outputs(model, params, batch, video):
 
 def cpu_reference(a) -> None:
   """--_cpu_reference IN OUT (JAX_PLATFORMS=cpu): the CPU defaults' outputs of the same inputs."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from flax import traverse_util  # pylint: disable=import-outside-toplevel
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from muse_jax import config_util, models, steps  # pylint: disable=import-outside-toplevel
+  from flax import traverse_util  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+  import ml_collections  # noqa: PLC0415
+
+  from muse_jax import config_util  # noqa: PLC0415
+  from muse_jax import models  # noqa: PLC0415
+  from muse_jax import steps  # noqa: PLC0415
+
   assert jax.default_backend() == 'cpu', jax.default_backend()
   z = np.load(a._cpu_reference[0])
   meta = json.loads(str(z['meta']))
   impl = steps.attention_impl(ml_collections.ConfigDict({'attention': 'auto'}), 'cpu')
   model = models.create_model(*config_util.model_fields(meta['model'], meta['targets']), impl)
-  params = traverse_util.unflatten_dict({k[2:]: z[k] for k in z.files if k.startswith('p:')},
-                                        sep='/')
+  params = traverse_util.unflatten_dict(
+    {k[2:]: z[k] for k in z.files if k.startswith('p:')}, sep='/'
+  )
   batch = {k[2:]: z[k] for k in z.files if k.startswith('b:')}
   video = {k[2:]: z[k] for k in z.files if k.startswith('v:')}
   preds, grads, long = model_outputs(model, params, batch, video)
-  np.savez(a._cpu_reference[1], preds=preds, long=long, impl=impl,
-           **{f'g:{k}': v for k, v in grads.items()})
+  np.savez(
+    a._cpu_reference[1],
+    preds=preds,
+    long=long,
+    impl=impl,
+    **{f'g:{k}': v for k, v in grads.items()},
+  )
 
 
 def agreement(ck: Check):
   jax = ck.jax
-  from flax import traverse_util  # pylint: disable=import-outside-toplevel
-  from muse_jax import config_util, models  # pylint: disable=import-outside-toplevel
-  from muse_jax.ops import attention as ops  # pylint: disable=import-outside-toplevel
+  from flax import traverse_util  # noqa: PLC0415
+
+  from muse_jax import config_util  # noqa: PLC0415
+  from muse_jax import models  # noqa: PLC0415
+  from muse_jax.ops import attention as ops  # noqa: PLC0415
+
   _, _, state = ck.state()
   params = jax.tree.map(lambda x: np.asarray(x[0]), state.params)
   batch = ck.train_batch(256)
@@ -562,13 +762,22 @@ def agreement(ck: Check):
   model_cfg = {k: v for k, v in ck.config.model.items()}
   path_in = os.path.join(ck.work, 'agreement_in.npz')
   path_out = os.path.join(ck.work, 'agreement_cpu.npz')
-  np.savez(path_in, meta=json.dumps({'model': model_cfg, 'targets': n_t}),
-           **{f'p:{k}': v for k, v in traverse_util.flatten_dict(params, sep='/').items()},
-           **{f'b:{k}': v for k, v in batch.items()}, **{f'v:{k}': v for k, v in video.items()})
+  np.savez(
+    path_in,
+    meta=json.dumps({'model': model_cfg, 'targets': n_t}),
+    **{f'p:{k}': v for k, v in traverse_util.flatten_dict(params, sep='/').items()},
+    **{f'b:{k}': v for k, v in batch.items()},
+    **{f'v:{k}': v for k, v in video.items()},
+  )
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   t0 = time.perf_counter()
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--_cpu_reference', path_in,
-                         path_out], capture_output=True, text=True, env=env, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, os.path.abspath(__file__), '--_cpu_reference', path_in, path_out],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
   if proc.returncode:
     raise RuntimeError(f'CPU reference failed: {proc.stderr.strip().splitlines()[-1:]}')
   cpu = np.load(path_out)
@@ -581,19 +790,30 @@ def agreement(ck: Check):
     try:
       model = models.create_model(*config_util.model_fields(model_cfg, n_t), impl)
       preds, grads, long = model_outputs(model, params, batch, video)
-    except Exception as e:  # pylint: disable=broad-except
-      ck.report.add('agreement', f'{impl} vs CPU {cpu["impl"]}',
-                    f'unavailable on {jax.default_backend()}', _why(e), available=False)
+    except Exception as e:  # noqa: BLE001
+      ck.report.add(
+        'agreement',
+        f'{impl} vs CPU {cpu["impl"]}',
+        f'unavailable on {jax.default_backend()}',
+        _why(e),
+        available=False,
+      )
       continue
     d_pred = float(np.max(np.abs(preds - cpu['preds'])[valid]))
     d_long = float(np.max(np.abs(long[0, :n] - cpu['long'][0, :n])))
     d_grad = max(float(np.max(np.abs(grads[k] - g))) for k, g in ref_grads.items())
     ck.report.add(
-        'agreement', f'{impl}{" (auto)" if impl == ck.impl else ""} vs CPU {cpu["impl"]}',
-        f'predictions {d_pred:.1e}, longest video {d_long:.1e}, gradients {d_grad:.1e}',
-        f'max abs diff; {len(lengths)} train windows, {n} frames; largest gradient '
-        f'{scale:.1e}; CPU side {cpu_s:.0f} s in a subprocess', available=True,
-        diff_preds=d_pred, diff_long=d_long, diff_grads=d_grad, max_grad=scale)
+      'agreement',
+      f'{impl}{" (auto)" if impl == ck.impl else ""} vs CPU {cpu["impl"]}',
+      f'predictions {d_pred:.1e}, longest video {d_long:.1e}, gradients {d_grad:.1e}',
+      f'max abs diff; {len(lengths)} train windows, {n} frames; largest gradient '
+      f'{scale:.1e}; CPU side {cpu_s:.0f} s in a subprocess',
+      available=True,
+      diff_preds=d_pred,
+      diff_long=d_long,
+      diff_grads=d_grad,
+      max_grad=scale,
+    )
 
 
 def nvidia_gpus() -> int:
@@ -619,29 +839,39 @@ def main(argv=None):
   # Cold compiles: the first epoch shows what a user waits for (a cache dir set in the
   # environment would win over config.compilation_cache_dir, see runtime.compile_cache).
   os.environ.pop('JAX_COMPILATION_CACHE_DIR', None)
-  import jax  # pylint: disable=import-outside-toplevel
-  from muse_jax import config_util, runtime  # pylint: disable=import-outside-toplevel
-  from muse_jax.errors import MuseError  # pylint: disable=import-outside-toplevel
+  import jax  # noqa: PLC0415
+
+  from muse_jax import config_util  # noqa: PLC0415
+  from muse_jax import runtime  # noqa: PLC0415
+  from muse_jax.errors import MuseError  # noqa: PLC0415
+
   c = config_util.load_config('valence')
   c.compilation_cache_dir = 'none'
   runtime.configure(c)
   gpus = nvidia_gpus()
   if gpus and jax.default_backend() == 'cpu' and not a.small:
-    print(f'error: nvidia-smi lists {gpus} GPU(s), but JAX runs on its CPU backend (no CUDA '
-          "plugin here): ./run.sh sets up jax[cuda12] or jax[cuda13] by the driver ('./run.sh "
-          "accel' says which), or pip install 'jax[cuda13]'; --small measures the CPU on purpose",
-          file=sys.stderr)
+    print(
+      f'error: nvidia-smi lists {gpus} GPU(s), but JAX runs on its CPU backend (no CUDA '
+      "plugin here): ./run.sh sets up jax[cuda12] or jax[cuda13] by the driver ('./run.sh "
+      "accel' says which), or pip install 'jax[cuda13]'; --small measures the CPU on purpose",
+      file=sys.stderr,
+    )
     return 2
-  meta = {'command': ' '.join(['device_check.py'] + (argv or sys.argv[1:])), 'small': a.small,
-          'date': time.strftime('%Y-%m-%d %H:%M'), 'jax': jax.__version__,
-          'backend': jax.default_backend(), 'load_average': os.getloadavg()}
+  meta = {
+    'command': ' '.join(['device_check.py'] + (argv or sys.argv[1:])),
+    'small': a.small,
+    'date': time.strftime('%Y-%m-%d %H:%M'),
+    'jax': jax.__version__,
+    'backend': jax.default_backend(),
+    'load_average': os.getloadavg(),
+  }
   report = Report(a.out, meta)
   try:
     ck = Check(a, report)
   except MuseError as e:  # e.g. --num_devices over what this host has, or a tree that fails
     print(f'error: {e}', file=sys.stderr)
     return 2
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001
     traceback.print_exc()
     report.add('data', 'failed', _why(e))  # the JSON says why there are no figures
     return 1
@@ -655,14 +885,16 @@ def main(argv=None):
     t0 = time.perf_counter()
     try:
       globals()[name](ck)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001
       traceback.print_exc()
       report.add(name, 'failed', _why(e))
     meta.setdefault('section_s', {})[name] = round(time.perf_counter() - t0, 1)
   meta['total_s'] = round(time.perf_counter() - t_start, 1)
   report.save()
-  print(f'\nDevice check on {meta["backend"]} ({jax.devices()[0].device_kind}), '
-        f'{ck.tree}; {meta["total_s"]:.0f} s in all; figures in {a.out}\n')
+  print(
+    f'\nDevice check on {meta["backend"]} ({jax.devices()[0].device_kind}), '
+    f'{ck.tree}; {meta["total_s"]:.0f} s in all; figures in {a.out}\n'
+  )
   print(report.markdown())
   return 0
 

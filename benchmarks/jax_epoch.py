@@ -5,6 +5,7 @@ epoch, FLOPs per train step and a large float32 matmul's FLOP/s measured in the 
 
   python benchmarks/jax_epoch.py ROOT --features egemaps,fasttext --target valence --epochs 5
 """
+
 import argparse
 import json
 import os
@@ -15,17 +16,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from muse_jax import config_util  # pylint: disable=wrong-import-position
-from muse_jax import input_pipeline as ip  # pylint: disable=wrong-import-position
-from muse_jax import normalization  # pylint: disable=wrong-import-position
-from muse_jax import runtime  # pylint: disable=wrong-import-position
-from muse_jax import sources  # pylint: disable=wrong-import-position
-from muse_jax import steps  # pylint: disable=wrong-import-position
-from muse_jax import train  # pylint: disable=wrong-import-position
+from muse_jax import config_util
+from muse_jax import input_pipeline as ip
+from muse_jax import normalization
+from muse_jax import runtime
+from muse_jax import sources
+from muse_jax import steps
+from muse_jax import train
 
 
 def matmul_flops(n=2048, reps=5) -> float:
@@ -38,7 +39,7 @@ def matmul_flops(n=2048, reps=5) -> float:
     t = time.perf_counter()
     jax.block_until_ready(mm(a))
     best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
+  return 2 * n**3 / best
 
 
 def step_flops(config, d_in, n_targets) -> float:
@@ -76,14 +77,22 @@ def main():
   ap.add_argument('--seeds', type=int, default=1)
   ap.add_argument('--micro_batch', type=int, default=0)
   ap.add_argument('--seed', type=int, default=314)
-  ap.add_argument('--data_dir', default=os.path.join(tempfile.gettempdir(), 'muse_jax_bench',
-                                                      'tfds'))
+  ap.add_argument(
+    '--data_dir', default=os.path.join(tempfile.gettempdir(), 'muse_jax_bench', 'tfds')
+  )
   ap.add_argument('--no_flops', action='store_true')
   ap.add_argument('--seed_loop', default='auto', help='config.seed_loop: auto | vmap | map')
-  ap.add_argument('--reuse_cpu_buffers', type=int, default=1,
-                  help='config.reuse_cpu_buffers (0: large buffers page-faulted in every step)')
-  ap.add_argument('--compilation_cache_dir', default='none',
-                  help="config.compilation_cache_dir; 'none' (default here) measures cold compiles")
+  ap.add_argument(
+    '--reuse_cpu_buffers',
+    type=int,
+    default=1,
+    help='config.reuse_cpu_buffers (0: large buffers page-faulted in every step)',
+  )
+  ap.add_argument(
+    '--compilation_cache_dir',
+    default='none',
+    help="config.compilation_cache_dir; 'none' (default here) measures cold compiles",
+  )
   a = ap.parse_args()
   c = config_util.load_config('valence')
   c.data_root, c.data_dir = a.root, a.data_dir
@@ -103,15 +112,18 @@ def main():
   epoch_s = [r['seconds'] for r in log]
   steady = epoch_s[1:] or epoch_s
   out = {
-      'total_s': round(total, 3), 'epochs': len(log),
-      'epoch_s': [round(s, 3) for s in epoch_s],
-      'epoch_s_median': round(statistics.median(steady), 3),
-      'train_s_median': round(statistics.median(r['train_seconds'] for r in log[1:] or log), 3),
-      'eval_s_median': round(statistics.median(r['eval_seconds'] for r in log[1:] or log), 3),
-      'compile_s': round(epoch_s[0] - statistics.median(steady), 3),
-      'outside_epochs_s': round(total - sum(epoch_s), 3),
-      'devel_ccc': [[round(s['devel']['mean_ccc'], 4) for s in r['seeds']] for r in log],
-      'seeds': a.seeds, 'devices': jax.device_count(), 'jax': jax.__version__,
+    'total_s': round(total, 3),
+    'epochs': len(log),
+    'epoch_s': [round(s, 3) for s in epoch_s],
+    'epoch_s_median': round(statistics.median(steady), 3),
+    'train_s_median': round(statistics.median(r['train_seconds'] for r in log[1:] or log), 3),
+    'eval_s_median': round(statistics.median(r['eval_seconds'] for r in log[1:] or log), 3),
+    'compile_s': round(epoch_s[0] - statistics.median(steady), 3),
+    'outside_epochs_s': round(total - sum(epoch_s), 3),
+    'devel_ccc': [[round(s['devel']['mean_ccc'], 4) for s in r['seeds']] for r in log],
+    'seeds': a.seeds,
+    'devices': jax.device_count(),
+    'jax': jax.__version__,
   }
   if not a.no_flops:
     d_in = int(normalization.NormStats.load(os.path.join(work, 'norm_stats.npz')).mean.shape[0])

@@ -20,8 +20,9 @@ the config; --data_only stops after the data stages. Reports:
 Then it checks an arithmetic model of the data stages (bytes per frame and column) against the
 measurement, and applies it to deepspectrum (4096-d) over all of MuSe-CaR.
 """
+
 # Imports inside functions: the child measures them as its first stage.
-# pylint: disable=g-import-not-at-top,import-outside-toplevel
+# noqa: PLC0415
 import argparse
 import json
 import os
@@ -35,7 +36,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 WORK = os.environ.get('MUSE_BENCH_DIR', os.path.join(tempfile.gettempdir(), 'muse_jax_bench'))
-GIB = 2.0 ** 30
+GIB = 2.0**30
 PAGE = os.sysconf('SC_PAGE_SIZE')
 
 
@@ -105,6 +106,7 @@ class Stages:
         return fn(*args, **kwargs)
       finally:
         self.leave()
+
     setattr(module, fn_name, wrapped)
 
 
@@ -124,7 +126,9 @@ def _capture(make, slot, captured, bigger=None):
       if slot not in captured or size > captured[slot][2]:
         captured[slot] = (fn, jax.tree.map(abstract, args), size)
       return fn(*args)
+
     return call
+
   return factory
 
 
@@ -132,6 +136,7 @@ def child(args):
   stages = Stages()
   stages.order.append('imports')
   import jax
+
   from muse_jax import config_util
   from muse_jax import inference
   from muse_jax import input_pipeline as ip
@@ -140,6 +145,7 @@ def child(args):
   from muse_jax import sources
   from muse_jax import steps
   from muse_jax import train
+
   config = _config(args)
   runtime.configure(config)  # as main does
   jax.numpy.zeros(1).block_until_ready()  # the backend is part of the baseline
@@ -153,10 +159,12 @@ def child(args):
   stages.wrap(normalization, 'normalize', 'data: normalise')
   stages.wrap(ip, 'make_windows', 'data: windows')
   in_finish = []
-  stages.wrap(inference, 'evaluate_split',
-              lambda: 'finish: evaluate every split' if in_finish else 'training: devel eval')
-  stages.wrap(inference, 'score_best',
-              lambda: in_finish.append(1) or 'finish: restore + outputs')
+  stages.wrap(
+    inference,
+    'evaluate_split',
+    lambda: 'finish: evaluate every split' if in_finish else 'training: devel eval',
+  )
+  stages.wrap(inference, 'score_best', lambda: in_finish.append(1) or 'finish: restore + outputs')
   prepare = sources.prepare_data
 
   def wrapped_prepare(*a, **k):
@@ -164,12 +172,17 @@ def child(args):
       return prepare(*a, **k)
     finally:
       stages.leave()  # 'data' ends; windows are cut next, in their own stage
+
   sources.prepare_data = wrapped_prepare
   captured = {}
   steps.make_train_step = _capture(steps.make_train_step, 'train step', captured)
   # The largest eval batch for memory: attention scores grow with rows x length^2.
-  steps.make_eval_step = _capture(steps.make_eval_step, 'eval step (largest)', captured,
-                                  bigger=lambda a: a[1]['x'].shape[0] * a[1]['x'].shape[1] ** 2)
+  steps.make_eval_step = _capture(
+    steps.make_eval_step,
+    'eval step (largest)',
+    captured,
+    bigger=lambda a: a[1]['x'].shape[0] * a[1]['x'].shape[1] ** 2,
+  )
 
   config.data_root, config.data_dir = args.root, args.data_dir
   t0 = time.perf_counter()
@@ -183,13 +196,28 @@ def child(args):
   xla = {}
   for slot, (fn, abstract, _) in captured.items():
     m = fn.lower(*abstract).compile().memory_analysis()
-    xla[slot] = {'temp': m.temp_size_in_bytes, 'arguments': m.argument_size_in_bytes,
-                 'outputs': m.output_size_in_bytes,
-                 'batch': list(abstract[1]['x'].shape)}
-  print(json.dumps({
-      'seconds': seconds, 'devel_ccc': results['devel']['mean_ccc'],
-      'order': stages.order, 'peak': stages.peak, 'anon': stages.anon, 'after': stages.after,
-      'stage_seconds': stages.seconds, 'hwm': _hwm(), 'devices': jax.device_count(), 'xla': xla}))
+    xla[slot] = {
+      'temp': m.temp_size_in_bytes,
+      'arguments': m.argument_size_in_bytes,
+      'outputs': m.output_size_in_bytes,
+      'batch': list(abstract[1]['x'].shape),
+    }
+  print(
+    json.dumps(
+      {
+        'seconds': seconds,
+        'devel_ccc': results['devel']['mean_ccc'],
+        'order': stages.order,
+        'peak': stages.peak,
+        'anon': stages.anon,
+        'after': stages.after,
+        'stage_seconds': stages.seconds,
+        'hwm': _hwm(),
+        'devices': jax.device_count(),
+        'xla': xla,
+      }
+    )
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,6 +227,7 @@ def child(args):
 def _config(a):
   """The config with the command line's overrides."""
   from muse_jax import config_util
+
   config = config_util.load_config(a.config)
   config.num_epochs = a.epochs
   config.compilation_cache_dir = 'none'  # compiles measured as a first run makes them
@@ -211,8 +240,16 @@ def _config(a):
   return config
 
 
-def model_bytes(frames: int, train_frames: int, train_windows: int, dim: int, win: int,
-                batch: int, step_temp: int = 0, targets: int = 1) -> dict:
+def model_bytes(
+  frames: int,
+  train_frames: int,
+  train_windows: int,
+  dim: int,
+  win: int,
+  batch: int,
+  step_temp: int = 0,
+  targets: int = 1,
+) -> dict:
   """Bytes of live arrays per stage, from the array shapes of input_pipeline and train.
 
   dim counts every input column (feature sets + segment id); f32 = 4 B, f64 = 8 B.
@@ -224,18 +261,18 @@ def model_bytes(frames: int, train_frames: int, train_windows: int, dim: int, wi
     statistics:  accumulated video by video: videos + one video in float64 (negligible);
     windows:     spans into the videos, gathered per batch: nothing kept;
     training:    videos + two batches, the step's and the next one being gathered (one step is
-                 in flight at a time; 2 x batch x win x dim x 4) + the XLA temporaries of the train step (`step_temp`,
-                 measured: mostly attention scores, batch x heads x win^2 x 4 B each, which do not
-                 depend on dim; micro_batch_size divides them).
+                 in flight at a time; 2 x batch x win x dim x 4) + the XLA temporaries of the
+                 train step (`step_temp`, measured: mostly attention scores, batch x heads x
+                 win^2 x 4 B each, which do not depend on dim; micro_batch_size divides them).
   """
   del train_frames, train_windows, targets  # no longer shape any stage
   videos = frames * dim * 4
   return {
-      'load + join': videos,
-      'videos (kept)': videos,
-      'train statistics': videos,
-      'windows (kept)': 0,
-      'training': videos + 2 * batch * win * dim * 4 + step_temp,
+    'load + join': videos,
+    'videos (kept)': videos,
+    'train statistics': videos,
+    'windows (kept)': 0,
+    'training': videos + 2 * batch * win * dim * 4 + step_temp,
   }
 
 
@@ -249,12 +286,16 @@ def _windows(lengths, win, hop) -> int:
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--root', help='a MuSe-layout tree (default: the full-scale demo tree)')
-  ap.add_argument('--fraction', type=float, default=1.0,
-                  help="use this fraction of each partition's videos")
-  ap.add_argument('--features', default='', help='feature sets (default: the config\'s)')
+  ap.add_argument(
+    '--fraction', type=float, default=1.0, help="use this fraction of each partition's videos"
+  )
+  ap.add_argument('--features', default='', help="feature sets (default: the config's)")
   ap.add_argument('--config', default=os.path.join(REPO, 'configs', 'valence.py'))
-  ap.add_argument('--inputs_on_disk', choices=('auto', 'yes', 'no'),
-                  help="config.inputs_on_disk (default: the config's)")
+  ap.add_argument(
+    '--inputs_on_disk',
+    choices=('auto', 'yes', 'no'),
+    help="config.inputs_on_disk (default: the config's)",
+  )
   ap.add_argument('--batch_size', type=int, default=0, help="default: the config's")
   ap.add_argument('--epochs', type=int, default=1)
   ap.add_argument('--data_only', action='store_true', help='stop after the data stages')
@@ -265,9 +306,11 @@ def main():
   if a.child:
     return child(a)
 
-  import common
   from muse_jax import config_util
   from muse_jax.data import build
+
+  import common
+
   config = _config(a)
   sets = config_util.parse_list(config.feature_sets)
   root = common.subset_tree(common.full_tree(sets, a.root), a.fraction)
@@ -276,11 +319,28 @@ def main():
   print(f'# data built or up to date in {time.perf_counter() - t0:.1f} s', flush=True)
 
   workdir = tempfile.mkdtemp(prefix='memory_bench_', dir=WORK)
-  cmd = [sys.executable, os.path.abspath(__file__), '--child', '--root', root, '--data_dir',
-         data_dir, '--workdir', workdir, '--config', a.config, '--epochs', str(a.epochs),
-         '--features', a.features, '--batch_size', str(a.batch_size)]
+  cmd = [
+    sys.executable,
+    os.path.abspath(__file__),
+    '--child',
+    '--root',
+    root,
+    '--data_dir',
+    data_dir,
+    '--workdir',
+    workdir,
+    '--config',
+    a.config,
+    '--epochs',
+    str(a.epochs),
+    '--features',
+    a.features,
+    '--batch_size',
+    str(a.batch_size),
+  ]
   cmd += (['--inputs_on_disk', a.inputs_on_disk] if a.inputs_on_disk else []) + (
-      ['--data_only'] if a.data_only else [])
+    ['--data_only'] if a.data_only else []
+  )
   env = dict(os.environ, PYTHONUNBUFFERED='1')
   env.pop('XLA_FLAGS', None)
   t0 = time.perf_counter()
@@ -306,37 +366,47 @@ def main():
   d_in = sum(r.dim for r in readers.values()) + extra
 
   what = 'data stages only' if a.data_only else f'{a.epochs} epoch(s)'
-  print(f'\nmemory_bench: {a.config} ({"+".join(sets)}, {d_in} input columns), batch '
-        f'{config.batch_size}, windows {config.win_len}/{config.hop_len}, inputs_on_disk '
-        f'{config.inputs_on_disk}, {what} on {root}\n{frames} frames ({train_frames} train, '
-        f'{n_win} train windows; inputs {frames * d_in * 4 / GIB:.2f} GiB); child '
-        f'{got["seconds"]:.0f} s (wall {wall:.0f} s), {got["devices"]} device(s), devel CCC '
-        f'{got["devel_ccc"]:.3f}')
+  print(
+    f'\nmemory_bench: {a.config} ({"+".join(sets)}, {d_in} input columns), batch '
+    f'{config.batch_size}, windows {config.win_len}/{config.hop_len}, inputs_on_disk '
+    f'{config.inputs_on_disk}, {what} on {root}\n{frames} frames ({train_frames} train, '
+    f'{n_win} train windows; inputs {frames * d_in * 4 / GIB:.2f} GiB); child '
+    f'{got["seconds"]:.0f} s (wall {wall:.0f} s), {got["devices"]} device(s), devel CCC '
+    f'{got["devel_ccc"]:.3f}'
+  )
   print(f'\npeak resident memory of the child (ru_maxrss): {maxrss / GIB:.2f} GiB')
   base = got['after']['imports']
-  print(f'{"stage (RSS)":34s} {"peak GiB":>9s} {"anon GiB":>9s} {"after GiB":>10s} '
-        f'{"seconds":>8s}')
+  print(f'{"stage (RSS)":34s} {"peak GiB":>9s} {"anon GiB":>9s} {"after GiB":>10s} {"seconds":>8s}')
   for name in got['order']:
     if name == 'data' or name not in got['peak']:
       continue
     after, sec = got['after'].get(name), got['stage_seconds'].get(name)
-    print(f'{name:34s} {got["peak"][name] / GIB:9.2f} {got["anon"].get(name, 0) / GIB:9.2f} '
-          f'{after / GIB if after else float("nan"):10.2f} '
-          f'{sec if sec is not None else float("nan"):8.1f}')
-  print('(peak: resident incl. file pages of mapped inputs; anon: without them; after = resident '
-        'when the stage ends; freed heap is not always returned to the OS)')
+    print(
+      f'{name:34s} {got["peak"][name] / GIB:9.2f} {got["anon"].get(name, 0) / GIB:9.2f} '
+      f'{after / GIB if after else float("nan"):10.2f} '
+      f'{sec if sec is not None else float("nan"):8.1f}'
+    )
+  print(
+    '(peak: resident incl. file pages of mapped inputs; anon: without them; after = resident '
+    'when the stage ends; freed heap is not always returned to the OS)'
+  )
   if got['xla']:
     print('\nXLA buffers of the compiled steps (memory_analysis):')
   for slot, m in got['xla'].items():
-    print(f'  {slot:28s} batch {m["batch"]}: temporaries {m["temp"] / GIB:.2f} GiB, arguments '
-          f'{m["arguments"] / GIB:.2f} GiB, outputs {m["outputs"] / GIB:.3f} GiB')
+    print(
+      f'  {slot:28s} batch {m["batch"]}: temporaries {m["temp"] / GIB:.2f} GiB, arguments '
+      f'{m["arguments"] / GIB:.2f} GiB, outputs {m["outputs"] / GIB:.3f} GiB'
+    )
   data_kept = got['after']['data: windows'] - base
   data_peak = max(v for k, v in got['peak'].items() if k.startswith('data'))
   data_anon = max(v for k, v in got['anon'].items() if k.startswith('data'))
-  print(f'\nparts: imports + JAX runtime {base / GIB:.2f} GiB | data: peak '
-        f'{(data_peak - base) / GIB:.2f} GiB above imports, of it anonymous '
-        f'{(data_anon - got["anon"]["imports"]) / GIB:.2f} GiB; {data_kept / GIB:.2f} GiB kept '
-        'for training (videos + windows)', end='')
+  print(
+    f'\nparts: imports + JAX runtime {base / GIB:.2f} GiB | data: peak '
+    f'{(data_peak - base) / GIB:.2f} GiB above imports, of it anonymous '
+    f'{(data_anon - got["anon"]["imports"]) / GIB:.2f} GiB; {data_kept / GIB:.2f} GiB kept '
+    'for training (videos + windows)',
+    end='',
+  )
   if a.data_only:
     print()
   else:
@@ -344,14 +414,15 @@ def main():
     print(f' | training: peak {(train_peak - base - data_kept) / GIB:.2f} GiB above the kept data')
 
   step_temp = got['xla']['train step']['temp'] if 'train step' in got['xla'] else 0
-  model = model_bytes(frames, train_frames, n_win, d_in, config.win_len, config.batch_size,
-                      step_temp)
+  model = model_bytes(
+    frames, train_frames, n_win, d_in, config.win_len, config.batch_size, step_temp
+  )
   measured = {
-      'load + join': got['peak']['data: load + join'] - base,
-      'videos (kept)': got['after']['data: normalise'] - base,
-      'train statistics': got['peak']['data: train statistics'] - base,
-      'windows (kept)': got['after']['data: windows'] - got['after']['data: normalise'],
-      'training': got['peak'].get('training: steps', float('nan')) - base,
+    'load + join': got['peak']['data: load + join'] - base,
+    'videos (kept)': got['after']['data: normalise'] - base,
+    'train statistics': got['peak']['data: train statistics'] - base,
+    'windows (kept)': got['after']['data: windows'] - got['after']['data: normalise'],
+    'training': got['peak'].get('training: steps', float('nan')) - base,
   }
   print(f'\narithmetic model vs measured RSS (above imports), {d_in} columns:')
   for k, v in model.items():
@@ -360,23 +431,42 @@ def main():
 
   ratio = train_frames / frames
   big_frames = 560_000
-  for label, dim in (('deepspectrum alone (4096 columns)', 4096),
-                     ('deepspectrum + egemaps + fasttext + segment id', 4096 + 88 + 300 + 1)):
+  for label, dim in (
+    ('deepspectrum alone (4096 columns)', 4096),
+    ('deepspectrum + egemaps + fasttext + segment id', 4096 + 88 + 300 + 1),
+  ):
     if a.data_only:
       break
-    m = model_bytes(big_frames, int(big_frames * ratio), int(n_win * big_frames / frames), dim,
-                    config.win_len, config.batch_size, step_temp)
+    m = model_bytes(
+      big_frames,
+      int(big_frames * ratio),
+      int(n_win * big_frames / frames),
+      dim,
+      config.win_len,
+      config.batch_size,
+      step_temp,
+    )
     worst = max(m.values()) + base
-    print(f'\n{label}, {big_frames} frames ({ratio:.0%} train), batch {config.batch_size}, '
-          f'windows {config.win_len}/{config.hop_len}:')
+    print(
+      f'\n{label}, {big_frames} frames ({ratio:.0%} train), batch {config.batch_size}, '
+      f'windows {config.win_len}/{config.hop_len}:'
+    )
     for k, v in m.items():
       print(f'  {k:22s} {v / GIB:7.2f} GiB{"  > 24 GiB" if v + base > 24 * GIB else ""}')
-    print(f'  -> peak about {worst / GIB:.1f} GiB with the runtime ({m["videos (kept)"] / GIB:.1f} '
-          'GiB of it page cache with inputs_on_disk)')
-  print(json.dumps({'maxrss_gib': round(maxrss / GIB, 3),
-                    'stages_peak_gib': {k: round(v / GIB, 3) for k, v in got['peak'].items()},
-                    'stages_anon_gib': {k: round(v / GIB, 3) for k, v in got['anon'].items()},
-                    'xla_gib': {k: round(v['temp'] / GIB, 3) for k, v in got['xla'].items()}}))
+    print(
+      f'  -> peak about {worst / GIB:.1f} GiB with the runtime ({m["videos (kept)"] / GIB:.1f} '
+      'GiB of it page cache with inputs_on_disk)'
+    )
+  print(
+    json.dumps(
+      {
+        'maxrss_gib': round(maxrss / GIB, 3),
+        'stages_peak_gib': {k: round(v / GIB, 3) for k, v in got['peak'].items()},
+        'stages_anon_gib': {k: round(v / GIB, 3) for k, v in got['anon'].items()},
+        'xla_gib': {k: round(v['temp'] / GIB, 3) for k, v in got['xla'].items()},
+      }
+    )
+  )
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ sequential single-seed runs of the paper config on the full-scale demo tree.
 Prints steady-state seconds per epoch (train + devel evaluation) for one seed, for N seeds in
 parallel, the N sequential runs' total, and the ratio parallel / one seed (target <= 2).
 """
+
 import argparse
 import json
 import os
@@ -17,9 +18,19 @@ import common
 
 
 def run(root, a, seeds, seed):
-  cmd = [sys.executable, os.path.join(os.path.dirname(__file__), 'jax_epoch.py'), root,
-         '--data_dir', common.data_dir(root), f'--features={a.features}', f'--target={a.target}',
-         f'--epochs={a.epochs}', f'--seeds={seeds}', f'--seed={seed}', '--no_flops']
+  cmd = [
+    sys.executable,
+    os.path.join(os.path.dirname(__file__), 'jax_epoch.py'),
+    root,
+    '--data_dir',
+    common.data_dir(root),
+    f'--features={a.features}',
+    f'--target={a.target}',
+    f'--epochs={a.epochs}',
+    f'--seeds={seeds}',
+    f'--seed={seed}',
+    '--no_flops',
+  ]
   if a.batch:
     cmd.append(f'--batch={a.batch}')
   if a.micro_batch:
@@ -36,11 +47,15 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   common.tree_args(ap, epochs=3)
   ap.add_argument('--seeds', type=int, default=5)
-  ap.add_argument('--batch', type=int, default=0, help='0 = the paper\'s 1024')
+  ap.add_argument('--batch', type=int, default=0, help="0 = the paper's 1024")
   ap.add_argument('--seed_loop', default='auto', help='config.seed_loop of the N-seed run')
-  ap.add_argument('--micro_batch', type=int, default=0,
-                  help='gradient accumulation slice (bounds memory); 0 = whole batch (5 seeds x '
-                       '1024 windows fit in 24 GiB since attention is computed in blocks)')
+  ap.add_argument(
+    '--micro_batch',
+    type=int,
+    default=0,
+    help='gradient accumulation slice (bounds memory); 0 = whole batch (5 seeds x '
+    '1024 windows fit in 24 GiB since attention is computed in blocks)',
+  )
   a = ap.parse_args()
   feats = a.features.split(',')
   root = common.subset_tree(common.full_tree(feats, a.root), a.fraction)
@@ -53,19 +68,24 @@ def main():
     print('# single', json.dumps(singles[-1]), flush=True)
   one = statistics.median(r['epoch_s_median'] for r in singles)
   report = {
-      'seeds': a.seeds, 'epochs_per_run': a.epochs, 'fraction_of_videos': a.fraction,
-      'one_seed_epoch_s': one,
-      'parallel_epoch_s': parallel['epoch_s_median'],
-      'ratio_parallel_over_one_seed': parallel['epoch_s_median'] / one,
-      'sequential_epoch_s': sum(r['epoch_s_median'] for r in singles),
-      'speedup_vs_sequential': sum(r['epoch_s_median'] for r in singles) / parallel['epoch_s_median'],
-      'parallel_wall_s': parallel['wall_s'], 'sequential_wall_s': sum(r['wall_s'] for r in singles),
-      'load_average': os.getloadavg(),
+    'seeds': a.seeds,
+    'epochs_per_run': a.epochs,
+    'fraction_of_videos': a.fraction,
+    'one_seed_epoch_s': one,
+    'parallel_epoch_s': parallel['epoch_s_median'],
+    'ratio_parallel_over_one_seed': parallel['epoch_s_median'] / one,
+    'sequential_epoch_s': sum(r['epoch_s_median'] for r in singles),
+    'speedup_vs_sequential': sum(r['epoch_s_median'] for r in singles) / parallel['epoch_s_median'],
+    'parallel_wall_s': parallel['wall_s'],
+    'sequential_wall_s': sum(r['wall_s'] for r in singles),
+    'load_average': os.getloadavg(),
   }
   print(json.dumps(report, indent=1))
-  print(f'{a.seeds} seeds in parallel: {report["parallel_epoch_s"]:.2f} s/epoch vs one seed '
-        f'{one:.2f} s/epoch -> {report["ratio_parallel_over_one_seed"]:.2f}x '
-        f'({report["speedup_vs_sequential"]:.2f}x faster than {a.seeds} sequential runs)')
+  print(
+    f'{a.seeds} seeds in parallel: {report["parallel_epoch_s"]:.2f} s/epoch vs one seed '
+    f'{one:.2f} s/epoch -> {report["ratio_parallel_over_one_seed"]:.2f}x '
+    f'({report["speedup_vs_sequential"]:.2f}x faster than {a.seeds} sequential runs)'
+  )
 
 
 if __name__ == '__main__':

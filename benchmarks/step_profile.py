@@ -19,6 +19,7 @@ Each step also reports its minor page faults per call (muse_jax.runtime.host_mem
 --trace DIR also writes a jax.profiler trace of the full step and prints its 15 longest ops.
 --per_call N only times N calls of the full step, one line each (RESULTS: "two speeds").
 """
+
 import argparse
 import collections
 import glob
@@ -31,20 +32,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
-import ml_collections  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
+import jax
+import jax.numpy as jnp
+from jax_epoch import matmul_flops
+from jax_epoch import step_flops
+import ml_collections
+import numpy as np
 
-from muse_jax import config_util  # pylint: disable=wrong-import-position
-from muse_jax import losses  # pylint: disable=wrong-import-position
-from muse_jax import models  # pylint: disable=wrong-import-position
-from muse_jax import runtime  # pylint: disable=wrong-import-position
-from muse_jax import steps  # pylint: disable=wrong-import-position
-from muse_jax.ops import attention  # pylint: disable=wrong-import-position
-from jax_epoch import matmul_flops  # pylint: disable=wrong-import-position
-from jax_epoch import step_flops  # pylint: disable=wrong-import-position
-
+from muse_jax import config_util
+from muse_jax import losses
+from muse_jax import models
+from muse_jax import runtime
+from muse_jax import steps
+from muse_jax.ops import attention
 
 
 def timed(f, args, repeat) -> tuple:
@@ -71,8 +71,9 @@ def counts(kw, a, seeds=1, blocked=True) -> tuple:
   c.batch_size, c.win_len, c.num_seeds = a.batch, a.win, seeds
   c.model.update(kw)
   m, k = c.model, (2 if c.model.rnn_bi else 1)
-  trans = (5 * a.win * k * m.d_rnn * m.rnn_n_layers
-           + m.attn_n_layers * m.n_heads * a.win ** 2 * (2 if blocked else 1))
+  trans = 5 * a.win * k * m.d_rnn * m.rnn_n_layers + m.attn_n_layers * m.n_heads * a.win**2 * (
+    2 if blocked else 1
+  )
   return step_flops(c, 388, 1), float(a.batch * seeds * trans)
 
 
@@ -80,8 +81,11 @@ def random_batch(batch: int, win: int) -> tuple:
   """(x [B, T, 388], y [B, T, 1], lengths [B] in [T/2, T]): random data of the paper's shapes."""
   rng = np.random.default_rng(0)
   lengths = jnp.asarray(rng.integers(win // 2, win + 1, size=batch), jnp.int32)
-  return (jnp.asarray(rng.normal(size=(batch, win, 388)), jnp.float32),
-          jnp.asarray(rng.normal(size=(batch, win, 1)), jnp.float32), lengths)
+  return (
+    jnp.asarray(rng.normal(size=(batch, win, 388)), jnp.float32),
+    jnp.asarray(rng.normal(size=(batch, win, 1)), jnp.float32),
+    lengths,
+  )
 
 
 def model_step(kw, batch, seeds=1, mapped=False, impl='blocked'):
@@ -95,7 +99,7 @@ def model_step(kw, batch, seeds=1, mapped=False, impl='blocked'):
   mask = attention.length_mask(lengths, x.shape[1])
   loss = lambda p: losses.get_loss('ccc')(model.apply(p, x, lengths), y, mask)
   grad = jax.value_and_grad(loss)
-  return jax.jit(steps.over_seeds(grad, mapped, 1)), (params,)  # pylint: disable=protected-access
+  return jax.jit(steps.over_seeds(grad, mapped, 1)), (params,)
 
 
 def ceilings(a, peak, repeat):
@@ -105,8 +109,12 @@ def ceilings(a, peak, repeat):
   h, w = arr(2, a.batch, 64), arr(2, 64, 256)
 
   def recurrence(h, w):  # a.win sequential steps of the biLSTM's hidden matmul
-    return jax.lax.scan(lambda c, _: (jnp.tanh(jnp.einsum('kbh,khg->kbg', c, w)[..., :64]), None),
-                        h, None, length=a.win)[0]
+    return jax.lax.scan(
+      lambda c, _: (jnp.tanh(jnp.einsum('kbh,khg->kbg', c, w)[..., :64]), None),
+      h,
+      None,
+      length=a.win,
+    )[0]
 
   x, wi = arr(a.batch * a.win, 388), arr(388, 64)
   c = 2  # windows per attention block at the default block size
@@ -117,12 +125,16 @@ def ceilings(a, peak, repeat):
 
   out = {}
   for name, f, args, flops in [
-      ('recurrence h @ W_hh (scan)', recurrence, (h, w), 2 * 2 * a.batch * 64 * 256 * a.win),
-      ('input projection', lambda x, w: x @ w, (x, wi), 2 * a.batch * a.win * 388 * 64),
-      ('attention scores (blocks)', scores, (q, k), 2 * a.batch * 8 * a.win * a.win * 8)]:
+    ('recurrence h @ W_hh (scan)', recurrence, (h, w), 2 * 2 * a.batch * 64 * 256 * a.win),
+    ('input projection', lambda x, w: x @ w, (x, wi), 2 * a.batch * a.win * 388 * 64),
+    ('attention scores (blocks)', scores, (q, k), 2 * a.batch * 8 * a.win * a.win * 8),
+  ]:
     s = best_of(jax.jit(f), args, repeat)
-    out[name] = {'s': round(s, 4), 'gflops_per_s': round(flops / s / 1e9, 1),
-                 'share_of_peak': round(flops / s / peak, 3)}
+    out[name] = {
+      's': round(s, 4),
+      'gflops_per_s': round(flops / s / 1e9, 1),
+      'share_of_peak': round(flops / s / peak, 3),
+    }
   return out
 
 
@@ -151,20 +163,32 @@ def main():
   ap.add_argument('--seeds', default='1,5')
   ap.add_argument('--repeat', type=int, default=3)
   ap.add_argument('--trace', default='')
-  ap.add_argument('--per_call', type=int, default=0,
-                  help='only time N calls of the full step, one line each (wall, CPU, faults, '
-                       'context switches): shows whether calls of one process vary')
-  ap.add_argument('--reuse_cpu_buffers', type=int, default=1,
-                  help='muse_jax.runtime.host_memory, as training does (0: buffers faulted in per step)')
+  ap.add_argument(
+    '--per_call',
+    type=int,
+    default=0,
+    help='only time N calls of the full step, one line each (wall, CPU, faults, '
+    'context switches): shows whether calls of one process vary',
+  )
+  ap.add_argument(
+    '--reuse_cpu_buffers',
+    type=int,
+    default=1,
+    help='muse_jax.runtime.host_memory, as training does (0: buffers faulted in per step)',
+  )
   a = ap.parse_args()
-  reuse = runtime.configure(ml_collections.ConfigDict(
-      {'reuse_cpu_buffers': bool(a.reuse_cpu_buffers),
-       'compilation_cache_dir': 'none'}))['reuse_cpu_buffers']
+  reuse = runtime.configure(
+    ml_collections.ConfigDict(
+      {'reuse_cpu_buffers': bool(a.reuse_cpu_buffers), 'compilation_cache_dir': 'none'}
+    )
+  )['reuse_cpu_buffers']
   batch = random_batch(a.batch, a.win)
   peak = matmul_flops()
-  print(f'# matmul peak {peak / 1e9:.1f} GFLOP/s; batch {a.batch} x {a.win} x 388; '
-        f'{os.cpu_count()} cpus, jax {jax.__version__}; large buffers reused: {reuse}',
-        flush=True)
+  print(
+    f'# matmul peak {peak / 1e9:.1f} GFLOP/s; batch {a.batch} x {a.win} x 388; '
+    f'{os.cpu_count()} cpus, jax {jax.__version__}; large buffers reused: {reuse}',
+    flush=True,
+  )
 
   base = {}
   if a.per_call:
@@ -174,14 +198,19 @@ def main():
       r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
       jax.block_until_ready(f(*args))
       s, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
-      print(f'{s:6.3f} s  user {r1.ru_utime - r0.ru_utime:5.2f} s  sys '
-            f'{r1.ru_stime - r0.ru_stime:4.2f} s  faults {r1.ru_minflt - r0.ru_minflt:6d}  '
-            f'context switches {r1.ru_nvcsw - r0.ru_nvcsw:6d}', flush=True)
+      print(
+        f'{s:6.3f} s  user {r1.ru_utime - r0.ru_utime:5.2f} s  sys '
+        f'{r1.ru_stime - r0.ru_stime:4.2f} s  faults {r1.ru_minflt - r0.ru_minflt:6d}  '
+        f'context switches {r1.ru_nvcsw - r0.ru_nvcsw:6d}',
+        flush=True,
+      )
     return
-  variants = [('full, blocked attention (CPU default)', base, 'blocked'),
-              ('full, plain attention', base, 'plain'),
-              ('no attention', dict(attn_n_layers=0), 'plain'),
-              ('no attention, unidirectional LSTM', dict(attn_n_layers=0, rnn_bi=False), 'plain')]
+  variants = [
+    ('full, blocked attention (CPU default)', base, 'blocked'),
+    ('full, plain attention', base, 'plain'),
+    ('no attention', dict(attn_n_layers=0), 'plain'),
+    ('no attention, unidirectional LSTM', dict(attn_n_layers=0, rnn_bi=False), 'plain'),
+  ]
   rows = []
   for name, kw, impl in variants:
     flops, trans = counts(kw, a, blocked=impl == 'blocked')
@@ -190,27 +219,51 @@ def main():
   for n in [int(v) for v in a.seeds.split(',') if int(v) > 1]:
     for mapped in (False, True):
       f, args = model_step(base, batch, n, mapped)
-      rows.append((f'full, {n} seeds {"mapped" if mapped else "vmapped"}',
-                   *timed(f, args, a.repeat), n * rows[0][3], n * rows[0][4]))
+      rows.append(
+        (
+          f'full, {n} seeds {"mapped" if mapped else "vmapped"}',
+          *timed(f, args, a.repeat),
+          n * rows[0][3],
+          n * rows[0][4],
+        )
+      )
   rate = transcendental_rate(a.repeat)
-  report = {'peak_gflops_per_s': round(peak / 1e9, 1), 'steps': [], 'ceilings': {},
-            'transcendentals_per_s': rate, 'reuse_cpu_buffers': reuse}
+  report = {
+    'peak_gflops_per_s': round(peak / 1e9, 1),
+    'steps': [],
+    'ceilings': {},
+    'transcendentals_per_s': rate,
+    'reuse_cpu_buffers': reuse,
+  }
   print(f'# transcendentals (exp, tanh, logistic): {rate / 1e9:.2f} G/s')
   # floor: the step's matmul FLOPs at peak plus its transcendentals at the measured rate.
-  print(f'{"fwd+bwd of the CCC loss":38s} {"s":>6s} {"GFLOP":>6s} {"GFLOP/s":>8s} '
-        f'{"of peak":>8s} {"G transc.":>9s} {"floor s":>7s} {"faults":>8s}')
+  print(
+    f'{"fwd+bwd of the CCC loss":38s} {"s":>6s} {"GFLOP":>6s} {"GFLOP/s":>8s} '
+    f'{"of peak":>8s} {"G transc.":>9s} {"floor s":>7s} {"faults":>8s}'
+  )
   for name, s, faults, flops, trans in rows:
     floor = flops / peak + trans / rate
-    print(f'{name:38s} {s:6.3f} {flops / 1e9:6.1f} {flops / s / 1e9:8.1f} {flops / s / peak:8.1%} '
-          f'{trans / 1e9:9.2f} {floor:7.3f} {faults:8.0f}')
-    report['steps'].append({'name': name, 's': round(s, 4), 'gflop': round(flops / 1e9, 2),
-                            'share_of_peak': round(flops / s / peak, 3),
-                            'g_transcendentals': round(trans / 1e9, 3),
-                            'floor_s': round(floor, 4), 'page_faults_per_step': round(faults)})
+    print(
+      f'{name:38s} {s:6.3f} {flops / 1e9:6.1f} {flops / s / 1e9:8.1f} {flops / s / peak:8.1%} '
+      f'{trans / 1e9:9.2f} {floor:7.3f} {faults:8.0f}'
+    )
+    report['steps'].append(
+      {
+        'name': name,
+        's': round(s, 4),
+        'gflop': round(flops / 1e9, 2),
+        'share_of_peak': round(flops / s / peak, 3),
+        'g_transcendentals': round(trans / 1e9, 3),
+        'floor_s': round(floor, 4),
+        'page_faults_per_step': round(faults),
+      }
+    )
   report['ceilings'] = ceilings(a, peak, a.repeat)
   for name, c in report['ceilings'].items():
-    print(f'ceiling: {name:32s} {c["s"]:7.3f} s {c["gflops_per_s"]:8.1f} GFLOP/s '
-          f'{c["share_of_peak"]:8.1%} of peak')
+    print(
+      f'ceiling: {name:32s} {c["s"]:7.3f} s {c["gflops_per_s"]:8.1f} GFLOP/s '
+      f'{c["share_of_peak"]:8.1%} of peak'
+    )
   if a.trace:
     f, args = model_step(base, batch)
     jax.block_until_ready(f(*args))

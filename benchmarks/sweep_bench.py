@@ -13,6 +13,7 @@ Early stopping is off unless --early_stopping keeps the config's (the demo's: pa
 that members stop as they would in use; a stopped member costs the sweep nothing where seeds
 are mapped (CPU), so both sides then train the same member-epochs.
 """
+
 import argparse
 import json
 import os
@@ -23,23 +24,36 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
+from muse_jax.data import demo
+
 import common  # sets sys.path to the repository
-
-import numpy as np  # pylint: disable=wrong-import-order
-
-from muse_jax.data import demo  # pylint: disable=wrong-import-order
 
 
 def _run(args, workdir, *flags) -> dict:
-  env = {k: v for k, v in os.environ.items()
-         if k not in ('JAX_COMPILATION_CACHE_DIR', 'XLA_FLAGS', 'SCRIPTED_DEVEL')}
-  cmd = [sys.executable, '-m', 'muse_jax.main', f'--config=configs/{args.config}.py',
-         f'--workdir={workdir}', f'--data_root={args.root}', f'--data_dir={args.data_dir}',
-         f'--config.num_epochs={args.epochs}', '--config.compilation_cache_dir=none'] + (
-             [] if args.early_stopping else ['--config.early_stopping_patience=1000']) + list(flags)
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in ('JAX_COMPILATION_CACHE_DIR', 'XLA_FLAGS', 'SCRIPTED_DEVEL')
+  }
+  cmd = (
+    [
+      sys.executable,
+      '-m',
+      'muse_jax.main',
+      f'--config=configs/{args.config}.py',
+      f'--workdir={workdir}',
+      f'--data_root={args.root}',
+      f'--data_dir={args.data_dir}',
+      f'--config.num_epochs={args.epochs}',
+      '--config.compilation_cache_dir=none',
+    ]
+    + ([] if args.early_stopping else ['--config.early_stopping_patience=1000'])
+    + list(flags)
+  )
   t0 = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO, env=env,
-                        check=False)
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO, env=env, check=False)
   wall = time.perf_counter() - t0
   if proc.returncode:
     sys.exit(f'failed: {" ".join(cmd)}\n{proc.stderr[-3000:]}')
@@ -69,30 +83,48 @@ def main():
   ap.add_argument('--epochs', type=int, default=3)
   ap.add_argument('--config', default='demo')
   ap.add_argument('--root', default='', help='a tree (default: the demo tree of out/)')
-  ap.add_argument('--early_stopping', action='store_true',
-                  help="keep the config's early stopping (default: off, every epoch trained)")
-  ap.add_argument('--seed_loop', default='auto',
-                  help="the sweep's config.seed_loop: auto (map on CPU), vmap or map")
+  ap.add_argument(
+    '--early_stopping',
+    action='store_true',
+    help="keep the config's early stopping (default: off, every epoch trained)",
+  )
+  ap.add_argument(
+    '--seed_loop',
+    default='auto',
+    help="the sweep's config.seed_loop: auto (map on CPU), vmap or map",
+  )
   args = ap.parse_args()
   args.root = args.root or demo.tree_in(demo.default_out(), 'demo')
-  work = tempfile.mkdtemp(prefix='sweep_bench_', dir=common.WORK if os.path.isdir(common.WORK)
-                          else None)
+  work = tempfile.mkdtemp(
+    prefix='sweep_bench_', dir=common.WORK if os.path.isdir(common.WORK) else None
+  )
   args.data_dir = os.path.join(work, 'tfds')
   lrs = [float(f'{v:.3g}') for v in np.geomspace(1e-3, 1e-2, args.members)]
   # Build the dataset first, so neither side pays for it.
   _run(args, os.path.join(work, 'warm'), '--config.num_epochs=1')
-  sweep = _run(args, os.path.join(work, 'sweep'), '--sweep=learning_rate=' + ','.join(map(str, lrs)),
-               f'--config.seed_loop={args.seed_loop}')
-  sep = [_run(args, os.path.join(work, f'run_{i}'), f'--config.learning_rate={lr}')
-         for i, lr in enumerate(lrs)]
+  sweep = _run(
+    args,
+    os.path.join(work, 'sweep'),
+    '--sweep=learning_rate=' + ','.join(map(str, lrs)),
+    f'--config.seed_loop={args.seed_loop}',
+  )
+  sep = [
+    _run(args, os.path.join(work, f'run_{i}'), f'--config.learning_rate={lr}')
+    for i, lr in enumerate(lrs)
+  ]
   total = {k: sum(r[k] for r in sep) for k in ('wall', 'first', 'steady', 'member_epochs')}
-  print(f'# {args.members} members (learning rates {lrs}), {args.epochs} epochs, configs/'
-        f'{args.config}.py on {args.root}; sweep seed_loop {args.seed_loop}; early stopping '
-        f'{"as configured" if args.early_stopping else "off"}')
+  print(
+    f'# {args.members} members (learning rates {lrs}), {args.epochs} epochs, configs/'
+    f'{args.config}.py on {args.root}; sweep seed_loop {args.seed_loop}; early stopping '
+    f'{"as configured" if args.early_stopping else "off"}'
+  )
   print('| | sweep (one program) | separate runs (sum) | sweep / separate |')
   print('|---|---|---|---|')
-  for k, name in (('wall', 'wall time'), ('first', 'first epoch (compile)'),
-                  ('steady', 'steady epoch')):
+  for k, name in (
+    ('wall', 'wall time'),
+    ('first', 'first epoch (compile)'),
+    ('steady', 'steady epoch'),
+  ):
     print(f'| {name} | {sweep[k]:.1f} s | {total[k]:.1f} s | {sweep[k] / total[k]:.2f}x |')
   print(f'| member-epochs trained | {sweep["member_epochs"]} | {total["member_epochs"]} | |')
   shutil.rmtree(work, ignore_errors=True)

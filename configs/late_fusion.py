@@ -7,6 +7,7 @@ finished unimodal / early-fusion runs, trained on whole videos with the CCC loss
 
 The runs must have predictions for every video of train, devel and test (training writes them).
 """
+
 import ml_collections
 
 from configs import default
@@ -14,17 +15,17 @@ from configs import default
 
 def get_config():
   c = default.get_config()
-  c.feature_sets = ()             # inputs: the runs' predictions only
-  c.fusion_runs = ''              # comma-separated workdirs of finished runs
+  c.feature_sets = ()  # inputs: the runs' predictions only
+  c.fusion_runs = ''  # comma-separated workdirs of finished runs
   c.targets = ('valence',)
   c.whole_videos = True
-  c.batch_size = 64               # videos
+  c.batch_size = 64  # videos
   c.learning_rate = 1e-3
   c.num_epochs = 20
   c.num_seeds = 5
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'late_fusion'    # muse_jax.models.LateFusion: (bi)LSTM -> Dense
+  c.model.name = 'late_fusion'  # muse_jax.models.LateFusion: (bi)LSTM -> Dense
   c.model.d_rnn = 32
   c.model.rnn_n_layers = 1
   c.model.rnn_bi = True

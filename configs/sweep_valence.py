@@ -8,6 +8,7 @@ the output dropout at the middle rate). They differ only in fields a member may 
 (schedule, seed, rnn/output dropout), so all of them and their seeds train side by side in one
 compiled step (muse_jax.sweep). --sweep=field=a,b flags replace this list with their product.
 """
+
 from configs import valence
 
 
@@ -16,6 +17,10 @@ def get_config():
 
 
 def get_sweep():
-  return [{'learning_rate': 0.002}, {'learning_rate': 0.005}, {'learning_rate': 0.01},
-          {'learning_rate': 0.005, 'early_stopping_patience': 25},
-          {'learning_rate': 0.005, 'model.out_dropout': 0.3}]
+  return [
+    {'learning_rate': 0.002},
+    {'learning_rate': 0.005},
+    {'learning_rate': 0.01},
+    {'learning_rate': 0.005, 'early_stopping_patience': 25},
+    {'learning_rate': 0.005, 'model.out_dropout': 0.3},
+  ]

@@ -1,4 +1,5 @@
 """A seconds-long config for tests and smoke runs on the `tiny` demo tree."""
+
 from configs import default
 
 

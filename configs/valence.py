@@ -6,9 +6,10 @@
     --hop_len 100 --add_seg_id --log --gpu 6          (youcaiSUN/MuSe-Wild_2020, README)
 
 The command passes no --normalize, so the features and the segment id go in raw. The
-z-normalised variant is configs/valence_normalized.py: which is better is measured (benchmarks/RESULTS.md), not
-assumed.
+z-normalised variant is configs/valence_normalized.py: which is better is measured
+(benchmarks/RESULTS.md), not assumed.
 """
+
 from configs import default
 
 

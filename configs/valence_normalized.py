@@ -1,5 +1,6 @@
 """configs/valence.py with every input z-normalised with the train statistics (the segment id too):
 muse_jax's earlier default, kept as its own config to compare against the authors' raw inputs."""
+
 from configs import valence
 
 

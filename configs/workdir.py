@@ -6,6 +6,7 @@ Evaluate or predict any finished run, a sweep's group included (`W/groups/g<i>`,
 differ in seed and schedule: `config.members`), without restating its settings; `--config.x=...`
 still overrides a field (what evaluate and predict may change: eval_seed, bootstrap_samples, ...).
 """
+
 import json
 import os
 
@@ -34,6 +35,7 @@ def get_config(workdir=None):
   _merge(c, saved)
   if isinstance(saved.get('model'), dict):  # the run's own model fields, not the defaults' (a
     # late-fusion model has fewer): the checkpoint's signature holds exactly these
-    c.model = ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v
-                                         for k, v in saved['model'].items()})
+    c.model = ml_collections.ConfigDict(
+      {k: tuple(v) if isinstance(v, list) else v for k, v in saved['model'].items()}
+    )
   return c

@@ -3,6 +3,7 @@
 The demo's labels are built to need temporal context, so this is the floor a sequence model has
 to clear by a wide margin; it is computed on exactly the normalised inputs the model sees.
 """
+
 import numpy as np
 
 from muse_jax import metrics as metrics_lib
@@ -28,5 +29,6 @@ def ridge_metrics(train_videos, eval_videos, targets, alpha: float = 1.0, bootst
   (samples, seed) of their intervals, as a run's)."""
   w = ridge_fit(train_videos, alpha)
   labelled = [v for v in eval_videos if v.has_labels]
-  return metrics_lib.partition_metrics([v.y for v in labelled], ridge_predict(w, labelled),
-                                       targets, *bootstrap)
+  return metrics_lib.partition_metrics(
+    [v.y for v in labelled], ridge_predict(w, labelled), targets, *bootstrap
+  )

@@ -29,7 +29,9 @@ Degenerate cases, decided once here:
 - samples=0: the bootstrap is off, the interval is (None, None).
 Nothing here raises on a valid partition; mismatched shapes raise MuseError.
 """
-from typing import Iterator, Optional, Sequence
+
+from collections.abc import Iterator
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -62,8 +64,10 @@ def _checked(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray]):
   for i, (p, y) in enumerate(zip(preds, labels)):
     p, y = _as_2d(p, 'predictions', i), _as_2d(y, 'labels', i)
     if p.shape != y.shape or (ys and y.shape[1] != ys[0].shape[1]):
-      raise MuseError(f'video {i}: labels {y.shape} and predictions {p.shape} do not match (or '
-                      'differ in targets from video 0)')
+      raise MuseError(
+        f'video {i}: labels {y.shape} and predictions {p.shape} do not match (or '
+        'differ in targets from video 0)'
+      )
     ps.append(p)
     ys.append(y)
   return ps, ys
@@ -85,8 +89,9 @@ def label_center(labels: Sequence[np.ndarray]) -> np.ndarray:
   return np.where(np.asarray(cnt) > 0, tot / np.maximum(cnt, 1), 0.0)
 
 
-def video_stats(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                center: Optional[np.ndarray] = None) -> np.ndarray:
+def video_stats(
+  preds: Sequence[np.ndarray], labels: Sequence[np.ndarray], center: np.ndarray | None = None
+) -> np.ndarray:
   """Per-video sufficient statistics of CCC: [V, 6] for 1-D videos, [V, K, 6] for [T, K] ones.
 
   The 6 are (n, Σy, Σp, Σy², Σp², Σyp) over the video's labelled frames (NaN label: skipped),
@@ -180,7 +185,7 @@ def resampled_mean_ccc(stats_list: Sequence[np.ndarray], samples: int, seed: int
   for counts in _count_blocks(v, samples, seed):
     c = counts.astype(np.float64)
     for j, f in enumerate(flat):
-      out[j, start:start + len(c)] = ccc_from_stats((c @ f).reshape(-1, k, 6)).mean(-1)
+      out[j, start : start + len(c)] = ccc_from_stats((c @ f).reshape(-1, k, 6)).mean(-1)
     start += len(c)
   return out
 
@@ -194,14 +199,20 @@ def resampled_ccc(stats: np.ndarray, samples: int, seed: int) -> np.ndarray:
   out = np.empty((samples, k))
   start = 0
   for counts in _count_blocks(v, samples, seed):
-    out[start:start + len(counts)] = ccc_from_stats((counts.astype(np.float64) @ flat)
-                                                    .reshape(-1, k, 6))
+    out[start : start + len(counts)] = ccc_from_stats(
+      (counts.astype(np.float64) @ flat).reshape(-1, k, 6)
+    )
     start += len(counts)
   return out
 
 
-def partition_intervals(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                        samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+def partition_intervals(
+  preds: Sequence[np.ndarray],
+  labels: Sequence[np.ndarray],
+  samples: int = 1000,
+  seed: int = 0,
+  level: float = 0.95,
+) -> dict:
   """The intervals `metrics.partition_metrics` reports: {'per_target': [[low, high]] * K,
   'mean': [low, high]}, every target and their mean on the same video resamples. samples=0:
   {} (off); fewer than 2 videos with labels: NaN bounds (see module doc)."""
@@ -214,8 +225,10 @@ def partition_intervals(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray
     nan = [float('nan')] * 2
     return {'per_target': [list(nan) for _ in range(k)], 'mean': list(nan)}
   r = resampled_ccc(kept, samples, seed)
-  return {'per_target': [list(_percentile_interval(r[:, j], level)) for j in range(k)],
-          'mean': list(_percentile_interval(r.mean(1), level))}
+  return {
+    'per_target': [list(_percentile_interval(r[:, j], level)) for j in range(k)],
+    'mean': list(_percentile_interval(r.mean(1), level)),
+  }
 
 
 def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -234,8 +247,13 @@ def _point(stats: np.ndarray) -> float:
   return float(np.mean(np.atleast_1d(ccc_from_stats(_as_3d(stats).sum(0)))))
 
 
-def mean_ccc_interval(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                      samples: int = 1000, seed: int = 0, level: float = 0.95):
+def mean_ccc_interval(
+  preds: Sequence[np.ndarray],
+  labels: Sequence[np.ndarray],
+  samples: int = 1000,
+  seed: int = 0,
+  level: float = 0.95,
+):
   """(point, low, high) of the mean CCC over targets (partition_metrics' 'mean_ccc').
 
   Videos are [T] or [T, K]; every target is scored on the same video resamples, and the interval
@@ -254,19 +272,31 @@ def mean_ccc_interval(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray],
   return point, low, high
 
 
-def ccc_interval(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                 samples: int = 1000, seed: int = 0, level: float = 0.95):
+def ccc_interval(
+  preds: Sequence[np.ndarray],
+  labels: Sequence[np.ndarray],
+  samples: int = 1000,
+  seed: int = 0,
+  level: float = 0.95,
+):
   """(point, low, high) of one target's partition CCC; point equals metrics.ccc on the
   concatenated labelled frames, low/high are the video-bootstrap percentiles (module doc)."""
   for i, y in enumerate(labels):
     if np.ndim(y) == 2 and np.shape(y)[1] != 1:
-      raise MuseError(f'video {i}: labels have {np.shape(y)[1]} targets; ccc_interval scores '
-                      'one (mean_ccc_interval scores several)')
+      raise MuseError(
+        f'video {i}: labels have {np.shape(y)[1]} targets; ccc_interval scores '
+        'one (mean_ccc_interval scores several)'
+      )
   return mean_ccc_interval(preds, labels, samples, seed, level)
 
 
-def paired_difference(preds_a: Sequence[np.ndarray], preds_b: Sequence[np.ndarray],
-                      labels: Sequence[np.ndarray], samples: int = 1000, seed: int = 0) -> dict:
+def paired_difference(
+  preds_a: Sequence[np.ndarray],
+  preds_b: Sequence[np.ndarray],
+  labels: Sequence[np.ndarray],
+  samples: int = 1000,
+  seed: int = 0,
+) -> dict:
   """Is run B better than run A on this partition? Both scored on the same video resamples.
 
   Pairing matters: which videos happen to be drawn moves both runs' scores together, and that

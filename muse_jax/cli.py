@@ -9,6 +9,7 @@ absl entry points (`run_app`, `no_arguments`) live here; the argparse ones' help
 `ArgumentParser`, `path`) and the library log filter live in `console`, which the data package's
 command lines may import, and are named here too so that every entry point finds them in `cli`.
 """
+
 import os
 import signal
 import sys
@@ -27,29 +28,34 @@ path = console.path
 
 
 def _exit_on_signals():
-  """Ctrl-C (or a scheduler's SIGTERM): the process ends with one line. Library threads (orbax, tfds, XLA) would each
-  print their own traceback as KeyboardInterrupt unwinds them: leave without running them down
-  (the workdir is consistent at any instant: every output is renamed into place)."""
+  """Ctrl-C (or a scheduler's SIGTERM): the process ends with one line. Library threads (orbax,
+  tfds, XLA) would each print their own traceback as KeyboardInterrupt unwinds them: leave
+  without running them down (the workdir is consistent at any instant: every output is renamed
+  into place)."""
+
   def handler(signum, frame):
     del frame
     sys.stderr.write(f'error: {INTERRUPTED}\n')
     sys.stderr.flush()
-    os._exit(128 + signum)  # pylint: disable=protected-access
+    os._exit(128 + signum)
+
   signal.signal(signal.SIGINT, handler)
   signal.signal(signal.SIGTERM, handler)
 
 
 def run_app(main, **kwargs) -> None:
   """absl app.run, with MuseError printed as `error: <message>` and exit status 2."""
+
   def wrapped(argv):
     console.quiet()  # absl's handler exists now; runtime.configure installs the same filter
     return main(argv)
+
   _exit_on_signals()
   try:
     app.run(wrapped, **kwargs)
   except MuseError as e:
     _exit_with(f'error: {e}')
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001
     msg = disk_error(e)
     if msg is None:
       raise
@@ -63,11 +69,13 @@ def _exit_with(line: str) -> None:
   sys.stderr.write(line + '\n')
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(2)  # pylint: disable=protected-access
+  os._exit(2)
 
 
 def no_arguments(argv) -> None:
   """absl entry points take flags only: a stray word is one error line, not a silent no-op."""
   if len(argv) > 1:
-    raise MuseError(f'command line: unexpected argument {argv[1]!r}; flags are written '
-                    '--name=value (see --helpfull)')
+    raise MuseError(
+      f'command line: unexpected argument {argv[1]!r}; flags are written '
+      '--name=value (see --helpfull)'
+    )

@@ -15,6 +15,7 @@ over seeds, so "B's seeds beat A's" is told apart from "B's chosen seed beat A's
 Refused (one line): runs of different trees, grids or targets, or with no common scored video.
 Labels are read from the tree the runs were trained on (their config.json), through the layout.
 """
+
 import os
 import sys
 
@@ -41,20 +42,24 @@ class Run:
     config = workdir_lib.read_json(os.path.join(self.workdir, 'config.json'))
     results = workdir_lib.read_json(os.path.join(self.workdir, 'results.json'))
     if config is None or results is None or not os.path.isdir(self.predictions()):
-      raise MuseError(f'{self.workdir}: not a finished muse_jax run (needs config.json, '
-                      'results.json and predictions/); train it first')
+      raise MuseError(
+        f'{self.workdir}: not a finished muse_jax run (needs config.json, '
+        'results.json and predictions/); train it first'
+      )
     written = outputs.read_written(self.workdir)  # what predictions/ hold, scored in which file
     results = workdir_lib.read_json(os.path.join(self.workdir, written['results'])) or results
     root = config.get('data_root') or ''
     try:
       self.layout = layout.resolve(root, config.get('task') or '')
     except MuseError as e:
-      raise MuseError(f'{self.workdir}: its tree {root or "(none)"} cannot be read ({e}); labels '
-                      'come from the tree a run was trained on') from None
+      raise MuseError(
+        f'{self.workdir}: its tree {root or "(none)"} cannot be read ({e}); labels '
+        'come from the tree a run was trained on'
+      ) from None
     self.results = results
     self.targets = list(results.get('targets') or [])
     self.step_ms = results.get('step_ms')
-    self.what = f"{written['what']} (written by {written['written_by']})"
+    self.what = f'{written["what"]} (written by {written["written_by"]})'
 
   def predictions(self, target: str = '') -> str:
     base = os.path.join(self.workdir, 'predictions')
@@ -69,8 +74,10 @@ class Run:
     low = [c.lower() for c in table.columns]
     if 'timestamp' not in low or 'value' not in low:
       raise MuseError(f'{path}: columns {",".join(table.columns)}; expected timestamp and value')
-    return (table.values[:, low.index('timestamp')].astype(np.int64),
-            table.values[:, low.index('value')].astype(np.float64))
+    return (
+      table.values[:, low.index('timestamp')].astype(np.int64),
+      table.values[:, low.index('value')].astype(np.float64),
+    )
 
   def seed_scores(self, split: str, target: str | None) -> list:
     """Each trained seed's partition CCC of `target` (None: the mean over targets)."""
@@ -85,19 +92,30 @@ class Run:
 def _common(a: Run, b: Run, split: str) -> tuple:
   """(targets, video ids) both runs can be compared on; one-line refusals otherwise."""
   if a.layout.root != b.layout.root:
-    raise MuseError(f'{b.workdir} was trained on {b.layout.root}, {a.workdir} on '
-                    f'{a.layout.root}: runs of different trees are not compared')
+    raise MuseError(
+      f'{b.workdir} was trained on {b.layout.root}, {a.workdir} on '
+      f'{a.layout.root}: runs of different trees are not compared'
+    )
   if a.step_ms != b.step_ms:
-    raise MuseError(f'{a.workdir} predicts on a {a.step_ms} ms grid, {b.workdir} on '
-                    f'{b.step_ms} ms: runs of different grids are not compared')
+    raise MuseError(
+      f'{a.workdir} predicts on a {a.step_ms} ms grid, {b.workdir} on '
+      f'{b.step_ms} ms: runs of different grids are not compared'
+    )
   targets = [t for t in a.targets if t in b.targets]
   if not targets:
-    raise MuseError(f'{a.workdir} predicts {", ".join(a.targets)}, {b.workdir} '
-                    f'{", ".join(b.targets)}: no common target to compare')
+    raise MuseError(
+      f'{a.workdir} predicts {", ".join(a.targets)}, {b.workdir} '
+      f'{", ".join(b.targets)}: no common target to compare'
+    )
   part = reader.read_partition(a.layout.root)
-  ids = [v for v, p in part.items() if p == split
-         and all(os.path.exists(os.path.join(r.predictions(t), f'{v}.csv'))
-                 for r in (a, b) for t in targets)]
+  ids = [
+    v
+    for v, p in part.items()
+    if p == split
+    and all(
+      os.path.exists(os.path.join(r.predictions(t), f'{v}.csv')) for r in (a, b) for t in targets
+    )
+  ]
   return targets, ids
 
 
@@ -113,9 +131,11 @@ def _frames(a: Run, b: Run, root: str, targets: list, ids: list) -> tuple:
         t0 = got_a[0]
       for got, run in ((got_a, a), (got_b, b)):
         if not np.array_equal(got[0], t0):
-          raise MuseError(f'{run.predictions(t)}/{vid}.csv: its timestamps differ from '
-                          f'{a.predictions(targets[0])}/{vid}.csv; runs of different grids are '
-                          'not compared')
+          raise MuseError(
+            f'{run.predictions(t)}/{vid}.csv: its timestamps differ from '
+            f'{a.predictions(targets[0])}/{vid}.csv; runs of different grids are '
+            'not compared'
+          )
       label = reader.read_label(root, t, vid)
       y = np.full(len(t0), np.nan)
       if label is not None:
@@ -149,15 +169,22 @@ def _seed_view(a: Run, b: Run, split: str, targets: list, seed: int) -> dict:
     ma = sa[rng.integers(0, len(sa), (SEED_RESAMPLES, len(sa)))].mean(1)
     mb = sb[rng.integers(0, len(sb), (SEED_RESAMPLES, len(sb)))].mean(1)
     d = mb - ma
-    out[key] = {'mean_a': float(sa.mean()), 'std_a': float(sa.std(ddof=1)), 'n_a': len(sa),
-                'mean_b': float(sb.mean()), 'std_b': float(sb.std(ddof=1)), 'n_b': len(sb),
-                'diff': float(sb.mean() - sa.mean()),
-                'diff_ci95': [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
+    out[key] = {
+      'mean_a': float(sa.mean()),
+      'std_a': float(sa.std(ddof=1)),
+      'n_a': len(sa),
+      'mean_b': float(sb.mean()),
+      'std_b': float(sb.std(ddof=1)),
+      'n_b': len(sb),
+      'diff': float(sb.mean() - sa.mean()),
+      'diff_ci95': [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
+    }
   return out
 
 
-def compare(workdir_a: str, workdir_b: str, split: str = 'devel', samples: int = 1000,
-            seed: int = 0) -> dict:
+def compare(
+  workdir_a: str, workdir_b: str, split: str = 'devel', samples: int = 1000, seed: int = 0
+) -> dict:
   """The comparison as `--out` writes it: {split, videos, a, b, predictions, targets: {t:
   {ccc_a, ccc_b, diff, diff_ci95, p_b_not_better}}, mean_ccc (several targets), seeds (the
   seed-level view, when both runs trained several seeds), per_video: {id: {t: [a, b]}}}."""
@@ -169,45 +196,67 @@ def compare(workdir_a: str, workdir_b: str, split: str = 'devel', samples: int =
   targets, ids = _common(a, b, split)
   labels, pa, pb, kept = _frames(a, b, a.layout.root, targets, ids)
   if not kept:
-    raise MuseError(f'{a.workdir} and {b.workdir} have no common {split} video with labels to '
-                    'compare on')
-  out = {'split': split, 'videos': len(kept), 'a': a.workdir, 'b': b.workdir,
-         'predictions': {'a': a.what, 'b': b.what}, 'bootstrap_samples': samples,
-         'bootstrap_seed': seed, 'targets': {}}
+    raise MuseError(
+      f'{a.workdir} and {b.workdir} have no common {split} video with labels to compare on'
+    )
+  out = {
+    'split': split,
+    'videos': len(kept),
+    'a': a.workdir,
+    'b': b.workdir,
+    'predictions': {'a': a.what, 'b': b.what},
+    'bootstrap_samples': samples,
+    'bootstrap_seed': seed,
+    'targets': {},
+  }
   for k, t in enumerate(targets):
     out['targets'][t] = bootstrap.paired_difference(
-        [p[:, k] for p in pa], [p[:, k] for p in pb], [y[:, k] for y in labels], samples, seed)
+      [p[:, k] for p in pa], [p[:, k] for p in pb], [y[:, k] for y in labels], samples, seed
+    )
   if len(targets) > 1:
     out['mean_ccc'] = bootstrap.paired_difference(pa, pb, labels, samples, seed)
   out['seeds'] = _seed_view(a, b, split, targets, seed)
   va = metrics.per_video_ccc(labels, pa, targets)
   vb = metrics.per_video_ccc(labels, pb, targets)
-  out['per_video'] = {vid: {t: [x[t], z[t]] for t in targets}
-                      for vid, x, z in zip(kept, va, vb)}
+  out['per_video'] = {vid: {t: [x[t], z[t]] for t in targets} for vid, x, z in zip(kept, va, vb)}
   return out
 
 
 def table(c: dict) -> str:
-  lines = [f'{c["split"]}: {c["videos"]} videos scored by both; A = {c["a"]} ({c["predictions"]["a"]}),'
-           f' B = {c["b"]} ({c["predictions"]["b"]})', '',
-           '| target | CCC A | CCC B | B - A | 95% interval | P(B not better) |',
-           '|---|---|---|---|---|---|']
+  lines = [
+    f'{c["split"]}: {c["videos"]} videos scored by both; A = {c["a"]} ({c["predictions"]["a"]}),'
+    f' B = {c["b"]} ({c["predictions"]["b"]})',
+    '',
+    '| target | CCC A | CCC B | B - A | 95% interval | P(B not better) |',
+    '|---|---|---|---|---|---|',
+  ]
   rows = dict(c['targets'])
   if 'mean_ccc' in c:
     rows['mean'] = c['mean_ccc']
   for t, r in rows.items():
     lo, hi = r['diff_ci95']
-    lines.append(f'| {t} | {r["ccc_a"]:.4f} | {r["ccc_b"]:.4f} | {r["diff"]:+.4f} | '
-                 f'[{lo:+.4f}, {hi:+.4f}] | {r["p_b_not_better"]:.3f} |')
+    lines.append(
+      f'| {t} | {r["ccc_a"]:.4f} | {r["ccc_b"]:.4f} | {r["diff"]:+.4f} | '
+      f'[{lo:+.4f}, {hi:+.4f}] | {r["p_b_not_better"]:.3f} |'
+    )
   if c.get('seeds'):
-    lines += ['', '| target | seeds A: mean ± std (n) | seeds B: mean ± std (n) | B - A | '
-              '95% interval (seeds resampled) |', '|---|---|---|---|---|']
+    lines += [
+      '',
+      '| target | seeds A: mean ± std (n) | seeds B: mean ± std (n) | B - A | '
+      '95% interval (seeds resampled) |',
+      '|---|---|---|---|---|',
+    ]
     for t, s in c['seeds'].items():
-      lines.append(f'| {"mean" if t == "mean_ccc" else t} | {s["mean_a"]:.4f} ± {s["std_a"]:.4f}'
-                   f' ({s["n_a"]}) | {s["mean_b"]:.4f} ± {s["std_b"]:.4f} ({s["n_b"]}) | '
-                   f'{s["diff"]:+.4f} | [{s["diff_ci95"][0]:+.4f}, {s["diff_ci95"][1]:+.4f}] |')
-  lines += ['', 'Paired bootstrap over videos (the same resamples for both runs); an interval '
-            'holding 0 is no demonstrated difference. Seed std: sample std (ddof 1).']
+      lines.append(
+        f'| {"mean" if t == "mean_ccc" else t} | {s["mean_a"]:.4f} ± {s["std_a"]:.4f}'
+        f' ({s["n_a"]}) | {s["mean_b"]:.4f} ± {s["std_b"]:.4f} ({s["n_b"]}) | '
+        f'{s["diff"]:+.4f} | [{s["diff_ci95"][0]:+.4f}, {s["diff_ci95"][1]:+.4f}] |'
+      )
+  lines += [
+    '',
+    'Paired bootstrap over videos (the same resamples for both runs); an interval '
+    'holding 0 is no demonstrated difference. Seed std: sample std (ddof 1).',
+  ]
   return '\n'.join(lines)
 
 
@@ -222,8 +271,10 @@ def plot(c: dict, path: str) -> None:
     lo, hi = float(min(xy.min(), 0.0)), float(max(xy.max(), 1.0))
     ax.plot([lo, hi], [lo, hi], color='grey', lw=0.8)
     r = c['targets'][t]
-    ax.set_title(f'{t}: B - A {r["diff"]:+.3f} [{r["diff_ci95"][0]:+.3f}, '
-                 f'{r["diff_ci95"][1]:+.3f}]', fontsize=9)
+    ax.set_title(
+      f'{t}: B - A {r["diff"]:+.3f} [{r["diff_ci95"][0]:+.3f}, {r["diff_ci95"][1]:+.3f}]',
+      fontsize=9,
+    )
     ax.set_xlabel('per-video CCC, A')
     ax.set_ylabel('per-video CCC, B')
   fig.tight_layout()
@@ -246,8 +297,12 @@ def main(argv=None) -> int:
   p.add_argument('workdir_a', type=cli.path, help='run A (the baseline)')
   p.add_argument('workdir_b', type=cli.path, help='run B (the candidate)')
   p.add_argument('--split', default='devel', choices=['devel', 'test'])
-  p.add_argument('--out', type=cli.path, default=None,
-                 help='JSON file to write (and a per-video scatter, same name .png)')
+  p.add_argument(
+    '--out',
+    type=cli.path,
+    default=None,
+    help='JSON file to write (and a per-video scatter, same name .png)',
+  )
   p.add_argument('--samples', type=int, default=1000, help='video resamples (default 1000)')
   p.add_argument('--seed', type=int, default=0, help='resamples seed (same seed, same interval)')
   args = p.parse_args(argv)
@@ -256,7 +311,8 @@ def main(argv=None) -> int:
     return rc
   print(table(c))
   if args.out:
-    print(f'\nwritten: {os.path.abspath(args.out)} and {os.path.splitext(os.path.abspath(args.out))[0]}.png')
+    out = os.path.abspath(args.out)
+    print(f'\nwritten: {out} and {os.path.splitext(out)[0]}.png')
   return 0
 
 

@@ -2,6 +2,7 @@
 missing file, a file that fails to load, an unknown field), the default workdir
 (`runs/<config name>`) and the default data root (the workdir's own tree, else the generated
 demo tree). `muse_jax.main` stays a list of flags and one dispatch."""
+
 import os
 import sys
 
@@ -31,8 +32,10 @@ def workdir_of(flag: str | None) -> str:
 
 
 def demo_line(root: str) -> str:
-  return (f'data: the generated demo tree {root} (synthetic, not MuSe-CaR); pass '
-          '--data_root=/path/to/a/MuSe/tree to train on real data')
+  return (
+    f'data: the generated demo tree {root} (synthetic, not MuSe-CaR); pass '
+    '--data_root=/path/to/a/MuSe/tree to train on real data'
+  )
 
 
 def default_data(config, workdir: str, mode: str) -> str:
@@ -50,8 +53,9 @@ def default_data(config, workdir: str, mode: str) -> str:
       config.data_root = saved['data_root']
       if not config.get('data_dir') and saved.get('data_dir'):
         config.data_dir = saved['data_dir']
-    logging.info('no data root given: using the tree %s was trained on, %s', workdir,
-                 config.data_root)
+    logging.info(
+      'no data root given: using the tree %s was trained on, %s', workdir, config.data_root
+    )
     return config.data_root if demo.is_demo_tree(config.data_root) else ''
   if mode != 'train':
     return ''
@@ -61,7 +65,7 @@ def default_data(config, workdir: str, mode: str) -> str:
     config.data_root = root
     if not config.get('data_dir'):
       config.data_dir = os.path.join(out, 'tfds')
-  logging.info('no data root given: %s', demo_line(root)[len('data: '):])
+  logging.info('no data root given: %s', demo_line(root)[len('data: ') :])
   return root
 
 
@@ -71,13 +75,15 @@ def loaded(config_flag):
     config = config_flag.value
     config.get('seed')  # a file that failed to load gives a stand-in that raises on use
     return config
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001
     path = config_path(sys.argv) or '?'
     if _missing(path):
       raise MuseError(_missing(path)) from None
     cause = e.__cause__ or e
-    raise MuseError(f'{path}: config file failed to load ({type(cause).__name__}: '
-                    f'{str(cause).strip().splitlines()[-1] if str(cause).strip() else ""})') from None
+    raise MuseError(
+      f'{path}: config file failed to load ({type(cause).__name__}: '
+      f'{str(cause).strip().splitlines()[-1] if str(cause).strip() else ""})'
+    ) from None
 
 
 def config_path(argv) -> str | None:
@@ -94,22 +100,27 @@ def _missing(path: str) -> str | None:
   """The message for a --config file that does not exist (None if it does)."""
   if os.path.exists(os.path.expanduser(path.split(':')[0])):
     return None
-  return (f'{path}: config file not found; pass --config=configs/<name>.py (the repository has: '
-          f'{", ".join(_known_configs())})')
+  return (
+    f'{path}: config file not found; pass --config=configs/<name>.py (the repository has: '
+    f'{", ".join(_known_configs())})'
+  )
 
 
 def _known_configs() -> list:
-  return sorted(n[:-3] for n in os.listdir(config_util.CONFIGS)
-                if n.endswith('.py') and not n.startswith('_'))
+  return sorted(
+    n[:-3] for n in os.listdir(config_util.CONFIGS) if n.endswith('.py') and not n.startswith('_')
+  )
 
 
 def parse_flags(argv):
   # `--config=~/my.py`: the shell leaves ~ after = alone, and config_flags does not expand it.
-  argv = [f'--config={os.path.expanduser(a[len("--config="):])}' if a.startswith('--config=')
-          else a for a in argv]
+  argv = [
+    f'--config={os.path.expanduser(a[len("--config=") :])}' if a.startswith('--config=') else a
+    for a in argv
+  ]
   try:
     return flags.FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001
     path = config_path(argv)
     if path and _missing(path):
       raise MuseError(_missing(path)) from None
@@ -118,35 +129,39 @@ def parse_flags(argv):
     while cause.__cause__ is not None and not isinstance(cause, SyntaxError):
       cause = cause.__cause__
     if isinstance(cause, SyntaxError):
-      msg = (f'{cause.filename}: line {cause.lineno}: config file failed to load (SyntaxError: '
-             f'{cause.msg})')
+      msg = (
+        f'{cause.filename}: line {cause.lineno}: config file failed to load (SyntaxError: '
+        f'{cause.msg})'
+      )
     elif msg is None:
       msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     raise MuseError(f'command line: {msg} (see --helpfull)') from None
 
 
 def _unknown_field(argv) -> str | None:
-  """"unknown config field 'x'" when a --config.x override names no field of the config file."""
+  """ "unknown config field 'x'" when a --config.x override names no field of the config file."""
   path = config_path(argv)
   if path is None:
     return None
   try:
     config = config_util.load_config(os.path.abspath(path))
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001
     return None  # the config file itself is the problem: reported when it is loaded
   for a in argv:
     if not a.startswith('--config.'):
       continue
-    field = a[len('--config.'):].split('=', 1)[0]
+    field = a[len('--config.') :].split('=', 1)[0]
     node = config
     for i, part in enumerate(field.split('.')):
       keys = list(node.keys()) if hasattr(node, 'keys') else []
       if part not in keys:
         near = [k for k in keys if k.lower().startswith(part.lower()[:3])][:5]
         parent = '.'.join(field.split('.')[:i])
-        return (f"unknown config field {field!r}" + (f' (fields of {parent}: ' if parent else
-                ' (similar fields: ' if near else '') +
-                (', '.join(keys) if parent else ', '.join(near)) +
-                (')' if parent or near else ''))
+        return (
+          f'unknown config field {field!r}'
+          + (f' (fields of {parent}: ' if parent else ' (similar fields: ' if near else '')
+          + (', '.join(keys) if parent else ', '.join(near))
+          + (')' if parent or near else '')
+        )
       node = node[part]
   return None

@@ -11,6 +11,7 @@ configuration'), JAX's backend probes that fail by design on a host without that
 ERROR records about a full disk (orbax's writer threads each report it; the entry point says it
 once). Warnings of every library still pass.
 """
+
 import argparse
 import logging as py_logging
 import os
@@ -25,19 +26,22 @@ _installed = False
 
 
 class _LibraryFilter(py_logging.Filter):
-
   def filter(self, record):
     if record.levelno >= py_logging.ERROR and _about_full_disk(record):
       return False
     if record.levelno < py_logging.WARNING and (
-        ('xla_bridge' in record.pathname and str(record.msg).startswith('Unable to initialize '
-                                                                          'backend')) or
-        ('compilation_cache' in record.pathname and str(record.msg).startswith('Resetting cache'))):
+      (
+        'xla_bridge' in record.pathname
+        and str(record.msg).startswith('Unable to initialize backend')
+      )
+      or ('compilation_cache' in record.pathname and str(record.msg).startswith('Resetting cache'))
+    ):
       return False
     if not any(n in record.pathname for n in _NOISY):
       return True
     return record.levelno >= py_logging.WARNING and 'custom data configuration' not in str(
-        record.msg)
+      record.msg
+    )
 
 
 def _about_full_disk(record) -> bool:
@@ -45,7 +49,7 @@ def _about_full_disk(record) -> bool:
     return True
   try:
     text = record.getMessage()
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001
     return False
   return any(t in text for t in DISK_TEXT)
 
@@ -57,8 +61,11 @@ def quiet() -> None:
     return
   _installed = True
   f = _LibraryFilter()
-  for logger in (py_logging.getLogger(), py_logging.getLogger('absl'),
-                 py_logging.getLogger('jax._src.xla_bridge')):
+  for logger in (
+    py_logging.getLogger(),
+    py_logging.getLogger('absl'),
+    py_logging.getLogger('jax._src.xla_bridge'),
+  ):
     logger.addFilter(f)
     for handler in logger.handlers:
       handler.addFilter(f)
@@ -73,9 +80,11 @@ def call(fn, *args):
   except MuseError as e:
     print(f'error: {e}', file=sys.stderr)
   except ModuleNotFoundError as e:
-    print(f'error: {e.name} is not installed; install the extra: pip install -e .[features]',
-          file=sys.stderr)
-  except Exception as e:  # pylint: disable=broad-except
+    print(
+      f'error: {e.name} is not installed; install the extra: pip install -e .[features]',
+      file=sys.stderr,
+    )
+  except Exception as e:  # noqa: BLE001
     msg = disk_error(e)  # tfds and array_record rewrap I/O errors
     if msg is None:
       raise

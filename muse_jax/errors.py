@@ -8,6 +8,7 @@ wherever it is caught: by the entry points (`cli`, `console`) and by the log fil
 library threads from reporting it again (`console.quiet`). Imports nothing of muse_jax: every
 module, the data package's too, may import it.
 """
+
 import errno
 
 
@@ -15,11 +16,17 @@ class MuseError(Exception):
   """A user-fixable problem; str(e) is a complete one-line message."""
 
 
-_DISK_ERRNOS = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is exceeded',
-                errno.EROFS: 'the file system is read-only'}
+_DISK_ERRNOS = {
+  errno.ENOSPC: 'the disk is full',
+  errno.EDQUOT: 'the disk quota is exceeded',
+  errno.EROFS: 'the file system is read-only',
+}
 # What libraries that rewrap an OSError (orbax, tensorstore, tfds) keep of it: its strerror.
-DISK_TEXT = {'No space left on device': errno.ENOSPC, 'Disk quota exceeded': errno.EDQUOT,
-             'Read-only file system': errno.EROFS}
+DISK_TEXT = {
+  'No space left on device': errno.ENOSPC,
+  'Disk quota exceeded': errno.EDQUOT,
+  'Read-only file system': errno.EROFS,
+}
 
 
 def disk_error(e: BaseException) -> str | None:
@@ -36,9 +43,11 @@ def disk_error(e: BaseException) -> str | None:
       if path and '.orbax-checkpoint-tmp' in path:  # name the checkpoint, not orbax's internals
         path = path.split('.orbax-checkpoint-tmp')[0] + ' (checkpoint)'
       where = f'{path}: ' if path else ''
-      return (f'{where}cannot write ({_DISK_ERRNOS[code]}); runs keep their last good checkpoint '
-              'and builds are redone from the start: free space (or point --workdir/--data_dir '
-              'elsewhere) and rerun the same command')
+      return (
+        f'{where}cannot write ({_DISK_ERRNOS[code]}); runs keep their last good checkpoint '
+        'and builds are redone from the start: free space (or point --workdir/--data_dir '
+        'elsewhere) and rerun the same command'
+      )
     e = e.__cause__ or e.__context__
   return None
 

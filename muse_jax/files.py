@@ -5,6 +5,7 @@ looks complete: a half prediction CSV would be scored, a half feature file read 
 So files are written under a temporary name beside their target and renamed into place (rename
 is atomic on one file system); `remove_stale_tmp` deletes what a killed job left.
 """
+
 import contextlib
 import os
 import re

@@ -13,9 +13,10 @@
   recording.
 Which members are read is the schedule's member policy (`schedule.choose`).
 """
+
+from collections.abc import Callable
 import copy
 import os
-from typing import Callable
 
 from absl import logging
 import jax
@@ -28,9 +29,9 @@ from muse_jax import config_util
 from muse_jax import input_pipeline as ip
 from muse_jax import metrics as metrics_lib
 from muse_jax import outputs
+from muse_jax import schedule
 from muse_jax import sharding
 from muse_jax import sources
-from muse_jax import schedule
 from muse_jax import steps
 from muse_jax import workdir as workdir_lib
 from muse_jax.data import layout
@@ -38,8 +39,9 @@ from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
 
-def predict_videos(eval_step: Callable, params, videos: list[Video],
-                   mesh: jax.sharding.Mesh) -> list:
+def predict_videos(
+  eval_step: Callable, params, videos: list[Video], mesh: jax.sharding.Mesh
+) -> list:
   """Per seed, per video predictions: [S][video] -> [T_i, K], batched by length bucket."""
   n_seeds = jax.tree.leaves(params)[0].shape[0]
   preds = [[None] * len(videos) for _ in range(n_seeds)]
@@ -47,21 +49,30 @@ def predict_videos(eval_step: Callable, params, videos: list[Video],
     out = sharding.to_host(eval_step(params, sharding.shard(batch, mesh)))
     for s in range(n_seeds):
       for j, i in enumerate(idxs):
-        preds[s][i] = out[s, j, :len(videos[i].x)]
+        preds[s][i] = out[s, j, : len(videos[i].x)]
   return preds
 
 
-def evaluate_split(eval_step: Callable, params, videos: list[Video], targets: list[str],
-                   mesh: jax.sharding.Mesh, bootstrap: tuple = (0, 0)) -> tuple:
+def evaluate_split(
+  eval_step: Callable,
+  params,
+  videos: list[Video],
+  targets: list[str],
+  mesh: jax.sharding.Mesh,
+  bootstrap: tuple = (0, 0),
+) -> tuple:
   """(predictions [S][video], metrics per seed or None when the split has no labels);
   `bootstrap`: (samples, seed) of the CCC intervals (off during training's epochs)."""
   preds = predict_videos(eval_step, params, videos, mesh)
   labelled = _labelled(videos)
   if not labelled:
     return preds, None
-  m = [metrics_lib.partition_metrics([videos[i].y for i in labelled],
-                                     [p[i] for i in labelled], targets, *bootstrap)
-       for p in preds]
+  m = [
+    metrics_lib.partition_metrics(
+      [videos[i].y for i in labelled], [p[i] for i in labelled], targets, *bootstrap
+    )
+    for p in preds
+  ]
   return preds, m
 
 
@@ -70,9 +81,17 @@ def bootstrap_of(config) -> tuple:
   return config.get('bootstrap_samples', 1000), config.get('bootstrap_seed', 0)
 
 
-def score_best(spec: config_util.Spec, workdir: str, mngr: ocp.CheckpointManager,
-               state: steps.TrainState, signature: dict, videos: dict[str, list[Video]],
-               eval_step: Callable, mesh: jax.sharding.Mesh, by: str = 'train') -> dict:
+def score_best(
+  spec: config_util.Spec,
+  workdir: str,
+  mngr: ocp.CheckpointManager,
+  state: steps.TrainState,
+  signature: dict,
+  videos: dict[str, list[Video]],
+  eval_step: Callable,
+  mesh: jax.sharding.Mesh,
+  by: str = 'train',
+) -> dict:
   """Scores every partition with each seed's best parameters; writes the predictions
   `config.eval_seed` picks (challenge CSVs), `predictions.json` saying what they are (`by`:
   'train' or 'evaluate', the run that wrote them: evaluate may pick another eval_seed than the
@@ -83,30 +102,50 @@ def score_best(spec: config_util.Spec, workdir: str, mngr: ocp.CheckpointManager
   trackers = [schedule.SeedTracker(**t) for t in meta['trackers']]
   targets, seeds, initial = list(spec.targets), list(spec.seeds), meta['initial_devel']
   boot = bootstrap_of(config)
-  per_split = {s: evaluate_split(eval_step, params, videos[s], targets, mesh, boot)
-               for s in layout.SPLITS}
+  per_split = {
+    s: evaluate_split(eval_step, params, videos[s], targets, mesh, boot) for s in layout.SPLITS
+  }
   devel_ccc = [m['mean_ccc'] for m in per_split['devel'][1]] if per_split['devel'][1] else []
   best = int(np.nanargmax(devel_ccc)) if devel_ccc and np.isfinite(devel_ccc).any() else 0
-  picked, what = schedule.choose(workdir, spec.eval_seed, trackers, initial, seeds,
-                                 devel_ccc or [float('nan')] * len(seeds), best)
+  picked, what = schedule.choose(
+    workdir,
+    spec.eval_seed,
+    trackers,
+    initial,
+    seeds,
+    devel_ccc or [float('nan')] * len(seeds),
+    best,
+  )
   written = {split: combine(preds, picked) for split, (preds, _) in per_split.items()}
   for split, preds in written.items():
     check_finite(preds, videos[split], split, what)
   ensemble = score_ensemble(per_split, videos, targets, trackers, seeds, initial, boot)
-  results = {'targets': targets, 'layout': spec.layout.kind, 'task': spec.layout.task,
-             'step_ms': signature['step_ms'], 'epochs_run': meta['epoch'],
-             'eval_seed': spec.eval_seed, 'seed': schedule.seed_value(spec.eval_seed, picked, seeds),
-             'best_seed': seeds[best], 'best_member': best,
-             'best_epoch': max(trackers[s].best_epoch for s in picked),
-             'skipped_steps': meta['skipped_steps']}
+  results = {
+    'targets': targets,
+    'layout': spec.layout.kind,
+    'task': spec.layout.task,
+    'step_ms': signature['step_ms'],
+    'epochs_run': meta['epoch'],
+    'eval_seed': spec.eval_seed,
+    'seed': schedule.seed_value(spec.eval_seed, picked, seeds),
+    'best_seed': seeds[best],
+    'best_member': best,
+    'best_epoch': max(trackers[s].best_epoch for s in picked),
+    'skipped_steps': meta['skipped_steps'],
+  }
   if initial and len(picked) == 1:
     results['initial_devel_ccc'] = initial[picked[0]]
   for split, (_, m) in per_split.items():
-    results[split] = ((m[picked[0]] if len(picked) == 1 else ensemble[split]) if m else None)
-  results['seeds'] = [{'seed': seed, 'best_epoch': trackers[s].best_epoch,
-                       **({'overrides': spec.members[s]} if spec.members else {}),
-                       **{split: (m[s] if m else None) for split, (_, m) in per_split.items()}}
-                      for s, seed in enumerate(seeds)]
+    results[split] = (m[picked[0]] if len(picked) == 1 else ensemble[split]) if m else None
+  results['seeds'] = [
+    {
+      'seed': seed,
+      'best_epoch': trackers[s].best_epoch,
+      **({'overrides': spec.members[s]} if spec.members else {}),
+      **{split: (m[s] if m else None) for split, (_, m) in per_split.items()},
+    }
+    for s, seed in enumerate(seeds)
+  ]
   if len(seeds) > 1 and devel_ccc:
     results['devel_ccc_mean'] = float(np.mean(devel_ccc))
     results['devel_ccc_std'] = metrics_lib.seed_spread(devel_ccc)
@@ -116,27 +155,48 @@ def score_best(spec: config_util.Spec, workdir: str, mngr: ocp.CheckpointManager
       results['test_ccc_std'] = metrics_lib.seed_spread(test_ccc)
   if len(seeds) > 1 or spec.eval_seed == 'ensemble':
     results['ensemble'] = ensemble
-  results['per_video'] = {split: _per_video(videos[split], written[split], targets)
-                          for split in ('devel', 'test')}
+  results['per_video'] = {
+    split: _per_video(videos[split], written[split], targets) for split in ('devel', 'test')
+  }
   for line in outputs.seed_lines(results):
     logging.info('%s', line)
   if per_split['test'][1] is None and videos['test']:
-    logging.info('test: no test video has labels for %s in this tree, so there is no test score '
-                 '(predictions are written)', ', '.join(targets))
+    logging.info(
+      'test: no test video has labels for %s in this tree, so there is no test score '
+      '(predictions are written)',
+      ', '.join(targets),
+    )
   if jax.process_index() == 0:
     for split, preds in written.items():
-      outputs.write_predictions(os.path.join(workdir, 'predictions'), videos[split], preds,
-                                targets, spec.layout.label_columns)
+      outputs.write_predictions(
+        os.path.join(workdir, 'predictions'),
+        videos[split],
+        preds,
+        targets,
+        spec.layout.label_columns,
+      )
     if spec.members:  # a sweep's group: its members' predictions, for the sweep's ensemble
       outputs.write_member_predictions(workdir, per_split, videos)
-    outputs.write_json(os.path.join(workdir, 'predictions.json'), {
-        'written_by': by, 'what': what, 'eval_seed': spec.eval_seed, 'seed': results['seed'],
+    outputs.write_json(
+      os.path.join(workdir, 'predictions.json'),
+      {
+        'written_by': by,
+        'what': what,
+        'eval_seed': spec.eval_seed,
+        'seed': results['seed'],
         'best_epoch': results['best_epoch'],
-        'results': 'results.json' if by == 'train' else 'eval_results.json'})
+        'results': 'results.json' if by == 'train' else 'eval_results.json',
+      },
+    )
     n = config.num_plot_videos
     devel_ccc_of = results['per_video'].get('devel', {})
-    outputs.plot_videos(workdir, videos['devel'][:n], written['devel'][:n], targets,
-                        [devel_ccc_of.get(v.id) for v in videos['devel'][:n]])
+    outputs.plot_videos(
+      workdir,
+      videos['devel'][:n],
+      written['devel'][:n],
+      targets,
+      [devel_ccc_of.get(v.id) for v in videos['devel'][:n]],
+    )
     if devel_ccc_of:
       outputs.plot_per_video_ccc(workdir, devel_ccc_of, targets, 'devel', what)
   return results
@@ -151,29 +211,39 @@ def combine(preds, picked) -> list:
 def score_ensemble(per_split, videos, targets, trackers, seeds, initial, bootstrap=(0, 0)) -> dict:
   """Metrics of the mean of the seeds' predictions, each seed at its own best epoch, on every
   partition: what training all seeds bought beyond keeping the best one. The members are
-  `schedule.ensemble_members`; a partition where their mean is not finite has no score (one log line;
-  writing it is refused by `check_finite`)."""
+  `schedule.ensemble_members`; a partition where their mean is not finite has no score (one log
+  line; writing it is refused by `check_finite`)."""
   members = schedule.ensemble_members(trackers, initial)
-  out = {'seeds': [seeds[s] for s in members],
-         'best_epochs': [trackers[s].best_epoch for s in members]}
+  out = {
+    'seeds': [seeds[s] for s in members],
+    'best_epochs': [trackers[s].best_epoch for s in members],
+  }
   for split, (preds, _) in per_split.items():
     labelled = _labelled(videos[split])
     mean = combine(preds, members) if members else []
     if members and not all(np.isfinite(mean[i]).all() for i in labelled):
-      logging.warning('%s: the ensemble of seeds %s predicts non-finite values, so it has no '
-                      'score there', split, out['seeds'])
+      logging.warning(
+        '%s: the ensemble of seeds %s predicts non-finite values, so it has no score there',
+        split,
+        out['seeds'],
+      )
       labelled = []
-    out[split] = metrics_lib.partition_metrics(
-        [videos[split][i].y for i in labelled], [mean[i] for i in labelled],
-        targets, *bootstrap) if labelled and members else None
+    out[split] = (
+      metrics_lib.partition_metrics(
+        [videos[split][i].y for i in labelled], [mean[i] for i in labelled], targets, *bootstrap
+      )
+      if labelled and members
+      else None
+    )
   return out
 
 
 def _per_video(videos, preds, targets) -> dict:
   """{video id: {target: CCC}} of the labelled videos of a partition."""
   labelled = _labelled(videos)
-  cccs = metrics_lib.per_video_ccc([videos[i].y for i in labelled], [preds[i] for i in labelled],
-                                   targets)
+  cccs = metrics_lib.per_video_ccc(
+    [videos[i].y for i in labelled], [preds[i] for i in labelled], targets
+  )
   return {videos[i].id: c for i, c in zip(labelled, cccs)}
 
 
@@ -193,10 +263,12 @@ def check_finite(preds, videos, split, what) -> None:
   for v, p in zip(videos, preds):
     if not np.isfinite(p).all():
       row = int(np.argmax(~np.isfinite(p).all(axis=1)))
-      raise MuseError(f'non-finite prediction for {split} video {v.id} at timestamp '
-                      f'{v.timestamp[row]} ({what}); no predictions were written; look for '
-                      'absurd input values there (or train with a lower config.max_abs_z in a new '
-                      '--workdir)')
+      raise MuseError(
+        f'non-finite prediction for {split} video {v.id} at timestamp '
+        f'{v.timestamp[row]} ({what}); no predictions were written; look for '
+        'absurd input values there (or train with a lower config.max_abs_z in a new '
+        '--workdir)'
+      )
 
 
 def _restored(spec, workdir, require):
@@ -205,8 +277,13 @@ def _restored(spec, workdir, require):
   videos, dims = sources.prepare_data(spec, workdir, fit_stats=False, require=require)
   mesh = sharding.make_mesh(spec.config.num_devices, spec.config.get('member_devices', 1))
   platform = sharding.platform(mesh)
-  model, _, state = steps.create_state(spec.config, sum(dims), len(spec.targets), spec.seeds,
-                                       steps.attention_impl(spec.config, platform))
+  model, _, state = steps.create_state(
+    spec.config,
+    sum(dims),
+    len(spec.targets),
+    spec.seeds,
+    steps.attention_impl(spec.config, platform),
+  )
   eval_step = steps.make_eval_step(model, steps.seeds_mapped(spec.config, platform))
   signature = checkpoint.model_signature(spec, dims, sources.grid_step(spec))
   return mngr, state, signature, videos, eval_step, mesh
@@ -220,8 +297,9 @@ def evaluate(config, workdir: str) -> dict:
   with workdir_lib.held(workdir, 'evaluate'):
     check_evaluate(config, workdir)
     mngr, state, signature, videos, eval_step, mesh = _restored(spec, workdir, ('train', 'devel'))
-    results = score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh,
-                         by='evaluate')
+    results = score_best(
+      spec, workdir, mngr, state, signature, videos, eval_step, mesh, by='evaluate'
+    )
     if jax.process_index() == 0:
       outputs.write_json(os.path.join(workdir, 'eval_results.json'), results)
   return results
@@ -245,18 +323,22 @@ def predict_spec(config, workdir: str):
 def check_predict(spec, workdir: str) -> None:
   """Another tree is allowed (that is what predict is for); how it becomes inputs is not, nor
   replacing the training tree's build with another tree's."""
-  workdir_lib.check_resume(workdir, workdir_lib.config_record(spec.config), evaluating=True,
-                           other_tree=True)
+  workdir_lib.check_resume(
+    workdir, workdir_lib.config_record(spec.config), evaluating=True, other_tree=True
+  )
   saved = workdir_lib.saved_config(workdir)
   trained = config_util.parse(ml_collections.ConfigDict(saved)) if saved else None
   if trained and trained.data_root != spec.data_root and trained.data_dir == spec.data_dir:
-    raise MuseError(f'{spec.data_dir}: holds the build of the training tree '
-                    f'{trained.data_root}; predicting on {spec.data_root} would replace it: '
-                    'pass another --data_dir for this tree')
+    raise MuseError(
+      f'{spec.data_dir}: holds the build of the training tree '
+      f'{trained.data_root}; predicting on {spec.data_root} would replace it: '
+      'pass another --data_dir for this tree'
+    )
 
 
-def predictions_of(spec: config_util.Spec, workdir: str, require: tuple = (),
-                   choice: int | str | list | None = None) -> dict:
+def predictions_of(
+  spec: config_util.Spec, workdir: str, require: tuple = (), choice: int | str | list | None = None
+) -> dict:
   """The predictions of what `choice` picks (default `spec.eval_seed`; a list of member indices
   for a sweep's ensemble) for every video of every partition of the spec's tree: {'videos',
   'preds' ({split: [video] -> [T, K]}), 'picked', 'seeds', 'what', 'best_epoch', 'step_ms'}.
@@ -267,17 +349,25 @@ def predictions_of(spec: config_util.Spec, workdir: str, require: tuple = (),
   choice = spec.eval_seed if choice is None else choice
   seeds = list(spec.seeds)
   picked, what = schedule.choose(workdir, choice, trackers, meta['initial_devel'], seeds)
-  params = sharding.replicate(jax.tree.map(lambda a: a[np.asarray(picked)], state.best_params),
-                              mesh)
+  params = sharding.replicate(
+    jax.tree.map(lambda a: a[np.asarray(picked)], state.best_params), mesh
+  )
   preds = {}
   for split in layout.SPLITS:
-    preds[split] = combine(predict_videos(eval_step, params, videos[split], mesh),
-                           range(len(picked)))
+    preds[split] = combine(
+      predict_videos(eval_step, params, videos[split], mesh), range(len(picked))
+    )
     check_finite(preds[split], videos[split], split, what)
-  return {'videos': videos, 'preds': preds, 'picked': picked, 'what': what,
-          'seeds': [seeds[s] for s in picked], 'step_ms': signature['step_ms'],
-          'best_epochs': [trackers[s].best_epoch for s in picked],
-          'seed': schedule.seed_value(choice, picked, seeds)}
+  return {
+    'videos': videos,
+    'preds': preds,
+    'picked': picked,
+    'what': what,
+    'seeds': [seeds[s] for s in picked],
+    'step_ms': signature['step_ms'],
+    'best_epochs': [trackers[s].best_epoch for s in picked],
+    'seed': schedule.seed_value(choice, picked, seeds),
+  }
 
 
 def predict(config, workdir: str) -> dict:
@@ -295,17 +385,34 @@ def predict(config, workdir: str) -> dict:
     out = os.path.join(workdir, 'predict')
     if jax.process_index() == 0:
       for split in layout.SPLITS:
-        outputs.write_predictions(out, got['videos'][split], got['preds'][split],
-                                  list(spec.targets), spec.layout.label_columns)
-    results = {'data_root': spec.data_root, 'layout': spec.layout.kind, 'task': spec.layout.task,
-               'step_ms': got['step_ms'], 'eval_seed': spec.eval_seed, 'seed': got['seed'],
-               'best_epoch': max(got['best_epochs']), 'targets': list(spec.targets),
-               'videos': {split: len(v) for split, v in got['videos'].items()},
-               'predictions': out}
+        outputs.write_predictions(
+          out,
+          got['videos'][split],
+          got['preds'][split],
+          list(spec.targets),
+          spec.layout.label_columns,
+        )
+    results = {
+      'data_root': spec.data_root,
+      'layout': spec.layout.kind,
+      'task': spec.layout.task,
+      'step_ms': got['step_ms'],
+      'eval_seed': spec.eval_seed,
+      'seed': got['seed'],
+      'best_epoch': max(got['best_epochs']),
+      'targets': list(spec.targets),
+      'videos': {split: len(v) for split, v in got['videos'].items()},
+      'predictions': out,
+    }
     if spec.eval_seed == 'ensemble':
       results['ensemble'] = {'seeds': got['seeds'], 'best_epochs': got['best_epochs']}
     if jax.process_index() == 0:
       outputs.write_json(os.path.join(workdir, 'predict.json'), results)
-    logging.info('predictions of %s (best epoch %d) for %s videos written to %s', got['what'],
-                 results['best_epoch'], results['videos'], out)
+    logging.info(
+      'predictions of %s (best epoch %d) for %s videos written to %s',
+      got['what'],
+      results['best_epoch'],
+      results['videos'],
+      out,
+    )
   return results

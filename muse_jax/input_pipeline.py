@@ -5,8 +5,9 @@ windows (the last one padded only to the device multiple, see `train_batches`) a
 batches come from a short ladder of bucket lengths. Nothing here reads files or configs beyond the
 window fields: the videos come from `sources.prepare_data`.
 """
+
+from collections.abc import Iterator
 import dataclasses
-from typing import Iterator
 
 import numpy as np
 
@@ -24,8 +25,9 @@ def train_windows(config, videos) -> 'Windows':
 class Windows:
   """Train windows as spans of the videos, not copies: a batch's windows are gathered when it is
   drawn, so the train data is held once (windows with hop < win would otherwise duplicate it)."""
+
   videos: list
-  spans: np.ndarray    # [N, 3]: video index, start, end
+  spans: np.ndarray  # [N, 3]: video index, start, end
   win_len: int
 
   @property
@@ -38,8 +40,8 @@ class Windows:
     x = np.zeros((len(idx), self.win_len, v0.x.shape[1]), np.float32)
     y = np.zeros((len(idx), self.win_len, v0.y.shape[1]), np.float32)
     for j, (i, s, e) in enumerate(self.spans[idx]):
-      x[j, :e - s] = self.videos[i].x[s:e]
-      y[j, :e - s] = self.videos[i].y[s:e]
+      x[j, : e - s] = self.videos[i].x[s:e]
+      y[j, : e - s] = self.videos[i].y[s:e]
     return x, y, self.lengths[idx]
 
 
@@ -61,8 +63,9 @@ def _mask(y, lengths):
   return (t < lengths[:, None]) & np.all(np.isfinite(y), axis=-1)
 
 
-def train_batches(w: Windows, batch_size: int, seed: int, epoch: int,
-                  multiple: int = 1) -> Iterator[dict]:
+def train_batches(
+  w: Windows, batch_size: int, seed: int, epoch: int, multiple: int = 1
+) -> Iterator[dict]:
   """One epoch of shuffled batches of `batch_size` windows, each padded with empty rows to a
   multiple of `multiple` (the device count x micro-batches). The last, partial batch is padded
   only to that multiple, not to a full batch: its size is the same every epoch, so a run
@@ -72,14 +75,16 @@ def train_batches(w: Windows, batch_size: int, seed: int, epoch: int,
   device count changes only the padding."""
   perm = np.random.default_rng([seed, epoch]).permutation(len(w.lengths))
   for b, rows in zip(range(0, len(perm), batch_size), step_rows(len(perm), batch_size, multiple)):
-    yield pad_batch(*w.gather(perm[b:b + batch_size]), rows)
+    yield pad_batch(*w.gather(perm[b : b + batch_size]), rows)
 
 
 def step_rows(n_windows: int, batch_size: int, multiple: int = 1) -> list:
   """Rows of each step of an epoch (train_batches' padding): batch_size windows, the last step
   the rest, each rounded up to a multiple of `multiple`."""
-  return [-(-min(batch_size, n_windows - b) // multiple) * multiple
-          for b in range(0, n_windows, batch_size)]
+  return [
+    -(-min(batch_size, n_windows - b) // multiple) * multiple
+    for b in range(0, n_windows, batch_size)
+  ]
 
 
 def pad_batch(x, y, lengths, rows: int) -> dict:
@@ -90,8 +95,12 @@ def pad_batch(x, y, lengths, rows: int) -> dict:
     x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
     y = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)])
     lengths = np.concatenate([lengths, np.zeros((pad,), lengths.dtype)])
-  return {'x': x, 'y': np.nan_to_num(y), 'lengths': lengths.astype(np.int32),
-          'mask': _mask(y, lengths)}
+  return {
+    'x': x,
+    'y': np.nan_to_num(y),
+    'lengths': lengths.astype(np.int32),
+    'mask': _mask(y, lengths),
+  }
 
 
 def bucket_length(n: int, minimum: int = 64) -> int:
@@ -122,7 +131,7 @@ def eval_batches(videos, multiple: int = 1) -> Iterator[tuple]:
     idxs = buckets[length]
     rows = eval_batch_rows(length, multiple)
     for b in range(0, len(idxs), rows):
-      part = idxs[b:b + rows]
+      part = idxs[b : b + rows]
       d, k = videos[0].x.shape[1], videos[0].y.shape[1]
       x = np.zeros((len(part), length, d), np.float32)
       y = np.full((len(part), length, k), np.nan, np.float32)

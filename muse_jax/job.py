@@ -3,6 +3,7 @@
 Shows the whole product on generated data in a few minutes on 2 CPU cores: the model's devel CCC
 next to a frame-wise linear baseline on the same inputs. Re-running resumes/reuses what is done.
 """
+
 import os
 import time
 
@@ -34,32 +35,49 @@ def run(out: str, config_name: str = 'demo', scale: str = 'demo') -> list:
     results = train.train_and_evaluate(config, workdir)
     seconds = time.time() - t0
     videos, _ = sources.prepare_data(config_util.parse(config), workdir, fit_stats=False)
-    linear = baselines.ridge_metrics(videos['train'], videos['devel'], [target],
-                                     bootstrap=(config.bootstrap_samples, config.bootstrap_seed))
-    rows.append({'target': target, 'linear_devel': linear[target]['ccc'],
-                 'linear_ci': linear[target].get('ccc_ci95'),
-                 'devel': results['devel'][target]['ccc'],
-                 'devel_ci': results['devel'][target].get('ccc_ci95'),
-                 'test': results['test'][target]['ccc'] if results.get('test') else None,
-                 'test_ci': results['test'][target].get('ccc_ci95') if results.get('test') else None,
-                 'best_epoch': results['best_epoch'], 'epochs': results['epochs_run'],
-                 'seconds': seconds, 'workdir': workdir})
+    linear = baselines.ridge_metrics(
+      videos['train'],
+      videos['devel'],
+      [target],
+      bootstrap=(config.bootstrap_samples, config.bootstrap_seed),
+    )
+    rows.append(
+      {
+        'target': target,
+        'linear_devel': linear[target]['ccc'],
+        'linear_ci': linear[target].get('ccc_ci95'),
+        'devel': results['devel'][target]['ccc'],
+        'devel_ci': results['devel'][target].get('ccc_ci95'),
+        'test': results['test'][target]['ccc'] if results.get('test') else None,
+        'test_ci': results['test'][target].get('ccc_ci95') if results.get('test') else None,
+        'best_epoch': results['best_epoch'],
+        'epochs': results['epochs_run'],
+        'seconds': seconds,
+        'workdir': workdir,
+      }
+    )
   return rows
 
 
 def table(rows) -> str:
   """Markdown; each CCC with its 95% interval (videos resampled) where there is one."""
+
   def cell(value, ci):
     if value is None:
       return 'n/a'
     return f'{value:.4f}' + (f' [{ci[0]:.2f}, {ci[1]:.2f}]' if ci and ci[0] is not None else '')
-  lines = ['| target | frame-wise linear (devel CCC) | muse_jax model (devel CCC) | '
-           'model (test CCC) | best / run epochs | seconds |',
-           '|---|---|---|---|---|---|']
+
+  lines = [
+    '| target | frame-wise linear (devel CCC) | muse_jax model (devel CCC) | '
+    'model (test CCC) | best / run epochs | seconds |',
+    '|---|---|---|---|---|---|',
+  ]
   for r in rows:
-    lines.append(f'| {r["target"]} | {cell(r["linear_devel"], r.get("linear_ci"))} | '
-                 f'{cell(r["devel"], r.get("devel_ci"))} | {cell(r["test"], r.get("test_ci"))} | '
-                 f'{r["best_epoch"]} / {r["epochs"]} | {r["seconds"]:.0f} |')
+    lines.append(
+      f'| {r["target"]} | {cell(r["linear_devel"], r.get("linear_ci"))} | '
+      f'{cell(r["devel"], r.get("devel_ci"))} | {cell(r["test"], r.get("test_ci"))} | '
+      f'{r["best_epoch"]} / {r["epochs"]} | {r["seconds"]:.0f} |'
+    )
   return '\n'.join(lines)
 
 

@@ -4,7 +4,9 @@ All take pred/true [B, T, K], mask [B, T] (True/1 on valid steps) and optional p
 and return a scalar. Rows without valid steps (the empty rows that pad a batch for sharding) carry
 no weight, so a loss never depends on how many of them there are.
 """
-from typing import Callable, Sequence
+
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +27,9 @@ def _target_weights(weights: Sequence[float] | None, k: int, dtype) -> jax.Array
   return w / jnp.sum(w)
 
 
-def ccc_loss(pred: jax.Array, true: jax.Array, mask: jax.Array,
-             weights: Sequence[float] | None = None) -> jax.Array:
+def ccc_loss(
+  pred: jax.Array, true: jax.Array, mask: jax.Array, weights: Sequence[float] | None = None
+) -> jax.Array:
   """1 - CCC per sequence and target (biased variances), averaged over non-empty sequences.
 
   Matches the paper's loss. Constant, single-step and empty sequences give finite values and
@@ -48,8 +51,13 @@ def ccc_loss(pred: jax.Array, true: jax.Array, mask: jax.Array,
   return jnp.sum(per_target * _target_weights(weights, pred.shape[-1], pred.dtype))
 
 
-def _masked_mean(err: Callable[[jax.Array], jax.Array], pred: jax.Array, true: jax.Array,
-                 mask: jax.Array, weights: Sequence[float] | None) -> jax.Array:
+def _masked_mean(
+  err: Callable[[jax.Array], jax.Array],
+  pred: jax.Array,
+  true: jax.Array,
+  mask: jax.Array,
+  weights: Sequence[float] | None,
+) -> jax.Array:
   """Weighted mean over targets of the mean of err(pred - true) over all valid steps."""
   m = mask.astype(bool)[..., None]
   e = jnp.where(m, err(jnp.where(m, pred - true, 0.0)), 0.0)
@@ -57,14 +65,16 @@ def _masked_mean(err: Callable[[jax.Array], jax.Array], pred: jax.Array, true: j
   return jnp.sum(per_target * _target_weights(weights, pred.shape[-1], pred.dtype))
 
 
-def mse_loss(pred: jax.Array, true: jax.Array, mask: jax.Array,
-             weights: Sequence[float] | None = None) -> jax.Array:
+def mse_loss(
+  pred: jax.Array, true: jax.Array, mask: jax.Array, weights: Sequence[float] | None = None
+) -> jax.Array:
   """Mean squared error over valid steps, weighted mean over targets."""
   return _masked_mean(jnp.square, pred, true, mask, weights)
 
 
-def l1_loss(pred: jax.Array, true: jax.Array, mask: jax.Array,
-            weights: Sequence[float] | None = None) -> jax.Array:
+def l1_loss(
+  pred: jax.Array, true: jax.Array, mask: jax.Array, weights: Sequence[float] | None = None
+) -> jax.Array:
   """Mean absolute error over valid steps, weighted mean over targets."""
   return _masked_mean(jnp.abs, pred, true, mask, weights)
 

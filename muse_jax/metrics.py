@@ -5,7 +5,8 @@ The challenge scores a partition by CCC over the concatenation of all its videos
 can carry its 95% interval from a bootstrap over videos (`bootstrap`: frames within a video are
 not independent, so videos are what is resampled).
 """
-from typing import Sequence
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -51,9 +52,13 @@ def rmse(y, p) -> float:
   return float(np.sqrt(np.mean((y - p) ** 2))) if y.size else float('nan')
 
 
-def partition_metrics(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],
-                      targets: Sequence[str], bootstrap_samples: int = 0,
-                      bootstrap_seed: int = 0) -> dict:
+def partition_metrics(
+  labels: Sequence[np.ndarray],
+  preds: Sequence[np.ndarray],
+  targets: Sequence[str],
+  bootstrap_samples: int = 0,
+  bootstrap_seed: int = 0,
+) -> dict:
   """CCC, PCC and RMSE per target over the concatenation of a partition's videos.
 
   labels/preds: one array [T_i, K] (or [T_i] when K = 1) per video; frames whose label is NaN are
@@ -70,8 +75,10 @@ def partition_metrics(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
     y, p = (y[:, None] if y.ndim == 1 else y), (p[:, None] if p.ndim == 1 else p)
     if y.shape != p.shape or y.shape[1] != k:
-      raise MuseError(f'video {i}: labels {y.shape} and predictions {p.shape} do not match '
-                      f'{k} target(s) {tuple(targets)}')
+      raise MuseError(
+        f'video {i}: labels {y.shape} and predictions {p.shape} do not match '
+        f'{k} target(s) {tuple(targets)}'
+      )
     ys.append(y)
     ps.append(p)
   y = np.concatenate(ys) if ys else np.zeros((0, k))
@@ -79,8 +86,11 @@ def partition_metrics(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],
   out = {}
   for j, name in enumerate(targets):
     ok = ~np.isnan(y[:, j])
-    out[name] = {'ccc': ccc(y[ok, j], p[ok, j]), 'pcc': pcc(y[ok, j], p[ok, j]),
-                 'rmse': rmse(y[ok, j], p[ok, j])}
+    out[name] = {
+      'ccc': ccc(y[ok, j], p[ok, j]),
+      'pcc': pcc(y[ok, j], p[ok, j]),
+      'rmse': rmse(y[ok, j], p[ok, j]),
+    }
   out['mean_ccc'] = float(np.mean([out[t]['ccc'] for t in targets]))
   if bootstrap_samples > 0:
     ci = bootstrap.partition_intervals(preds, labels, bootstrap_samples, bootstrap_seed)
@@ -96,13 +106,16 @@ def _json_interval(bounds) -> list:
   return [None, None] if any(b is None or not np.isfinite(b) for b in bounds) else list(bounds)
 
 
-def per_video_ccc(labels: Sequence[np.ndarray], preds: Sequence[np.ndarray],
-                  targets: Sequence[str]) -> list:
+def per_video_ccc(
+  labels: Sequence[np.ndarray], preds: Sequence[np.ndarray], targets: Sequence[str]
+) -> list:
   """CCC of each video on its own ({target: ccc} per video; NaN-label frames skipped). The
   partition figure stays the CCC over the concatenation (as the challenge scores); this one shows
   how it spreads over videos."""
-  return [{t: v[t]['ccc'] for t in targets}
-          for v in (partition_metrics([y], [p], targets) for y, p in zip(labels, preds))]
+  return [
+    {t: v[t]['ccc'] for t in targets}
+    for v in (partition_metrics([y], [p], targets) for y, p in zip(labels, preds))
+  ]
 
 
 def seed_spread(values) -> float:

@@ -8,8 +8,11 @@ length are padding and never influence valid steps. Parameters mirror torch's la
 separate input/hidden biases, stacked q/k/v) and init, so trained PyTorch weights port by a
 transpose (see muse_jax.convert) and training starts from the distribution the paper used.
 """
+
+from collections.abc import Mapping
+from collections.abc import Sequence
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,17 +27,25 @@ _GATES = {'lstm': 4, 'gru': 3}
 
 def _uniform(bound: float):
   """torch's default init for Linear and RNN weights: U(-bound, bound)."""
+
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return init
 
 
-def _torch_dense(features: int, fan_in: int, name: str, use_bias: bool = True,
-                 bias_init=None) -> nn.Dense:
+def _torch_dense(
+  features: int, fan_in: int, name: str, use_bias: bool = True, bias_init=None
+) -> nn.Dense:
   """nn.Dense with torch.nn.Linear's init (U(+-1/sqrt(fan_in)) for weight and bias)."""
   bound = 1.0 / math.sqrt(fan_in)
-  return nn.Dense(features, use_bias=use_bias, kernel_init=_uniform(bound),
-                  bias_init=bias_init or _uniform(bound), name=name)
+  return nn.Dense(
+    features,
+    use_bias=use_bias,
+    kernel_init=_uniform(bound),
+    bias_init=bias_init or _uniform(bound),
+    name=name,
+  )
 
 
 def reverse_within_length(x: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -54,7 +65,7 @@ def sinusoidal_encoding(t: int, d: int) -> np.ndarray:
   freq = np.exp(-math.log(10000.0) * np.arange(0, d, 2) / d)
   pe = np.zeros((t, d), np.float32)
   pe[:, 0::2] = np.sin(pos * freq)
-  pe[:, 1::2] = np.cos(pos * freq[:d // 2])
+  pe[:, 1::2] = np.cos(pos * freq[: d // 2])
   return pe
 
 
@@ -68,6 +79,7 @@ class RecurrentLayer(nn.Module):
   w_ih [K, D, G*H], w_hh [K, H, G*H], b_ih/b_hh [K, G*H] with gates in torch's order (LSTM
   i,f,g,o; GRU r,z,n).
   """
+
   hidden: int
   cell: str = 'lstm'
   bidirectional: bool = True
@@ -90,7 +102,7 @@ class RecurrentLayer(nn.Module):
       bias = b_ih + b_hh
     else:  # GRU's b_hn sits inside r * (W_hn h + b_hn): only the r, z parts fold in here.
       bias = b_ih + jnp.where(jnp.arange(g * h) < 2 * h, b_hh, 0.0)
-      b_hn = b_hh[:, 2 * h:]
+      b_hn = b_hh[:, 2 * h :]
 
     def direction(j):
       """One direction's scan; the gates come time-major [T, B, G] out of the matmul (only the
@@ -132,6 +144,7 @@ class Dropout(nn.Module):
   train with their own rate in one compiled step (config.members). Same class name, so the same
   auto-name, rng stream and mask as nn.Dropout for the same rate: a member equals a separate run
   with that rate."""
+
   rate: float = 0.0
 
   @nn.compact
@@ -149,6 +162,7 @@ class RNN(nn.Module):
 
   Dropout acts between layers only, as torch's `dropout` argument does.
   """
+
   hidden: int
   cell: str = 'lstm'
   n_layers: int = 1
@@ -156,8 +170,9 @@ class RNN(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True,
-               rate=None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True, rate=None
+  ) -> jax.Array:
     for i in range(self.n_layers):
       if i:
         x = Dropout(self.dropout)(x, deterministic, rate)
@@ -171,6 +186,7 @@ class AttentionLayer(nn.Module):
   Dropout hits the attention weights and the attention output, as in torch's
   TransformerEncoderLayer. `attention`/`block_bytes`: which core computes it (ops.attention).
   """
+
   d: int
   n_heads: int
   dropout: float = 0.0
@@ -178,19 +194,32 @@ class AttentionLayer(nn.Module):
   block_bytes: Any = attention_ops.BLOCK_BYTES
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True,
-               rate=None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True, rate=None
+  ) -> jax.Array:
     """`rate`: this call's dropout rate (traced: a sweep member's own), instead of `dropout`."""
     b, t, d = x.shape
     dh = self.d // self.n_heads
     drop = self.dropout if rate is None else rate
-    qkv = nn.Dense(3 * self.d, kernel_init=nn.initializers.xavier_uniform(),
-                   bias_init=nn.initializers.zeros, name='in_proj')(x)
+    qkv = nn.Dense(
+      3 * self.d,
+      kernel_init=nn.initializers.xavier_uniform(),
+      bias_init=nn.initializers.zeros,
+      name='in_proj',
+    )(x)
     q, k, v = (a.reshape(b, t, self.n_heads, dh) for a in jnp.split(qkv, 3, axis=-1))
     static_zero = isinstance(drop, (int, float)) and drop == 0.0
     rng = None if deterministic or static_zero else self.make_rng('dropout')
-    y = attention_ops.attention(q, k, v, lengths, self.attention, dropout_rate=drop,
-                                dropout_rng=rng, block_bytes=self.block_bytes).reshape(b, t, self.d)
+    y = attention_ops.attention(
+      q,
+      k,
+      v,
+      lengths,
+      self.attention,
+      dropout_rate=drop,
+      dropout_rng=rng,
+      block_bytes=self.block_bytes,
+    ).reshape(b, t, self.d)
     y = _torch_dense(d, self.d, 'out_proj', bias_init=nn.initializers.zeros)(y)
     y = Dropout(self.dropout)(y, deterministic, rate)
     return nn.LayerNorm(epsilon=1e-5, name='norm')(x + y)
@@ -204,6 +233,7 @@ def _out_bias_init(out_bias: Sequence[float], n_targets: int):
 
 class Regressor(nn.Module):
   """The paper's model: proj -> attention layers -> RNN -> Dense-ReLU-dropout -> Dense."""
+
   d_rnn: int = 64
   rnn_type: str = 'lstm'
   rnn_n_layers: int = 1
@@ -220,8 +250,14 @@ class Regressor(nn.Module):
   attention: str = 'plain'  # the attention core (ops.attention); not a config.model field
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True,
-               rates: Mapping[str, Any] | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    lengths: jax.Array,
+    *,
+    deterministic: bool = True,
+    rates: Mapping[str, Any] | None = None,
+  ) -> jax.Array:
     """x [B, T, D] float, lengths [B] int -> [B, T, n_targets] (padded steps are meaningless).
     `rates`: {'rnn_dropout', 'out_dropout', 'attn_dropout'} for this call (traced), instead of
     the fields."""
@@ -233,19 +269,22 @@ class Regressor(nn.Module):
     if self.pos_encoding:
       x = x + sinusoidal_encoding(x.shape[1], self.d_rnn)
     for i in range(self.attn_n_layers):
-      x = AttentionLayer(self.d_rnn, self.n_heads, self.attn_dropout, self.attention,
-                         name=f'attn_{i}')(x, lengths, deterministic=deterministic,
-                                           rate=rates.get('attn_dropout'))
-    x = RNN(self.d_rnn, self.rnn_type, self.rnn_n_layers, self.rnn_bi, self.rnn_dropout,
-            name='rnn')(x, lengths, deterministic=deterministic, rate=rates.get('rnn_dropout'))
+      x = AttentionLayer(
+        self.d_rnn, self.n_heads, self.attn_dropout, self.attention, name=f'attn_{i}'
+      )(x, lengths, deterministic=deterministic, rate=rates.get('attn_dropout'))
+    x = RNN(
+      self.d_rnn, self.rnn_type, self.rnn_n_layers, self.rnn_bi, self.rnn_dropout, name='rnn'
+    )(x, lengths, deterministic=deterministic, rate=rates.get('rnn_dropout'))
     x = nn.relu(_torch_dense(self.d_out_fc, x.shape[-1], 'fc1')(x))
     x = Dropout(self.out_dropout)(x, deterministic, rates.get('out_dropout'))
-    return _torch_dense(self.n_targets, self.d_out_fc, 'fc2',
-                        bias_init=_out_bias_init(self.out_bias, self.n_targets))(x)
+    return _torch_dense(
+      self.n_targets, self.d_out_fc, 'fc2', bias_init=_out_bias_init(self.out_bias, self.n_targets)
+    )(x)
 
 
 class LateFusion(nn.Module):
   """The paper's second-level model: (bi)LSTM + Dense over stacked first-level predictions."""
+
   d_rnn: int = 32
   rnn_n_layers: int = 1
   rnn_bi: bool = True
@@ -254,13 +293,20 @@ class LateFusion(nn.Module):
   out_bias: Sequence[float] = (0.0,)
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array, *, deterministic: bool = True,
-               rates: Mapping[str, Any] | None = None) -> jax.Array:
-    x = RNN(self.d_rnn, 'lstm', self.rnn_n_layers, self.rnn_bi, self.rnn_dropout,
-            name='rnn')(x, lengths, deterministic=deterministic,
-                        rate=(rates or {}).get('rnn_dropout'))
-    return _torch_dense(self.n_targets, x.shape[-1], 'fc',
-                        bias_init=_out_bias_init(self.out_bias, self.n_targets))(x)
+  def __call__(
+    self,
+    x: jax.Array,
+    lengths: jax.Array,
+    *,
+    deterministic: bool = True,
+    rates: Mapping[str, Any] | None = None,
+  ) -> jax.Array:
+    x = RNN(self.d_rnn, 'lstm', self.rnn_n_layers, self.rnn_bi, self.rnn_dropout, name='rnn')(
+      x, lengths, deterministic=deterministic, rate=(rates or {}).get('rnn_dropout')
+    )
+    return _torch_dense(
+      self.n_targets, x.shape[-1], 'fc', bias_init=_out_bias_init(self.out_bias, self.n_targets)
+    )(x)
 
 
 MODELS = {'regressor': Regressor, 'late_fusion': LateFusion}

@@ -2,9 +2,11 @@
 
 Every file is written atomically (files.py). Only process 0 calls these in multi-host runs.
 """
+
 import json
 import os
 
+import numpy as np
 
 from muse_jax import files
 from muse_jax.errors import MuseError
@@ -16,9 +18,11 @@ WRITTEN_FIELDS = ('written_by', 'what', 'eval_seed', 'seed', 'best_epoch', 'resu
 
 def pyplot():
   """matplotlib's pyplot on the file-only Agg backend (no display on a cluster node)."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib  # noqa: PLC0415  (Agg set before pyplot loads)
+
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt  # noqa: PLC0415  (after the backend)
+
   return plt
 
 
@@ -39,15 +43,19 @@ def read_written(workdir: str) -> dict:
     with open(path, encoding='utf-8') as f:
       w = json.load(f)
   except FileNotFoundError:
-    raise MuseError(f'{path}: not found, so {workdir} is unfinished or of another version of '
-                    'muse_jax (this one writes it with predictions/); rerun its training, or '
-                    'retrain it in a new --workdir') from None
+    raise MuseError(
+      f'{path}: not found, so {workdir} is unfinished or of another version of '
+      'muse_jax (this one writes it with predictions/); rerun its training, or '
+      'retrain it in a new --workdir'
+    ) from None
   except (OSError, ValueError) as e:
     raise MuseError(f'{path}: unreadable ({e}); evaluate the run again (--mode=evaluate)') from None
   missing = [k for k in WRITTEN_FIELDS if not isinstance(w, dict) or k not in w]
   if missing:
-    raise MuseError(f'{path}: written by another version of muse_jax (no {missing[0]}); retrain '
-                    'the run in a new --workdir')
+    raise MuseError(
+      f'{path}: written by another version of muse_jax (no {missing[0]}); retrain '
+      'the run in a new --workdir'
+    )
   return w
 
 
@@ -58,7 +66,6 @@ def write_member_predictions(workdir: str, per_split: dict, videos: dict) -> Non
   """Every member's devel and test predictions of the labelled videos, with their labels
   (`<split>/<Id>/pred` [S, T, K], `<split>/<Id>/label` [T, K]): a sweep's ensemble of its best
   members across groups is scored from these (muse_jax.sweep), without re-running any model."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
   arrays = {}
   for split in ('devel', 'test'):
     preds = per_split[split][0]
@@ -78,7 +85,8 @@ class MetricLog:
   """
 
   def __init__(self, workdir: str, resume_after: int = 0):
-    import jax  # pylint: disable=import-outside-toplevel
+    import jax  # noqa: PLC0415  (only a training run needs JAX here)
+
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.records = []
@@ -94,7 +102,8 @@ class MetricLog:
           if r.get('epoch', 0) <= resume_after:
             self.records.append(r)
     files.atomic_write(self.path, ''.join(json.dumps(r) + '\n' for r in self.records))
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    from tensorboardX import SummaryWriter  # noqa: PLC0415  (costly: only a training run)
+
     self.tb = SummaryWriter(os.path.join(workdir, 'tb'), purge_step=resume_after + 1)
 
   def write(self, record: dict) -> None:
@@ -125,16 +134,19 @@ class MetricLog:
       self.tb.close()
 
 
-def write_predictions(folder: str, videos, preds, targets,
-                      columns=('timestamp', 'value', 'segment_id')) -> None:
+def write_predictions(
+  folder: str, videos, preds, targets, columns=('timestamp', 'value', 'segment_id')
+) -> None:
   """The release's own format: <folder>/<target>/<Id>.csv on the label grid, with the label
   files' columns in the layout's order (`layout.Layout.label_columns`: MuSe 2020
   timestamp,value,segment_id; 2021/2022 and plain timestamp,segment_id,value)."""
   for v, p in zip(videos, preds):
     for k, target in enumerate(targets):
-      cells = {'timestamp': [str(int(t)) for t in v.timestamp.tolist()],
-               'segment_id': [str(int(s)) for s in v.segment_id.tolist()],
-               'value': [f'{val:.7g}' for val in p[:, k].tolist()]}
+      cells = {
+        'timestamp': [str(int(t)) for t in v.timestamp.tolist()],
+        'segment_id': [str(int(s)) for s in v.segment_id.tolist()],
+        'value': [f'{val:.7g}' for val in p[:, k].tolist()],
+      }
       lines = [','.join(columns)] + [','.join(row) for row in zip(*(cells[c] for c in columns))]
       files.atomic_write(os.path.join(folder, target, f'{v.id}.csv'), '\n'.join(lines) + '\n')
 
@@ -166,8 +178,9 @@ def plot_videos(workdir: str, videos, preds, targets, cccs=None) -> None:
 def plot_per_video_ccc(workdir: str, cccs: dict, targets, split: str, what: str) -> None:
   """plots/per_video_<split>_ccc.png: each video's CCC, sorted, one panel per target."""
   plt = pyplot()
-  fig, axes = plt.subplots(len(targets), 1, figsize=(max(6, 0.25 * len(cccs) + 2),
-                                                    2.6 * len(targets)), squeeze=False)
+  fig, axes = plt.subplots(
+    len(targets), 1, figsize=(max(6, 0.25 * len(cccs) + 2), 2.6 * len(targets)), squeeze=False
+  )
   for k, target in enumerate(targets):
     ids = sorted(cccs, key=lambda v: cccs[v][target])
     ax = axes[k, 0]
@@ -177,8 +190,9 @@ def plot_per_video_ccc(workdir: str, cccs: dict, targets, split: str, what: str)
     ax.axhline(0, color='black', lw=0.5)
   fig.suptitle(f'{split}: CCC per video, sorted ({what})')
   fig.tight_layout()
-  with files.atomic_path(os.path.join(workdir, 'plots', f'per_video_{split}_ccc.png'),
-                         '.png') as tmp:
+  with files.atomic_path(
+    os.path.join(workdir, 'plots', f'per_video_{split}_ccc.png'), '.png'
+  ) as tmp:
     fig.savefig(tmp, dpi=80)
   plt.close(fig)
 
@@ -199,37 +213,49 @@ def seed_lines(results: dict) -> list:
   ensemble's, side by side (the run's log and its last printed lines)."""
   if 'ensemble' not in results or 'devel_ccc_mean' not in results:
     return []
-  best = results['seeds'][results['best_member']] if 'best_member' in results else next(
-      s for s in results['seeds'] if s['seed'] == results['best_seed'])
+  best = (
+    results['seeds'][results['best_member']]
+    if 'best_member' in results
+    else next(s for s in results['seeds'] if s['seed'] == results['best_seed'])
+  )
   lines = []
   for split in ('devel', 'test'):
     if f'{split}_ccc_mean' in results:
       ens = results['ensemble'].get(split)
-      lines.append(f'{split}: mean CCC of the best seed ({best["seed"]}) '
-                   f'{best[split]["mean_ccc"]:.4f}{interval(best[split], "mean_ccc")}, of '
-                   f'{len(results["seeds"])} seeds {results[f"{split}_ccc_mean"]:.4f} +- '
-                   f'{results[f"{split}_ccc_std"]:.4f} (sample std)'
-                   + (f', of their ensemble {ens["mean_ccc"]:.4f}{interval(ens, "mean_ccc")}'
-                      if ens else ''))
+      lines.append(
+        f'{split}: mean CCC of the best seed ({best["seed"]}) '
+        f'{best[split]["mean_ccc"]:.4f}{interval(best[split], "mean_ccc")}, of '
+        f'{len(results["seeds"])} seeds {results[f"{split}_ccc_mean"]:.4f} +- '
+        f'{results[f"{split}_ccc_std"]:.4f} (sample std)'
+        + (f', of their ensemble {ens["mean_ccc"]:.4f}{interval(ens, "mean_ccc")}' if ens else '')
+      )
   return lines
 
 
 def summary(results: dict) -> str:
   """The lines printed at the end: best epoch and CCC per target (predict: where it wrote)."""
   ens = results.get('ensemble') if results.get('seed') in ('ensemble', 'sweep_ensemble') else None
-  written = (f'the ensemble of {ens["name"]}' if ens and 'name' in ens else
-             f'the ensemble of seeds {", ".join(map(str, ens["seeds"]))} (best epochs '
-             f'{", ".join(map(str, ens["best_epochs"]))})' if ens else
-             f'seed {results["seed"]} (epoch {results["best_epoch"]})')
+  written = (
+    f'the ensemble of {ens["name"]}'
+    if ens and 'name' in ens
+    else f'the ensemble of seeds {", ".join(map(str, ens["seeds"]))} (best epochs '
+    f'{", ".join(map(str, ens["best_epochs"]))})'
+    if ens
+    else f'seed {results["seed"]} (epoch {results["best_epoch"]})'
+  )
   if 'predictions' in results and 'devel' not in results:
-    return (f'predictions of {written} for {sum(results["videos"].values())} videos in '
-            f'{results["predictions"]}')
+    return (
+      f'predictions of {written} for {sum(results["videos"].values())} videos in '
+      f'{results["predictions"]}'
+    )
   lines = [f'predictions of {written}' if ens else f'best epoch {results["best_epoch"]}']
   for split in ('devel', 'test'):
     m = results.get(split)
     if m:
-      lines.append(f'{split}: ' + '  '.join(
-          f'{t} CCC {m[t]["ccc"]:.4f}{interval(m[t])}' for t in results['targets']))
+      lines.append(
+        f'{split}: '
+        + '  '.join(f'{t} CCC {m[t]["ccc"]:.4f}{interval(m[t])}' for t in results['targets'])
+      )
     elif split == 'test':
       lines.append('test: no labels in this tree, no test CCC (predictions are written)')
   lines += seed_lines(results)  # several seeds: the best one, their spread, average

@@ -5,6 +5,7 @@ train statistics, NaN policy and best parameters applied to raw feature rows. A 
 with `seed_index='sweep_ensemble'` is the mean of its best members (each group's own
 statistics), as `--mode=predict --config.eval_seed=sweep_ensemble` writes it.
 """
+
 import os
 
 from absl import logging
@@ -55,10 +56,12 @@ class Predictor:
     mngr = checkpoint.open_trained(workdir)
     self._mesh = sharding.make_mesh(1)
     impl = steps.attention_impl(self.config, sharding.platform(self._mesh))
-    model, _, state = steps.create_state(self.config, sum(self.dims), len(self.targets),
-                                         spec.seeds, impl)
+    model, _, state = steps.create_state(
+      self.config, sum(self.dims), len(self.targets), spec.seeds, impl
+    )
     state, meta = checkpoint.restore(
-        mngr, state, checkpoint.model_signature(spec, self.dims, self.step_ms), workdir)
+      mngr, state, checkpoint.model_signature(spec, self.dims, self.step_ms), workdir
+    )
     seeds = list(spec.seeds)
     if seed_index is None:  # what the workdir's results.json wrote: its eval_seed (by index,
       # never by seed value: a sweep's members share seeds)
@@ -67,8 +70,9 @@ class Predictor:
     if isinstance(seed_index, (list, tuple)):
       bad = [i for i in seed_index if not 0 <= i < len(seeds)]
       if bad or not seed_index:
-        raise MuseError(f'{workdir}: member indices {list(seed_index)} are not in '
-                        f'[0, {len(seeds)})')
+        raise MuseError(
+          f'{workdir}: member indices {list(seed_index)} are not in [0, {len(seeds)})'
+        )
       choice = list(seed_index)
     else:
       choice = config_util.eval_seed(seed_index, len(seeds))
@@ -86,12 +90,18 @@ class Predictor:
     self._parts = [(Predictor(group, members), len(members)) for group, members in parts]
     first = self._parts[0][0]
     for p, _ in self._parts[1:]:
-      if (p.inputs, p.dims, p.step_ms, p.targets) != (first.inputs, first.dims, first.step_ms,
-                                                      first.targets):
-        raise MuseError(f"{workdir}: the sweep's ensemble members read different inputs "
-                        f'({first.inputs} and {p.inputs}) or predict different targets; a '
-                        'Predictor takes one set of raw features: use --mode=predict '
-                        '--config.eval_seed=sweep_ensemble on a tree instead')
+      if (p.inputs, p.dims, p.step_ms, p.targets) != (
+        first.inputs,
+        first.dims,
+        first.step_ms,
+        first.targets,
+      ):
+        raise MuseError(
+          f"{workdir}: the sweep's ensemble members read different inputs "
+          f'({first.inputs} and {p.inputs}) or predict different targets; a '
+          'Predictor takes one set of raw features: use --mode=predict '
+          '--config.eval_seed=sweep_ensemble on a tree instead'
+        )
     self.config, self.stats, self.targets = first.config, first.stats, first.targets
     self.inputs, self.dims, self.step_ms = first.inputs, first.dims, first.step_ms
     self.seeds = [s for p, _ in self._parts for s in p.seeds]
@@ -99,19 +109,24 @@ class Predictor:
   def __call__(self, raw_x: np.ndarray, timestamps=None) -> np.ndarray:
     if self._parts:
       k = sum(n for _, n in self._parts)
-      return (sum(n * p(raw_x, timestamps).astype(np.float64) for p, n in self._parts)
-              / k).astype(np.float32)
+      return (sum(n * p(raw_x, timestamps).astype(np.float64) for p, n in self._parts) / k).astype(
+        np.float32
+      )
     raw_x = np.asarray(raw_x, np.float32)
     if timestamps is not None:
       if len(timestamps) != len(raw_x):
         raise MuseError(f'{len(timestamps)} timestamps for {len(raw_x)} feature rows')
       step = reader.grid_step(np.asarray(timestamps))
       if step and step != self.step_ms:
-        raise MuseError(f'the features are on a {step} ms grid, but the model learnt on a '
-                        f'{self.step_ms} ms grid; extract them with --step_ms {self.step_ms}')
+        raise MuseError(
+          f'the features are on a {step} ms grid, but the model learnt on a '
+          f'{self.step_ms} ms grid; extract them with --step_ms {self.step_ms}'
+        )
     if raw_x.ndim != 2 or raw_x.shape[1] != sum(self.dims):
-      raise MuseError(f'expected features [T, {sum(self.dims)}] for inputs '
-                      f'{dict(zip(self.inputs, self.dims))}, got {raw_x.shape}')
+      raise MuseError(
+        f'expected features [T, {sum(self.dims)}] for inputs '
+        f'{dict(zip(self.inputs, self.dims))}, got {raw_x.shape}'
+      )
     bad = self.stats.out_of_range(raw_x, self._max_abs_z)
     if bad.any():
       logging.warning('%d input cells NaN, Inf or out of range set to the train mean', bad.sum())
@@ -119,8 +134,8 @@ class Predictor:
     n = len(x)
     t = np.arange(n) * self.step_ms if timestamps is None else np.asarray(timestamps)
     video = video_lib.unlabelled('input', t, np.ones(n, np.int32), x, self.targets)
-    pred = inference.combine(inference.predict_videos(self._eval, self.params, [video],
-                                                      self._mesh), range(len(self.seeds)))[0]
+    pred = inference.combine(
+      inference.predict_videos(self._eval, self.params, [video], self._mesh), range(len(self.seeds))
+    )[0]
     inference.check_finite([pred], [video], 'new', f'seeds {self.seeds}')
     return pred
-

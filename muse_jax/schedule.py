@@ -5,6 +5,7 @@ on exactly where the killed one was.
 Next to it, the member policy built on what those schedules recorded: which seeds (a sweep's
 members) are written, averaged or refused as untrained (`choose`).
 """
+
 import dataclasses
 
 import numpy as np
@@ -16,8 +17,9 @@ from muse_jax.errors import MuseError
 class SeedTracker:
   """One seed's plateau schedule (torch ReduceLROnPlateau: mode min, rel threshold 1e-4,
   cooldown 0) and early stopping. Serialised into every checkpoint."""
+
   lr: float
-  seed: int = -1          # which seed (for logs, and tests that script a seed's devel scores)
+  seed: int = -1  # which seed (for logs, and tests that script a seed's devel scores)
   plateau_best: float = float('inf')
   plateau_bad: int = 0
   best_ccc: float = -float('inf')
@@ -52,9 +54,13 @@ def ensemble_members(trackers, initial) -> list:
   """Indices of the seeds the ensemble averages: those whose best parameters come from training
   and beat the untrained model on devel (what `check_trained` asks of a chosen seed). From the
   checkpoint alone, so training, evaluate, predict and `Predictor` average the same seeds."""
-  return [s for s, t in enumerate(trackers)
-          if t.best_epoch > 0 and np.isfinite(t.best_ccc)
-          and not (initial is not None and np.isfinite(initial[s]) and t.best_ccc <= initial[s])]
+  return [
+    s
+    for s, t in enumerate(trackers)
+    if t.best_epoch > 0
+    and np.isfinite(t.best_ccc)
+    and not (initial is not None and np.isfinite(initial[s]) and t.best_ccc <= initial[s])
+  ]
 
 
 def best_tracked(trackers) -> int:
@@ -86,16 +92,23 @@ def seed_value(eval_seed, picked, seeds):
   return 'ensemble' if eval_seed == 'ensemble' else seeds[picked[0]]
 
 
-def choose(workdir: str, eval_seed, trackers, initial, seeds, scored=None,
-           best: int | None = None) -> tuple:
+def choose(
+  workdir: str, eval_seed, trackers, initial, seeds, scored=None, best: int | None = None
+) -> tuple:
   """(picked seed indices, their name): what `eval_seed` picks, each checked by `check_trained`
   against its devel CCC (`scored`: as scored now, per seed; default: as its tracker recorded
   it). `best`: the best seed (default: the best tracked)."""
   best = best_tracked(trackers) if best is None else best
   picked = pick_seeds(eval_seed, trackers, initial, best)
   for s in picked:
-    check_trained(workdir, trackers[s], seeds[s],
-                  trackers[s].best_ccc if scored is None else scored[s], initial, s)
+    check_trained(
+      workdir,
+      trackers[s],
+      seeds[s],
+      trackers[s].best_ccc if scored is None else scored[s],
+      initial,
+      s,
+    )
   return picked, written_name(eval_seed, picked, seeds)
 
 
@@ -107,15 +120,21 @@ def check_trained(workdir, tracker, seed, ccc, initial, chosen) -> None:
   what = f'seed {seed}'
   if tracker.best_epoch == 0 or not np.isfinite(ccc):
     raise MuseError(
-        f'{workdir}: devel CCC of {what} is not finite (' + (
-            'in no epoch: only the untrained parameters exist' if tracker.best_epoch == 0
-            else f'with its best parameters, of epoch {tracker.best_epoch}') +
-        '), so nothing was scored or written; look for absurd values in the devel inputs or '
-        'labels (e.g. 1e30 as a missing-value marker; see config.max_abs_z)')
-  if (initial is not None and np.isfinite(initial[chosen])
-      and not tracker.best_ccc > initial[chosen]):
+      f'{workdir}: devel CCC of {what} is not finite ('
+      + (
+        'in no epoch: only the untrained parameters exist'
+        if tracker.best_epoch == 0
+        else f'with its best parameters, of epoch {tracker.best_epoch}'
+      )
+      + '), so nothing was scored or written; look for absurd values in the devel inputs or '
+      'labels (e.g. 1e30 as a missing-value marker; see config.max_abs_z)'
+    )
+  if (
+    initial is not None and np.isfinite(initial[chosen]) and not tracker.best_ccc > initial[chosen]
+  ):
     raise MuseError(
-        f'{workdir}: training never beat the untrained model on devel ({what}: best devel CCC '
-        f'{tracker.best_ccc:.4f} at epoch {tracker.best_epoch}, untrained {initial[chosen]:.4f}), '
-        'so no predictions were written; check that labels and features belong together, or try '
-        'another learning_rate or more num_epochs in a new --workdir')
+      f'{workdir}: training never beat the untrained model on devel ({what}: best devel CCC '
+      f'{tracker.best_ccc:.4f} at epoch {tracker.best_epoch}, untrained {initial[chosen]:.4f}), '
+      'so no predictions were written; check that labels and features belong together, or try '
+      'another learning_rate or more num_epochs in a new --workdir'
+    )

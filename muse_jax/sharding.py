@@ -10,9 +10,12 @@ the loss ignores empty rows, so results do not depend on how many devices there 
 multi-host job every process computes the same batch order and hands only its own rows to its own
 devices.
 """
+
 import jax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from muse_jax.errors import MuseError
@@ -24,12 +27,14 @@ def make_mesh(num_devices: int = 0, member_devices: int = 1) -> Mesh:
   devices = jax.devices()
   if num_devices > len(devices):
     raise MuseError(f'config.num_devices={num_devices}, but only {len(devices)} devices exist')
-  devices = np.array(devices[:num_devices or len(devices)])
+  devices = np.array(devices[: num_devices or len(devices)])
   if member_devices <= 1:
     return Mesh(devices, ('data',))
   if len(devices) % member_devices:
-    raise MuseError(f'config.member_devices={member_devices} does not divide the {len(devices)} '
-                    'devices of the mesh (config.num_devices)')
+    raise MuseError(
+      f'config.member_devices={member_devices} does not divide the {len(devices)} '
+      'devices of the mesh (config.num_devices)'
+    )
   return Mesh(devices.reshape(member_devices, -1), ('member', 'data'))
 
 
@@ -56,8 +61,7 @@ def shard(batch: dict, mesh: Mesh) -> dict:
   out = {}
   for k, v in batch.items():
     rows = v.shape[0] // n
-    out[k] = jax.make_array_from_process_local_data(sharding, v[i * rows:(i + 1) * rows],
-                                                    v.shape)
+    out[k] = jax.make_array_from_process_local_data(sharding, v[i * rows : (i + 1) * rows], v.shape)
   return out
 
 
@@ -73,16 +77,22 @@ def place_members(tree, mesh: Mesh, n_members: int):
   replicated; other leaves (the step counter) replicated."""
   if 'member' not in mesh.axis_names:
     return replicate(tree, mesh)
-  return jax.tree.map(lambda x: replicate(x, mesh, P('member') if np.ndim(x) and np.shape(x)[0] ==
-                                          n_members else P()), tree)
+  return jax.tree.map(
+    lambda x: replicate(
+      x, mesh, P('member') if np.ndim(x) and np.shape(x)[0] == n_members else P()
+    ),
+    tree,
+  )
 
 
 def replicate(tree, mesh: Mesh, spec=None):
   sharding = NamedSharding(mesh, P() if spec is None else spec)
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
+
   # Multi-host: build each global array from host values (identical on every process).
   def put(x):
     x = np.asarray(jax.device_get(x))
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
   return jax.tree.map(put, tree)

@@ -7,6 +7,7 @@ the segment id. They are joined video by video on the label grid (early fusion);
 large for memory go to an unlinked file in the workdir as they are made (`_Spill`). Labels come
 from the first source and keep only the run's targets.
 """
+
 import os
 import shutil
 import tempfile
@@ -42,17 +43,23 @@ def prepare_data(spec, workdir: str, fit_stats: bool, require=('train', 'devel')
   videos, dims = load_videos(spec, spill_dir, spill_over, require)
   stats_path = os.path.join(workdir, 'norm_stats.npz')
   fit = fit_stats and not os.path.exists(stats_path)
-  stats = (normalization.compute_stats(spec, videos['train'], dims) if fit
-           else normalization.NormStats.load(stats_path))
+  stats = (
+    normalization.compute_stats(spec, videos['train'], dims)
+    if fit
+    else normalization.NormStats.load(stats_path)
+  )
   step = grid_step(spec)
   if fit:
     stats.step_ms = step
   elif stats.step_ms and step and stats.step_ms != step:
-    raise MuseError(f'{spec.data_root}: this data is on a {step} ms grid, but the model in '
-                    f'{workdir} learnt on a {stats.step_ms} ms grid; its windows are in frames, so '
-                    'give it data on its own grid (or train a model on this one)')
-  columns = {n: (build.build_info(spec.data_dir, n) or {}).get('columns')
-             for n in spec.feature_sets}
+    raise MuseError(
+      f'{spec.data_root}: this data is on a {step} ms grid, but the model in '
+      f'{workdir} learnt on a {stats.step_ms} ms grid; its windows are in frames, so '
+      'give it data on its own grid (or train a model on this one)'
+    )
+  columns = {
+    n: (build.build_info(spec.data_dir, n) or {}).get('columns') for n in spec.feature_sets
+  }
   if fit:
     stats.columns = columns
   else:
@@ -71,9 +78,11 @@ def _check_columns(spec, stats, columns: dict) -> None:
     if want and have and want != have:
       j = next((j for j, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
       at = lambda cols: repr(cols[j]) if j < len(cols) else 'nothing'
-      raise MuseError(f'{layout.feature_folder(spec.data_root, name)}: column {j + 1} of feature '
-                      f'set {name} is {at(have)}, the model was trained with {at(want)} there; '
-                      'give this tree the training columns in the same order')
+      raise MuseError(
+        f'{layout.feature_folder(spec.data_root, name)}: column {j + 1} of feature '
+        f'set {name} is {at(have)}, the model was trained with {at(want)} there; '
+        'give this tree the training columns in the same order'
+      )
 
 
 def _physical_memory() -> int:
@@ -83,8 +92,9 @@ def _physical_memory() -> int:
     return 1 << 40  # unknown: never spill automatically
 
 
-def load_videos(spec, spill_dir: str | None = None, spill_over: float | None = None,
-                require=('train', 'devel')) -> tuple:
+def load_videos(
+  spec, spill_dir: str | None = None, spill_over: float | None = None, require=('train', 'devel')
+) -> tuple:
   """Reads and joins the configured feature sets, then the fusion runs' predictions, by video.
 
   Returns ({split: [Video]}, dims): features not yet normalised; dims per input name. Only one
@@ -106,15 +116,18 @@ def load_videos(spec, spill_dir: str | None = None, spill_over: float | None = N
     predicted = fusion.load_runs(runs, targets, root, _grid_videos(grid))
   names = list(sets) + list(predicted)  # input sources, in column order
   dims = [sets[n].dim for n in sets] + [1] * len(predicted) + ([1] if add_segment_id else [])
-  predicted = {name: {split: {v.id: v for v in vs} for split, vs in by_split.items()}
-               for name, by_split in predicted.items()}
+  predicted = {
+    name: {split: {v.id: v for v in vs} for split, vs in by_split.items()}
+    for name, by_split in predicted.items()
+  }
 
   def ids(name, split):
     return sets[name].ids(split) if name in sets else list(predicted[name].get(split, {}))
 
   def rows(name, split, vid):
-    return (sets[name].rows(split, vid) if name in sets
-            else len(predicted[name][split][vid].timestamp))
+    return (
+      sets[name].rows(split, vid) if name in sets else len(predicted[name][split][vid].timestamp)
+    )
 
   order = {}
   for split in layout.SPLITS:
@@ -122,33 +135,42 @@ def load_videos(spec, spill_dir: str | None = None, spill_over: float | None = N
     for name in names[1:]:
       if set(ids(name, split)) != set(order[split]):
         diff = sorted(set(ids(name, split)) ^ set(order[split]))[:5]
-        raise MuseError(f'{split}: feature sets {names[0]} and {name} hold different videos '
-                        f'(e.g. {diff}); rebuild or fix the tree')
+        raise MuseError(
+          f'{split}: feature sets {names[0]} and {name} hold different videos '
+          f'(e.g. {diff}); rebuild or fix the tree'
+        )
   for split in require:  # devel selects the epoch, the seed and the lr schedule
     if not order[split]:
-      raise MuseError(f'{layout.of(root).partition_path}: the {split} partition has no '
-                      f'videos; list some as {split} (training needs train and devel videos)')
+      raise MuseError(
+        f'{layout.of(root).partition_path}: the {split} partition has no '
+        f'videos; list some as {split} (training needs train and devel videos)'
+      )
   far_off = []
   spill = None
   if spill_dir is not None:
     # The joined length of a video is at most its shortest source (_join_grid): a bound up front.
-    total = sum(min(rows(n, split, vid) for n in names)
-                for split in layout.SPLITS for vid in order[split])
+    total = sum(
+      min(rows(n, split, vid) for n in names) for split in layout.SPLITS for vid in order[split]
+    )
     if spill_over is None or total * sum(dims) * 4 > spill_over:
       spill = _Spill(spill_dir, total, sum(dims))
   out = {}
   for split in layout.SPLITS:
     videos = []
     for vid in order[split]:
-      per_set = {name: sets[name].read(split, vid) if name in sets else predicted[name][split][vid]
-                 for name in names}
+      per_set = {
+        name: sets[name].read(split, vid) if name in sets else predicted[name][split][vid]
+        for name in names
+      }
       per_set = _join_grid(vid, per_set)
       first = per_set[names[0]].select(targets)
       if split in require and not first.has_labels:
         lacking = targets[first.labelled.index(False)]
-        raise MuseError(f'{layout.label_path(root, lacking, vid)}: label file missing for '
-                        f'{split} video {vid}; add it, or train without {lacking} '
-                        '(config.targets): train and devel videos need labels of every target')
+        raise MuseError(
+          f'{layout.label_path(root, lacking, vid)}: label file missing for '
+          f'{split} video {vid}; add it, or train without {lacking} '
+          '(config.targets): train and devel videos need labels of every target'
+        )
       cols = [per_set[name].x for name in names]
       if add_segment_id:
         cols.append(first.segment_id[:, None].astype(np.float32))
@@ -164,16 +186,28 @@ def load_videos(spec, spill_dir: str | None = None, spill_over: float | None = N
       if spill:
         spill.write(x)
         x = None  # set by spill.map
-      videos.append(Video(vid, np.asarray(first.timestamp), np.asarray(first.segment_id), x, y,
-                          tuple(targets), first.labelled))
+      videos.append(
+        Video(
+          vid,
+          np.asarray(first.timestamp),
+          np.asarray(first.segment_id),
+          x,
+          y,
+          tuple(targets),
+          first.labelled,
+        )
+      )
     out[split] = videos
   for path, value in far_off[:5]:
-    logging.warning('%s: label value %.6g is far off the release scale (labels of the MuSe '
-                    'releases lie within [-1, 1]); check the file, or that every label file has '
-                    'the same scale', path, value)
+    logging.warning(
+      '%s: label value %.6g is far off the release scale (labels of the MuSe '
+      'releases lie within [-1, 1]); check the file, or that every label file has '
+      'the same scale',
+      path,
+      value,
+    )
   if len(far_off) > 5:
-    logging.warning('%d more label files hold values beyond +-%g', len(far_off) - 5,
-                    LABEL_WARN_ABS)
+    logging.warning('%d more label files hold values beyond +-%g', len(far_off) - 5, LABEL_WARN_ABS)
   if spill:
     spill.map([v for split in layout.SPLITS for v in out[split]])
   return out, dims
@@ -212,16 +246,27 @@ def _join_grid(vid, per_set) -> dict:
   for name, t in zip(names, ts):
     idx = np.searchsorted(t, common)
     left = np.setdiff1d(t, common)  # rows only this set has: must be ends on the same grid
-    if (not len(common) or idx[-1] - idx[0] + 1 != len(common)
-        or (step and ((left - common[0]) % step).any())):
+    if (
+      not len(common)
+      or idx[-1] - idx[0] + 1 != len(common)
+      or (step and ((left - common[0]) % step).any())
+    ):
       odd = left[(left - common[0]) % step != 0] if step and len(common) else left
-      raise MuseError(f'video {vid}: feature sets {names[0]} and {name} are on different grids '
-                      f'(timestamp {odd[0] if len(odd) else t[0]} of {name} is not in every set); '
-                      'fix the feature files')
+      raise MuseError(
+        f'video {vid}: feature sets {names[0]} and {name} are on different grids '
+        f'(timestamp {odd[0] if len(odd) else t[0]} of {name} is not in every set); '
+        'fix the feature files'
+      )
     out[name] = per_set[name].rows(int(idx[0]), int(idx[-1]) + 1)
-  logging.info('video %s: feature sets cover %s rows; using the %d rows at the timestamps all of '
-               'them have (%d..%d ms)', vid, {k: len(t) for k, t in zip(names, ts)}, len(common),
-               common[0], common[-1])
+  logging.info(
+    'video %s: feature sets cover %s rows; using the %d rows at the timestamps all of '
+    'them have (%d..%d ms)',
+    vid,
+    {k: len(t) for k, t in zip(names, ts)},
+    len(common),
+    common[0],
+    common[-1],
+  )
   return out
 
 
@@ -246,8 +291,10 @@ class _Spill:
     self.file = os.fdopen(fd, 'w+b')
 
   def _fail(self, why: str):
-    raise MuseError(f'{self.folder}: cannot hold the inputs on disk ({why}); free space there, '
-                    'use another workdir or set --config.inputs_on_disk=no')
+    raise MuseError(
+      f'{self.folder}: cannot hold the inputs on disk ({why}); free space there, '
+      'use another workdir or set --config.inputs_on_disk=no'
+    )
 
   def write(self, x: np.ndarray) -> None:
     """Appends one video's x (its view is set by `map`)."""
@@ -264,16 +311,22 @@ class _Spill:
     rows = sum(self.lengths)
     assert rows <= self.rows and [len(v.timestamp) for v in videos] == self.lengths
     self.file.flush()
-    mm = (np.memmap(self.file, np.float32, 'r+', shape=(rows, self.dim)) if rows
-          else np.zeros((0, self.dim), np.float32))
+    mm = (
+      np.memmap(self.file, np.float32, 'r+', shape=(rows, self.dim))
+      if rows
+      else np.zeros((0, self.dim), np.float32)
+    )
     self.file.close()  # the map keeps the data
     start = 0
     for v in videos:
       n = len(v.timestamp)
-      v.x = mm[start:start + n]
+      v.x = mm[start : start + n]
       start += n
-    logging.info('inputs (%.1f GiB) written to a memory-mapped file in %s',
-                 rows * self.dim * 4 / 2**30, self.folder)
+    logging.info(
+      'inputs (%.1f GiB) written to a memory-mapped file in %s',
+      rows * self.dim * 4 / 2**30,
+      self.folder,
+    )
 
 
 def grid_step(spec) -> int:
@@ -284,17 +337,21 @@ def grid_step(spec) -> int:
   steps = {n: int((build.build_info(spec.data_dir, n) or {}).get('step_ms') or 0) for n in names}
   known = {n: s for n, s in steps.items() if s}
   if len(set(known.values())) > 1:
-    raise MuseError(f'{spec.data_root}: feature sets are on different grids '
-                    f'({", ".join(f"{n} {s} ms" for n, s in known.items())}); early fusion joins '
-                    'them frame by frame, so put them on one grid')
+    raise MuseError(
+      f'{spec.data_root}: feature sets are on different grids '
+      f'({", ".join(f"{n} {s} ms" for n, s in known.items())}); early fusion joins '
+      'them frame by frame, so put them on one grid'
+    )
   return next(iter(known.values()), 0)
 
 
 def ensure_built(spec) -> tuple:
   """Builds the configured feature sets if missing or stale; returns (root, data_dir)."""
   if not spec.data_root:
-    raise MuseError('config.data_root is empty: point it at a MuSe-layout tree '
-                    '(--data_root=/path/to/muse_root or --config.data_root=...)')
+    raise MuseError(
+      'config.data_root is empty: point it at a MuSe-layout tree '
+      '(--data_root=/path/to/muse_root or --config.data_root=...)'
+    )
   sets, runs = list(spec.feature_sets), list(spec.fusion_runs)
   grid_set = [fusion.grid_feature_set(runs, sets)] if runs else []
   build.ensure_built(spec.data_root, spec.data_dir, list(dict.fromkeys(sets + grid_set)))

@@ -6,6 +6,7 @@ init and dropout), vmapped or one seed after the other (`seeds_mapped`). Adam's 
 an injected hyperparameter per seed, so the host-side plateau schedule (schedule.py) changes it
 without recompiling.
 """
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from muse_jax.errors import MuseError
 @flax.struct.dataclass
 class TrainState:
   """Leading axis of every leaf but `step`: the seed."""
+
   step: jnp.ndarray
   params: flax.core.FrozenDict
   opt_state: optax.OptState
@@ -40,8 +42,12 @@ def create_state(config, d_in: int, n_targets: int, seeds=None, attention: str =
 
   keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0) for s in seeds])
   params, opt_state = jax.jit(jax.vmap(init))(keys)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                     best_params=jax.tree.map(jnp.copy, params))  # no shared buffers: donated
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=opt_state,
+    best_params=jax.tree.map(jnp.copy, params),
+  )  # no shared buffers: donated
   return model, tx, state
 
 
@@ -77,8 +83,10 @@ def attention_impl(config, platform: str) -> str:
   there), plain elsewhere (one big kernel beats a loop on GPU/TPU). 'cudnn' needs GPU devices."""
   impl = config.get('attention', 'auto')
   if impl == 'cudnn' and platform != 'gpu':
-    raise MuseError(f"config.attention='cudnn' (cuDNN's flash attention) needs GPU devices; "
-                    f"this run's are {platform}: use 'auto'")
+    raise MuseError(
+      f"config.attention='cudnn' (cuDNN's flash attention) needs GPU devices; "
+      f"this run's are {platform}: use 'auto'"
+    )
   return ('blocked' if platform == 'cpu' else 'plain') if impl == 'auto' else impl
 
 
@@ -90,27 +98,32 @@ def over_seeds(fn, mapped: bool, n_per_seed: int, skip=None):
   arguments, same output structure) instead of fn, so an early-stopped member of a sweep costs
   nothing (lax.cond on its scalar flag: only the taken branch runs). Vmapped, every seed computes
   (a batched flag turns the cond into a select) and the caller discards what it must."""
+
   def over(*args):
     per_seed, shared = args[:n_per_seed], args[n_per_seed:]
     if not mapped:
       return jax.vmap(lambda *xs: fn(*xs, *shared))(*per_seed)
 
     def one(_, xs):  # as lax.map(batch_size=1): the body vmapped over a size-1 axis
-      run = lambda: jax.tree.map(lambda a: a[0], jax.vmap(lambda *x: fn(*x, *shared))(
-          *jax.tree.map(lambda a: a[None], xs)))
+      run = lambda: jax.tree.map(
+        lambda a: a[0], jax.vmap(lambda *x: fn(*x, *shared))(*jax.tree.map(lambda a: a[None], xs))
+      )
       if skip is None:
         return None, run()
       i, fallback = skip
       return None, jax.lax.cond(xs[i], run, lambda: fallback(*xs, *shared))
+
     return jax.lax.scan(one, None, per_seed)[1]
+
   return over
 
 
 MEMBER_RATES = ('rnn_dropout', 'out_dropout', 'attn_dropout')  # a member's own dropout rates
 
 
-def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=False,
-                    seeds_map: bool = False):
+def make_train_step(
+  model, tx, loss_fn, weights, n_micro: int = 1, per_frame=False, seeds_map: bool = False
+):
   """(state, batch, keys [S], active [S] bool, member) -> (state, loss [S], finite [S]).
   `member`: None, or what a sweep's members set for themselves in this one step, leading axis
   [S]: {'rates': [S, 3]} (their MEMBER_RATES, instead of the model's) and/or {'weights': [S, K]}
@@ -123,19 +136,27 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
   result): each slice's mean loss is weighted by its valid sequences (CCC) or frames (per_frame
   losses, MSE/L1), which is exactly the whole batch's mean. seeds_map: see seeds_mapped.
   """
+
   def loss_of(params, batch, key, member):
     member = member or {}
     kw = {'rates': dict(zip(MEMBER_RATES, member['rates']))} if 'rates' in member else {}
-    pred = model.apply({'params': params}, batch['x'], batch['lengths'], deterministic=False,
-                       rngs={'dropout': key}, **kw)
+    pred = model.apply(
+      {'params': params},
+      batch['x'],
+      batch['lengths'],
+      deterministic=False,
+      rngs={'dropout': key},
+      **kw,
+    )
     return loss_fn(pred, batch['y'], batch['mask'], member.get('weights', weights))
 
   def grads_of(params, batch, key, member):
     if n_micro == 1:
       return jax.value_and_grad(loss_of)(params, batch, key, member)
     # Slice j holds rows j, j+M, ...: every device keeps an equal share of every slice.
-    slices = jax.tree.map(lambda a: jnp.swapaxes(
-        a.reshape((a.shape[0] // n_micro, n_micro) + a.shape[1:]), 0, 1), batch)
+    slices = jax.tree.map(
+      lambda a: jnp.swapaxes(a.reshape((a.shape[0] // n_micro, n_micro) + a.shape[1:]), 0, 1), batch
+    )
 
     def body(acc, inputs):
       mb, i = inputs
@@ -143,8 +164,11 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
       n = n.astype(jnp.float32)
       loss, g = jax.value_and_grad(loss_of)(params, mb, jax.random.fold_in(key, i), member)
       total_loss, total_g, total_n = acc
-      return (total_loss + loss * n, jax.tree.map(lambda a, b: a + b * n, total_g, g),
-              total_n + n), None
+      return (
+        total_loss + loss * n,
+        jax.tree.map(lambda a, b: a + b * n, total_g, g),
+        total_n + n,
+      ), None
 
     zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params), jnp.zeros(()))
     (loss, g, n), _ = jax.lax.scan(body, zero, (slices, jnp.arange(n_micro)))
@@ -154,8 +178,9 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
   def one_seed(params, opt_state, key, active, member, step, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(key), step)
     loss, grads = grads_of(params, batch, key, member)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    finite = jnp.isfinite(loss) & jnp.all(
+      jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    )
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     apply = finite & active
@@ -170,19 +195,24 @@ def make_train_step(model, tx, loss_fn, weights, n_micro: int = 1, per_frame=Fal
     if member is None:
       fn = lambda p, o, k, a, step, b: one_seed(p, o, k, a, None, step, b)
       params, opt_state, loss, finite = over_seeds(fn, seeds_map, 4, (3, stopped))(
-          state.params, state.opt_state, keys, active, state.step, batch)
+        state.params, state.opt_state, keys, active, state.step, batch
+      )
     else:
       params, opt_state, loss, finite = over_seeds(one_seed, seeds_map, 5, (3, stopped))(
-          state.params, state.opt_state, keys, active, member, state.step, batch)
+        state.params, state.opt_state, keys, active, member, state.step, batch
+      )
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss, finite
+
   return jax.jit(train_step, donate_argnums=(0,))
 
 
 def make_eval_step(model, seeds_map: bool = False):
   """(params [S, ...], batch) -> predictions [S, B, T, K]."""
+
   def eval_step(params, batch):
     apply = lambda p: model.apply({'params': p}, batch['x'], batch['lengths'], deterministic=True)
     return over_seeds(apply, seeds_map, 1)(params)
+
   return jax.jit(eval_step)
 
 

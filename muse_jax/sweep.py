@@ -17,8 +17,9 @@ min_learning_rate, plateau_patience, plateau_factor, early_stopping_patience, mo
 model.out_dropout, model.attn_dropout, loss_weights: rates and weights are traced into the
 step) share that step
 (`config.members`; they share the batch order, config.data_seed, default the config's seed:
-a member with a swept seed equals a separate run with that seed and that data_seed). Other fields (feature sets, normalisation, windows, batch, targets, model
-sizes, the loss) form groups that run one after another in this process,
+a member with a swept seed equals a separate run with that seed and that data_seed). Other
+fields (feature sets, normalisation, windows, batch, targets, model sizes, the loss) form groups
+that run one after another in this process,
 each an
 ordinary run compiled once: `W/groups/g<i>/`, resumable like any run (kill -9 and rerun the same
 command). Every member's setting is validated before any compute.
@@ -40,6 +41,7 @@ same workdir; every shard writes the same `W/sweep_plan.json` (a different sweep
 is refused), and the one that finds every group finished writes the report
 (`python -m muse_jax.sweep_report W` does it by hand).
 """
+
 import itertools
 import json
 import os
@@ -95,11 +97,20 @@ def _typed(name: str, text, current):
       raise MuseError(f'--sweep {name}={text}: not a number, as {name}={current!r}') from None
   else:
     value = text
-  if isinstance(current, bool) != isinstance(value, bool) or (
-      isinstance(current, (int, float)) and not isinstance(current, bool)
-      and not isinstance(value, (int, float))) or (
-          isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float)
-          and not value.is_integer()):
+  if (
+    isinstance(current, bool) != isinstance(value, bool)
+    or (
+      isinstance(current, (int, float))
+      and not isinstance(current, bool)
+      and not isinstance(value, (int, float))
+    )
+    or (
+      isinstance(current, int)
+      and not isinstance(current, bool)
+      and isinstance(value, float)
+      and not value.is_integer()
+    )
+  ):
     raise MuseError(f'sweep {name}={value!r}: wrong type for {name}={current!r}')
   if isinstance(current, float) and isinstance(value, int):
     value = float(value)
@@ -119,11 +130,15 @@ def axes_of(config, specs) -> list:
     name, sep, values = spec.partition('=')
     name = name.strip()
     if not sep or not name or not values.strip():
-      raise MuseError(f'--sweep {spec!r}: write --sweep=field=value1,value2 (e.g. '
-                      '--sweep=learning_rate=0.002,0.005)')
+      raise MuseError(
+        f'--sweep {spec!r}: write --sweep=field=value1,value2 (e.g. '
+        '--sweep=learning_rate=0.002,0.005)'
+      )
     if name in NOT_AXES:
-      raise MuseError(f'--sweep {name}: not a sweep axis ({", ".join(NOT_AXES)} are set per run; '
-                      'seeds: --config.num_seeds)')
+      raise MuseError(
+        f'--sweep {name}: not a sweep axis ({", ".join(NOT_AXES)} are set per run; '
+        'seeds: --config.num_seeds)'
+      )
     if name in (a[0] for a in axes):
       raise MuseError(f'--sweep {name} is given twice; list its values once, comma separated')
     _, _, current = _field(config, name)
@@ -134,8 +149,12 @@ def axes_of(config, specs) -> list:
       parts = values.split(';')  # values holding commas: 'egemaps,fasttext;vggface'
     else:
       parts = values.split(',')
-    axes.append((name, [_typed(name, v.strip(), current) for v in parts
-                        if v.strip() or name == 'loss_weights']))  # '' = equal weights
+    axes.append(
+      (
+        name,
+        [_typed(name, v.strip(), current) for v in parts if v.strip() or name == 'loss_weights'],
+      )
+    )  # '' = equal weights
   return axes
 
 
@@ -143,16 +162,24 @@ def _range(name: str, text: str, current) -> dict:
   """lo:hi (or lo:hi:log / lo:hi:lin) of a numeric field, for --sweep_search=random:N: rates
   (fields ending in learning_rate) are drawn log-uniform, other fields uniform."""
   parts = text.split(':')
-  scale = parts[2].strip() if len(parts) == 3 else ('log' if name.endswith('learning_rate')
-                                                    else 'lin')
+  scale = (
+    parts[2].strip() if len(parts) == 3 else ('log' if name.endswith('learning_rate') else 'lin')
+  )
   try:
     lo, hi = (_typed(name, p.strip(), current) for p in parts[:2])
   except MuseError:
     lo = hi = None
-  if len(parts) not in (2, 3) or lo is None or scale not in ('log', 'lin') or not lo < hi or (
-      scale == 'log' and lo <= 0):
-    raise MuseError(f'--sweep {name}={text}: a range is lo:hi with lo < hi (lo:hi:log for a '
-                    'log-uniform draw, lo > 0), e.g. --sweep=learning_rate=1e-4:1e-2')
+  if (
+    len(parts) not in (2, 3)
+    or lo is None
+    or scale not in ('log', 'lin')
+    or not lo < hi
+    or (scale == 'log' and lo <= 0)
+  ):
+    raise MuseError(
+      f'--sweep {name}={text}: a range is lo:hi with lo < hi (lo:hi:log for a '
+      'log-uniform draw, lo > 0), e.g. --sweep=learning_rate=1e-4:1e-2'
+    )
   return {'range': [lo, hi], 'scale': scale, 'integer': isinstance(current, int)}
 
 
@@ -162,8 +189,10 @@ def search_of(text: str) -> int:
     return 0
   kind, _, n = text.partition(':')
   if kind != 'random' or not n.isdigit() or int(n) < 1:
-    raise MuseError(f'--sweep_search={text}: write random:N or optuna:N[:B] (N settings drawn '
-                    'from the --sweep axes: ranges lo:hi, lists a,b,c)')
+    raise MuseError(
+      f'--sweep_search={text}: write random:N or optuna:N[:B] (N settings drawn '
+      'from the --sweep axes: ranges lo:hi, lists a,b,c)'
+    )
   return int(n)
 
 
@@ -173,15 +202,17 @@ def optuna_of(text: str) -> tuple | None:
     return None
   parts = text.split(':')[1:]
   if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
-    raise MuseError(f'--sweep_search={text}: write optuna:N or optuna:N:B (N trials, proposed B '
-                    'at a time, each batch trained as one sweep)')
+    raise MuseError(
+      f'--sweep_search={text}: write optuna:N or optuna:N:B (N trials, proposed B '
+      'at a time, each batch trained as one sweep)'
+    )
   return int(parts[0]), int(parts[1]) if len(parts) == 2 else 8
 
 
 def _draw(axes, n: int, seed: int) -> list:
   """n settings drawn from the axes (ranges and lists), seeded: the same command, the same
   settings, so a rerun resumes the same sweep."""
-  rng = np.random.default_rng([seed, 0x5eed])
+  rng = np.random.default_rng([seed, 0x5EED])
   out = []
   for _ in range(n):
     setting = {}
@@ -189,8 +220,11 @@ def _draw(axes, n: int, seed: int) -> list:
       if isinstance(values, dict):
         lo, hi = values['range']
         u = rng.uniform()
-        v = (np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo))) if values['scale'] == 'log'
-             else lo + u * (hi - lo))
+        v = (
+          np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo)))
+          if values['scale'] == 'log'
+          else lo + u * (hi - lo)
+        )
         setting[name] = int(round(v)) if values['integer'] else float(f'{v:.4g}')
       else:
         setting[name] = values[int(rng.integers(len(values)))]
@@ -205,8 +239,10 @@ def settings_of(config, axes, sweep_list=None, search: int = 0) -> list:
     return _draw(axes, search, config.seed)
   ranged = [a[0] for a in axes if isinstance(a[1], dict)]
   if ranged and sweep_list is None:
-    raise MuseError(f'--sweep {ranged[0]}: a range (lo:hi) needs --sweep_search=random:N (or '
-                    'optuna:N); a grid lists values: --sweep=field=a,b,c')
+    raise MuseError(
+      f'--sweep {ranged[0]}: a range (lo:hi) needs --sweep_search=random:N (or '
+      'optuna:N); a grid lists values: --sweep=field=a,b,c'
+    )
   if sweep_list is not None:
     out = []
     for i, s in enumerate(sweep_list):
@@ -214,12 +250,15 @@ def settings_of(config, axes, sweep_list=None, search: int = 0) -> list:
         raise MuseError(f'get_sweep()[{i}] is {type(s).__name__}, not a dict of overrides')
       bad = [k for k in s if k in NOT_AXES]
       if bad:
-        raise MuseError(f'get_sweep()[{i}] sets {bad[0]}: not a sweep axis ({", ".join(NOT_AXES)}'
-                        ' are set per run; seeds: --config.num_seeds)')
+        raise MuseError(
+          f'get_sweep()[{i}] sets {bad[0]}: not a sweep axis ({", ".join(NOT_AXES)}'
+          ' are set per run; seeds: --config.num_seeds)'
+        )
       out.append({k: _typed(k, v, _field(config, k)[2]) for k, v in s.items()})
     return out
-  return [dict(zip([a[0] for a in axes], combo))
-          for combo in itertools.product(*[a[1] for a in axes])]
+  return [
+    dict(zip([a[0] for a in axes], combo)) for combo in itertools.product(*[a[1] for a in axes])
+  ]
 
 
 def _distinct(settings: list) -> list:
@@ -243,9 +282,11 @@ def plan(config, settings: list) -> list:
   settings = _distinct(settings)
   seeds = sorted({s['seed'] for s in settings if 'seed' in s})
   if config.num_seeds > 1 and any(b - a < config.num_seeds for a, b in zip(seeds, seeds[1:])):
-    raise MuseError(f'--sweep seed={",".join(map(str, seeds))} with num_seeds={config.num_seeds}: '
-                    'each swept seed starts its own seeds seed, seed+1, ...: these overlap (the '
-                    f'same member twice); space them by at least {config.num_seeds}')
+    raise MuseError(
+      f'--sweep seed={",".join(map(str, seeds))} with num_seeds={config.num_seeds}: '
+      'each swept seed starts its own seeds seed, seed+1, ...: these overlap (the '
+      f'same member twice); space them by at least {config.num_seeds}'
+    )
   groups = {}
   for setting in settings:
     shared = {k: v for k, v in setting.items() if k not in config_util.MEMBER_FIELDS}
@@ -273,7 +314,6 @@ def plan(config, settings: list) -> list:
   return out
 
 
-
 def parse_shard(text: str) -> tuple:
   """--sweep_shard=I/N -> (I, N): this process trains the groups k with k % N == I."""
   if not text:
@@ -284,23 +324,32 @@ def parse_shard(text: str) -> tuple:
   except ValueError:
     i = n = -1
   if not sep or n < 1 or not 0 <= i < n:
-    raise MuseError(f'--sweep_shard={text}: write I/N with 0 <= I < N (e.g. 0/4 for the first '
-                    'of 4 processes)')
+    raise MuseError(
+      f'--sweep_shard={text}: write I/N with 0 <= I < N (e.g. 0/4 for the first of 4 processes)'
+    )
   return i, n
 
 
 def _plan_record(axes, settings, groups, config) -> dict:
   """What every shard must agree on, JSON as written (tuples as lists)."""
-  return json.loads(json.dumps({
-      'axes': [{'field': f, 'values': v} for f, v in axes], 'settings': settings,
-      'ensemble': config.get('sweep_ensemble', 5),
-      'bootstrap': [config.get('bootstrap_samples', 1000), config.get('bootstrap_seed', 0)],
-      'groups': [{'name': g['name'], 'shared': g['shared'], 'members': g['members']}
-                 for g in groups]}))
+  return json.loads(
+    json.dumps(
+      {
+        'axes': [{'field': f, 'values': v} for f, v in axes],
+        'settings': settings,
+        'ensemble': config.get('sweep_ensemble', 5),
+        'bootstrap': [config.get('bootstrap_samples', 1000), config.get('bootstrap_seed', 0)],
+        'groups': [
+          {'name': g['name'], 'shared': g['shared'], 'members': g['members']} for g in groups
+        ],
+      }
+    )
+  )
 
 
-def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
-        search: str = '') -> dict | None:
+def run(
+  config, workdir: str, axes: list, sweep_list=None, shard: str = '', search: str = ''
+) -> dict | None:
   """Trains this process's share of the groups (all of them without `shard`), resuming what is
   done; once every group has finished, writes sweep.json, sweep.md and sweep.png and returns the
   report (None while other shards' groups are still running)."""
@@ -308,9 +357,11 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
   tpe = optuna_of(search)
   if tpe:
     if count > 1:
-      raise MuseError('--sweep_shard with --sweep_search=optuna: its batches are proposed one '
-                      'after the other from the results so far; run it as one process (a study '
-                      'shared by machines: config.sweep_storage)')
+      raise MuseError(
+        '--sweep_shard with --sweep_search=optuna: its batches are proposed one '
+        'after the other from the results so far; run it as one process (a study '
+        'shared by machines: config.sweep_storage)'
+      )
     return _optuna(config, workdir, axes, *tpe)
   settings = settings_of(config, axes, sweep_list, search_of(search))
   if not settings:
@@ -322,19 +373,26 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
   saved = workdir_lib.read_json(path)
   changeable = ('ensemble', 'bootstrap')  # what a rerun may change: the report's, not the runs'
   if saved is not None and {k: v for k, v in saved.items() if k not in changeable} != {
-      k: v for k, v in record.items() if k not in changeable}:
-    raise MuseError(f'{workdir}: holds another sweep ({PLAN_JSON} differs: other axes, settings '
-                    'or seeds); rerun that sweep, or use a new --workdir')
+    k: v for k, v in record.items() if k not in changeable
+  }:
+    raise MuseError(
+      f'{workdir}: holds another sweep ({PLAN_JSON} differs: other axes, settings '
+      'or seeds); rerun that sweep, or use a new --workdir'
+    )
   writer = jax.process_index() == 0  # multi-host: process 0 writes the sweep's files
   if writer and saved != record:
     outputs.write_json(path, record)
   mine = [g for k, g in enumerate(groups) if k % count == index]
-  logging.info('sweep: %d setting(s) x %d seed(s) = %d members in %d group(s) (one compiled '
-               'program each)%s: %s', len(settings), config.num_seeds,
-               sum(len(g['members']) for g in groups), len(groups),
-               f'; shard {index}/{count} trains {len(mine)}' if count > 1 else '',
-               '; '.join(f'{g["name"]} {g["shared"] or "base"}: {len(g["members"])} members'
-                         for g in mine))
+  logging.info(
+    'sweep: %d setting(s) x %d seed(s) = %d members in %d group(s) (one compiled '
+    'program each)%s: %s',
+    len(settings),
+    config.num_seeds,
+    sum(len(g['members']) for g in groups),
+    len(groups),
+    f'; shard {index}/{count} trains {len(mine)}' if count > 1 else '',
+    '; '.join(f'{g["name"]} {g["shared"] or "base"}: {len(g["members"])} members' for g in mine),
+  )
   for g in mine:
     gw = os.path.join(workdir, 'groups', g['name'])
     logging.info('sweep group %s (%s): %s', g['name'], g['shared'] or 'base config', gw)
@@ -343,9 +401,14 @@ def run(config, workdir: str, axes: list, sweep_list=None, shard: str = '',
     return None
   missing = sweep_report.unfinished(workdir, record)
   if missing:
-    logging.info('sweep: shard %d/%d done; groups %s still to finish (their shards); the last '
-                 'shard to finish writes the report, or: python -m muse_jax.sweep_report %s',
-                 index, count, ', '.join(missing), workdir)
+    logging.info(
+      'sweep: shard %d/%d done; groups %s still to finish (their shards); the last '
+      'shard to finish writes the report, or: python -m muse_jax.sweep_report %s',
+      index,
+      count,
+      ', '.join(missing),
+      workdir,
+    )
     return None
   return _finish(config, workdir)
 
@@ -357,8 +420,11 @@ def _suggest(trial, axes) -> dict:
   for name, values in axes:
     if isinstance(values, dict):
       lo, hi = values['range']
-      out[name] = (trial.suggest_int(name, lo, hi) if values['integer'] else
-                   trial.suggest_float(name, lo, hi, log=values['scale'] == 'log'))
+      out[name] = (
+        trial.suggest_int(name, lo, hi)
+        if values['integer']
+        else trial.suggest_float(name, lo, hi, log=values['scale'] == 'log')
+      )
     elif all(isinstance(v, (bool, int, float, str)) for v in values):
       out[name] = trial.suggest_categorical(name, list(values))
     else:
@@ -373,25 +439,32 @@ def _optuna(config, workdir: str, axes: list, n_trials: int, batch: int) -> dict
   config.sweep_storage (default sqlite:///W/optuna.db; any URL Optuna takes, for a study
   several machines share). A rerun resumes: proposed batches are read back from the plan."""
   try:
-    import optuna  # pylint: disable=import-outside-toplevel  (an optional extra)
+    import optuna  # noqa: PLC0415  (an optional extra)
   except ModuleNotFoundError:
-    raise MuseError('--sweep_search=optuna needs Optuna: pip install -e .[search] (or pip '
-                    'install optuna)') from None
+    raise MuseError(
+      '--sweep_search=optuna needs Optuna: pip install -e .[search] (or pip install optuna)'
+    ) from None
   if not axes:
     raise MuseError('--sweep_search=optuna needs --sweep axes (ranges lo:hi, lists a,b,c)')
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   storage = config.get('sweep_storage') or f'sqlite:///{os.path.join(workdir, "optuna.db")}'
   optuna.logging.set_verbosity(optuna.logging.WARNING)
-  study = optuna.create_study(study_name='muse_jax_sweep', storage=storage, load_if_exists=True,
-                              direction='maximize',
-                              sampler=optuna.samplers.TPESampler(seed=config.seed))
+  study = optuna.create_study(
+    study_name='muse_jax_sweep',
+    storage=storage,
+    load_if_exists=True,
+    direction='maximize',
+    sampler=optuna.samplers.TPESampler(seed=config.seed),
+  )
   path = os.path.join(workdir, PLAN_JSON)
   saved = workdir_lib.read_json(path) or {}
   axes_record = json.loads(json.dumps([{'field': f, 'values': v} for f, v in axes]))
   if saved and (saved.get('axes') != axes_record or saved.get('search') != [n_trials, batch]):
-    raise MuseError(f'{workdir}: holds another sweep ({PLAN_JSON}: other axes or search); rerun '
-                    'that sweep, or use a new --workdir')
+    raise MuseError(
+      f'{workdir}: holds another sweep ({PLAN_JSON}: other axes or search); rerun '
+      'that sweep, or use a new --workdir'
+    )
   batches = saved.get('batches', [])
   settings, groups = [], []
   for k in range(-(-n_trials // batch)):
@@ -407,8 +480,9 @@ def _optuna(config, workdir: str, axes: list, n_trials: int, batch: int) -> dict
       g['name'] = f'b{k}_{g["name"]}'
     settings += proposed
     groups += mine
-    record = dict(_plan_record(axes, settings, groups, config), search=[n_trials, batch],
-                  batches=batches)
+    record = dict(
+      _plan_record(axes, settings, groups, config), search=[n_trials, batch], batches=batches
+    )
     if jax.process_index() == 0:
       outputs.write_json(path, record)
     scored = []  # (setting key, devel mean CCC) of every member of this batch
@@ -416,15 +490,23 @@ def _optuna(config, workdir: str, axes: list, n_trials: int, batch: int) -> dict
       gw = os.path.join(workdir, 'groups', g['name'])
       logging.info('sweep batch %d, group %s (%s): %s', k, g['name'], g['shared'] or 'base', gw)
       res = train.train_and_evaluate(g['config'], gw)
-      scored += [(json.dumps(m['setting'], sort_keys=True, default=list),
-                  s['devel']['mean_ccc'] if s.get('devel') else float('nan'))
-                 for s, m in zip(res['seeds'], g['members'])]
+      scored += [
+        (
+          json.dumps(m['setting'], sort_keys=True, default=list),
+          s['devel']['mean_ccc'] if s.get('devel') else float('nan'),
+        )
+        for s, m in zip(res['seeds'], g['members'])
+      ]
     for number, setting in zip(numbers, proposed):
       key = json.dumps(settings_of(config, axes, [setting])[0], sort_keys=True, default=list)
       own = [v for s, v in scored if s == key]
       value = float(np.nanmean(own)) if own and np.isfinite(own).any() else None
-      study.tell(number, value, state=None if value is not None else
-                 optuna.trial.TrialState.FAIL, skip_if_finished=True)
+      study.tell(
+        number,
+        value,
+        state=None if value is not None else optuna.trial.TrialState.FAIL,
+        skip_if_finished=True,
+      )
   return _finish(config, workdir) if jax.process_index() == 0 else None
 
 

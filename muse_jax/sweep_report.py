@@ -13,6 +13,7 @@ trains its share of the groups into the same workdir and the last to finish writ
 this merges them after a shard was run again, or checks a sweep in progress (a group still
 running is one error line naming it).
 """
+
 import json
 import os
 import sys
@@ -36,8 +37,11 @@ PLAN_JSON = 'sweep_plan.json'
 
 
 def unfinished(workdir: str, record: dict) -> list:
-  return [g['name'] for g in record['groups']
-          if not os.path.exists(os.path.join(workdir, 'groups', g['name'], 'results.json'))]
+  return [
+    g['name']
+    for g in record['groups']
+    if not os.path.exists(os.path.join(workdir, 'groups', g['name'], 'results.json'))
+  ]
 
 
 def write_report(workdir: str) -> dict:
@@ -49,15 +53,23 @@ def write_report(workdir: str) -> dict:
     raise MuseError(f'{workdir}: no {PLAN_JSON}; not the workdir of a sweep (--sweep)')
   missing = unfinished(workdir, record)
   if missing:
-    raise MuseError(f'{workdir}: groups {", ".join(missing)} have not finished; run their '
-                    '--sweep_shard (the same command resumes), then merge')
-  results = {g['name']: workdir_lib.read_json(os.path.join(workdir, 'groups', g['name'], 'results.json'))
-             for g in record['groups']}
+    raise MuseError(
+      f'{workdir}: groups {", ".join(missing)} have not finished; run their '
+      '--sweep_shard (the same command resumes), then merge'
+    )
+  results = {
+    g['name']: workdir_lib.read_json(os.path.join(workdir, 'groups', g['name'], 'results.json'))
+    for g in record['groups']
+  }
   axes = [(a['field'], a['values']) for a in record['axes']]
   report = _report(axes, record['settings'], record['groups'], results, workdir)
-  report['ensemble'] = _ensemble(workdir, report['rows'], record['ensemble'],
-                                 record['bootstrap'],
-                                 {g: r['targets'] for g, r in results.items()})
+  report['ensemble'] = _ensemble(
+    workdir,
+    report['rows'],
+    record['ensemble'],
+    record['bootstrap'],
+    {g: r['targets'] for g, r in results.items()},
+  )
   if jax.process_index() == 0:
     outputs.write_json(os.path.join(workdir, SWEEP_JSON), report)
     outputs.write_text(os.path.join(workdir, SWEEP_MD), markdown(report) + '\n')
@@ -89,15 +101,21 @@ def _ensemble(workdir: str, rows: list, k: int, boot, targets_of: dict) -> dict 
   scored on devel and test: what the sweep bought beyond its single best member."""
   if k < 1:
     return None
-  best = max((i for i, r in enumerate(rows) if r['devel'] and np.isfinite(r['devel']['mean_ccc'])),
-             key=lambda i: (rows[i]['devel']['mean_ccc'], -i), default=None)
+  best = max(
+    (i for i, r in enumerate(rows) if r['devel'] and np.isfinite(r['devel']['mean_ccc'])),
+    key=lambda i: (rows[i]['devel']['mean_ccc'], -i),
+    default=None,
+  )
   if best is None:
     return None
   # Members whose predictions can be averaged: the same targets and videos as the best one's
   # (a sweep over targets or feature sets has groups that cannot).
   same = {g for g, t in targets_of.items() if t == targets_of[rows[best]['group']]}
-  scored = [i for i, r in enumerate(rows) if r['devel'] and np.isfinite(r['devel']['mean_ccc'])
-            and r['group'] in same]
+  scored = [
+    i
+    for i, r in enumerate(rows)
+    if r['devel'] and np.isfinite(r['devel']['mean_ccc']) and r['group'] in same
+  ]
   top = sorted(scored, key=lambda i: (-rows[i]['devel']['mean_ccc'], i))[:k]
   loaded = {}
   for i in top:
@@ -109,14 +127,25 @@ def _ensemble(workdir: str, rows: list, k: int, boot, targets_of: dict) -> dict 
   targets = targets_of[rows[best]['group']]  # the runs' column order (results.json is sorted)
   first = loaded[rows[top[0]]['group']]
   for split in ('devel', 'test'):
-    ids = [n.split('/')[1] for n in first if n.startswith(f'{split}/') and n.endswith('/pred')
-           and all(n in z for z in loaded.values())]
+    ids = [
+      n.split('/')[1]
+      for n in first
+      if n.startswith(f'{split}/') and n.endswith('/pred') and all(n in z for z in loaded.values())
+    ]
     if not ids:
       out[split] = None
       continue
     labels = [first[f'{split}/{v}/label'] for v in ids]
-    preds = [np.mean([loaded[rows[i]['group']][f'{split}/{v}/pred'][rows[i]['member']]
-                      .astype(np.float64) for i in top], axis=0) for v in ids]
+    preds = [
+      np.mean(
+        [
+          loaded[rows[i]['group']][f'{split}/{v}/pred'][rows[i]['member']].astype(np.float64)
+          for i in top
+        ],
+        axis=0,
+      )
+      for v in ids
+    ]
     out[split] = metrics.partition_metrics(labels, preds, targets, int(boot[0]), int(boot[1]))
   return out
 
@@ -127,9 +156,18 @@ def _report(axes, settings, groups, results, workdir) -> dict:
     res = results[g['name']]
     for i, m in enumerate(g['members']):
       entry = res['seeds'][i]
-      rows.append({'group': g['name'], 'member': i, 'overrides': dict(m['setting'], seed=m['member']['seed']),
-                   'setting': m['setting'], 'seed': entry['seed'], 'best_epoch': entry['best_epoch'],
-                   'epochs_run': res['epochs_run'], 'devel': entry['devel']})
+      rows.append(
+        {
+          'group': g['name'],
+          'member': i,
+          'overrides': dict(m['setting'], seed=m['member']['seed']),
+          'setting': m['setting'],
+          'seed': entry['seed'],
+          'best_epoch': entry['best_epoch'],
+          'epochs_run': res['epochs_run'],
+          'devel': entry['devel'],
+        }
+      )
   score = [r['devel']['mean_ccc'] if r['devel'] else -np.inf for r in rows]
   best_i = int(np.argmax(np.nan_to_num(score, nan=-np.inf)))
   best = rows[best_i]
@@ -138,20 +176,40 @@ def _report(axes, settings, groups, results, workdir) -> dict:
   per_setting = []
   for setting in settings:
     own = [r['devel']['mean_ccc'] for r in rows if r['setting'] == setting and r['devel']]
-    per_setting.append({'setting': setting, 'seeds': len(own),
-                        'devel_ccc_mean': float(np.mean(own)) if own else None,
-                        'devel_ccc_std': float(np.std(own, ddof=1)) if len(own) > 1 else None})
-  return {'axes': [{'field': f, 'values': v} for f, v in axes],
-          'settings': len(settings), 'members': len(rows), 'groups': [
-              {'name': g['name'], 'shared': g['shared'], 'members': len(g['members']),
-               'workdir': os.path.join(workdir, 'groups', g['name'])} for g in groups],
-          'rows': rows,
-          'best': {'row': best_i, 'overrides': best['overrides'], 'group': best['group'],
-                   'member': best['member'],
-                   'workdir': os.path.join(workdir, 'groups', best['group']),
-                   'devel': chosen['devel'], 'test': chosen.get('test'),
-                   'written': res.get('best_member') == best['member']},
-          'per_setting': per_setting}
+    per_setting.append(
+      {
+        'setting': setting,
+        'seeds': len(own),
+        'devel_ccc_mean': float(np.mean(own)) if own else None,
+        'devel_ccc_std': float(np.std(own, ddof=1)) if len(own) > 1 else None,
+      }
+    )
+  return {
+    'axes': [{'field': f, 'values': v} for f, v in axes],
+    'settings': len(settings),
+    'members': len(rows),
+    'groups': [
+      {
+        'name': g['name'],
+        'shared': g['shared'],
+        'members': len(g['members']),
+        'workdir': os.path.join(workdir, 'groups', g['name']),
+      }
+      for g in groups
+    ],
+    'rows': rows,
+    'best': {
+      'row': best_i,
+      'overrides': best['overrides'],
+      'group': best['group'],
+      'member': best['member'],
+      'workdir': os.path.join(workdir, 'groups', best['group']),
+      'devel': chosen['devel'],
+      'test': chosen.get('test'),
+      'written': res.get('best_member') == best['member'],
+    },
+    'per_setting': per_setting,
+  }
 
 
 def _fmt_ci(m: dict, key: str = 'mean_ccc') -> str:
@@ -160,33 +218,45 @@ def _fmt_ci(m: dict, key: str = 'mean_ccc') -> str:
 
 
 def markdown(r: dict) -> str:
-  fields = [a['field'] for a in r['axes']] or sorted({k for row in r['rows']
-                                                      for k in row['setting']})
-  lines = [f'{r["members"]} members ({r["settings"]} settings) in {len(r["groups"])} group(s); '
-           'devel mean CCC [95% interval, videos resampled]', '',
-           '| group | ' + ' | '.join(fields) + ' | seed | best epoch | devel mean CCC |',
-           '|---|' + '---|' * len(fields) + '---|---|---|']
+  fields = [a['field'] for a in r['axes']] or sorted(
+    {k for row in r['rows'] for k in row['setting']}
+  )
+  lines = [
+    f'{r["members"]} members ({r["settings"]} settings) in {len(r["groups"])} group(s); '
+    'devel mean CCC [95% interval, videos resampled]',
+    '',
+    '| group | ' + ' | '.join(fields) + ' | seed | best epoch | devel mean CCC |',
+    '|---|' + '---|' * len(fields) + '---|---|---|',
+  ]
   for i, row in enumerate(r['rows']):
     mark = ' **best**' if i == r['best']['row'] else ''
     dev = f'{row["devel"]["mean_ccc"]:.4f}{_fmt_ci(row["devel"])}' if row['devel'] else 'n/a'
-    lines.append(f'| {row["group"]} | ' + ' | '.join(str(row['setting'].get(f, '')) for f in fields)
-                 + f' | {row["seed"]} | {row["best_epoch"]} | {dev}{mark} |')
+    lines.append(
+      f'| {row["group"]} | '
+      + ' | '.join(str(row['setting'].get(f, '')) for f in fields)
+      + f' | {row["seed"]} | {row["best_epoch"]} | {dev}{mark} |'
+    )
   lines += ['', '| setting | seeds | devel mean CCC, mean ± std (sample) |', '|---|---|---|']
   for s in r['per_setting']:
     mean = f'{s["devel_ccc_mean"]:.4f}' if s['devel_ccc_mean'] is not None else 'n/a'
     std = f' ± {s["devel_ccc_std"]:.4f}' if s['devel_ccc_std'] is not None else ''
     lines.append(f'| {json.dumps(s["setting"])} | {s["seeds"]} | {mean}{std} |')
   b = r['best']
-  test = (f'{b["test"]["mean_ccc"]:.4f}{_fmt_ci(b["test"])}' if b.get('test') else 'n/a')
-  lines += ['', f'Best by devel: {json.dumps(b["overrides"])}: devel {b["devel"]["mean_ccc"]:.4f}'
-            f'{_fmt_ci(b["devel"])}, test {test} (test reported for the chosen member and the '
-            f'ensemble only). Its run: {b["workdir"]}.']
+  test = f'{b["test"]["mean_ccc"]:.4f}{_fmt_ci(b["test"])}' if b.get('test') else 'n/a'
+  lines += [
+    '',
+    f'Best by devel: {json.dumps(b["overrides"])}: devel {b["devel"]["mean_ccc"]:.4f}'
+    f'{_fmt_ci(b["devel"])}, test {test} (test reported for the chosen member and the '
+    f'ensemble only). Its run: {b["workdir"]}.',
+  ]
   e = r.get('ensemble')
   if e and e.get('devel'):
     test = f'{e["test"]["mean_ccc"]:.4f}{_fmt_ci(e["test"])}' if e.get('test') else 'n/a'
-    lines.append(f'Ensemble of the best {e["k"]} members by devel (rows '
-                 f'{", ".join(str(i + 1) for i in e["rows"])}): devel '
-                 f'{e["devel"]["mean_ccc"]:.4f}{_fmt_ci(e["devel"])}, test {test}.')
+    lines.append(
+      f'Ensemble of the best {e["k"]} members by devel (rows '
+      f'{", ".join(str(i + 1) for i in e["rows"])}): devel '
+      f'{e["devel"]["mean_ccc"]:.4f}{_fmt_ci(e["devel"])}, test {test}.'
+    )
   return '\n'.join(lines)
 
 
@@ -250,36 +320,66 @@ def write_ensemble(config, workdir: str, mode: str) -> dict:
         else:
           spec = config_util.validate_config(c)
           inference.check_evaluate(c, group)
-        got.append(inference.predictions_of(spec, group, () if predicting else ('train', 'devel'),
-                                            members))
+        got.append(
+          inference.predictions_of(spec, group, () if predicting else ('train', 'devel'), members)
+        )
         specs.append(spec)
     videos, k = got[0]['videos'], sum(len(g['picked']) for g in got)
     for g, (group, _) in zip(got[1:], parts[1:]):
       if any([v.id for v in g['videos'][s]] != [v.id for v in videos[s]] for s in layout.SPLITS):
-        raise MuseError(f'{group}: reads other videos than {parts[0][0]}; its members cannot be '
-                        'averaged with theirs')
-    preds = {s: [(sum(len(g['picked']) * g['preds'][s][i].astype(np.float64) for g in got) / k)
-                 .astype(np.float32) for i in range(len(videos[s]))] for s in layout.SPLITS}
+        raise MuseError(
+          f'{group}: reads other videos than {parts[0][0]}; its members cannot be '
+          'averaged with theirs'
+        )
+    preds = {
+      s: [
+        (sum(len(g['picked']) * g['preds'][s][i].astype(np.float64) for g in got) / k).astype(
+          np.float32
+        )
+        for i in range(len(videos[s]))
+      ]
+      for s in layout.SPLITS
+    }
     spec = specs[0]
     name = f'the best {k} sweep members (rows {", ".join(str(i + 1) for i in ens["rows"])})'
-    results = {'targets': list(spec.targets), 'layout': spec.layout.kind,
-               'task': spec.layout.task, 'step_ms': got[0]['step_ms'],
-               'eval_seed': 'sweep_ensemble', 'seed': 'sweep_ensemble',
-               'best_epoch': max(max(g['best_epochs']) for g in got),
-               'ensemble': {'name': name, 'k': k, 'rows': ens['rows'], 'members': ens['members'],
-                            'groups': [os.path.relpath(p, workdir) for p, _ in parts]}}
+    results = {
+      'targets': list(spec.targets),
+      'layout': spec.layout.kind,
+      'task': spec.layout.task,
+      'step_ms': got[0]['step_ms'],
+      'eval_seed': 'sweep_ensemble',
+      'seed': 'sweep_ensemble',
+      'best_epoch': max(max(g['best_epochs']) for g in got),
+      'ensemble': {
+        'name': name,
+        'k': k,
+        'rows': ens['rows'],
+        'members': ens['members'],
+        'groups': [os.path.relpath(p, workdir) for p, _ in parts],
+      },
+    }
     for s in layout.SPLITS:
       inference.check_finite(preds[s], videos[s], s, name)
     if predicting:
-      results.update(data_root=spec.data_root, predictions=os.path.join(workdir, 'predict'),
-                     videos={s: len(v) for s, v in videos.items()})
+      results.update(
+        data_root=spec.data_root,
+        predictions=os.path.join(workdir, 'predict'),
+        videos={s: len(v) for s, v in videos.items()},
+      )
     else:
       boot = inference.bootstrap_of(config)
       for s in layout.SPLITS:
         labelled = [i for i, v in enumerate(videos[s]) if v.has_labels]
-        results[s] = metrics.partition_metrics(
-            [videos[s][i].y for i in labelled], [preds[s][i] for i in labelled],
-            list(spec.targets), *boot) if labelled else None
+        results[s] = (
+          metrics.partition_metrics(
+            [videos[s][i].y for i in labelled],
+            [preds[s][i] for i in labelled],
+            list(spec.targets),
+            *boot,
+          )
+          if labelled
+          else None
+        )
     if jax.process_index() == 0:
       _write_outputs(workdir, mode, results, videos, preds, spec, name)
   logging.info('%s: predictions of %s written', workdir, name)
@@ -288,23 +388,34 @@ def write_ensemble(config, workdir: str, mode: str) -> dict:
 
 def _write_outputs(workdir, mode, results, videos, preds, spec, name) -> None:
   """W's own files (a link to the best member's is replaced: its group keeps its own)."""
-  names = (('predict', 'predict.json') if mode == 'predict' else
-           ('predictions', 'predictions.json', 'eval_results.json'))
+  names = (
+    ('predict', 'predict.json')
+    if mode == 'predict'
+    else ('predictions', 'predictions.json', 'eval_results.json')
+  )
   for n in names:
     if os.path.islink(os.path.join(workdir, n)):
       os.remove(os.path.join(workdir, n))
   folder = os.path.join(workdir, names[0])
   for s in layout.SPLITS:
-    outputs.write_predictions(folder, videos[s], preds[s], list(spec.targets),
-                              spec.layout.label_columns)
+    outputs.write_predictions(
+      folder, videos[s], preds[s], list(spec.targets), spec.layout.label_columns
+    )
   if mode == 'predict':
     outputs.write_json(os.path.join(workdir, 'predict.json'), results)
     return
   outputs.write_json(os.path.join(workdir, 'eval_results.json'), results)
-  outputs.write_json(os.path.join(workdir, 'predictions.json'), {
-      'written_by': 'evaluate', 'what': name, 'eval_seed': 'sweep_ensemble',
-      'seed': 'sweep_ensemble', 'best_epoch': results['best_epoch'],
-      'results': 'eval_results.json'})
+  outputs.write_json(
+    os.path.join(workdir, 'predictions.json'),
+    {
+      'written_by': 'evaluate',
+      'what': name,
+      'eval_seed': 'sweep_ensemble',
+      'seed': 'sweep_ensemble',
+      'best_epoch': results['best_epoch'],
+      'results': 'eval_results.json',
+    },
+  )
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ best parameters are scored on every partition and written (`inference.score_best
 It never changes the process behind its caller: allocator, dispatch, compilation cache and log
 filters are the entry points' business (`runtime.configure`).
 """
+
 import dataclasses
 import os
 import time
@@ -52,10 +53,16 @@ def _train(spec, workdir: str) -> dict:
   mngr = checkpoint.checkpoint_manager(workdir)
   # Targets and tree as resolved ('all' -> the tree's targets; a release root -> the task's
   # folder): what the model predicts and read, even if the root gains other tasks later.
-  config_json = dict(workdir_lib.config_record(config), targets=list(targets), data_root=spec.data_root,
-                     task=spec.layout.task)
+  config_json = dict(
+    workdir_lib.config_record(config),
+    targets=list(targets),
+    data_root=spec.data_root,
+    task=spec.layout.task,
+  )
   if mngr.latest_step() is not None:
-    workdir_lib.check_resume(workdir, config_json)  # before any data work: a refused resume costs nothing
+    workdir_lib.check_resume(
+      workdir, config_json
+    )  # before any data work: a refused resume costs nothing
   videos, dims = sources.prepare_data(spec, workdir, fit_stats=True)
   if jax.process_index() == 0:
     files.remove_stale_tmp(workdir)
@@ -69,20 +76,36 @@ def _train(spec, workdir: str) -> dict:
   step_rows = sorted(set(ip.step_rows(n_win, config.batch_size, unit)), reverse=True)
   impl = steps.attention_impl(config, platform)
   mapped = steps.seeds_mapped(config, platform)
-  logging.info('data: %s videos; %d train windows -> %d steps/epoch of %s rows on %d %s '
-               'device(s); devel/test in %d/%d length buckets; seeds %s (%s), %s attention',
-               {s: len(v) for s, v in videos.items()}, n_win,
-               -(-n_win // config.batch_size), ' or '.join(map(str, step_rows)), n_dev, platform,
-               ip.num_eval_shapes(videos['devel']), ip.num_eval_shapes(videos['test']), seeds,
-               ('one after the other' if mapped else 'vmapped') + (
-                   f', sharded over {mesh.shape["member"]} member devices'
-                   if 'member' in mesh.axis_names else ''), impl)
+  logging.info(
+    'data: %s videos; %d train windows -> %d steps/epoch of %s rows on %d %s '
+    'device(s); devel/test in %d/%d length buckets; seeds %s (%s), %s attention',
+    {s: len(v) for s, v in videos.items()},
+    n_win,
+    -(-n_win // config.batch_size),
+    ' or '.join(map(str, step_rows)),
+    n_dev,
+    platform,
+    ip.num_eval_shapes(videos['devel']),
+    ip.num_eval_shapes(videos['test']),
+    seeds,
+    ('one after the other' if mapped else 'vmapped')
+    + (
+      f', sharded over {mesh.shape["member"]} member devices' if 'member' in mesh.axis_names else ''
+    ),
+    impl,
+  )
 
   model, tx, state = steps.create_state(config, sum(dims), len(targets), seeds, impl)
   weights = jnp.asarray(spec.loss_weights, jnp.float32) if spec.loss_weights else None
-  train_step = steps.make_train_step(model, tx, losses.get_loss(config.loss), weights,
-                                     steps.micro_batches(config), per_frame=config.loss != 'ccc',
-                                     seeds_map=mapped)
+  train_step = steps.make_train_step(
+    model,
+    tx,
+    losses.get_loss(config.loss),
+    weights,
+    steps.micro_batches(config),
+    per_frame=config.loss != 'ccc',
+    seeds_map=mapped,
+  )
   eval_step = steps.make_eval_step(model, mapped)
   signature = checkpoint.model_signature(spec, dims, sources.grid_step(spec))
 
@@ -93,12 +116,18 @@ def _train(spec, workdir: str) -> dict:
   member = {}
   if any(f in m for m in spec.members for f in config_util.MEMBER_RATES):
     member['rates'] = np.asarray(
-        [[float(config_util.get_field(c, f) or 0.0) for f in config_util.MEMBER_RATES]
-         for c in member_configs], np.float32)
+      [
+        [float(config_util.get_field(c, f) or 0.0) for f in config_util.MEMBER_RATES]
+        for c in member_configs
+      ],
+      np.float32,
+    )
   if any('loss_weights' in m for m in spec.members):
-    member['weights'] = np.asarray([config_util.loss_weights(c, targets) or (1.0,) * len(targets)
-                                    for c in member_configs], np.float32)
-  place = lambda tree: sharding.place_members(tree, mesh, len(seeds))  # pylint: disable=unnecessary-lambda-assignment
+    member['weights'] = np.asarray(
+      [config_util.loss_weights(c, targets) or (1.0,) * len(targets) for c in member_configs],
+      np.float32,
+    )
+  place = lambda tree: sharding.place_members(tree, mesh, len(seeds))
   member = place(member) if member else None
   trackers = [SeedTracker(lr=c.learning_rate, seed=seed) for c, seed in zip(member_configs, seeds)]
   start_epoch, skipped, initial = 1, 0, None
@@ -120,8 +149,10 @@ def _train(spec, workdir: str) -> dict:
   log = outputs.MetricLog(workdir, resume_after=start_epoch - 1)
   for epoch in range(start_epoch, config.num_epochs + 1):
     if not any(t.active for t in trackers):
-      logging.info('early stop: every seed went %s epochs without devel improvement',
-                   '/'.join(sorted({str(c.early_stopping_patience) for c in member_configs})))
+      logging.info(
+        'early stop: every seed went %s epochs without devel improvement',
+        '/'.join(sorted({str(c.early_stopping_patience) for c in member_configs})),
+      )
       break
     t0 = time.time()
     was_active = [t.active for t in trackers]
@@ -133,8 +164,8 @@ def _train(spec, workdir: str) -> dict:
       state, loss, finite = train_step(state, sharding.shard(batch, mesh), keys, active, member)
       step_losses.append(loss)
       step_finite.append(finite)
-      # Where dispatch is async (GPU/TPU; CPU when runtime.host_memory is off), this keeps one step in
-      # flight while the next batch is gathered, instead of queueing the epoch's batches.
+      # Where dispatch is async (GPU/TPU; CPU when runtime.host_memory is off), this keeps one
+      # step in flight while the next batch is gathered, instead of queueing the epoch's batches.
       if len(step_losses) > 1:
         step_losses[-2].block_until_ready()
     step_losses = sharding.to_host(jnp.stack(step_losses))
@@ -143,8 +174,10 @@ def _train(spec, workdir: str) -> dict:
       bad_step, bad_seed = map(int, np.argwhere(~step_finite)[0])
       where = f'epoch {epoch}, step {bad_step + 1} of {len(step_finite)}, seed {seeds[bad_seed]}'
       if config.nonfinite_policy == 'stop':
-        raise MuseError(f'non-finite loss or gradient at {where}; {_kept(epoch)}; lower '
-                        'learning_rate, check the inputs, or set --config.nonfinite_policy=skip')
+        raise MuseError(
+          f'non-finite loss or gradient at {where}; {_kept(epoch)}; lower '
+          'learning_rate, check the inputs, or set --config.nonfinite_policy=skip'
+        )
       skipped += int((~step_finite).sum())
       logging.warning('skipped %d non-finite step(s), first at %s', (~step_finite).sum(), where)
     # [S]; NaN for a seed that was stopped (mapped: not computed) or had no finite step.
@@ -157,21 +190,40 @@ def _train(spec, workdir: str) -> dict:
     improved = np.zeros(len(seeds), bool)
     for s, t in enumerate(trackers):
       if t.active:
-        improved[s] = t.update(devel[s]['mean_ccc'] if devel else float('nan'), epoch,
-                               member_configs[s])
+        improved[s] = t.update(
+          devel[s]['mean_ccc'] if devel else float('nan'), epoch, member_configs[s]
+        )
     state = steps.keep_best(state, place(improved))
     seconds = time.time() - t0
-    log.write({'epoch': epoch, 'seconds': seconds, 'train_seconds': t_eval - t0,
-               'eval_seconds': time.time() - t_eval, 'steps': len(step_finite),
-               'skipped_steps': skipped,
-               'seeds': [{'seed': seed, 'lr': float(lrs[s]),
-                          'train_loss': float(train_loss[s]) if was_active[s] else None,
-                          'devel': devel[s] if devel else None}
-                         for s, seed in enumerate(seeds)]})
-    _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improved, seeds,
-               was_active)
-    meta = {'epoch': epoch, 'skipped_steps': skipped, 'signature': signature,
-            'trackers': [dataclasses.asdict(t) for t in trackers], 'initial_devel': initial}
+    log.write(
+      {
+        'epoch': epoch,
+        'seconds': seconds,
+        'train_seconds': t_eval - t0,
+        'eval_seconds': time.time() - t_eval,
+        'steps': len(step_finite),
+        'skipped_steps': skipped,
+        'seeds': [
+          {
+            'seed': seed,
+            'lr': float(lrs[s]),
+            'train_loss': float(train_loss[s]) if was_active[s] else None,
+            'devel': devel[s] if devel else None,
+          }
+          for s, seed in enumerate(seeds)
+        ],
+      }
+    )
+    _log_epoch(
+      epoch, train_loss, devel, trackers, targets, lrs, seconds, improved, seeds, was_active
+    )
+    meta = {
+      'epoch': epoch,
+      'skipped_steps': skipped,
+      'signature': signature,
+      'trackers': [dataclasses.asdict(t) for t in trackers],
+      'initial_devel': initial,
+    }
     workdir_lib.check_space(workdir, ckpt_bytes, f'the checkpoint of epoch {epoch}', _kept(epoch))
     checkpoint.save(mngr, epoch, state, meta)
   mngr.wait_until_finished()
@@ -179,21 +231,27 @@ def _train(spec, workdir: str) -> dict:
   results = inference.score_best(spec, workdir, mngr, state, signature, videos, eval_step, mesh)
   results['seconds'] = time.time() - t_start
   if results['best_epoch'] == config.num_epochs:
-    logging.info('best epoch %d is the last one (num_epochs): devel CCC was still improving, so '
-                 'more epochs may help (resume with a larger --config.num_epochs)',
-                 results['best_epoch'])
+    logging.info(
+      'best epoch %d is the last one (num_epochs): devel CCC was still improving, so '
+      'more epochs may help (resume with a larger --config.num_epochs)',
+      results['best_epoch'],
+    )
   if jax.process_index() == 0:
     outputs.write_json(os.path.join(workdir, 'results.json'), results)
   return results
 
 
 def _kept(epoch: int) -> str:
-  return (f'the workdir keeps the last good checkpoint (epoch {epoch - 1})' if epoch > 1
-          else 'no checkpoint was written')
+  return (
+    f'the workdir keeps the last good checkpoint (epoch {epoch - 1})'
+    if epoch > 1
+    else 'no checkpoint was written'
+  )
 
 
-def _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improved, seeds,
-               was_active=None):
+def _log_epoch(
+  epoch, train_loss, devel, trackers, targets, lrs, seconds, improved, seeds, was_active=None
+):
   """One line per seed that trained this epoch (a stopped seed's line says so once, then it is
   quiet); epoch 0 is the untrained score."""
   for s, t in enumerate(trackers):
@@ -204,6 +262,13 @@ def _log_epoch(epoch, train_loss, devel, trackers, targets, lrs, seconds, improv
     if epoch == 0:
       logging.info('%s  devel CCC %s  (untrained)', prefix, ccc)
       continue
-    logging.info('%s  loss %.4f  devel CCC %s  lr %.2g  %.1fs%s%s', prefix, train_loss[s], ccc,
-                 lrs[s], seconds, '  *' if improved[s] else '',
-                 '' if t.active else f'  (stopped: best epoch {t.best_epoch})')
+    logging.info(
+      '%s  loss %.4f  devel CCC %s  lr %.2g  %.1fs%s%s',
+      prefix,
+      train_loss[s],
+      ccc,
+      lrs[s],
+      seconds,
+      '  *' if improved[s] else '',
+      '' if t.active else f'  (stopped: best epoch {t.best_epoch})',
+    )

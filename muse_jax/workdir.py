@@ -12,6 +12,7 @@ one config. A resumed run with another learning rate would keep the old one whil
 recorded the new one. Fields that cannot change mid-run stop the run, naming the field; fields
 that can (`RESUMABLE`) are applied, logged and written to config.json.
 """
+
 import contextlib
 import datetime
 import errno
@@ -28,7 +29,7 @@ from muse_jax.data import layout
 from muse_jax.errors import MuseError
 
 try:
-  import fcntl  # pylint: disable=g-import-not-at-top
+  import fcntl
 except ImportError:  # not POSIX: workdirs are not locked
   fcntl = None
 
@@ -38,18 +39,36 @@ CONFIG_FILE = 'config.json'
 # optimiser state, schedule) or what the data is. num_epochs and nonfinite_policy change how the
 # run goes on, which is why one resumes with them; the others change only how it runs or what
 # it writes at the end.
-RESUMABLE = ('num_epochs', 'nonfinite_policy', 'num_plot_videos', 'eval_seed', 'num_devices',
-             'member_devices',
-             'bootstrap_samples', 'bootstrap_seed', 'sweep_ensemble', 'sweep_storage',
-             'micro_batch_size', 'inputs_on_disk', 'reuse_cpu_buffers', 'compilation_cache_dir',
-             'seed_loop', 'attention', 'data_dir')
+RESUMABLE = (
+  'num_epochs',
+  'nonfinite_policy',
+  'num_plot_videos',
+  'eval_seed',
+  'num_devices',
+  'member_devices',
+  'bootstrap_samples',
+  'bootstrap_seed',
+  'sweep_ensemble',
+  'sweep_storage',
+  'micro_batch_size',
+  'inputs_on_disk',
+  'reuse_cpu_buffers',
+  'compilation_cache_dir',
+  'seed_loop',
+  'attention',
+  'data_dir',
+)
 
 
 def _fail_os(workdir: str, e: OSError, doing: str):
   why = e.strerror or str(e)
-  hint = {errno.EROFS: 'it is on a read-only file system', errno.EACCES: 'permission denied',
-          errno.ENOTDIR: 'a part of the path is a file', errno.EEXIST: 'it is a file',
-          errno.ENOSPC: 'the disk is full'}.get(e.errno, why)
+  hint = {
+    errno.EROFS: 'it is on a read-only file system',
+    errno.EACCES: 'permission denied',
+    errno.ENOTDIR: 'a part of the path is a file',
+    errno.EEXIST: 'it is a file',
+    errno.ENOSPC: 'the disk is full',
+  }.get(e.errno, why)
   raise MuseError(f'{workdir}: cannot {doing} ({hint}); choose a writable folder as --workdir')
 
 
@@ -58,8 +77,9 @@ def prepare(workdir: str, writable: bool = True) -> str:
   or (writable) a folder this process cannot write."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise MuseError(f'{workdir}: --workdir is a file, not a folder; choose a folder (it is '
-                    'created if missing)')
+    raise MuseError(
+      f'{workdir}: --workdir is a file, not a folder; choose a folder (it is created if missing)'
+    )
   parent = os.path.dirname(workdir)
   while parent and not os.path.exists(parent):
     parent = os.path.dirname(parent)
@@ -88,8 +108,9 @@ def _holder(path: str) -> dict:
 def _describe(h: dict) -> str:
   if not h:
     return 'another run'
-  return (f'the run of pid {h.get("pid")} on host {h.get("host")}'
-          + (f', started {h["started"]}' if h.get('started') else ''))
+  return f'the run of pid {h.get("pid")} on host {h.get("host")}' + (
+    f', started {h["started"]}' if h.get('started') else ''
+  )
 
 
 @contextlib.contextmanager
@@ -107,17 +128,27 @@ def locked(workdir: str, what: str = 'run'):
       try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
-        raise MuseError(f'{workdir}: in use by {_describe(_holder(path))}; wait for it to '
-                        'finish (or stop it), or use another --workdir') from None
+        raise MuseError(
+          f'{workdir}: in use by {_describe(_holder(path))}; wait for it to '
+          'finish (or stop it), or use another --workdir'
+        ) from None
       except OSError as e:  # a file system without locks (some NFS and FUSE mounts)
-        logging.warning('%s: cannot lock the workdir (%s); make sure no other run uses it',
-                        workdir, e.strerror or e)
+        logging.warning(
+          '%s: cannot lock the workdir (%s); make sure no other run uses it',
+          workdir,
+          e.strerror or e,
+        )
     old = _holder(path)
     if old and old.get('pid') != os.getpid():
-      logging.warning('%s: lock of %s, which is no longer running, taken over', workdir,
-                      _describe(old))
-    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'what': what,
-          'started': datetime.datetime.now().isoformat(timespec='seconds')}
+      logging.warning(
+        '%s: lock of %s, which is no longer running, taken over', workdir, _describe(old)
+      )
+    me = {
+      'pid': os.getpid(),
+      'host': socket.gethostname(),
+      'what': what,
+      'started': datetime.datetime.now().isoformat(timespec='seconds'),
+    }
     f.seek(0)
     f.truncate()
     f.write(json.dumps(me))
@@ -145,8 +176,10 @@ def _same(a, b) -> bool:
   in a config file)."""
   if a == b:
     return True
+
   def items(v):
     return config_util.parse_list(v) if isinstance(v, (str, list, tuple)) else None
+
   return items(a) is not None and items(a) == items(b)
 
 
@@ -191,13 +224,15 @@ def held(workdir: str, what: str):
   """The workdir's lock (`locked`), held by process 0 for the whole job. In a multi-host job the
   others learn whether it got it, so a refused job ends on every process instead of leaving them
   waiting at the next barrier."""
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax  # noqa: PLC0415  (JAX only when a lock is taken: main's --help stays fast)
+
   if jax.process_count() == 1:
     with locked(workdir, what):
       yield
     return
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # noqa: PLC0415  (multi-host only)
+  import numpy as np  # noqa: PLC0415  (multi-host only)
+
   lock = locked(workdir, what) if jax.process_index() == 0 else contextlib.nullcontext()
   error = None
   try:
@@ -206,8 +241,9 @@ def held(workdir: str, what: str):
     error = e
   refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
   if refused:
-    raise error or MuseError(f'{workdir}: process 0 could not take the workdir lock (its log says '
-                             'why)')
+    raise error or MuseError(
+      f'{workdir}: process 0 could not take the workdir lock (its log says why)'
+    )
   try:
     yield
   finally:
@@ -224,13 +260,17 @@ def sweep_ensemble_parts(workdir: str) -> tuple:
   ranked them. Groups are found under this W (a moved workdir still reads)."""
   report = read_json(os.path.join(workdir, 'sweep.json'))
   if report is None:
-    raise MuseError(f"{workdir}: no sweep.json; eval_seed 'sweep_ensemble' is the ensemble of a "
-                    "sweep's best members: use it on the --workdir of a finished --sweep (or "
-                    "eval_seed 'ensemble' for this run's seeds)")
+    raise MuseError(
+      f"{workdir}: no sweep.json; eval_seed 'sweep_ensemble' is the ensemble of a "
+      "sweep's best members: use it on the --workdir of a finished --sweep (or "
+      "eval_seed 'ensemble' for this run's seeds)"
+    )
   ens = report.get('ensemble')
   if not ens or not ens.get('rows'):
-    raise MuseError(f'{workdir}: the sweep has no ensemble (config.sweep_ensemble=0, or no '
-                    'member was scored on devel)')
+    raise MuseError(
+      f'{workdir}: the sweep has no ensemble (config.sweep_ensemble=0, or no '
+      'member was scored on devel)'
+    )
   parts = {}
   for i in ens['rows']:
     row = report['rows'][i]
@@ -239,8 +279,15 @@ def sweep_ensemble_parts(workdir: str) -> tuple:
 
 
 # What evaluate must share with training: how the tree becomes normalised inputs.
-PREPROCESSING = ('data_root', 'task', 'normalize', 'add_segment_id', 'nan_policy', 'max_abs_z',
-                 'fusion_runs')
+PREPROCESSING = (
+  'data_root',
+  'task',
+  'normalize',
+  'add_segment_id',
+  'nan_policy',
+  'max_abs_z',
+  'fusion_runs',
+)
 PATHS = ('data_root', 'data_dir')  # stored absolute: a resume from another folder still matches
 
 
@@ -253,8 +300,9 @@ def config_record(config) -> dict:
   return out
 
 
-def check_resume(workdir: str, config: dict, evaluating: bool = False,
-                 other_tree: bool = False) -> list:
+def check_resume(
+  workdir: str, config: dict, evaluating: bool = False, other_tree: bool = False
+) -> list:
   """On resume (or evaluate): a one-line MuseError for the first field that cannot change
   mid-run; returns the changed fields that can, as (field, old, new), and logs them. Fields only
   one side's config file sets are not compared (`same_config`). A workdir without config.json
@@ -274,16 +322,23 @@ def check_resume(workdir: str, config: dict, evaluating: bool = False,
   for k, a, b in changed:
     if k not in RESUMABLE:
       raise MuseError(
-          f'{workdir}: {doing} with {k}={json.dumps(b)}, but this workdir was trained with '
-          f'{k}={json.dumps(a)}; {k} cannot change in a run in progress: rerun with the config it '
-          'was started with (its config.json), or use a new --workdir')
+        f'{workdir}: {doing} with {k}={json.dumps(b)}, but this workdir was trained with '
+        f'{k}={json.dumps(a)}; {k} cannot change in a run in progress: rerun with the config it '
+        'was started with (its config.json), or use a new --workdir'
+      )
   for k, a, b in changed:
     if evaluating:
-      logging.info('%s: evaluating with %s=%s (trained with %s)', workdir, k, json.dumps(b),
-                   json.dumps(a))
+      logging.info(
+        '%s: evaluating with %s=%s (trained with %s)', workdir, k, json.dumps(b), json.dumps(a)
+      )
     else:
-      logging.warning('%s: resumed with %s=%s (was %s); applied, config.json updated', workdir, k,
-                      json.dumps(b), json.dumps(a))
+      logging.warning(
+        '%s: resumed with %s=%s (was %s); applied, config.json updated',
+        workdir,
+        k,
+        json.dumps(b),
+        json.dumps(a),
+      )
   return changed
 
 
@@ -298,6 +353,8 @@ def check_space(workdir: str, need: int, what: str, kept: str) -> None:
   except OSError:
     return
   if free < need:
-    raise MuseError(f'{workdir}: disk full ({free / 2**20:.1f} MiB free, {what} needs about '
-                    f'{need / 2**20:.1f} MiB); {kept}; free space and rerun the same command to '
-                    'resume')
+    raise MuseError(
+      f'{workdir}: disk full ({free / 2**20:.1f} MiB free, {what} needs about '
+      f'{need / 2**20:.1f} MiB); {kept}; free space and rerun the same command to '
+      'resume'
+    )

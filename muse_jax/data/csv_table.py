@@ -4,6 +4,7 @@ Fast path with pandas' C parser; on any doubt a slow path that names the exact l
 the problem. Every problem is a one-line MuseError naming the file: empty file, header only,
 another separator, a written row index, a ragged row, a non-numeric cell.
 """
+
 import csv
 import dataclasses
 import io
@@ -18,6 +19,7 @@ from muse_jax.errors import MuseError
 @dataclasses.dataclass
 class Table:
   """A numeric CSV: header names, float64 values [N, C], 1-based file line of each row."""
+
   path: str
   columns: list
   values: np.ndarray
@@ -33,7 +35,7 @@ def _fail(msg: str):
 
 def _float_cell(cell: str) -> float:
   s = cell.strip()
-  if s in pd._libs.parsers.STR_NA_VALUES:  # pylint: disable=protected-access
+  if s in pd._libs.parsers.STR_NA_VALUES:
     return np.nan
   return float(s)
 
@@ -46,15 +48,19 @@ def _slow_parse(path: str, columns: list, body: str) -> tuple:
     if not fields or (len(fields) == 1 and not fields[0].strip()):
       continue  # blank line
     if len(fields) != len(columns):
-      _fail(f'{path}: line {line} has {len(fields)} fields but the header has {len(columns)}; '
-            'every row needs one value per column')
+      _fail(
+        f'{path}: line {line} has {len(fields)} fields but the header has {len(columns)}; '
+        'every row needs one value per column'
+      )
     row = []
     for c, cell in enumerate(fields):
       try:
         row.append(_float_cell(cell))
       except ValueError:
-        _fail(f'{path}: line {line}, column {c + 1} ({columns[c]!r}): non-numeric value '
-              f'{cell.strip()[:40]!r}')
+        _fail(
+          f'{path}: line {line}, column {c + 1} ({columns[c]!r}): non-numeric value '
+          f'{cell.strip()[:40]!r}'
+        )
     rows.append(row)
     lines.append(line)
   return np.asarray(rows, np.float64).reshape(len(rows), len(columns)), np.asarray(lines)
@@ -74,7 +80,7 @@ def read_table(path: str) -> Table:
   if not data or data.isspace():  # (not .strip(): that copies the whole file)
     _fail(f'{path}: empty file; expected a header line and data rows')
   nl = data.find(b'\n')
-  header, body = (data, b'') if nl < 0 else (data[:nl], data[nl + 1:])
+  header, body = (data, b'') if nl < 0 else (data[:nl], data[nl + 1 :])
   try:
     columns = [c.strip() for c in next(csv.reader([header.decode('utf-8').strip('\r')]))]
   except UnicodeDecodeError:
@@ -87,8 +93,9 @@ def read_table(path: str) -> Table:
   # comma) and pandas parses every cell as a float. Any doubt -> the slow path says where.
   if body.count(b',') == (len(columns) - 1) * n_lines:
     try:
-      values = pd.read_csv(io.BytesIO(body), header=None, dtype=np.float64, engine='c',
-                           skip_blank_lines=False).to_numpy()
+      values = pd.read_csv(
+        io.BytesIO(body), header=None, dtype=np.float64, engine='c', skip_blank_lines=False
+      ).to_numpy()
       if values.shape == (n_lines, len(columns)):
         return Table(path, columns, values, np.arange(2, n_lines + 2))
     except (ValueError, pd.errors.ParserError):
@@ -121,10 +128,14 @@ def check_header(path: str, columns: list, index_ok: bool = False) -> list:
   if len(columns) == 1:
     for sep, name in ((';', 'semicolon'), ('\t', 'tab'), ('|', 'bar')):
       if sep in columns[0]:
-        _fail(f'{path}: the header has no commas but {columns[0].count(sep)} {name}s: the '
-              f'separator looks like {sep!r}; save the file comma-separated (e.g. pandas '
-              "to_csv(path, index=False), or read_csv(path, sep=';') then write it back)")
+        _fail(
+          f'{path}: the header has no commas but {columns[0].count(sep)} {name}s: the '
+          f'separator looks like {sep!r}; save the file comma-separated (e.g. pandas '
+          "to_csv(path, index=False), or read_csv(path, sep=';') then write it back)"
+        )
   if not index_ok and columns and _INDEX_COLUMN.match(columns[0]) and len(columns) > 1:
-    _fail(f'{path}: the first column has no name ({columns[0]!r}): it looks like a written row '
-          'index (pandas to_csv without index=False); remove that column')
+    _fail(
+      f'{path}: the first column has no name ({columns[0]!r}): it looks like a written row '
+      'index (pandas to_csv without index=False); remove that column'
+    )
   return columns

@@ -45,6 +45,7 @@ sets (au, vggface); one feature file 3 rows longer than its labels and one 2 row
 timestamps on the grid not starting at 0; varying video lengths; segment ids 1, 2, ... in
 contiguous runs.
 """
+
 import dataclasses
 import json
 import os
@@ -63,53 +64,93 @@ from muse_jax.errors import MuseError
 
 # Released sets and their dimensions (docs/data_format.md); any `name:dim` works as well.
 FEATURE_SETS = {
-    'au': 35, 'deepspectrum': 4096, 'egemaps': 88, 'fasttext': 300, 'gaze': 288, 'gocar': 350,
-    'landmarks_2d': 136, 'landmarks_3d': 204, 'openpose': 54, 'pdm': 40, 'pose': 6,
-    'vggface': 512, 'xception': 2048,
+  'au': 35,
+  'deepspectrum': 4096,
+  'egemaps': 88,
+  'fasttext': 300,
+  'gaze': 288,
+  'gocar': 350,
+  'landmarks_2d': 136,
+  'landmarks_3d': 204,
+  'openpose': 54,
+  'pdm': 40,
+  'pose': 6,
+  'vggface': 512,
+  'xception': 2048,
 }
 DEFAULT_FEATURES = ('egemaps', 'fasttext', 'au', 'vggface')
-VISUAL = ('au', 'vggface', 'gaze', 'landmarks_2d', 'landmarks_3d', 'openpose', 'pdm', 'pose',
-          'xception')
+VISUAL = (
+  'au',
+  'vggface',
+  'gaze',
+  'landmarks_2d',
+  'landmarks_3d',
+  'openpose',
+  'pdm',
+  'pose',
+  'xception',
+)
 MARKER = 'demo_tree.json'
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoLayout:
-  kind: str            # layout.KINDS key
-  task: str            # folder under --out ('' = --out itself)
+  kind: str  # layout.KINDS key
+  task: str  # folder under --out ('' = --out itself)
   targets: tuple
   step_ms: int
   partition_header: str = 'Id,Proposal'
   label_columns: tuple = layout.COLUMNS_2021
   feature_meta: tuple = ('timestamp', 'segment_id')
-  ids: str = 'small'   # small | large | names
+  ids: str = 'small'  # small | large | names
   test_labels: str = 'missing'  # missing | nan: how withheld test labels look
   features_from_zero: bool = False  # some feature files start at 0, before the labels
 
 
 LAYOUTS = {
-    'muse2020': DemoLayout('muse2020', '', ('arousal', 'valence'), 250,
-                           label_columns=layout.COLUMNS_2020),
-    'muse2020_trust': DemoLayout('muse2020_task', 'c3_muse_trust',
-                                 ('arousal', 'valence', 'trustworthiness'), 250,
-                                 label_columns=layout.COLUMNS_2020),
-    'muse2021_wilder': DemoLayout('muse2021', 'c1_muse_wilder', ('arousal', 'valence'), 250),
-    'muse2021_stress': DemoLayout('muse2021', 'c3_muse_stress',
-                                  ('arousal', 'valence', 'physio-arousal'), 500,
-                                  partition_header='subject,gender,fold'),
-    'muse2021_physio': DemoLayout('muse2021', 'c4_muse_physio', ('anno12_EDA',), 500,
-                                  test_labels='nan'),
-    'muse2022_stress': DemoLayout('muse2021', 'c3_muse_stress_2022', ('physio-arousal', 'valence'),
-                                  500, partition_header='subject_id,partition',
-                                  label_columns=('timestamp', 'value', 'subject_id'),
-                                  feature_meta=('timestamp', 'subject_id'), ids='large',
-                                  features_from_zero=True),
-    'plain': DemoLayout('plain', '', ('arousal', 'valence'), 200, partition_header='Id,Partition',
-                        ids='names'),
+  'muse2020': DemoLayout(
+    'muse2020', '', ('arousal', 'valence'), 250, label_columns=layout.COLUMNS_2020
+  ),
+  'muse2020_trust': DemoLayout(
+    'muse2020_task',
+    'c3_muse_trust',
+    ('arousal', 'valence', 'trustworthiness'),
+    250,
+    label_columns=layout.COLUMNS_2020,
+  ),
+  'muse2021_wilder': DemoLayout('muse2021', 'c1_muse_wilder', ('arousal', 'valence'), 250),
+  'muse2021_stress': DemoLayout(
+    'muse2021',
+    'c3_muse_stress',
+    ('arousal', 'valence', 'physio-arousal'),
+    500,
+    partition_header='subject,gender,fold',
+  ),
+  'muse2021_physio': DemoLayout(
+    'muse2021', 'c4_muse_physio', ('anno12_EDA',), 500, test_labels='nan'
+  ),
+  'muse2022_stress': DemoLayout(
+    'muse2021',
+    'c3_muse_stress_2022',
+    ('physio-arousal', 'valence'),
+    500,
+    partition_header='subject_id,partition',
+    label_columns=('timestamp', 'value', 'subject_id'),
+    feature_meta=('timestamp', 'subject_id'),
+    ids='large',
+    features_from_zero=True,
+  ),
+  'plain': DemoLayout(
+    'plain', '', ('arousal', 'valence'), 200, partition_header='Id,Partition', ids='names'
+  ),
 }
 # How each target is made from the latent curves (arousal-like, valence-like, a third one).
-TARGET_MIX = {'valence': (0.0, 1.0, 0.0), 'physio-arousal': (0.7, 0.0, 0.3),
-              'anno12_EDA': (0.8, 0.0, 0.2), 'trustworthiness': (0.3, 0.5, 0.2)}
+TARGET_MIX = {
+  'valence': (0.0, 1.0, 0.0),
+  'physio-arousal': (0.7, 0.0, 0.3),
+  'anno12_EDA': (0.8, 0.0, 0.2),
+  'trustworthiness': (0.3, 0.5, 0.2),
+}
 AROUSAL_LIKE = (1.0, 0.0, 0.0)
 
 
@@ -118,38 +159,39 @@ class Scale:
   n_videos: int
   min_len: int
   max_len: int
-  mean_len: int     # 0: uniform lengths in [min_len, max_len]
-  seg_len: tuple    # segment lengths drawn from this range
+  mean_len: int  # 0: uniform lengths in [min_len, max_len]
+  seg_len: tuple  # segment lengths drawn from this range
 
 
 SCALES = {
-    'tiny': Scale(12, 40, 150, 0, (15, 60)),
-    'demo': Scale(45, 300, 1500, 0, (60, 400)),
-    'full': Scale(290, 240, 7200, 1930, (60, 400)),
+  'tiny': Scale(12, 40, 150, 0, (15, 60)),
+  'demo': Scale(45, 300, 1500, 0, (60, 400)),
+  'full': Scale(290, 240, 7200, 1930, (60, 400)),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class View:
   """How a feature set sees the labels: weights, lead in frames, kernel width, noise, word hold."""
+
   arousal: float
   valence: float
   lag: int
   spread: int
   noise: float = 5.0
-  hold: int = 1     # > 1: values held constant over 'words' of 1..hold frames (text features)
+  hold: int = 1  # > 1: values held constant over 'words' of 1..hold frames (text features)
 
 
 VIEWS = {
-    'egemaps': View(1.0, 0.3, lag=6, spread=12),
-    'au': View(1.0, 0.35, lag=10, spread=16),
-    'fasttext': View(0.3, 1.0, lag=8, spread=12, noise=4.0, hold=2),
-    'vggface': View(0.35, 1.0, lag=12, spread=20),
+  'egemaps': View(1.0, 0.3, lag=6, spread=12),
+  'au': View(1.0, 0.35, lag=10, spread=16),
+  'fasttext': View(0.3, 1.0, lag=8, spread=12, noise=4.0, hold=2),
+  'vggface': View(0.35, 1.0, lag=12, spread=20),
 }
 DEFAULT_VIEW = View(0.7, 0.7, lag=8, spread=16)
-LABEL_SMOOTH = 16.0   # frames (4 s): std of the Gaussian smoothing the latent curves
-N_CHANNELS = 8        # latent channels per feature set, mixed into its D columns
-LEAD_MARGIN = 32      # label frames generated past the end, for views that lead the labels
+LABEL_SMOOTH = 16.0  # frames (4 s): std of the Gaussian smoothing the latent curves
+N_CHANNELS = 8  # latent channels per feature set, mixed into its D columns
+LEAD_MARGIN = 32  # label frames generated past the end, for views that lead the labels
 assert all(v.lag + v.spread <= LEAD_MARGIN for v in list(VIEWS.values()) + [DEFAULT_VIEW])
 
 
@@ -177,15 +219,14 @@ def _key(name: str) -> int:
 def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
   r = int(3 * sigma)
   k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-  return np.convolve(x, k / np.sqrt((k ** 2).sum()), mode='valid')
+  return np.convolve(x, k / np.sqrt((k**2).sum()), mode='valid')
 
 
 def _spread(x: np.ndarray, width: int) -> np.ndarray:
   """Wide centred kernel: the view smears every change over about `width` frames."""
   k = np.hanning(width + 2)[1:-1]
   k /= k.sum()
-  return np.convolve(np.pad(x, (width // 2, width - 1 - width // 2), mode='edge'), k,
-                     mode='valid')
+  return np.convolve(np.pad(x, (width // 2, width - 1 - width // 2), mode='edge'), k, mode='valid')
 
 
 def _parse_features(features) -> dict:
@@ -202,8 +243,10 @@ def _parse_features(features) -> dict:
     elif name in FEATURE_SETS:
       out[name] = FEATURE_SETS[name]
     else:
-      raise MuseError(f'--features: unknown feature set {name!r}; use one of '
-                      f'{", ".join(sorted(FEATURE_SETS))} or name:dim for your own')
+      raise MuseError(
+        f'--features: unknown feature set {name!r}; use one of '
+        f'{", ".join(sorted(FEATURE_SETS))} or name:dim for your own'
+      )
   if not out:
     raise MuseError('--features: no feature set given')
   return out
@@ -233,8 +276,8 @@ def _layout(scale: Scale, seed: int, demo_layout: DemoLayout = None) -> dict:
   n_train, n_devel = round(0.57 * n), round(0.21 * n)
   part = np.empty(n, object)
   part[order[:n_train]] = 'train'
-  part[order[n_train:n_train + n_devel]] = 'devel'
-  part[order[n_train + n_devel:]] = 'test'
+  part[order[n_train : n_train + n_devel]] = 'devel'
+  part[order[n_train + n_devel :]] = 'test'
   starts = demo_layout.step_ms * rng.integers(0, 60, n) * (rng.random(n) < 0.75)
   if demo_layout.features_from_zero:
     starts = np.maximum(starts, demo_layout.step_ms)  # labels start one step in
@@ -248,9 +291,17 @@ def _layout(scale: Scale, seed: int, demo_layout: DemoLayout = None) -> dict:
   test = [i for i in range(n) if part[i] == 'test']
   train = [i for i in range(n) if part[i] == 'train']
   pick = rng.choice(train, 3, replace=False)
-  return dict(ids=_ids(demo_layout.ids, ids), lens=lens, part=part, starts=starts, segments=segments,
-              unlabelled=set(test[::2]), duplicate=int(pick[0]), longer=int(pick[1]),
-              shorter=int(pick[2]))
+  return dict(
+    ids=_ids(demo_layout.ids, ids),
+    lens=lens,
+    part=part,
+    starts=starts,
+    segments=segments,
+    unlabelled=set(test[::2]),
+    duplicate=int(pick[0]),
+    longer=int(pick[1]),
+    shorter=int(pick[2]),
+  )
 
 
 def _latents(seed: int, i: int, n: int) -> np.ndarray:
@@ -265,8 +316,9 @@ def _latents(seed: int, i: int, n: int) -> np.ndarray:
   for k in range(3):
     rng = np.random.default_rng([seed, 1, i, k])
     offset = rng.normal(0, 0.5)
-    out.append(np.tanh(0.7 * _smooth(rng.standard_normal(n + LEAD_MARGIN + 2 * r),
-                                     LABEL_SMOOTH) + offset))
+    out.append(
+      np.tanh(0.7 * _smooth(rng.standard_normal(n + LEAD_MARGIN + 2 * r), LABEL_SMOOTH) + offset)
+    )
   return np.stack(out)
 
 
@@ -275,15 +327,20 @@ def _features(name: str, dim: int, labels: np.ndarray, n: int, seed: int, i: int
   view = VIEWS.get(name, DEFAULT_VIEW)
   g = np.random.default_rng([seed, 2, _key(name)])  # per set: the same map for every video
   mix = g.normal(0, 1, (N_CHANNELS, dim)) / np.sqrt(N_CHANNELS)
-  w = np.stack([view.arousal * g.choice([-1, 1], N_CHANNELS) * g.uniform(0.6, 1.4, N_CHANNELS),
-                view.valence * g.choice([-1, 1], N_CHANNELS) * g.uniform(0.6, 1.4, N_CHANNELS)])
+  w = np.stack(
+    [
+      view.arousal * g.choice([-1, 1], N_CHANNELS) * g.uniform(0.6, 1.4, N_CHANNELS),
+      view.valence * g.choice([-1, 1], N_CHANNELS) * g.uniform(0.6, 1.4, N_CHANNELS),
+    ]
+  )
   kinds = np.arange(N_CHANNELS) % 3
   mean, std = _column_scales(name, dim, g)
   rng = np.random.default_rng([seed, 3, i, _key(name)])
-  u = np.stack([_spread(labels[k], view.spread)[view.lag:view.lag + n] for k in range(2)])
+  u = np.stack([_spread(labels[k], view.spread)[view.lag : view.lag + n] for k in range(2)])
   pre = (w.T @ u) * 1.8  # [channels, n]
-  ch = np.where(kinds[:, None] == 0, pre,
-                np.where(kinds[:, None] == 1, np.tanh(pre), pre * np.abs(pre) * 0.5))
+  ch = np.where(
+    kinds[:, None] == 0, pre, np.where(kinds[:, None] == 1, np.tanh(pre), pre * np.abs(pre) * 0.5)
+  )
   ch = ch + view.noise * rng.standard_normal(ch.shape)
   if view.hold > 1:  # text: one value per word
     word = np.cumsum(rng.random(n) < 1.0 / view.hold)
@@ -300,7 +357,11 @@ def _features(name: str, dim: int, labels: np.ndarray, n: int, seed: int, i: int
 
 def _decimals(name: str, dim: int, seed: int) -> np.ndarray:
   if name == 'au':
-    return np.array([2] * len(demo_files.AUS) + [0] * (dim - len(demo_files.AUS))) if dim == 35 else np.full(dim, 2)
+    return (
+      np.array([2] * len(demo_files.AUS) + [0] * (dim - len(demo_files.AUS)))
+      if dim == 35
+      else np.full(dim, 2)
+    )
   _, std = _column_scales(name, dim, np.random.default_rng([seed, 2, _key(name)]))
   return np.clip(2 - np.floor(np.log10(std)), 1, 6).astype(np.int64)
 
@@ -311,7 +372,7 @@ def _visual_gaps(x: np.ndarray, name: str, rng, counts: dict) -> None:
   if rng.random() < 0.4:
     for _ in range(int(rng.integers(1, 4))):
       s, ln = int(rng.integers(0, n)), int(rng.integers(3, 20))
-      x[s:s + ln] = 0.0
+      x[s : s + ln] = 0.0
       counts['zero_rows'] += min(ln, n - s)
   if rng.random() < 0.3:
     rows = rng.choice(n, min(n, int(rng.integers(1, 6))), replace=False)
@@ -326,8 +387,14 @@ def _label_values(latents: np.ndarray, target: str) -> np.ndarray:
   return np.tensordot(np.asarray(TARGET_MIX.get(target, AROUSAL_LIKE)), latents, axes=1)
 
 
-def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
-              layout_name: str = 'muse2020', fraction: float = 1.0) -> dict:
+def make_tree(
+  out: str,
+  scale: str = 'demo',
+  seed: int = 0,
+  features=None,
+  layout_name: str = 'muse2020',
+  fraction: float = 1.0,
+) -> dict:
   """Writes the tree under `out`; returns a summary (ids per split, frames, where the quirks are).
 
   `features`: names (comma string or list) of released sets or `name:dim`; default egemaps,
@@ -347,44 +414,75 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
   root = os.path.join(out, dl.task) if dl.task else out
   if os.path.isdir(root) and os.listdir(root):
     if not _demo_owned(root):
-      raise MuseError(f'{root}: not empty and not a demo tree ({MARKER} missing); refusing to '
-                      'overwrite, pick an empty or new folder')
-    for sub in ('metadata', 'c1_muse_wild', 'feature_segments', 'label_segments', 'features',
-                'labels', MARKER):
+      raise MuseError(
+        f'{root}: not empty and not a demo tree ({MARKER} missing); refusing to '
+        'overwrite, pick an empty or new folder'
+      )
+    for sub in (
+      'metadata',
+      'c1_muse_wild',
+      'feature_segments',
+      'label_segments',
+      'features',
+      'labels',
+      MARKER,
+    ):
       p = os.path.join(root, sub)
       shutil.rmtree(p) if os.path.isdir(p) else os.path.exists(p) and os.remove(p)
   if not 0 < fraction <= 1:
     raise MuseError(f'fraction must be in (0, 1], got {fraction}')
   lay = _layout(SCALES[scale], seed, dl)
   keep = _slice(lay['part'], fraction)
-  tree = layout.Layout(dl.kind, root, dl.task or (
-      layout.TASK_2020 if dl.kind == 'muse2020' else os.path.basename(root)))
+  tree = layout.Layout(
+    dl.kind,
+    root,
+    dl.task or (layout.TASK_2020 if dl.kind == 'muse2020' else os.path.basename(root)),
+  )
   names = list(sets)
   quirks = {
-      'duplicated_partition_id': lay['ids'][lay['duplicate']] if lay['duplicate'] in keep else None,
-      'unlabelled_test_ids': [lay['ids'][i] for i in sorted(lay['unlabelled'] & keep)],
-      'test_labels_withheld_as': dl.test_labels,
-      'longer_feature_file': {'id': lay['ids'][lay['longer']], 'feature_set': names[0],
-                              'extra_rows': 3} if lay['longer'] in keep else None,
-      'shorter_feature_file': {'id': lay['ids'][lay['shorter']], 'feature_set': names[-1],
-                               'missing_rows': 2} if lay['shorter'] in keep else None,
-      'zero_rows': {}, 'nan_cells': {},
+    'duplicated_partition_id': lay['ids'][lay['duplicate']] if lay['duplicate'] in keep else None,
+    'unlabelled_test_ids': [lay['ids'][i] for i in sorted(lay['unlabelled'] & keep)],
+    'test_labels_withheld_as': dl.test_labels,
+    'longer_feature_file': {
+      'id': lay['ids'][lay['longer']],
+      'feature_set': names[0],
+      'extra_rows': 3,
+    }
+    if lay['longer'] in keep
+    else None,
+    'shorter_feature_file': {
+      'id': lay['ids'][lay['shorter']],
+      'feature_set': names[-1],
+      'missing_rows': 2,
+    }
+    if lay['shorter'] in keep
+    else None,
+    'zero_rows': {},
+    'nan_cells': {},
   }
   if dl.features_from_zero:
     quirks['features_from_zero'] = names[0]
   extra_cols = len(dl.partition_header.split(',')) - 2  # e.g. gender: not read
-  rows = {i: ','.join([vid] + ['x'] * extra_cols + [p])
-          for i, (vid, p) in enumerate(zip(lay['ids'], lay['part'])) if i in keep}
+  rows = {
+    i: ','.join([vid] + ['x'] * extra_cols + [p])
+    for i, (vid, p) in enumerate(zip(lay['ids'], lay['part']))
+    if i in keep
+  }
   rows = list(rows.values()) + ([rows[lay['duplicate']]] if lay['duplicate'] in keep else [])
   partition = dl.partition_header + '\n' + '\n'.join(rows) + '\n'
   if dl.kind == 'muse2020_task' and os.path.exists(tree.partition_path):
     with open(tree.partition_path, encoding='utf-8') as f:  # the release's, shared with c1
       if f.read() != partition:
-        raise MuseError(f'{tree.partition_path}: the partition of the tree already here differs '
-                        f'from the one {layout_name} would write; write both tasks with the '
-                        'same --scale, --seed and --fraction, or into a new folder')
-  for d in [os.path.dirname(tree.partition_path)] + [
-      tree.label_folder(t) for t in dl.targets] + [tree.feature_folder(s) for s in names]:
+        raise MuseError(
+          f'{tree.partition_path}: the partition of the tree already here differs '
+          f'from the one {layout_name} would write; write both tasks with the '
+          'same --scale, --seed and --fraction, or into a new folder'
+        )
+  for d in (
+    [os.path.dirname(tree.partition_path)]
+    + [tree.label_folder(t) for t in dl.targets]
+    + [tree.feature_folder(s) for s in names]
+  ):
     os.makedirs(d, exist_ok=True)
   with open(tree.partition_path, 'w') as f:
     f.write(partition)
@@ -406,9 +504,12 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
       for target in dl.targets:
         value = _label_values(labels, target)[:n] if not withheld else np.full(n, np.nan)
         cols = {**meta, 'value': value}
-        demo_files.write_csv(tree.label_path(target, vid), list(dl.label_columns),
-                             [cols[c][:n] for c in dl.label_columns],
-                             [4 if c == 'value' else 0 for c in dl.label_columns])
+        demo_files.write_csv(
+          tree.label_path(target, vid),
+          list(dl.label_columns),
+          [cols[c][:n] for c in dl.label_columns],
+          [4 if c == 'value' else 0 for c in dl.label_columns],
+        )
     for name, dim in sets.items():
       m = n + extra if (i == lay['longer'] and name == names[0]) else n
       if i == lay['shorter'] and name == names[-1]:
@@ -423,22 +524,46 @@ def make_tree(out: str, scale: str = 'demo', seed: int = 0, features=None,
       cols = [meta[c][:m] for c in dl.feature_meta] + [x]
       if dl.features_from_zero and name == names[0]:  # rows from 0 up to the first label
         lead = int(t[0] // step)
-        cols = [np.concatenate([step * np.arange(lead), c]) for c in cols[:1]] + [
-            np.concatenate([np.full(lead, c[0]), c]) for c in cols[1:-1]] + [
-            np.concatenate([np.repeat(x[:1], lead, axis=0), x])]
-      demo_files.write_csv(tree.feature_path(name, vid),
-                           list(dl.feature_meta) + demo_files.column_names(name, dim),
-                           cols, [0] * len(dl.feature_meta) + list(_decimals(name, dim, seed)))
-  split_ids = {p: [lay['ids'][i] for i in sorted(keep) if lay['part'][i] == p]
-               for p in layout.SPLITS}
-  summary = {'scale': scale, 'seed': seed, 'layout': layout_name, 'task': tree.task,
-             'fraction': fraction, 'targets': list(dl.targets), 'step_ms': step,
-             'videos': len(keep),
-             'frames': int(frames), 'splits': split_ids, 'feature_sets': sets, 'quirks': quirks}
+        cols = (
+          [np.concatenate([step * np.arange(lead), c]) for c in cols[:1]]
+          + [np.concatenate([np.full(lead, c[0]), c]) for c in cols[1:-1]]
+          + [np.concatenate([np.repeat(x[:1], lead, axis=0), x])]
+        )
+      demo_files.write_csv(
+        tree.feature_path(name, vid),
+        list(dl.feature_meta) + demo_files.column_names(name, dim),
+        cols,
+        [0] * len(dl.feature_meta) + list(_decimals(name, dim, seed)),
+      )
+  split_ids = {
+    p: [lay['ids'][i] for i in sorted(keep) if lay['part'][i] == p] for p in layout.SPLITS
+  }
+  summary = {
+    'scale': scale,
+    'seed': seed,
+    'layout': layout_name,
+    'task': tree.task,
+    'fraction': fraction,
+    'targets': list(dl.targets),
+    'step_ms': step,
+    'videos': len(keep),
+    'frames': int(frames),
+    'splits': split_ids,
+    'feature_sets': sets,
+    'quirks': quirks,
+  }
   with open(os.path.join(root, MARKER), 'w') as f:
     json.dump(summary, f, indent=1, sort_keys=True)
-  logging.info('demo tree (%s, %s, seed %d): %d videos, %d frames, sets %s -> %s', layout_name,
-               scale, seed, summary['videos'], frames, ','.join(names), root)
+  logging.info(
+    'demo tree (%s, %s, seed %d): %d videos, %d frames, sets %s -> %s',
+    layout_name,
+    scale,
+    seed,
+    summary['videos'],
+    frames,
+    ','.join(names),
+    root,
+  )
   return dict(summary, root=root)
 
 
@@ -449,7 +574,7 @@ def _slice(part, fraction: float) -> set:
   keep = set()
   for split in layout.SPLITS:
     idx = [i for i, p in enumerate(part) if p == split]
-    keep.update(idx[:max(1, round(len(idx) * fraction))])
+    keep.update(idx[: max(1, round(len(idx) * fraction))])
   return keep
 
 
@@ -463,8 +588,9 @@ def _demo_owned(root: str) -> bool:
 
 
 # The demo layout of each task name config.task may give (the 2020 root's own task is muse2020).
-TASK_LAYOUTS = {(dl.task or layout.TASK_2020): name for name, dl in LAYOUTS.items()
-                if name != 'plain'}
+TASK_LAYOUTS = {
+  (dl.task or layout.TASK_2020): name for name, dl in LAYOUTS.items() if name != 'plain'
+}
 
 
 def default_out() -> str:
@@ -493,8 +619,10 @@ def tree_in(out: str, scale: str = 'demo', task: str = '') -> str:
   out = os.path.abspath(os.path.expanduser(out))
   root = os.path.join(out, f'demo_tree_{scale}')
   if task and task not in TASK_LAYOUTS:
-    raise MuseError(f'config.task={task!r}: the demo tree has no such task (it writes '
-                    f'{", ".join(TASK_LAYOUTS)}); pass --data_root=/path/to/your/tree')
+    raise MuseError(
+      f'config.task={task!r}: the demo tree has no such task (it writes '
+      f'{", ".join(TASK_LAYOUTS)}); pass --data_root=/path/to/your/tree'
+    )
   names = ['muse2020'] + ([TASK_LAYOUTS[task]] if task and task != layout.TASK_2020 else [])
   for name in names:
     dl = LAYOUTS[name]
@@ -505,14 +633,16 @@ def tree_in(out: str, scale: str = 'demo', task: str = '') -> str:
     try:
       logging.info('writing the %s demo tree (%s layout) to %s', scale, name, root)
       make_tree(tmp, scale=scale, seed=0, layout_name=name)
-      src, dst = (tmp, root) if not dl.task else (os.path.join(tmp, dl.task),
-                                                  os.path.join(root, dl.task))
+      src, dst = (
+        (tmp, root) if not dl.task else (os.path.join(tmp, dl.task), os.path.join(root, dl.task))
+      )
       try:
         os.rename(src, dst)
       except OSError:  # written meanwhile by another process (or a foreign folder: refused)
         if not os.path.exists(os.path.join(dst, MARKER)):
-          raise MuseError(f'{dst}: exists and is not a demo tree; move it away, or set MUSE_OUT '
-                          'to another folder') from None
+          raise MuseError(
+            f'{dst}: exists and is not a demo tree; move it away, or set MUSE_OUT to another folder'
+          ) from None
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
   return root
@@ -520,30 +650,53 @@ def tree_in(out: str, scale: str = 'demo', task: str = '') -> str:
 
 def main(argv=None) -> int:
   # argparse, not absl flags: this module is imported by the job, which has its own --out/--scale.
-  ap = console.ArgumentParser(prog='python -m muse_jax.data.demo', description=__doc__.split(
-      '\n')[0])
-  ap.add_argument('--out', type=console.path, required=True,
-                  help='folder to write into (new, empty or a demo tree)')
-  ap.add_argument('--scale', default='demo', choices=list(SCALES),
-                  help='tiny (unit tests), demo (default), full (benchmarks)')
+  ap = console.ArgumentParser(
+    prog='python -m muse_jax.data.demo', description=__doc__.split('\n')[0]
+  )
+  ap.add_argument(
+    '--out',
+    type=console.path,
+    required=True,
+    help='folder to write into (new, empty or a demo tree)',
+  )
+  ap.add_argument(
+    '--scale',
+    default='demo',
+    choices=list(SCALES),
+    help='tiny (unit tests), demo (default), full (benchmarks)',
+  )
   ap.add_argument('--seed', type=int, default=0, help='same seed -> identical files')
-  ap.add_argument('--layout', default='muse2020', choices=list(LAYOUTS),
-                  help='release layout to write (module docstring), default muse2020')
-  ap.add_argument('--features', default=','.join(DEFAULT_FEATURES),
-                  help='comma list of feature sets to write; name:dim for your own')
-  ap.add_argument('--fraction', type=float, default=1.0,
-                  help="write only this share of each partition's videos (same files as the "
-                       'whole scale)')
+  ap.add_argument(
+    '--layout',
+    default='muse2020',
+    choices=list(LAYOUTS),
+    help='release layout to write (module docstring), default muse2020',
+  )
+  ap.add_argument(
+    '--features',
+    default=','.join(DEFAULT_FEATURES),
+    help='comma list of feature sets to write; name:dim for your own',
+  )
+  ap.add_argument(
+    '--fraction',
+    type=float,
+    default=1.0,
+    help="write only this share of each partition's videos (same files as the whole scale)",
+  )
   args = ap.parse_args(argv)
   logging.set_verbosity(logging.INFO)
-  rc, s = console.call(make_tree, args.out, args.scale, args.seed, args.features, args.layout,
-                       args.fraction)
+  rc, s = console.call(
+    make_tree, args.out, args.scale, args.seed, args.features, args.layout, args.fraction
+  )
   if rc:
     return rc
-  print(f'{s["root"]} ({s["layout"]}, {s["step_ms"]} ms, targets {",".join(s["targets"])}): '
-        f'{s["videos"]} videos (' + ', '.join(f'{k} {len(v)}' for k, v in s['splits'].items())
-        + f'), {s["frames"]} frames, feature sets '
-        + ', '.join(f'{k} ({d})' for k, d in s['feature_sets'].items()))
+  print(
+    f'{s["root"]} ({s["layout"]}, {s["step_ms"]} ms, targets {",".join(s["targets"])}): '
+    f'{s["videos"]} videos ('
+    + ', '.join(f'{k} {len(v)}' for k, v in s['splits'].items())
+    + f'), {s["frames"]} frames, feature sets '
+    + ', '.join(f'{k} ({d})' for k, d in s['feature_sets'].items())
+  )
   return 0
 
 

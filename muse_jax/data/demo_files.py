@@ -2,25 +2,53 @@
 deterministic CSV writing (a full-scale tree is gigabytes of text; `format_rows` fills fixed-width
 byte slots with numpy instead of formatting cell by cell).
 """
-import numpy as np
 
+import numpy as np
 
 # ------------------------------------------------------------------------------------------------
 # Column names.
 
-_GEMAPS_10 = ('amean', 'stddevNorm', 'percentile20.0', 'percentile50.0', 'percentile80.0',
-              'pctlrange0-2', 'meanRisingSlope', 'stddevRisingSlope', 'meanFallingSlope',
-              'stddevFallingSlope')
-AUS = ('01', '02', '04', '05', '06', '07', '09', '10', '12', '14', '15', '17', '20', '23', '25',
-        '26', '45')
+_GEMAPS_10 = (
+  'amean',
+  'stddevNorm',
+  'percentile20.0',
+  'percentile50.0',
+  'percentile80.0',
+  'pctlrange0-2',
+  'meanRisingSlope',
+  'stddevRisingSlope',
+  'meanFallingSlope',
+  'stddevFallingSlope',
+)
+AUS = (
+  '01',
+  '02',
+  '04',
+  '05',
+  '06',
+  '07',
+  '09',
+  '10',
+  '12',
+  '14',
+  '15',
+  '17',
+  '20',
+  '23',
+  '25',
+  '26',
+  '45',
+)
 
 
 def _egemaps_names() -> list:
   names = [f'F0semitoneFrom27.5Hz_sma3nz_{f}' for f in _GEMAPS_10]
   names += [f'loudness_sma3_{f}' for f in _GEMAPS_10]
   two = ['spectralFlux_sma3'] + [f'mfcc{i}_sma3' for i in range(1, 5)]
-  two += [f'{x}_sma3nz' for x in ('jitterLocal', 'shimmerLocaldB', 'HNRdBACF', 'logRelF0-H1-H2',
-                                  'logRelF0-H1-A3')]
+  two += [
+    f'{x}_sma3nz'
+    for x in ('jitterLocal', 'shimmerLocaldB', 'HNRdBACF', 'logRelF0-H1-H2', 'logRelF0-H1-A3')
+  ]
   for f in (1, 2, 3):
     two += [f'F{f}frequency_sma3nz', f'F{f}bandwidth_sma3nz', f'F{f}amplitudeLogRelF0_sma3nz']
   two += [f'{x}V_sma3nz' for x in ('alphaRatio', 'hammarbergIndex', 'slope', 'spectralFlux')]
@@ -28,11 +56,25 @@ def _egemaps_names() -> list:
   two += [f'mfcc{i}V_sma3nz' for i in range(1, 5)]
   for x in two:
     names += [f'{x}_amean', f'{x}_stddevNorm']
-  names += [f'{x}_sma3nz_amean' for x in ('alphaRatioUV', 'hammarbergIndexUV', 'slopeUV0-500',
-                                          'slopeUV500-1500', 'spectralFluxUV')]
-  names += ['loudnessPeaksPerSec', 'VoicedSegmentsPerSec', 'MeanVoicedSegmentLengthSec',
-            'StddevVoicedSegmentLengthSec', 'MeanUnvoicedSegmentLength',
-            'StddevUnvoicedSegmentLength', 'equivalentSoundLevel_dBp']
+  names += [
+    f'{x}_sma3nz_amean'
+    for x in (
+      'alphaRatioUV',
+      'hammarbergIndexUV',
+      'slopeUV0-500',
+      'slopeUV500-1500',
+      'spectralFluxUV',
+    )
+  ]
+  names += [
+    'loudnessPeaksPerSec',
+    'VoicedSegmentsPerSec',
+    'MeanVoicedSegmentLengthSec',
+    'StddevVoicedSegmentLengthSec',
+    'MeanUnvoicedSegmentLength',
+    'StddevUnvoicedSegmentLength',
+    'equivalentSoundLevel_dBp',
+  ]
   return names
 
 
@@ -65,13 +107,13 @@ def column_names(name: str, dim: int) -> list:
 def _format_block(values: np.ndarray, d: int, n_digits: int) -> np.ndarray:
   n, c = values.shape
   nan = np.isnan(values)
-  q = np.rint(np.abs(np.where(nan, 0.0, values)) * 10.0 ** d).astype(np.int64)
+  q = np.rint(np.abs(np.where(nan, 0.0, values)) * 10.0**d).astype(np.int64)
   neg = (values < 0) & (q > 0)
   width = n_digits + (d > 0) + 2
   buf = np.full((n, c, width), 32, np.uint8)
   size = np.ones(q.shape, np.int64)  # digits of q (at least d + 1 are written: 0.05)
   for k in range(1, n_digits):
-    size += q >= 10 ** k
+    size += q >= 10**k
   size = np.maximum(size, d + 1)
   rest, slot = q.copy(), width - 2
   for k in range(n_digits):
@@ -95,7 +137,7 @@ def format_rows(values: np.ndarray, decimals) -> bytes:
   values = np.asarray(values, np.float64)
   n, c = values.shape
   decimals = np.broadcast_to(np.asarray(decimals, np.int64), (c,))
-  top = np.nanmax(np.abs(values) * 10.0 ** decimals, initial=0.0)
+  top = np.nanmax(np.abs(values) * 10.0**decimals, initial=0.0)
   n_digits = max(len(str(int(np.rint(top)))), int(decimals.max()) + 1)
   width = n_digits + 3
   buf = np.empty((n, c, width), np.uint8)
@@ -104,7 +146,8 @@ def format_rows(values: np.ndarray, decimals) -> bytes:
     block = _format_block(values[:, cols], int(d), n_digits)
     if block.shape[2] < width:
       block = np.concatenate(
-          [np.full(block.shape[:2] + (width - block.shape[2],), 32, np.uint8), block], axis=2)
+        [np.full(block.shape[:2] + (width - block.shape[2],), 32, np.uint8), block], axis=2
+      )
     if len(cols) == c:
       buf = block
     else:
@@ -121,4 +164,4 @@ def write_csv(path: str, header: list, columns: list, decimals: list) -> None:
     f.write((','.join(header) + '\n').encode())
     step = max(1, 4_000_000 // max(1, values.shape[1]))  # bounded memory for wide sets
     for s in range(0, len(values), step):
-      f.write(format_rows(values[s:s + step], decimals))
+      f.write(format_rows(values[s : s + step], decimals))

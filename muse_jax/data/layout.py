@@ -1,4 +1,5 @@
-"""Where a release keeps what: the MuSe family of layouts, detected from the tree (docs/data_format.md).
+"""Where a release keeps what: the MuSe family of layouts, detected from the tree
+(docs/data_format.md).
 
 Every layout has `metadata/partition.csv` at its root and one CSV per video and feature set or
 target; they differ in where the feature and label folders are and in the label columns' order:
@@ -24,6 +25,7 @@ others). Targets are the label folders found; the grid step is read from
 the label timestamps (reader.grid_step), never assumed. Everything that names a path, a partition
 or a target asks the `Layout` of its root (`of(root)`).
 """
+
 import dataclasses
 import os
 import re
@@ -35,7 +37,7 @@ from muse_jax.errors import MuseError
 PARTITION_CSV = os.path.join('metadata', 'partition.csv')
 SPLITS = ('train', 'devel', 'test')
 SEGMENT_ID = 'segment_id'  # the column of every file, and the input name of its values
-DEFAULT_STEP_MS = 250      # the grid of the extraction tools when nothing else tells (MuSe-CaR)
+DEFAULT_STEP_MS = 250  # the grid of the extraction tools when nothing else tells (MuSe-CaR)
 
 TASK_2020 = 'c1_muse_wild'
 # Folders of the 2020 release that are no per-frame regression task (topic classes per segment).
@@ -48,25 +50,40 @@ COLUMNS_2021 = ('timestamp', 'segment_id', 'value')
 @dataclasses.dataclass(frozen=True)
 class Kind:
   name: str
-  feature_dir: str      # relative to the layout's root
+  feature_dir: str  # relative to the layout's root
   label_dir: str
   label_columns: tuple  # the release's column order (predictions are written in it)
   describe: str
 
 
 KINDS = {
-    'muse2020': Kind('muse2020', os.path.join(TASK_2020, 'feature_segments', 'label_aligned'),
-                     os.path.join(TASK_2020, 'label_segments'), COLUMNS_2020,
-                     'MuSe 2020 release root (metadata/, c1_muse_wild/feature_segments/'
-                     'label_aligned/, c1_muse_wild/label_segments/)'),
-    'muse2020_task': Kind('muse2020_task', LABEL_ALIGNED, 'label_segments', COLUMNS_2020,
-                          'task folder of a MuSe 2020 release beside c1_muse_wild (e.g. '
-                          'c3_muse_trust: feature_segments/label_aligned/, label_segments/; the '
-                          "partition file is the release root's metadata/partition.csv)"),
-    'muse2021': Kind('muse2021', 'feature_segments', 'label_segments', COLUMNS_2021,
-                     'MuSe 2021/2022 task folder (metadata/, feature_segments/, label_segments/)'),
-    'plain': Kind('plain', 'features', 'labels', COLUMNS_2021,
-                  'plain layout (metadata/, features/, labels/)'),
+  'muse2020': Kind(
+    'muse2020',
+    os.path.join(TASK_2020, 'feature_segments', 'label_aligned'),
+    os.path.join(TASK_2020, 'label_segments'),
+    COLUMNS_2020,
+    'MuSe 2020 release root (metadata/, c1_muse_wild/feature_segments/'
+    'label_aligned/, c1_muse_wild/label_segments/)',
+  ),
+  'muse2020_task': Kind(
+    'muse2020_task',
+    LABEL_ALIGNED,
+    'label_segments',
+    COLUMNS_2020,
+    'task folder of a MuSe 2020 release beside c1_muse_wild (e.g. '
+    'c3_muse_trust: feature_segments/label_aligned/, label_segments/; the '
+    "partition file is the release root's metadata/partition.csv)",
+  ),
+  'muse2021': Kind(
+    'muse2021',
+    'feature_segments',
+    'label_segments',
+    COLUMNS_2021,
+    'MuSe 2021/2022 task folder (metadata/, feature_segments/, label_segments/)',
+  ),
+  'plain': Kind(
+    'plain', 'features', 'labels', COLUMNS_2021, 'plain layout (metadata/, features/, labels/)'
+  ),
 }
 
 
@@ -88,9 +105,9 @@ def parse_list(value) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  kind: str   # a key of KINDS
-  root: str   # absolute: the folder holding metadata/partition.csv
-  task: str   # c1_muse_wild, c3_muse_stress, ...; for plain, the root folder's name
+  kind: str  # a key of KINDS
+  root: str  # absolute: the folder holding metadata/partition.csv
+  task: str  # c1_muse_wild, c3_muse_stress, ...; for plain, the root folder's name
 
   @property
   def spec(self) -> Kind:
@@ -143,10 +160,12 @@ class Layout:
       targets = found
     unknown = [t for t in targets if t not in found]
     if unknown or not targets:
-      raise MuseError(f'unknown target {unknown[0] if unknown else "(none)"!r}: '
-                      f'{self.label_folder()} holds label folders for '
-                      f'{", ".join(found) or "no target"}; set config.targets to some of these '
-                      "(--config.targets=a,b) or to 'all'")
+      raise MuseError(
+        f'unknown target {unknown[0] if unknown else "(none)"!r}: '
+        f'{self.label_folder()} holds label folders for '
+        f'{", ".join(found) or "no target"}; set config.targets to some of these '
+        "(--config.targets=a,b) or to 'all'"
+      )
     return targets
 
   @property
@@ -165,9 +184,13 @@ def task_data_dir(data_dir: str, lay: Layout) -> str:
 def _is_2020_task(root: str) -> bool:
   """A task folder of the 2020 release other than c1_muse_wild (c3_muse_trust)."""
   name = os.path.basename(root)
-  return (name != TASK_2020 and name not in NOT_CONTINUOUS_2020 and not name.startswith('.')
-          and os.path.isdir(os.path.join(root, LABEL_ALIGNED))
-          and os.path.isfile(os.path.join(os.path.dirname(root), PARTITION_CSV)))
+  return (
+    name != TASK_2020
+    and name not in NOT_CONTINUOUS_2020
+    and not name.startswith('.')
+    and os.path.isdir(os.path.join(root, LABEL_ALIGNED))
+    and os.path.isfile(os.path.join(os.path.dirname(root), PARTITION_CSV))
+  )
 
 
 def _kind_of(root: str) -> str | None:
@@ -187,10 +210,18 @@ def of(root: str) -> Layout:
     # An unfinished tree (features being extracted into a new folder, a broken copy): the shape
     # its folders show, else the 2020 layout (what the feature tools always wrote); readers then
     # fail naming the missing file or folder.
-    kind = next((name for name, k in KINDS.items()
-                 if name != 'muse2020_task' and (os.path.isdir(os.path.join(root, k.feature_dir))
-                                                 or os.path.isdir(os.path.join(root, k.label_dir)))
-                 ), 'muse2020')
+    kind = next(
+      (
+        name
+        for name, k in KINDS.items()
+        if name != 'muse2020_task'
+        and (
+          os.path.isdir(os.path.join(root, k.feature_dir))
+          or os.path.isdir(os.path.join(root, k.label_dir))
+        )
+      ),
+      'muse2020',
+    )
   task = TASK_2020 if kind == 'muse2020' else os.path.basename(root)
   return Layout(kind, root, task)
 
@@ -216,44 +247,61 @@ def resolve(root: str, task: str = '') -> Layout:
   """The layout `--data_root` (a release root or a task folder) and `config.task` point at."""
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
-    raise MuseError(f'{root}: data root not found; point --data_root at a release root or task '
-                    'folder (docs/data_format.md)')
+    raise MuseError(
+      f'{root}: data root not found; point --data_root at a release root or task '
+      'folder (docs/data_format.md)'
+    )
   if _is_2020_task(root) and task in ('', os.path.basename(root)):
     return of(root)  # c3_muse_trust's own folder
   if os.path.isdir(os.path.join(root, LABEL_ALIGNED)):
-    raise MuseError(f'{root}: this is the {os.path.basename(root)} folder of a MuSe 2020 release; '
-                    'point --data_root at its parent (the folder holding metadata/)'
-                    + (f', with --config.task={os.path.basename(root)}'
-                       if os.path.basename(root) != TASK_2020 else ''))
+    raise MuseError(
+      f'{root}: this is the {os.path.basename(root)} folder of a MuSe 2020 release; '
+      'point --data_root at its parent (the folder holding metadata/)'
+      + (
+        f', with --config.task={os.path.basename(root)}'
+        if os.path.basename(root) != TASK_2020
+        else ''
+      )
+    )
   found = tasks(root)
   if task:
     if task in found:
       return of(found[task])
-    raise MuseError(f'{root}: no task {task!r} here; found: {", ".join(found) or "none"} '
-                    '(config.task)')
+    raise MuseError(
+      f'{root}: no task {task!r} here; found: {", ".join(found) or "none"} (config.task)'
+    )
   if _kind_of(root):  # a layout root itself (a 2020 root may hold other tasks too)
     others = [t for t in found if found[t] != root]
     if others and root not in _TOLD:
       _TOLD.add(root)
-      logging.info('%s holds the tasks %s; using %s (choose another with --config.task=NAME)',
-                   root, ', '.join(found), of(root).task)
+      logging.info(
+        '%s holds the tasks %s; using %s (choose another with --config.task=NAME)',
+        root,
+        ', '.join(found),
+        of(root).task,
+      )
     return of(root)
   if len(found) == 1:
     return of(next(iter(found.values())))
   if found:
-    raise MuseError(f'{root} holds several tasks: {", ".join(found)}; choose one with '
-                    '--config.task=NAME')
+    raise MuseError(
+      f'{root} holds several tasks: {", ".join(found)}; choose one with --config.task=NAME'
+    )
   for k in KINDS.values():  # the shape of a layout without its partition file
-    if (os.path.isdir(os.path.join(root, k.feature_dir)) or
-        os.path.isdir(os.path.join(root, k.label_dir))):
+    if os.path.isdir(os.path.join(root, k.feature_dir)) or os.path.isdir(
+      os.path.join(root, k.label_dir)
+    ):
       path = os.path.join(root, PARTITION_CSV)
-      raise MuseError(f'{path}: partition file not found; {root} looks like a {k.describe}, '
-                      'which lists its videos there (Id,Proposal: one row per video)' if not
-                      os.path.isfile(path) else f'{path}: found, but the feature folder '
-                      f'{os.path.join(root, k.feature_dir)} is missing')
-  raise MuseError(f'{root}: no known layout (no metadata/partition.csv with its feature folder, '
-                  'here or one folder below); expected one of: '
-                  + '; '.join(k.describe for k in KINDS.values()))
+      raise MuseError(
+        f'{path}: partition file not found; {root} looks like a {k.describe}, '
+        'which lists its videos there (Id,Proposal: one row per video)'
+        if not os.path.isfile(path)
+        else f'{path}: found, but the feature folder {os.path.join(root, k.feature_dir)} is missing'
+      )
+  raise MuseError(
+    f'{root}: no known layout (no metadata/partition.csv with its feature folder, '
+    'here or one folder below); expected one of: ' + '; '.join(k.describe for k in KINDS.values())
+  )
 
 
 # Path helpers of an exact root (the folder holding metadata/), for the readers and writers.

@@ -10,6 +10,7 @@ any of them.
 Parsing and the policies for the quirks of real data live in `reader.py`. Use `build.py`
 (`ensure_built`, `load_feature_set`) rather than this module directly.
 """
+
 import contextlib
 import dataclasses
 import errno
@@ -23,11 +24,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 try:
-  import resource  # pylint: disable=g-import-not-at-top
+  import resource
 except ImportError:  # not POSIX
   resource = None
 try:
-  from tensorflow_datasets.core import shuffle as _tfds_shuffle  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import shuffle as _tfds_shuffle
 except ImportError:  # moved in another tfds version: see shuffle_buckets_without_tensorflow
   _tfds_shuffle = None
 
@@ -42,6 +43,7 @@ VERSION = '1.0.0'
 @dataclasses.dataclass(eq=False)
 class MuseCarConfig(tfds.core.BuilderConfig):
   """One feature set: its folder name, dimension D and the tree's targets (label folders)."""
+
   dim: int = 0
   targets: tuple = ()
 
@@ -52,7 +54,8 @@ class _UncompressedArrayRecord(tfds.core.file_adapters.ArrayRecordFileAdapter):
 
   @classmethod
   def write_examples(cls, path, iterator):
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+    from array_record.python import array_record_module  # noqa: PLC0415  (only when building)
+
     writer = array_record_module.ArrayRecordWriter(os.fspath(path), 'group_size:1,uncompressed')
     for _, serialized_example in iterator:
       writer.write(serialized_example)
@@ -83,7 +86,7 @@ class _LocalGfile:
   """The part of tf.io.gfile that tfds' shuffler uses, on local files."""
 
   @staticmethod
-  def GFile(path, mode):  # pylint: disable=invalid-name
+  def GFile(path, mode):
     try:
       return open(path, mode)
     except OSError as e:  # 1000 bucket files are open at once: raise the soft limit, once
@@ -115,9 +118,10 @@ def shuffle_buckets_without_tensorflow():
     yield
     return
   old = shuffle.tf
-  shuffle.tf = types.SimpleNamespace(io=types.SimpleNamespace(gfile=_LocalGfile),
-                                     errors=types.SimpleNamespace(
-                                         ResourceExhaustedError=_NeverRaised))
+  shuffle.tf = types.SimpleNamespace(
+    io=types.SimpleNamespace(gfile=_LocalGfile),
+    errors=types.SimpleNamespace(ResourceExhaustedError=_NeverRaised),
+  )
   try:
     yield
   finally:
@@ -125,9 +129,14 @@ def shuffle_buckets_without_tensorflow():
 
 
 def config_for(name: str, dim: int, targets=()) -> MuseCarConfig:
-  return MuseCarConfig(name=name, dim=dim, targets=tuple(targets), version=VERSION,
-                       description=f'label-aligned feature set {name} ({dim}-d), targets '
-                       f'{", ".join(targets) or "none"}')
+  return MuseCarConfig(
+    name=name,
+    dim=dim,
+    targets=tuple(targets),
+    version=VERSION,
+    description=f'label-aligned feature set {name} ({dim}-d), targets '
+    f'{", ".join(targets) or "none"}',
+  )
 
 
 def _array(shape, dtype):
@@ -152,15 +161,16 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
   # tfds derives this from the package via importlib_resources (not installed, not needed).
   code_path = epath.Path(__file__)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'The MuSe data is released under an EULA. Set manual_dir to the root of your copy: the '
-      'folder holding metadata/partition.csv (docs/data_format.md).')
+    'The MuSe data is released under an EULA. Set manual_dir to the root of your copy: the '
+    'folder holding metadata/partition.csv (docs/data_format.md).'
+  )
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.error = None   # message of the MuseError of a failed build (tfds rewraps exceptions)
-    self.stats = {}     # per split: what the reader policies did, summed over videos
-    self.columns = []   # the set's feature column names, in stored order
-    self.steps = {}     # grid step (ms) -> [number of videos, first such video]
+    self.error = None  # message of the MuseError of a failed build (tfds rewraps exceptions)
+    self.stats = {}  # per split: what the reader policies did, summed over videos
+    self.columns = []  # the set's feature column names, in stored order
+    self.steps = {}  # grid step (ms) -> [number of videos, first such video]
 
   # tfds prints 'Downloading and preparing dataset Unknown size ...' to stdout around every
   # build; build.py logs one line per build instead.
@@ -174,19 +184,22 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
     # DatasetInfo(builder=self, ...) rather than dataset_info_from_configs: no metadata files
     # next to this module, and no TensorFlow needed.
     return _LocalInfo(
-        builder=self,
-        description='MuSe-family continuous per-frame labels (' + (
-            ', '.join(self.builder_config.targets) or 'none') + ') on the label grid.',
-        features=tfds.features.FeaturesDict({
-            'id': tfds.features.Text(),
-            'timestamp': _array((None,), np.int64),
-            'segment_id': _array((None,), np.int32),
-            'features': _array((None, self.builder_config.dim), np.float32),
-            # [T * K] and [K], flat: tfds cannot decode a zero-width [T, 0] (no label folders).
-            'labels': _array((None,), np.float32),
-            'has_labels': _array((None,), np.bool_),
-        }),
-        homepage='https://www.muse-challenge.org/',
+      builder=self,
+      description='MuSe-family continuous per-frame labels ('
+      + (', '.join(self.builder_config.targets) or 'none')
+      + ') on the label grid.',
+      features=tfds.features.FeaturesDict(
+        {
+          'id': tfds.features.Text(),
+          'timestamp': _array((None,), np.int64),
+          'segment_id': _array((None,), np.int32),
+          'features': _array((None, self.builder_config.dim), np.float32),
+          # [T * K] and [K], flat: tfds cannot decode a zero-width [T, 0] (no label folders).
+          'labels': _array((None,), np.float32),
+          'has_labels': _array((None,), np.bool_),
+        }
+      ),
+      homepage='https://www.muse-challenge.org/',
     )
 
   def _split_generators(self, dl_manager):
@@ -201,8 +214,12 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
       self.error = str(e)
       raise
     if extra:
-      logging.info('%s: %d feature files of videos not in partition.csv ignored (e.g. %s)',
-                   name, len(extra), ', '.join(extra[:5]))
+      logging.info(
+        '%s: %d feature files of videos not in partition.csv ignored (e.g. %s)',
+        name,
+        len(extra),
+        ', '.join(extra[:5]),
+      )
     splits = {}
     for split in layout.SPLITS:
       ids = [v for v, p in partition.items() if p == split]
@@ -216,17 +233,20 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
     total = self.stats.setdefault(split, {})
     for vid in ids:
       try:
-        video, stats = reader.read_video_with_stats(root, name, vid, split, self.columns,
-                                                    self.builder_config.targets)
+        video, stats = reader.read_video_with_stats(
+          root, name, vid, split, self.columns, self.builder_config.targets
+        )
       except MuseError as e:
         self.error = str(e)
         raise
       step = stats.pop('step_ms')
       if step and self.steps and step not in self.steps:
         other, (_, first) = next(iter(self.steps.items()))
-        self.error = (f'{layout.feature_path(root, name, vid)}: video {vid} is on a {step} ms '
-                      f'grid but video {first} (and others) on {other} ms; every video of a tree '
-                      'needs the same grid step (resample the odd ones)')
+        self.error = (
+          f'{layout.feature_path(root, name, vid)}: video {vid} is on a {step} ms '
+          f'grid but video {first} (and others) on {other} ms; every video of a tree '
+          'needs the same grid step (resample the odd ones)'
+        )
         raise MuseError(self.error)
       if step:
         self.steps.setdefault(step, [0, vid])[0] += 1
@@ -237,28 +257,43 @@ class MuseCar(tfds.core.GeneratorBasedBuilder):
 
 def example(video) -> dict:
   """A reader Video as a tfds example (`build.video_of` reverses it)."""
-  return {'id': video.id, 'timestamp': video.timestamp, 'segment_id': video.segment_id,
-          'features': video.x, 'labels': np.asarray(video.y, np.float32).reshape(-1),
-          'has_labels': np.asarray(video.labelled, np.bool_).reshape(-1)}
+  return {
+    'id': video.id,
+    'timestamp': video.timestamp,
+    'segment_id': video.segment_id,
+    'features': video.x,
+    'labels': np.asarray(video.y, np.float32).reshape(-1),
+    'has_labels': np.asarray(video.labelled, np.bool_).reshape(-1),
+  }
 
 
 def summary_lines(name: str, stats: dict) -> list:
   """One line per policy that touched a set, summed over its files (not one line per file)."""
-  total = {k: sum(s.get(k, 0) for s in stats.values()) for k in (
-      'zero_rows', 'zero_row_files', 'nan_cells', 'nan_files')}
+  total = {
+    k: sum(s.get(k, 0) for s in stats.values())
+    for k in ('zero_rows', 'zero_row_files', 'nan_cells', 'nan_files')
+  }
   lines = []
   if total['zero_rows']:
-    lines.append(f'{name}: {total["zero_rows"]} zero-vector rows (e.g. no face found) kept, in '
-                 f'{total["zero_row_files"]} files')
+    lines.append(
+      f'{name}: {total["zero_rows"]} zero-vector rows (e.g. no face found) kept, in '
+      f'{total["zero_row_files"]} files'
+    )
   if total['nan_cells']:
-    lines.append(f'{name}: {total["nan_cells"]} NaN cells kept as NaN (config.nan_policy decides), '
-                 f'in {total["nan_files"]} files')
+    lines.append(
+      f'{name}: {total["nan_cells"]} NaN cells kept as NaN (config.nan_policy decides), '
+      f'in {total["nan_files"]} files'
+    )
   for split, s in stats.items():
     if s.get('unlabelled'):
-      lines.append(f'{name}: {s["unlabelled"]} {split} videos have no label files; kept with NaN '
-                   'labels (no metrics for them)')
+      lines.append(
+        f'{name}: {s["unlabelled"]} {split} videos have no label files; kept with NaN '
+        'labels (no metrics for them)'
+      )
     if s.get('partly_labelled'):
-      lines.append(f'{name}: {s["partly_labelled"]} {split} videos lack the label files of some '
-                   'targets; kept, those targets marked unlabelled (runs on them refuse '
-                   'train/devel videos without them)')
+      lines.append(
+        f'{name}: {s["partly_labelled"]} {split} videos lack the label files of some '
+        'targets; kept, those targets marked unlabelled (runs on them refuse '
+        'train/devel videos without them)'
+      )
   return lines

@@ -9,8 +9,8 @@ output into a tfds dataset.
 Policies for the quirks of real releases (each one is logged with the file it concerns):
   * partition.csv: the id column is `Id` (or `id`, `subject_id`, ...), the partition column
     `Proposal`/`Partition`/`split`; a column not found by name is taken where the baselines take
-    it, the id from the first column, the partition from the last (logged). A row repeated under the same
-    partition is dropped; an id listed under two partitions, or a partition other than
+    it, the id from the first column, the partition from the last (logged). A row repeated under
+    the same partition is dropped; an id listed under two partitions, or a partition other than
     train/devel/test, is an error. Ids are strings (`'1'`, `'subj_07'`), sorted naturally.
   * Feature files of ids that partition.csv does not list are ignored (logged once per set).
   * Targets are the layout's label folders (any names). Label files may be missing for test
@@ -38,6 +38,7 @@ Policies for the quirks of real releases (each one is logged with the file it co
     timestamp, wrong label columns, a feature file whose width differs from the set's.
 All user-fixable problems raise `MuseError` with a one-line message.
 """
+
 import csv
 import io
 import os
@@ -46,7 +47,10 @@ from absl import logging
 import numpy as np
 
 from muse_jax.data import layout
-from muse_jax.data.csv_table import Table, check_header, read_header, read_table
+from muse_jax.data.csv_table import Table
+from muse_jax.data.csv_table import check_header
+from muse_jax.data.csv_table import read_header
+from muse_jax.data.csv_table import read_table
 from muse_jax.data.layout import SPLITS
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
@@ -77,15 +81,18 @@ def _time_column(table: Table) -> np.ndarray:
   bad = ~np.isfinite(t) | (t != np.round(t))
   if bad.any():
     i = int(np.argmax(bad))
-    _fail(f'{table.path}: line {table.lines[i]}: timestamp {float(t[i])} is not a whole number '
-          'of ms')
+    _fail(
+      f'{table.path}: line {table.lines[i]}: timestamp {float(t[i])} is not a whole number of ms'
+    )
   t = t.astype(np.int64)
   step = np.diff(t)
   if (step <= 0).any():
     i = int(np.argmax(step <= 0)) + 1
     what = 'repeats' if step[i - 1] == 0 else 'goes back in time after'
-    _fail(f'{table.path}: line {table.lines[i]}: timestamp {t[i]} {what} line {table.lines[i - 1]} '
-          f'({t[i - 1]}); rows must be in strictly increasing time order')
+    _fail(
+      f'{table.path}: line {table.lines[i]}: timestamp {t[i]} {what} line {table.lines[i - 1]} '
+      f'({t[i - 1]}); rows must be in strictly increasing time order'
+    )
   return t
 
 
@@ -93,8 +100,10 @@ def _segment_column(table: Table) -> np.ndarray:
   """segment_id as int32; a file without one (MuSe 2022) is one segment, 1 (logged once)."""
   j = _find(table.columns, 'segment_id')
   if j is None:
-    _once('%s (and others like it): no segment_id column; every row is segment 1',
-          os.path.dirname(table.path))
+    _once(
+      '%s (and others like it): no segment_id column; every row is segment 1',
+      os.path.dirname(table.path),
+    )
     return np.ones(len(table.values), np.int32)
   s = table.values[:, j]
   bad = ~np.isfinite(s) | (s != np.round(s))
@@ -135,12 +144,17 @@ def read_partition(root: str) -> dict:
   """{video id (str) -> 'train'|'devel'|'test'}, in natural id order."""
   path = layout.of(root).partition_path
   if not os.path.isfile(path):
-    _fail(f'{path}: partition file not found; is {root} the root of a MuSe release or task '
-          '(holding metadata/partition.csv)?')
+    _fail(
+      f'{path}: partition file not found; is {root} the root of a MuSe release or task '
+      '(holding metadata/partition.csv)?'
+    )
   with open(path, 'rb') as f:
     text = f.read().removeprefix(b'\xef\xbb\xbf').decode('utf-8', errors='replace')
-  rows = [(i + 1, r) for i, r in enumerate(csv.reader(io.StringIO(text)))
-          if r and any(c.strip() for c in r)]
+  rows = [
+    (i + 1, r)
+    for i, r in enumerate(csv.reader(io.StringIO(text)))
+    if r and any(c.strip() for c in r)
+  ]
   if not rows:
     _fail(f'{path}: empty file; expected the header Id,Proposal and one row per video')
   check_header(path, [c.strip() for c in rows[0][1]], index_ok=True)  # columns found by name
@@ -151,16 +165,24 @@ def read_partition(root: str) -> dict:
     if len(header) < 2:
       _fail(f'{path}: header is {rows[0][1]}; expected the columns Id and Proposal (or Partition)')
     if any(c in SPLITS for c in header):
-      _fail(f'{path}: line 1 ({",".join(rows[0][1])}) is a video, not a header; add the header '
-            'row Id,Proposal')
+      _fail(
+        f'{path}: line 1 ({",".join(rows[0][1])}) is a video, not a header; add the header '
+        'row Id,Proposal'
+      )
     # The baselines' reading (MuSe 2021/2022): id first, partition last, whatever their names.
     id_col = 0 if id_col is None else id_col
     part_col = len(header) - 1 if part_col is None else part_col
     if part_col == id_col:
-      _fail(f'{path}: header is {rows[0][1]}; no partition column besides the id column '
-            f'{rows[0][1][id_col]!r}; name it Proposal (or Partition)')
-    _once('%s: no Id/Proposal columns by name; id from column %r, partition from column %r',
-          path, rows[0][1][id_col], rows[0][1][part_col])
+      _fail(
+        f'{path}: header is {rows[0][1]}; no partition column besides the id column '
+        f'{rows[0][1][id_col]!r}; name it Proposal (or Partition)'
+      )
+    _once(
+      '%s: no Id/Proposal columns by name; id from column %r, partition from column %r',
+      path,
+      rows[0][1][id_col],
+      rows[0][1][part_col],
+    )
   if len(rows) == 1:
     _fail(f'{path}: empty partition (header only); list one video per row as Id,Proposal')
   out, where = {}, {}
@@ -171,14 +193,24 @@ def read_partition(root: str) -> dict:
     if not vid:
       _fail(f'{path}: line {line}: empty Id')
     if part not in SPLITS:
-      _fail(f'{path}: line {line}: unknown partition {r[part_col].strip()!r} for video {vid}; '
-            f'use one of {", ".join(SPLITS)}')
+      _fail(
+        f'{path}: line {line}: unknown partition {r[part_col].strip()!r} for video {vid}; '
+        f'use one of {", ".join(SPLITS)}'
+      )
     if vid in out:
       if out[vid] != part:
-        _fail(f'{path}: line {line}: video {vid} is listed as {part} but line {where[vid]} lists '
-              f'it as {out[vid]}; a video belongs to one partition')
-      _once('%s: line %d repeats video %s (%s) from line %d; duplicate dropped', path, line,
-            vid, part, where[vid])
+        _fail(
+          f'{path}: line {line}: video {vid} is listed as {part} but line {where[vid]} lists '
+          f'it as {out[vid]}; a video belongs to one partition'
+        )
+      _once(
+        '%s: line %d repeats video %s (%s) from line %d; duplicate dropped',
+        path,
+        line,
+        vid,
+        part,
+        where[vid],
+      )
       continue
     out[vid], where[vid] = part, line
   return {vid: out[vid] for vid in sorted(out, key=natural_key)}
@@ -186,8 +218,9 @@ def read_partition(root: str) -> dict:
 
 def _feature_files(root: str, name: str) -> list:
   folder = layout.feature_folder(root, name)
-  files = sorted((f for f in os.listdir(folder) if f.endswith('.csv') and not f.startswith('.')),
-                 key=natural_key)
+  files = sorted(
+    (f for f in os.listdir(folder) if f.endswith('.csv') and not f.startswith('.')), key=natural_key
+  )
   if not files:
     _fail(f'{folder}: feature folder is empty (no <Id>.csv files); add the files or remove it')
   return files
@@ -213,16 +246,20 @@ def _feature_columns(path: str) -> list:
   columns = read_header(path)
   low = [c.lower() for c in columns]
   if 'timestamp' not in low:
-    _fail(f"{path}: no 'timestamp' column in the header; feature files start with "
-          'timestamp,segment_id followed by the feature columns')
+    _fail(
+      f"{path}: no 'timestamp' column in the header; feature files start with "
+      'timestamp,segment_id followed by the feature columns'
+    )
   out = [(c, i) for i, c in enumerate(columns) if c.lower() not in META_COLUMNS]
   if not out:
     _fail(f'{path}: no feature columns besides {", ".join(c for c in columns)}')
   seen = {}
   for c, i in out:
     if c in seen:
-      _fail(f'{path}: columns {seen[c] + 1} and {i + 1} are both named {c!r}; feature columns are '
-            'read by name, so each needs its own')
+      _fail(
+        f'{path}: columns {seen[c] + 1} and {i + 1} are both named {c!r}; feature columns are '
+        'read by name, so each needs its own'
+      )
     seen[c] = i
   return out
 
@@ -235,17 +272,20 @@ def _column_order(path: str, expected: list) -> list:
   if names == expected:
     return [i for _, i in have]
   if len(names) != len(expected):
-    _fail(f'{path}: {len(names)} feature columns, but this feature set has {len(expected)} (from '
-          'its first file); all videos of a feature set need the same columns')
+    _fail(
+      f'{path}: {len(names)} feature columns, but this feature set has {len(expected)} (from '
+      'its first file); all videos of a feature set need the same columns'
+    )
   where = dict(have)
   missing = [c for c in expected if c not in where]
   if missing:
     j = next(j for j, c in enumerate(names) if c not in expected)
-    _fail(f'{path}: column {have[j][1] + 1} is named {names[j]!r}, which the first file of this '
-          f'feature set does not have (it has {missing[0]!r} instead); all files of a feature set '
-          'need the same column names (any order)')
-  logging.info('%s: feature columns in another order than the set\'s first file; read by name',
-               path)
+    _fail(
+      f'{path}: column {have[j][1] + 1} is named {names[j]!r}, which the first file of this '
+      f'feature set does not have (it has {missing[0]!r} instead); all files of a feature set '
+      'need the same column names (any order)'
+    )
+  logging.info("%s: feature columns in another order than the set's first file; read by name", path)
   return [where[c] for c in expected]
 
 
@@ -278,12 +318,18 @@ def discover_feature_sets(root: str) -> dict:
 
 def check_feature_set(root: str, name: str) -> int:
   """D of a requested feature set; unknown names are an error listing the available ones."""
-  if (not name or name.startswith('.') or os.sep in name or
-      not os.path.isdir(layout.feature_folder(root, name))):
+  if (
+    not name
+    or name.startswith('.')
+    or os.sep in name
+    or not os.path.isdir(layout.feature_folder(root, name))
+  ):
     available = discover_feature_sets(root)
-    _fail(f'unknown feature set {name!r}; {layout.feature_folder(root)} holds: '
-          f'{", ".join(f"{k} ({d})" for k, d in available.items()) or "none"}; choose from these '
-          '(config.feature_sets, or --features)')
+    _fail(
+      f'unknown feature set {name!r}; {layout.feature_folder(root)} holds: '
+      f'{", ".join(f"{k} ({d})" for k, d in available.items()) or "none"}; choose from these '
+      '(config.feature_sets, or --features)'
+    )
   return feature_dim(root, name)
 
 
@@ -306,8 +352,10 @@ def _read_label(root: str, target: str, vid: str):
   low = [c.lower() for c in table.columns]
   extra = [c for c in table.columns if c.lower() not in META_COLUMNS + ('value',)]
   if 'timestamp' not in low or 'value' not in low or extra or len(set(low)) != len(low):
-    _fail(f'{path}: label columns are {",".join(table.columns)}; expected timestamp, value and '
-          'segment_id (any order; segment_id may be missing or be subject_id)')
+    _fail(
+      f'{path}: label columns are {",".join(table.columns)}; expected timestamp, value and '
+      'segment_id (any order; segment_id may be missing or be subject_id)'
+    )
   value = table.values[:, low.index('value')].astype(np.float32)
   n_inf = _inf_to_nan(value, path)
   n_nan = int(np.isnan(value).sum()) - n_inf
@@ -345,8 +393,10 @@ def _check_grid(t: np.ndarray, path: str, lines) -> None:
       common = int(steps[np.argmax(counts)])  # name the row off the usual step, not its neighbour
       step = common if (d % common).any() else step
       i = int(np.flatnonzero(d % step)[0]) + 1
-      _fail(f'{path}: line {lines[i]}: timestamp {t[i]} is {d[i - 1]} ms after the row before, '
-            f'not a multiple of the file\'s grid step {step} ms; every row must lie on one grid')
+      _fail(
+        f'{path}: line {lines[i]}: timestamp {t[i]} is {d[i - 1]} ms after the row before, '
+        f"not a multiple of the file's grid step {step} ms; every row must lie on one grid"
+      )
 
 
 def _align(label_t: np.ndarray, feat_t: np.ndarray, feat_lines: np.ndarray, where: str) -> tuple:
@@ -357,14 +407,18 @@ def _align(label_t: np.ndarray, feat_t: np.ndarray, feat_lines: np.ndarray, wher
   hit = feat_t[idx_c] == label_t
   k = n if hit.all() else int(np.argmin(hit))  # leading run of matched label rows
   if k < n and (hit[k:].any() or k == 0):
-    _fail(f'{where}: no feature row for label timestamp {label_t[k]} (label row {k + 1} of {n}'
-          f'{"; the timestamps do not overlap" if not hit.any() else ""}); '
-          'feature rows must cover the label grid')
+    _fail(
+      f'{where}: no feature row for label timestamp {label_t[k]} (label row {k + 1} of {n}'
+      f'{"; the timestamps do not overlap" if not hit.any() else ""}); '
+      'feature rows must cover the label grid'
+    )
   missing = n - k
   if missing > PAD_TOLERANCE_ROWS:
-    _fail(f'{where}: feature file ends at timestamp {feat_t[-1]}, {missing} label rows before the '
-          f'labels do (first missing timestamp {label_t[k]}; at most {PAD_TOLERANCE_ROWS} can be '
-          'padded); the feature file looks truncated')
+    _fail(
+      f'{where}: feature file ends at timestamp {feat_t[-1]}, {missing} label rows before the '
+      f'labels do (first missing timestamp {label_t[k]}; at most {PAD_TOLERANCE_ROWS} can be '
+      'padded); the feature file looks truncated'
+    )
   inside = (feat_t >= label_t[0]) & (feat_t <= label_t[-1])
   used = np.zeros(len(feat_t), bool)
   used[idx[:k]] = True
@@ -373,21 +427,31 @@ def _align(label_t: np.ndarray, feat_t: np.ndarray, feat_lines: np.ndarray, wher
   off_grid = inside & ~used & (((feat_t - label_t[0]) % step != 0) if step else True)
   if off_grid.any():
     i = int(np.argmax(off_grid))
-    _fail(f'{where}: line {feat_lines[i]}: timestamp {feat_t[i]} is not on the label grid; '
-          'feature rows inside the labelled span must match label timestamps')
+    _fail(
+      f'{where}: line {feat_lines[i]}: timestamp {feat_t[i]} is not on the label grid; '
+      'feature rows inside the labelled span must match label timestamps'
+    )
   if missing:
     idx = np.concatenate([idx[:k], np.full(missing, idx[k - 1])])
   dropped = int(len(feat_t) - used.sum())
   return idx, missing, dropped
 
 
-def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str | None = None,
-                          columns: list | None = None, targets=None) -> tuple:
+def read_video_with_stats(
+  root: str,
+  feature_set: str,
+  vid: str,
+  partition: str | None = None,
+  columns: list | None = None,
+  targets=None,
+) -> tuple:
   """`read_video` plus a dict of what the policies did (nan/inf cells, zero rows, padding...)."""
   fpath = layout.feature_path(root, feature_set, vid)
   if not os.path.exists(fpath):
-    _fail(f'{fpath}: feature file missing for video {vid}, which metadata/partition.csv lists; '
-          'add it or remove the video from the partition file')
+    _fail(
+      f'{fpath}: feature file missing for video {vid}, which metadata/partition.csv lists; '
+      'add it or remove the video from the partition file'
+    )
   targets = layout.of(root).targets() if targets is None else tuple(targets)
   labels = {t: _read_label(root, t, vid) for t in targets}
   withheld = {}  # label files holding only NaN: no labels, but their grid is the video's
@@ -395,24 +459,33 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
     if lab is not None and len(lab[2]) and not np.isfinite(lab[2]).any():
       withheld[t], labels[t] = lab, None  # MuSe 2021 physio ships withheld test labels so
   if withheld:
-    _once('%s: label files that hold only NaN are read as withheld (no labels, their grid kept)',
-          layout.of(root).label_folder())
+    _once(
+      '%s: label files that hold only NaN are read as withheld (no labels, their grid kept)',
+      layout.of(root).label_folder(),
+    )
   missing = [t for t in targets if labels[t] is None]
   present = [t for t in targets if labels[t] is not None]
   if missing and not present and partition in ('train', 'devel'):
-    _fail(f'{layout.label_path(root, missing[0], vid)}: label file '
-          f'{"holds only NaN" if missing[0] in withheld else "missing"} for {partition} video '
-          f'{vid}; only test videos may come without labels')
+    _fail(
+      f'{layout.label_path(root, missing[0], vid)}: label file '
+      f'{"holds only NaN" if missing[0] in withheld else "missing"} for {partition} video '
+      f'{vid}; only test videos may come without labels'
+    )
   for other in present[1:]:
     (ta, sa, _), (tv, sv, _) = labels[present[0]], labels[other]
     if len(ta) != len(tv) or (ta != tv).any() or (sa != sv).any():
       n = min(len(ta), len(tv))
       diff = np.flatnonzero((ta[:n] != tv[:n]) | (sa[:n] != sv[:n]))
       i = int(diff[0]) if len(diff) else n
-      what = (f'row {i + 1}: timestamp/segment_id {ta[i]}/{sa[i]} vs {tv[i]}/{sv[i]}'
-              if i < n else f'lengths {len(ta)} vs {len(tv)} rows')
-      _fail(f'{layout.label_path(root, other, vid)}: the {present[0]} and {other} grids of video '
-            f'{vid} disagree ({what}); all label files of a video must share timestamps')
+      what = (
+        f'row {i + 1}: timestamp/segment_id {ta[i]}/{sa[i]} vs {tv[i]}/{sv[i]}'
+        if i < n
+        else f'lengths {len(ta)} vs {len(tv)} rows'
+      )
+      _fail(
+        f'{layout.label_path(root, other, vid)}: the {present[0]} and {other} grids of video '
+        f'{vid} disagree ({what}); all label files of a video must share timestamps'
+      )
 
   columns = set_columns(root, feature_set) if columns is None else columns
   idx_cols = _column_order(fpath, columns)
@@ -421,20 +494,34 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
     _fail(f'{fpath}: header changed while reading; re-run')
   feat_t = _time_column(table)
   x = table.values[:, idx_cols].astype(np.float32)
-  stats = dict(videos=1, frames=0, nan_cells=0, inf_cells=0, zero_rows=0, padded_rows=0,
-               dropped_rows=0, unlabelled=int(not present),
-               partly_labelled=int(bool(missing and present)))
+  stats = dict(
+    videos=1,
+    frames=0,
+    nan_cells=0,
+    inf_cells=0,
+    zero_rows=0,
+    padded_rows=0,
+    dropped_rows=0,
+    unlabelled=int(not present),
+    partly_labelled=int(bool(missing and present)),
+  )
   grid = labels[present[0]] if present else next(iter(withheld.values()), None)
   if grid is not None:
     t, seg, _ = grid
     where = f'{fpath}: video {vid}, feature set {feature_set}'
     idx, padded, dropped = _align(t, feat_t, table.lines, where)
     if dropped:
-      logging.info('%s: %d feature rows outside the label grid (%d..%d ms) dropped', fpath,
-                   dropped, t[0], t[-1])
+      logging.info(
+        '%s: %d feature rows outside the label grid (%d..%d ms) dropped',
+        fpath,
+        dropped,
+        t[0],
+        t[-1],
+      )
     if padded:
-      logging.warning('%s: ends %d rows before the labels; last row repeated to fill', fpath,
-                      padded)
+      logging.warning(
+        '%s: ends %d rows before the labels; last row repeated to fill', fpath, padded
+      )
     x = x[idx]
     stats.update(padded_rows=padded, dropped_rows=dropped)
   else:
@@ -448,16 +535,31 @@ def read_video_with_stats(root: str, feature_set: str, vid: str, partition: str 
   # Per file only in the stats: the build logs one line per set (muse_car.summary_lines).
   stats.update(nan_files=int(stats['nan_cells'] > 0), zero_row_files=int(stats['zero_rows'] > 0))
   nan = np.full(len(t), np.nan, np.float32)
-  y = (np.stack([labels[k][2] if labels[k] is not None else nan for k in targets], axis=1)
-       if targets else np.zeros((len(t), 0), np.float32))
-  video = Video(vid, np.asarray(t, np.int64), np.asarray(seg, np.int32),
-                np.ascontiguousarray(x, np.float32), y, targets,
-                tuple(labels[k] is not None for k in targets))
+  y = (
+    np.stack([labels[k][2] if labels[k] is not None else nan for k in targets], axis=1)
+    if targets
+    else np.zeros((len(t), 0), np.float32)
+  )
+  video = Video(
+    vid,
+    np.asarray(t, np.int64),
+    np.asarray(seg, np.int32),
+    np.ascontiguousarray(x, np.float32),
+    y,
+    targets,
+    tuple(labels[k] is not None for k in targets),
+  )
   return video, stats
 
 
-def read_video(root: str, feature_set: str, vid: str, partition: str | None = None,
-               columns: list | None = None, targets=None) -> Video:
+def read_video(
+  root: str,
+  feature_set: str,
+  vid: str,
+  partition: str | None = None,
+  columns: list | None = None,
+  targets=None,
+) -> Video:
   """One video on its label grid: features [T, D] of the set, labels [T, K] of every target
   of the layout (or `targets`)
   (NaN and `labelled` False without a label file). With

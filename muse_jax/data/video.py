@@ -5,6 +5,7 @@ stores it and gives it back (`build.FeatureSet.read`), the sources join the sets
 run's targets (`select`), normalisation rewrites `x` in place, and batches, metrics, predictions
 and plots read it.
 """
+
 import dataclasses
 
 import numpy as np
@@ -13,12 +14,12 @@ import numpy as np
 @dataclasses.dataclass
 class Video:
   id: str
-  timestamp: np.ndarray   # [T] int64, ms
+  timestamp: np.ndarray  # [T] int64, ms
   segment_id: np.ndarray  # [T] int32
-  x: np.ndarray           # [T, D] float32 (None while a joined video waits for its mapped rows)
-  y: np.ndarray           # [T, K] float32, NaN where there is no label
-  targets: tuple          # the K names of y's columns
-  labelled: tuple         # per target: whether the video has a label file (test may not)
+  x: np.ndarray  # [T, D] float32 (None while a joined video waits for its mapped rows)
+  y: np.ndarray  # [T, K] float32, NaN where there is no label
+  targets: tuple  # the K names of y's columns
+  labelled: tuple  # per target: whether the video has a label file (test may not)
 
   @property
   def has_labels(self) -> bool:
@@ -49,13 +50,23 @@ class Video:
   def rows(self, start: int, stop: int) -> 'Video':
     """Frames start..stop-1."""
     return dataclasses.replace(
-        self, timestamp=self.timestamp[start:stop], segment_id=self.segment_id[start:stop],
-        x=None if self.x is None else self.x[start:stop], y=self.y[start:stop])
+      self,
+      timestamp=self.timestamp[start:stop],
+      segment_id=self.segment_id[start:stop],
+      x=None if self.x is None else self.x[start:stop],
+      y=self.y[start:stop],
+    )
 
 
 def unlabelled(vid: str, timestamp, segment_id, x, targets) -> Video:
   """A video without labels (a new recording, a test video of a challenge)."""
   t = np.asarray(timestamp, np.int64)
-  return Video(vid, t, np.asarray(segment_id, np.int32), x,
-               np.full((len(t), len(targets)), np.nan, np.float32), tuple(targets),
-               (False,) * len(targets))
+  return Video(
+    vid,
+    t,
+    np.asarray(segment_id, np.int32),
+    x,
+    np.full((len(t), len(targets)), np.nan, np.float32),
+    tuple(targets),
+    (False,) * len(targets),
+  )

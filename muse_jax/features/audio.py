@@ -12,6 +12,7 @@ count as 0 there.
 Audio of any sample rate and channel count is mixed down to mono and resampled to 16 kHz (the
 rate eGeMAPS was defined at) before extraction.
 """
+
 import os
 import tempfile
 import warnings
@@ -22,34 +23,41 @@ from muse_jax.errors import MuseError
 from muse_jax.features import writer
 
 SAMPLE_RATE = 16000
-MIN_DURATION_S = 0.5   # shorter recordings leave openSMILE's frames empty (NaN functionals)
+MIN_DURATION_S = 0.5  # shorter recordings leave openSMILE's frames empty (NaN functionals)
 EGEMAPS = 'egemaps'
 EGEMAPS_LLD = 'egemaps_lld'
 
 
 def load_audio(path: str) -> np.ndarray:
   """Any file libsndfile reads (wav, flac, ogg, mp3, ...) -> mono float32 at 16 kHz in [-1, 1]."""
-  import soundfile as sf  # pylint: disable=import-outside-toplevel
+  import soundfile as sf  # noqa: PLC0415  (features extra: loaded only when used)
+
   if not os.path.isfile(path):
-    raise MuseError(f'{path}: no such audio file; give the recording (wav, flac, ogg, mp3) with '
-                    '--wav')
+    raise MuseError(
+      f'{path}: no such audio file; give the recording (wav, flac, ogg, mp3) with --wav'
+    )
   try:
     x, sr = sf.read(path, dtype='float32', always_2d=True)
   except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
     reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-    raise MuseError(f'{path}: not a readable audio file ({reason}); convert it to WAV, e.g. '
-                    '`ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`') from None
+    raise MuseError(
+      f'{path}: not a readable audio file ({reason}); convert it to WAV, e.g. '
+      '`ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`'
+    ) from None
   if x.shape[0] == 0 or x.shape[1] == 0:
     raise MuseError(f'{path}: the recording is empty (no samples); give a non-empty recording')
   x = x.mean(axis=1)  # downmix
   if not np.all(np.isfinite(x)):
     raise MuseError(f'{path}: the recording has NaN or infinite samples; re-encode it')
   if sr != SAMPLE_RATE:
-    import audresample  # pylint: disable=import-outside-toplevel
+    import audresample  # noqa: PLC0415  (features extra: loaded only when used)
+
     x = audresample.resample(x[None], sr, SAMPLE_RATE)[0]
   if len(x) < MIN_DURATION_S * SAMPLE_RATE:
-    raise MuseError(f'{path}: the recording lasts {len(x) / SAMPLE_RATE:.3f} s; eGeMAPS needs at '
-                    f'least {MIN_DURATION_S} s')
+    raise MuseError(
+      f'{path}: the recording lasts {len(x) / SAMPLE_RATE:.3f} s; eGeMAPS needs at '
+      f'least {MIN_DURATION_S} s'
+    )
   # openSMILE scales by 32768 into int16: values outside [-1, 1) would wrap around.
   return np.clip(x, -1.0, 32767 / 32768).astype(np.float32)
 
@@ -59,10 +67,13 @@ def duration_ms(x: np.ndarray) -> float:
 
 
 def _smile(level: str, options: dict | None = None):
-  import opensmile  # pylint: disable=import-outside-toplevel
-  return opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                         feature_level=getattr(opensmile.FeatureLevel, level),
-                         options=options or {})
+  import opensmile  # noqa: PLC0415  (features extra: loaded only when used)
+
+  return opensmile.Smile(
+    feature_set=opensmile.FeatureSet.eGeMAPSv02,
+    feature_level=getattr(opensmile.FeatureLevel, level),
+    options=options or {},
+  )
 
 
 def _run(smile, x: np.ndarray) -> np.ndarray:
@@ -89,8 +100,10 @@ def functionals(x: np.ndarray, win_s: float = 3.0, step_ms: int = writer.STEP_MS
     with tempfile.TemporaryDirectory() as tmp:
       conf = os.path.join(tmp, 'frame_mode.conf.inc')
       with open(conf, 'w', encoding='utf-8') as f:
-        f.write(f'frameMode = fixed\nframeSize = {win_s}\nframeStep = {step_ms / 1000}\n'
-                'frameCenterSpecial = left\nnoPostEOIprocessing = 0\n')
+        f.write(
+          f'frameMode = fixed\nframeSize = {win_s}\nframeStep = {step_ms / 1000}\n'
+          'frameCenterSpecial = left\nnoPostEOIprocessing = 0\n'
+        )
       # Frame i of this run covers [lo[k0] + i * step, + win_s]: grid point k0 + i.
       fixed = _run(_smile('Functionals', {'frameModeFunctionalsConf': conf}), x[start:])
     take = inside[inside - k0 < len(fixed)]
@@ -105,7 +118,8 @@ def functionals(x: np.ndarray, win_s: float = 3.0, step_ms: int = writer.STEP_MS
 def lld_4hz(x: np.ndarray, step_ms: int = writer.STEP_MS) -> tuple:
   """Returns (25 names, [T, 25]): descriptors averaged over [t - step / 2, t + step / 2) per grid
   point t (4 Hz on MuSe-CaR's 250 ms grid; the name is the set's)."""
-  import pandas as pd  # pylint: disable=import-outside-toplevel
+  import pandas as pd  # noqa: PLC0415  (features extra: loaded only when used)
+
   smile = _smile('LowLevelDescriptors')
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
@@ -123,24 +137,30 @@ def lld_4hz(x: np.ndarray, step_ms: int = writer.STEP_MS) -> tuple:
   empty = np.nonzero(counts == 0)[0]  # the last grid point can lie past the last frame
   if len(empty):
     nearest = np.abs(mid[None, :] - (writer.grid(n, step_ms)[empty] / 1000.0)[:, None]).argmin(
-        axis=1)
+      axis=1
+    )
     out[empty] = values[nearest]
   return list(frame.columns), out
 
 
-def extract(wav: str, root: str, vid: str, win_s: float = 3.0, segment_id: int = 1,
-            step_ms: int | None = None) -> dict:
+def extract(
+  wav: str, root: str, vid: str, win_s: float = 3.0, segment_id: int = 1, step_ms: int | None = None
+) -> dict:
   """Writes `egemaps` and `egemaps_lld` of one recording into ROOT, on `step_ms` (default: the
   grid of ROOT's labels, else 250 ms); returns {set: path}."""
   vid = writer.check_id(vid)
   step_ms = writer.tree_step(root) if step_ms is None else writer.check_step(step_ms)
   x = load_audio(wav)
   paths = {}
-  for name, (columns, values) in ((EGEMAPS, functionals(x, win_s, step_ms)),
-                                  (EGEMAPS_LLD, lld_4hz(x, step_ms))):
+  for name, (columns, values) in (
+    (EGEMAPS, functionals(x, win_s, step_ms)),
+    (EGEMAPS_LLD, lld_4hz(x, step_ms)),
+  ):
     if not np.all(np.isfinite(values)):
       bad = int(np.argmax(~np.isfinite(values).all(axis=1)))
-      raise MuseError(f'{wav}: openSMILE gave no {name} values at {bad * step_ms} ms; '
-                      'is the recording long enough and not corrupt?')
+      raise MuseError(
+        f'{wav}: openSMILE gave no {name} values at {bad * step_ms} ms; '
+        'is the recording long enough and not corrupt?'
+      )
     paths[name] = writer.write_features(root, name, vid, values, columns, segment_id, step_ms)
   return paths

@@ -6,6 +6,7 @@ around its timestamp, [250 k - 125, 250 k + 125) ms; a frame that two spans over
 that covers more of it (the earlier one on a tie), so short words between grid points still land
 somewhere. Alignment is plain numpy and needs none of the extra's packages.
 """
+
 import numpy as np
 import pandas as pd
 
@@ -21,30 +22,37 @@ def read_transcript(path: str) -> tuple:
   try:
     frame = pd.read_csv(path, dtype={'text': str}, keep_default_na=False, skipinitialspace=True)
   except FileNotFoundError:
-    raise MuseError(f'{path}: no such transcript; give a CSV with the header '
-                    'start_ms,end_ms,text') from None
+    raise MuseError(
+      f'{path}: no such transcript; give a CSV with the header start_ms,end_ms,text'
+    ) from None
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise MuseError(f'{path}: not a readable CSV ({reason}); expected the header '
-                    'start_ms,end_ms,text') from None
+    raise MuseError(
+      f'{path}: not a readable CSV ({reason}); expected the header start_ms,end_ms,text'
+    ) from None
   frame.columns = [str(c).strip() for c in frame.columns]
   missing = [c for c in COLUMNS if c not in frame.columns]
   if missing:
-    raise MuseError(f'{path}: missing column(s) {missing}; the header must name '
-                    f'{",".join(COLUMNS)} (times in ms)')
+    raise MuseError(
+      f'{path}: missing column(s) {missing}; the header must name {",".join(COLUMNS)} (times in ms)'
+    )
   times = {}
   for col in ('start_ms', 'end_ms'):
     values = pd.to_numeric(frame[col], errors='coerce').to_numpy(np.float64)
     bad = np.nonzero(~np.isfinite(values))[0]
     if len(bad):
-      raise MuseError(f'{path}: line {bad[0] + 2}: {col} {frame[col].iloc[bad[0]]!r} is not a '
-                      'number of milliseconds')
+      raise MuseError(
+        f'{path}: line {bad[0] + 2}: {col} {frame[col].iloc[bad[0]]!r} is not a '
+        'number of milliseconds'
+      )
     times[col] = values
   start, end = times['start_ms'], times['end_ms']
   bad = np.nonzero((end < start) | (start < 0))[0]
   if len(bad):
-    raise MuseError(f'{path}: line {bad[0] + 2}: span {start[bad[0]]:g}-{end[bad[0]]:g} ms is '
-                    'negative or ends before it starts')
+    raise MuseError(
+      f'{path}: line {bad[0] + 2}: span {start[bad[0]]:g}-{end[bad[0]]:g} ms is '
+      'negative or ends before it starts'
+    )
   return start, end, frame['text'].astype(str).str.strip().tolist()
 
 
@@ -64,15 +72,16 @@ def align(start_ms, end_ms, n_frames: int, step_ms: int = writer.STEP_MS) -> np.
     if k1 <= k0:
       continue
     centre = writer.grid(n_frames, step_ms)[k0:k1]
-    overlap = (np.minimum(end_ms[i], centre + half) - np.maximum(start_ms[i], centre - half))
+    overlap = np.minimum(end_ms[i], centre + half) - np.maximum(start_ms[i], centre - half)
     take = overlap > best[k0:k1]
     out[k0:k1][take] = i
     best[k0:k1][take] = overlap[take]
   return out
 
 
-def frames_from_spans(embeddings: np.ndarray, start_ms, end_ms, n_frames: int,
-                      step_ms: int = writer.STEP_MS) -> np.ndarray:
+def frames_from_spans(
+  embeddings: np.ndarray, start_ms, end_ms, n_frames: int, step_ms: int = writer.STEP_MS
+) -> np.ndarray:
   """[N, D] span embeddings -> [n_frames, D], zeros where no span is held."""
   index = align(start_ms, end_ms, n_frames, step_ms)
   out = np.zeros((n_frames, embeddings.shape[1]), np.float32)
@@ -80,8 +89,9 @@ def frames_from_spans(embeddings: np.ndarray, start_ms, end_ms, n_frames: int,
   return out
 
 
-def text_features(transcript: str, encoder, n_frames: int | None = None,
-                  step_ms: int = writer.STEP_MS) -> np.ndarray:
+def text_features(
+  transcript: str, encoder, n_frames: int | None = None, step_ms: int = writer.STEP_MS
+) -> np.ndarray:
   """Transcript -> [T, hidden]; T from n_frames or else from the last span's end."""
   start, end, texts = read_transcript(transcript)
   if n_frames is None:
@@ -91,12 +101,19 @@ def text_features(transcript: str, encoder, n_frames: int | None = None,
   return frames_from_spans(emb, start[keep], end[keep], n_frames, step_ms)
 
 
-def extract(transcript: str, root: str, vid: str, model_dir: str | None = None,
-            duration_ms: float | None = None, segment_id: int = 1,
-            step_ms: int | None = None) -> str:
+def extract(
+  transcript: str,
+  root: str,
+  vid: str,
+  model_dir: str | None = None,
+  duration_ms: float | None = None,
+  segment_id: int = 1,
+  step_ms: int | None = None,
+) -> str:
   """Writes the `bert` set of one transcript into ROOT, on `step_ms` (default: the grid of
   ROOT's labels, else 250 ms); returns the path."""
-  from muse_jax.features import bert  # pylint: disable=import-outside-toplevel  (JAX: only here)
+  from muse_jax.features import bert  # noqa: PLC0415  (JAX: only here)
+
   vid = writer.check_id(vid)
   step_ms = writer.tree_step(root) if step_ms is None else writer.check_step(step_ms)
   n = None if duration_ms is None else writer.num_frames(duration_ms, step_ms)

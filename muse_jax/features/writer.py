@@ -1,5 +1,6 @@
 """The label grid (a step in ms: the tree's own, `tree_step`) and the release CSV format
 (`timestamp,segment_id,<D>`), in the tree's layout (`layout.of`)."""
+
 import os
 
 import numpy as np
@@ -16,8 +17,10 @@ STEP_MS = layout.DEFAULT_STEP_MS  # when neither --step_ms nor the tree's labels
 
 def check_step(step_ms) -> int:
   if isinstance(step_ms, bool) or not float(step_ms).is_integer() or not 1 <= step_ms <= 60000:
-    raise MuseError(f'--step_ms {step_ms}: the grid step must be a whole number of ms in '
-                    '[1, 60000] (250 for MuSe-CaR, 500 for Ulm-TSST)')
+    raise MuseError(
+      f'--step_ms {step_ms}: the grid step must be a whole number of ms in '
+      '[1, 60000] (250 for MuSe-CaR, 500 for Ulm-TSST)'
+    )
   return int(step_ms)
 
 
@@ -28,7 +31,8 @@ def out_layout(root: str):
   looks."""
   root = os.path.abspath(os.path.expanduser(root))
   if os.path.isdir(os.path.join(root, 'feature_segments', 'label_aligned')) or (
-      os.path.isdir(root) and layout.tasks(root)):
+    os.path.isdir(root) and layout.tasks(root)
+  ):
     return layout.resolve(root)
   # A layout root still without partition.csv or features keeps the shape its folders show; a
   # folder with no layout yet gets the 2020 one, as the feature tools always wrote.
@@ -69,8 +73,15 @@ def check_id(vid: str) -> str:
   return vid
 
 
-def write_features(root: str, feature_set: str, vid: str, values: np.ndarray, names: list,
-                   segment_id: int = 1, step_ms: int = STEP_MS) -> str:
+def write_features(
+  root: str,
+  feature_set: str,
+  vid: str,
+  values: np.ndarray,
+  names: list,
+  segment_id: int = 1,
+  step_ms: int = STEP_MS,
+) -> str:
   """Writes one video's set on the grid (row k at k * step_ms); returns the path (atomically:
   a half file would be read as a short video)."""
   values = np.asarray(values, np.float64)

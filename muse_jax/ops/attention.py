@@ -21,6 +21,7 @@ zeroed) instead of producing NaN as torch does.
 Which one a run uses is the trainer's choice (config.attention, 'auto': blocked when the mesh's
 devices are CPUs); the model only passes `impl` through.
 """
+
 import functools
 import math
 
@@ -61,8 +62,10 @@ BLOCK_BYTES = 4 << 20
 # (blocks of windows, as the layer makes them); 'bhtd' = head-major [B, H, T, dh] (query blocks of
 # one long window: k and v are transposed once per window instead of once per block). The gradient
 # is computed in 'bthd' for both (its products are the faster ones backward).
-_EINSUMS = {'bthd': ('bqhd,bkhd->bhqk', 'bhqk,bkhd->bqhd', 1),
-            'bhtd': ('bhqd,bhkd->bhqk', 'bhqk,bhkd->bhqd', 2)}
+_EINSUMS = {
+  'bthd': ('bqhd,bkhd->bhqk', 'bhqk,bkhd->bqhd', 1),
+  'bhtd': ('bhqd,bhkd->bhqk', 'bhqk,bhkd->bhqd', 2),
+}
 
 
 def _attention_block(q, k, v, lengths, scale, layout='bthd'):
@@ -95,8 +98,7 @@ def _attend_bwd(layout, res, dy):
   q, k, v, lengths, p, scale = res
   if layout == 'bhtd':
     swap = lambda a: jnp.transpose(a, (0, 2, 1, 3))
-    dq, dk, dv, _, _ = _attend_bwd('bthd', (swap(q), swap(k), swap(v), lengths, p, scale),
-                                   swap(dy))
+    dq, dk, dv, _, _ = _attend_bwd('bthd', (swap(q), swap(k), swap(v), lengths, p, scale), swap(dy))
     return swap(dq), swap(dk), swap(dv), None, None
   dv = jnp.einsum('bhqk,bqhd->bkhd', p, dy)
   dp = jnp.einsum('bqhd,bkhd->bhqk', dy, v)
@@ -114,8 +116,9 @@ def _largest_divisor(n: int, at_most: int) -> int:
   return max(c for c in range(1, max(1, min(n, at_most)) + 1) if n % c == 0)
 
 
-def blocked_attention(q, k, v, lengths, *, dropout_rate: float = 0.0, dropout_rng=None,
-                      block_bytes=BLOCK_BYTES):
+def blocked_attention(
+  q, k, v, lengths, *, dropout_rate: float = 0.0, dropout_rng=None, block_bytes=BLOCK_BYTES
+):
   """q/k/v [B, T, H, dh] -> [B, T, H, dh] in blocks of about `block_bytes` of scores (None: one
   block). Blocks are groups of windows when one window's scores fit, else query blocks of one
   window; each block is rematerialised in the backward pass instead of stored. Dropout on the
@@ -141,8 +144,10 @@ def blocked_attention(q, k, v, lengths, *, dropout_rate: float = 0.0, dropout_rn
     n = b // c
     split = lambda a: jnp.moveaxis(a.reshape((c, n) + a.shape[1:]), 1, 0)
     rngs = jax.random.split(dropout_rng, n) if drop else jnp.zeros((n,))
-    y = jax.lax.map(lambda a: block(*a[:4], a[4] if drop else None, 'bthd'),
-                    (split(q), split(k), split(v), split(lengths), rngs))
+    y = jax.lax.map(
+      lambda a: block(*a[:4], a[4] if drop else None, 'bthd'),
+      (split(q), split(k), split(v), split(lengths), rngs),
+    )
     return jnp.moveaxis(y, 0, 1).reshape(q.shape)
   # Long windows (whole videos in evaluation): one window at a time, tq queries per block, all
   # head-major (see _EINSUMS).
@@ -155,26 +160,36 @@ def blocked_attention(q, k, v, lengths, *, dropout_rate: float = 0.0, dropout_rn
 
   def one_window(a):
     qw, kw, vw, lw, rw = a
-    return jax.lax.map(lambda c: block(c[0][None], kw[None], vw[None], lw[None],
-                                       c[1] if drop else None, 'bhtd')[0], (qw, rw))
+    return jax.lax.map(
+      lambda c: block(c[0][None], kw[None], vw[None], lw[None], c[1] if drop else None, 'bhtd')[0],
+      (qw, rw),
+    )
 
   y = jax.lax.map(one_window, (qb, head_major(k), head_major(v), lengths, rngs))
   return head_major(jnp.moveaxis(y, 1, 2).reshape(b, h, nq * tq, dh)[:, :, :t])
 
 
-def fused_attention(q, k, v, lengths, *, implementation: str = 'xla', dropout_rate: float = 0.0,
-                    dropout_rng=None):
+def fused_attention(
+  q, k, v, lengths, *, implementation: str = 'xla', dropout_rate: float = 0.0, dropout_rng=None
+):
   """jax.nn.dot_product_attention with the padded keys masked by length ('xla' or 'cudnn')."""
   if dropout_rng is not None and dropout_rate > 0.0:
-    raise ValueError('jax.nn.dot_product_attention has no dropout on the attention weights: '
-                     "use attention 'plain' or 'blocked', or model.attn_dropout=0")
+    raise ValueError(
+      'jax.nn.dot_product_attention has no dropout on the attention weights: '
+      "use attention 'plain' or 'blocked', or model.attn_dropout=0"
+    )
   dtype = q.dtype
   if implementation == 'cudnn':  # cuDNN's kernels take only 16-bit floats
     q, k, v = (a.astype(jnp.bfloat16) for a in (q, k, v))
   # An empty (batch-padding) row has length 0; attending to its first, zero-padded key keeps it
   # finite in any kernel (its outputs are zeroed later, as for every padded step).
-  y = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=jnp.maximum(
-      lengths, 1).astype(jnp.int32), implementation=implementation)
+  y = jax.nn.dot_product_attention(
+    q,
+    k,
+    v,
+    key_value_seq_lengths=jnp.maximum(lengths, 1).astype(jnp.int32),
+    implementation=implementation,
+  )
   return y.astype(dtype)
 
 
@@ -186,6 +201,7 @@ def attention(q, k, v, lengths, impl: str = 'plain', **kwargs):
   if impl == 'plain':
     return plain_attention(q, k, v, lengths, **kwargs)
   if impl in FUSED:
-    return fused_attention(q, k, v, lengths, implementation='cudnn' if impl == 'cudnn' else 'xla',
-                           **kwargs)
+    return fused_attention(
+      q, k, v, lengths, implementation='cudnn' if impl == 'cudnn' else 'xla', **kwargs
+    )
   raise ValueError(f'attention impl {impl!r}: use one of {IMPLS}')

@@ -10,6 +10,7 @@ called from a notebook they run with whatever the caller set. What `configure` d
 - `console.quiet`: filters that keep the console to the run's own lines.
 A second call with other settings keeps the first and says so: these are per process.
 """
+
 from muse_jax import console
 from muse_jax.runtime import compile_cache
 from muse_jax.runtime import host_memory

@@ -8,10 +8,11 @@ programs again. JAX's cache is keyed by the program and its compile options, so 
 executable a compile would have produced; the results of a run do not change
 (tests/test_compile_cache.py).
 """
+
 import os
 
-import jax
 from absl import logging
+import jax
 
 _JAX_DEFAULT_MIN_COMPILE_SECS = 1.0
 _decided = False
@@ -34,13 +35,20 @@ def enable(setting: str = 'auto'):
   """
   global _decided
   off = not setting or str(setting).strip().lower() == 'none'
-  path = None if off else (default_dir() if setting == 'auto'
-                           else os.path.abspath(os.path.expanduser(setting)))
+  path = (
+    None
+    if off
+    else (default_dir() if setting == 'auto' else os.path.abspath(os.path.expanduser(setting)))
+  )
   current = jax.config.jax_compilation_cache_dir
   if current or _decided:
     if setting != 'auto' and path != (current or None):
-      logging.warning('compilation cache: already %s in this process; %s ignored (the cache is '
-                      'process-wide: set it before the first run)', current or 'off', path or 'off')
+      logging.warning(
+        'compilation cache: already %s in this process; %s ignored (the cache is '
+        'process-wide: set it before the first run)',
+        current or 'off',
+        path or 'off',
+      )
     return current or None
   _decided = True
   if off:
@@ -49,14 +57,16 @@ def enable(setting: str = 'auto'):
     # Only this user may write there: a cached executable is code the next run executes.
     os.makedirs(path, mode=0o700, exist_ok=True)
   except OSError as e:
-    logging.warning('compilation cache: cannot use %s (%s); every run compiles its steps',
-                    path, e.strerror or e)
+    logging.warning(
+      'compilation cache: cannot use %s (%s); every run compiles its steps', path, e.strerror or e
+    )
     return None
   jax.config.update('jax_compilation_cache_dir', path)
   if jax.config.jax_persistent_cache_min_compile_time_secs == _JAX_DEFAULT_MIN_COMPILE_SECS:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   try:  # JAX decides whether to use the cache at its first compilation: let it decide again.
-    from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
+    from jax.experimental.compilation_cache import compilation_cache  # noqa: PLC0415  (experimental: guarded)
+
     compilation_cache.reset_cache()
   except (ImportError, AttributeError):
     pass

@@ -13,11 +13,12 @@ exits (the next step needs it anyway), and the host gathers the next batch after
 during it (a prefetch thread measured no gain on 2 cores: XLA keeps both busy). Only on the CPU
 backend and with glibc.
 """
+
 import ctypes
 import sys
 
-import jax
 from absl import logging
+import jax
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
 _state = None  # None: untouched; 'sync': dispatch set, allocator not yet; True/False: final
@@ -26,7 +27,8 @@ _asked = None  # the first reuse_cpu_buffers(enable) of this process decides
 
 def _backends_initialized() -> bool:
   try:
-    from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+    from jax._src import xla_bridge  # noqa: PLC0415  (private API, may move: guarded)
+
     return xla_bridge.backends_are_initialized()
   except (ImportError, AttributeError):  # private API moved: assume the worst
     return True
@@ -39,9 +41,11 @@ def prefer_sync_dispatch() -> bool:
   global _state
   if _state is None:
     if jax.config.read('jax_cpu_enable_async_dispatch') and _backends_initialized():
-      logging.info('host memory: JAX was initialised before muse_jax could set synchronous '
-                   'dispatch; call muse_jax.runtime.configure() first to keep large CPU buffers '
-                   'allocated across steps')
+      logging.info(
+        'host memory: JAX was initialised before muse_jax could set synchronous '
+        'dispatch; call muse_jax.runtime.configure() first to keep large CPU buffers '
+        'allocated across steps'
+      )
       _state = False
     else:
       jax.config.update('jax_cpu_enable_async_dispatch', False)  # no effect on GPU/TPU
@@ -55,8 +59,12 @@ def reuse_cpu_buffers(enable: bool = True) -> bool:
   global _state, _asked
   if _asked is not None:
     if enable != _asked:
-      logging.warning('host memory: reuse_cpu_buffers=%s ignored: this process already applied '
-                      '%s (a per-process setting)', enable, _asked)
+      logging.warning(
+        'host memory: reuse_cpu_buffers=%s ignored: this process already applied '
+        '%s (a per-process setting)',
+        enable,
+        _asked,
+      )
     return _state is True
   _asked = enable
   if not enable:
@@ -76,7 +84,9 @@ def reuse_cpu_buffers(enable: bool = True) -> bool:
   if mallopt(_M_MMAP_MAX, 0) != 1 or mallopt(_M_TRIM_THRESHOLD, -1) != 1:
     logging.warning('host memory: mallopt refused; large CPU buffers are allocated per step')
     return False
-  logging.info('host memory: large CPU buffers are kept in the heap and reused across steps '
-               '(synchronous dispatch; config.reuse_cpu_buffers=False turns this off)')
+  logging.info(
+    'host memory: large CPU buffers are kept in the heap and reused across steps '
+    '(synchronous dispatch; config.reuse_cpu_buffers=False turns this off)'
+  )
   _state = True
   return True
