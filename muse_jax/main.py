@@ -1,8 +1,9 @@
 """Command line: `python -m muse_jax.main --config=configs/valence.py [--workdir=DIR] [--mode=...]`.
 
 Thin by design (as the flax examples): flags -> config (`config_cli`) -> `runtime.configure`
-(process settings, once) -> `train.train_and_evaluate`, `inference.evaluate`,
-`inference.predict`, a sweep (`sweep.run`) or a sweep's ensemble (`sweep_report.write_ensemble`).
+(process settings, once) -> `train.train_and_evaluate`, `modes.evaluate`,
+`modes.predict`, or a sweep and a sweep's ensemble (`sweep.command`). Flags' full help:
+`--helpfull`; what they do: README.md and docs/usage.md.
 User errors (bad data, config or workdir) end as one line `error: ...` and exit status 2 (`cli`).
 
 The design card's command works as written: without `--workdir` a run writes to
@@ -20,65 +21,19 @@ from ml_collections import config_flags
 from muse_jax import cli
 from muse_jax import config_cli
 from muse_jax import config_util
-from muse_jax.errors import MuseError
 
 config_util.ensure_configs_importable()
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file(
-  'config', None, 'Config file (configs/*.py).', lock_config=True
-)
-flags.DEFINE_string(
-  'workdir',
-  None,
-  'Folder for checkpoints, logs, predictions, results; default '
-  'runs/<config name> under the current folder.',
-)
-flags.DEFINE_enum(
-  'mode',
-  'train',
-  ['train', 'evaluate', 'predict'],
-  'train (resumes if the workdir has a checkpoint); evaluate (metrics and '
-  'predictions again, eval_results.json); predict (predictions only, no labels '
-  'needed, into <workdir>/predict/).',
-)
-flags.DEFINE_string(
-  'data_root',
-  None,
-  'MuSe-layout tree; overrides config.data_root. Neither set: '
-  "the workdir's tree, else the generated demo tree.",
-)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/*.py', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name> here.')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'], 'train (resumes) or not.')
+flags.DEFINE_string('data_root', None, "A tree; default the workdir's tree, else the demo tree.")
 flags.DEFINE_string('data_dir', None, 'tfds data_dir; overrides config.data_dir.')
-flags.DEFINE_multi_string(
-  'sweep',
-  [],
-  'A sweep axis, field=value1,value2 (repeat for a product; '
-  "values holding commas (feature_sets, loss_weights): split by ';'); or "
-  'get_sweep() in the config file. '
-  'Trains every setting x num_seeds seeds, chooses on devel '
-  '(muse_jax.sweep).',
-)
-flags.DEFINE_string(
-  'sweep_search',
-  '',
-  'random:N: N settings drawn from the --sweep axes (ranges '
-  'lo:hi, log-uniform for rates; lists a,b,c) instead of their product; '
-  "optuna:N[:B]: Optuna's TPE proposes them B at a time (pip install -e "
-  '.[search]).',
-)
-flags.DEFINE_string(
-  'sweep_shard',
-  '',
-  "I/N: train only the I-th share of the sweep's groups (one "
-  'process of N on a cluster, same --workdir); the last to finish writes the '
-  'report, or python -m muse_jax.sweep_report W.',
-)
-flags.DEFINE_bool(
-  'distributed',
-  False,
-  'Multi-host: jax.distributed.initialize() with the '
-  "cluster's auto-detection (Cloud TPU, SLURM, Open MPI, Kubernetes).",
-)
+flags.DEFINE_multi_string('sweep', [], 'A sweep axis field=v1,v2 (repeat for a product).')
+flags.DEFINE_string('sweep_search', '', 'random:N or optuna:N[:B]: a search over the axes.')
+flags.DEFINE_string('sweep_shard', '', "I/N: this process's share of the sweep's groups.")
+flags.DEFINE_bool('distributed', False, 'Multi-host: jax.distributed.initialize(), auto-detected.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: this process (0 .. num_processes-1).')
@@ -102,17 +57,11 @@ def main(argv):
   if jax.process_index() != 0:  # process 0 speaks for the job
     logging.set_verbosity(logging.WARNING)
   if jax.process_count() > 1:
-    logging.info(
-      'process %d of %d, %d local / %d global devices',
-      jax.process_index(),
-      jax.process_count(),
-      jax.local_device_count(),
-      jax.device_count(),
-    )
-  from muse_jax import inference  # noqa: PLC0415  (JAX-heavy: after runtime.configure)
+    n = (jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+    logging.info('process %d of %d, %d local / %d global devices', *n)
+  from muse_jax import modes  # noqa: PLC0415  (JAX-heavy: after runtime.configure)
   from muse_jax import outputs  # noqa: PLC0415  (JAX-heavy: after runtime.configure)
   from muse_jax import sweep  # noqa: PLC0415  (JAX-heavy: after runtime.configure)
-  from muse_jax import sweep_report  # noqa: PLC0415  (JAX-heavy: after runtime.configure)
   from muse_jax import train  # noqa: PLC0415  (JAX-heavy: after runtime.configure)
 
   with config.unlocked():
@@ -125,46 +74,12 @@ def main(argv):
   logging.info('mode %s, workdir %s', FLAGS.mode, workdir)
   path = config_cli.config_path(sys.argv)
   sweep_list = config_util.load_sweep(path) if path and not FLAGS.sweep else None
-  if (FLAGS.sweep_search and not FLAGS.sweep) or (
-    FLAGS.sweep_shard and not FLAGS.sweep and sweep_list is None
-  ):
-    raise MuseError(
-      '--sweep_search and --sweep_shard need a sweep: --sweep=field=values '
-      '(a search: ranges lo:hi or lists a,b,c)'
-      + ('' if FLAGS.sweep_search else ', or get_sweep() in the config file')
-    )
-  is_sweep = bool(FLAGS.sweep) or sweep_list is not None
-  if is_sweep and FLAGS.mode != 'train':
-    raise MuseError(
-      f'--mode={FLAGS.mode} of a sweep: evaluate or predict the chosen run (or '
-      'its ensemble, --config.eval_seed=sweep_ensemble) with the config it was '
-      'trained with: --config=configs/workdir.py:W'
-    )
-  if is_sweep:
-    report = sweep.run(
-      config,
-      workdir,
-      sweep.axes_of(config, FLAGS.sweep),
-      sweep_list,
-      FLAGS.sweep_shard,
-      FLAGS.sweep_search,
-    )
-    text = (
-      sweep_report.markdown(report)
-      if report
-      else f'shard {FLAGS.sweep_shard} done; the report follows when every shard has finished'
-    )
-  elif str(config.get('eval_seed', '')).strip().lower() == 'sweep_ensemble' and (
-    FLAGS.mode != 'train'
-  ):
-    text = outputs.summary(sweep_report.write_ensemble(config, workdir, FLAGS.mode))
-  else:
-    run = {
-      'train': train.train_and_evaluate,
-      'evaluate': inference.evaluate,
-      'predict': inference.predict,
-    }[FLAGS.mode]
-    text = outputs.summary(run(config, workdir))
+  text = sweep.command(
+    config, workdir, FLAGS.mode, FLAGS.sweep, sweep_list, FLAGS.sweep_shard, FLAGS.sweep_search
+  )  # a sweep, or a sweep's ensemble; else None
+  if text is None:
+    modes = {'evaluate': modes.evaluate, 'predict': modes.predict}
+    text = outputs.summary(modes.get(FLAGS.mode, train.train_and_evaluate)(config, workdir))
   if jax.process_index() == 0:
     print(text)
     if demo_root:

@@ -510,6 +510,31 @@ def _optuna(config, workdir: str, axes: list, n_trials: int, batch: int) -> dict
   return _finish(config, workdir) if jax.process_index() == 0 else None
 
 
+def command(config, workdir: str, mode: str, axes: list, sweep_list, shard: str, search: str):
+  """What `python -m muse_jax.main` prints for a sweep (--sweep, get_sweep()) or for a sweep's
+  ensemble (evaluate or predict with eval_seed 'sweep_ensemble'); None for any other run."""
+  if (search and not axes) or (shard and not axes and sweep_list is None):
+    raise MuseError(
+      '--sweep_search and --sweep_shard need a sweep: --sweep=field=values '
+      '(a search: ranges lo:hi or lists a,b,c)'
+      + ('' if search else ', or get_sweep() in the config file')
+    )
+  if not axes and sweep_list is None:
+    if _ensemble_written(config) and mode != 'train':
+      return outputs.summary(sweep_report.write_ensemble(config, workdir, mode))
+    return None
+  if mode != 'train':
+    raise MuseError(
+      f'--mode={mode} of a sweep: evaluate or predict the chosen run (or its '
+      'ensemble, --config.eval_seed=sweep_ensemble) with the config it was '
+      'trained with: --config=configs/workdir.py:W'
+    )
+  report = run(config, workdir, axes_of(config, axes), sweep_list, shard, search)
+  if report is None:
+    return f'shard {shard} done; the report follows when every shard has finished'
+  return sweep_report.markdown(report)
+
+
 def _finish(config, workdir: str) -> dict:
   """The report; with eval_seed 'sweep_ensemble', W's predictions become the ensemble's."""
   report = sweep_report.write_report(workdir)

@@ -27,6 +27,7 @@ from muse_jax import cli
 from muse_jax import config_util
 from muse_jax import inference
 from muse_jax import metrics
+from muse_jax import modes
 from muse_jax import outputs
 from muse_jax import workdir as workdir_lib
 from muse_jax.data import layout
@@ -315,13 +316,13 @@ def write_ensemble(config, workdir: str, mode: str) -> dict:
       c = _group_config(config, group, mode)
       with workdir_lib.held(group, mode):
         if predicting:
-          spec = inference.predict_spec(c, group)
-          inference.check_predict(spec, group)
+          spec = modes.predict_spec(c, group)
+          modes.check_predict(spec, group)
         else:
           spec = config_util.validate_config(c)
-          inference.check_evaluate(c, group)
+          modes.check_evaluate(c, group)
         got.append(
-          inference.predictions_of(spec, group, () if predicting else ('train', 'devel'), members)
+          modes.predictions_of(spec, group, () if predicting else ('train', 'devel'), members)
         )
         specs.append(spec)
     videos, k = got[0]['videos'], sum(len(g['picked']) for g in got)

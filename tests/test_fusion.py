@@ -11,15 +11,16 @@ import pytest
 from muse_jax import compare
 from muse_jax import config_util
 from muse_jax import fusion
-from muse_jax import inference
 from muse_jax import input_pipeline as ip
+from muse_jax import modes
 from muse_jax import normalization
 from muse_jax import reproduce
 from muse_jax import sources
-from muse_jax.data import video as video_lib
 from muse_jax.data import build
+from muse_jax.data import video as video_lib
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
+
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,11 +150,11 @@ def test_late_fusion_evaluate_restores_the_same_model(pipeline):
   config = config_util.load_config(os.path.join(REPO, 'configs', 'late_fusion.py'))
   config.data_root, config.data_dir = _data(out)
   config.targets, config.fusion_runs = ('valence',), ','.join(r.workdir for r in runs[:2])
-  again = inference.evaluate(config, late.workdir)
+  again = modes.evaluate(config, late.workdir)
   assert again['devel'] == late.results['devel']
   # The config it was trained with, read back (configs/workdir.py): its own model fields.
   from configs import workdir  # pylint: disable=import-outside-toplevel
-  again = inference.evaluate(workdir.get_config(late.workdir), late.workdir)
+  again = modes.evaluate(workdir.get_config(late.workdir), late.workdir)
   assert again['devel'] == late.results['devel']
 
 

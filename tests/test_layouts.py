@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from muse_jax import config_util
-from muse_jax import inference
+from muse_jax import modes
 from muse_jax import predictor as predictor_lib
 from muse_jax import train
 from muse_jax.data import build
@@ -20,6 +20,7 @@ from muse_jax.data import demo
 from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
+
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 import scripted  # pylint: disable=wrong-import-order
 
@@ -143,9 +144,9 @@ def test_train_evaluate_predict_on_each_layout(trees, name, tmp_path, monkeypatc
           np.testing.assert_array_equal(p['timestamp'], pd.read_csv(label)['timestamp'])
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     assert json.load(f)['targets'] == list(results['targets'])  # 'all' as resolved
-  ev = inference.evaluate(config, workdir)
+  ev = modes.evaluate(config, workdir)
   assert ev['devel'] == results['devel'] and ev['step_ms'] == s['step_ms']
-  pr = inference.predict(config, workdir)
+  pr = modes.predict(config, workdir)
   assert pr['videos'] == {k: len(v) for k, v in s['splits'].items()}
   assert dl.step_ms == s['step_ms']
 
@@ -163,7 +164,7 @@ def test_a_model_refuses_data_on_another_grid(trees, tmp_path, monkeypatch):
                       targets=('arousal', 'valence'), feature_sets=('egemaps',), num_epochs=2)
   with pytest.raises(MuseError, match=r'this data is on a 250 ms grid, but the model in .* '
                                       r'learnt on a 500 ms grid'):
-    inference.predict(other, workdir)
+    modes.predict(other, workdir)
   predictor = predictor_lib.Predictor(workdir)
   assert predictor.step_ms == 500
   x = np.zeros((20, predictor.dims[0]), np.float32)
@@ -173,8 +174,9 @@ def test_a_model_refuses_data_on_another_grid(trees, tmp_path, monkeypatch):
 
 
 def test_features_are_written_on_the_trees_own_grid(trees, tmp_path):
-  from muse_jax.features import writer  # pylint: disable=import-outside-toplevel
   import shutil  # pylint: disable=import-outside-toplevel
+
+  from muse_jax.features import writer  # pylint: disable=import-outside-toplevel
   root = str(tmp_path / 'c3_muse_stress')
   shutil.copytree(trees['muse2021_stress']['root'], root)
   assert writer.tree_step(root) == 500

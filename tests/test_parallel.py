@@ -3,8 +3,8 @@
 conftest.py gives this process 8 CPU devices (XLA_FLAGS, set before JAX initialises).
 """
 import json
-import re
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,6 +20,7 @@ from muse_jax import inference
 from muse_jax import input_pipeline as ip
 from muse_jax import losses
 from muse_jax import metrics
+from muse_jax import modes
 from muse_jax import predictor as predictor_lib
 from muse_jax import schedule
 from muse_jax import sharding
@@ -27,6 +28,7 @@ from muse_jax import steps
 from muse_jax import train
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
+
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 import scripted  # pylint: disable=wrong-import-order
 
@@ -383,7 +385,7 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path, monk
   per_seed = []
   for seed in ens['seeds']:
     config.eval_seed = str(seed - 314)
-    assert inference.evaluate(config, work)['seed'] == seed
+    assert modes.evaluate(config, work)['seed'] == seed
     per_seed.append(_read_predictions(os.path.join(work, 'predictions')))
     # predictions/ now hold that seed's, and say so (results.json still says training's choice).
     assert (said()['written_by'], said()['seed'], said()['results']) == (
@@ -395,11 +397,11 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path, monk
     np.testing.assert_allclose(got, np.mean([p[name] for p in per_seed], axis=0), rtol=1e-6,
                                atol=1e-6)
   config.eval_seed = 'ensemble'
-  again = inference.evaluate(config, work)
+  again = modes.evaluate(config, work)
   assert {k: again[k] for k in ('seed', 'devel', 'test', 'ensemble', 'per_video')} == {
       k: results[k] for k in ('seed', 'devel', 'test', 'ensemble', 'per_video')}
   assert _read_predictions(os.path.join(work, 'predictions'), raw=True) == written_bytes
-  out = inference.predict(config, work)
+  out = modes.predict(config, work)
   assert out['seed'] == 'ensemble' and out['ensemble']['seeds'] == ens['seeds']
   assert _read_predictions(out['predictions'], raw=True) == written_bytes
   # Predictor: by default what results.json wrote (the ensemble), the mean of the members'.

@@ -14,6 +14,7 @@ import pytest
 
 from muse_jax import config_util
 from muse_jax import inference
+from muse_jax import modes
 from muse_jax import normalization
 from muse_jax import schedule
 from muse_jax import sharding
@@ -23,7 +24,9 @@ from muse_jax import train
 from muse_jax.data import layout
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
-from helpers import tiny_config, write_lines  # pylint: disable=wrong-import-order
+
+from helpers import tiny_config  # pylint: disable=wrong-import-order
+from helpers import write_lines  # pylint: disable=wrong-import-order
 import scripted  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +56,7 @@ def test_training_beats_untrained_model(trained):
 
 def test_evaluate_reproduces_best_epoch_metrics(trained):
   config, work, results = trained
-  again = inference.evaluate(config, work)
+  again = modes.evaluate(config, work)
   assert again['devel'] == results['devel']
   assert again['test'] == results['test']
   logged = [json.loads(l) for l in open(os.path.join(work, 'metrics.jsonl'))]
@@ -94,7 +97,7 @@ def test_predict_mode_needs_no_labels_and_matches_evaluate(trained, tmp_path):
               ['Id,Proposal'] + [f'{f[:-4]},test' for f in ids])
   new = config.copy_and_resolve_references()
   new.data_root, new.data_dir = root, str(tmp_path / 'tfds')
-  out = inference.predict(new, work)
+  out = modes.predict(new, work)
   assert out['videos'] == {'train': 0, 'devel': 0, 'test': 3} and out['seed'] == results['seed']
   assert out['best_epoch'] == results['best_epoch']
   assert 'devel' not in out and not os.path.exists(os.path.join(work, 'predict', 'devel'))
@@ -215,7 +218,7 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_tree, tmp_path, mon
 def test_evaluate_without_checkpoint_is_a_clear_error(tiny_tree, tmp_path):
   config = tiny_config(tiny_tree, str(tmp_path / 'tfds'))
   with pytest.raises(MuseError, match='no checkpoint'):
-    inference.evaluate(config, str(tmp_path / 'empty'))
+    modes.evaluate(config, str(tmp_path / 'empty'))
 
 
 def test_restore_refuses_other_model_config(trained, tmp_path):
@@ -223,7 +226,7 @@ def test_restore_refuses_other_model_config(trained, tmp_path):
   other = tiny_config(config.data_root, config.data_dir)
   other.model.d_rnn = 32
   with pytest.raises(MuseError, match='different model'):
-    inference.evaluate(other, work)
+    modes.evaluate(other, work)
 
 
 def _edit_checkpoint_meta(workdir, edit) -> None:
@@ -254,7 +257,7 @@ def test_checkpoint_of_another_version_is_refused_not_defaulted(trained, tmp_pat
   shutil.copytree(work, copy)
   _edit_checkpoint_meta(copy, edit)
   with pytest.raises(MuseError) as e:
-    inference.evaluate(config, copy)
+    modes.evaluate(config, copy)
   assert str(e.value) == (f'{copy}: its checkpoint was written by another version of muse_jax '
                           f'({why}); retrain in a new --workdir')
 

@@ -1,7 +1,7 @@
 """Process-wide settings, made once by the entry points (main, job, reproduce, predict, the
 benchmarks) before JAX creates a backend: `configure(config)`.
 
-Library functions (`train.train_and_evaluate`, `inference.evaluate`, ...) never change the process:
+Library functions (`train.train_and_evaluate`, `modes.evaluate`, ...) never change the process:
 called from a notebook they run with whatever the caller set. What `configure` does, and why:
 - `host_memory`: large CPU buffers kept in glibc's heap across steps, with synchronous CPU
   dispatch (config.reuse_cpu_buffers; each step page-faulted its temporaries back in otherwise);
