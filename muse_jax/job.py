@@ -12,6 +12,7 @@ from absl import flags
 from muse_jax import baselines
 from muse_jax import cli
 from muse_jax import config_util
+from muse_jax import outputs
 from muse_jax import runtime
 from muse_jax import sources
 from muse_jax import train
@@ -88,8 +89,7 @@ def main(argv):
   out = os.path.abspath(os.path.expanduser(FLAGS.out))
   rows = run(out, FLAGS.config, FLAGS.scale)
   text = table(rows)
-  with open(os.path.join(out, 'results.md'), 'w', encoding='utf-8') as f:
-    f.write(text + '\n')
+  outputs.write_text(os.path.join(out, 'results.md'), text + '\n')
   print('\n' + text)
   print(f'\nworkdirs: {", ".join(r["workdir"] for r in rows)}; total {time.time() - t0:.0f} s')
 

@@ -25,6 +25,7 @@ import numpy as np
 from muse_jax import cli
 from muse_jax import compare
 from muse_jax import config_util
+from muse_jax import outputs
 from muse_jax import runtime
 from muse_jax import train
 from muse_jax import workdir as workdir_lib
@@ -277,8 +278,7 @@ def main(argv):
     f'\n\n{len(runs)} runs; wall time of this invocation '
     f'{time.time() - t0:.0f} s (the runs took {trained:.0f} s when trained).'
   )
-  with open(os.path.join(out, 'results.md'), 'w', encoding='utf-8') as f:
-    f.write(text + '\n')
+  outputs.write_text(os.path.join(out, 'results.md'), text + '\n')
   print('\n' + text)
   print(f'\nruns in {os.path.join(out, "runs")}; table in {os.path.join(out, "results.md")}')
 

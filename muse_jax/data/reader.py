@@ -552,18 +552,12 @@ def read_video_with_stats(
   return video, stats
 
 
-def read_video(
-  root: str,
-  feature_set: str,
-  vid: str,
-  partition: str | None = None,
-  columns: list | None = None,
-  targets=None,
-) -> Video:
+def read_video(root: str, feature_set: str, vid: str, *args, **options) -> Video:
   """One video on its label grid: features [T, D] of the set, labels [T, K] of every target
   of the layout (or `targets`)
   (NaN and `labelled` False without a label file). With
   `partition` 'train'/'devel', missing label files are an error. Feature columns are matched by
   name to `columns` (default: the set's first file, `set_columns`) and returned in that order.
+  Further arguments: partition, columns, targets, as `read_video_with_stats` takes them.
   """
-  return read_video_with_stats(root, feature_set, vid, partition, columns, targets)[0]
+  return read_video_with_stats(root, feature_set, vid, *args, **options)[0]

@@ -9,6 +9,24 @@ import sys
 from muse_jax import cli
 
 
+def _tree_arguments(p) -> None:
+  """Where and on which grid a feature set is written (audio, text)."""
+  p.add_argument(
+    '--out',
+    type=cli.path,
+    required=True,
+    help='ROOT of a MuSe-family tree: the folder holding metadata/ (a task folder '
+    'in 2021/2022); a new folder gets the 2020 layout',
+  )
+  p.add_argument('--segment_id', type=int, default=1, help='segment_id of every row (default 1)')
+  p.add_argument(
+    '--step_ms',
+    type=int,
+    default=None,
+    help="grid step in ms (default: that of ROOT's labels, else 250)",
+  )
+
+
 def _parser() -> cli.ArgumentParser:
   p = cli.ArgumentParser(
     prog='python -m muse_jax.features',
@@ -21,37 +39,17 @@ def _parser() -> cli.ArgumentParser:
   )
   a.add_argument('--id', required=True, help='video id: the CSV is written as <id>.csv')
   a.add_argument(
-    '--out',
-    type=cli.path,
-    required=True,
-    help='ROOT of a MuSe-family tree: the folder holding metadata/ (a task folder in '
-    '2021/2022); a new folder gets the 2020 layout',
-  )
-  a.add_argument(
     '--win_s',
     type=float,
     default=3.0,
     help='functionals window in seconds, centred on each grid point (default 3)',
   )
-  a.add_argument('--segment_id', type=int, default=1, help='segment_id of every row (default 1)')
-  a.add_argument(
-    '--step_ms',
-    type=int,
-    default=None,
-    help="grid step in ms (default: that of ROOT's labels, else 250)",
-  )
+  _tree_arguments(a)
   t = sub.add_parser('text', help='bert: sentence embeddings held over each transcript span')
   t.add_argument(
     '--transcript', type=cli.path, required=True, help='CSV with columns start_ms,end_ms,text'
   )
   t.add_argument('--id', required=True, help='video id: the CSV is written as <id>.csv')
-  t.add_argument(
-    '--out',
-    type=cli.path,
-    required=True,
-    help='ROOT of a MuSe-family tree: the folder holding metadata/ (a task folder in '
-    '2021/2022); a new folder gets the 2020 layout',
-  )
   t.add_argument(
     '--model_dir',
     type=cli.path,
@@ -65,13 +63,7 @@ def _parser() -> cli.ArgumentParser:
     default=None,
     help='recording length: rows 0, step, ... up to it (default: last span end)',
   )
-  t.add_argument('--segment_id', type=int, default=1, help='segment_id of every row (default 1)')
-  t.add_argument(
-    '--step_ms',
-    type=int,
-    default=None,
-    help="grid step in ms (default: that of ROOT's labels, else 250)",
-  )
+  _tree_arguments(t)
   r = sub.add_parser('predict', help="a trained workdir's targets on a new recording")
   r.add_argument('--workdir', type=cli.path, required=True, help='a trained muse_jax workdir')
   r.add_argument('--wav', type=cli.path, required=True, help='the recording (wav, flac, ogg, mp3)')
