@@ -40,3 +40,12 @@ def tiny_tree(tmp_path_factory) -> str:
   root = tmp_path_factory.mktemp('tiny_tree') / 'root'
   demo.make_tree(str(root), scale='tiny', seed=0)
   return str(root)
+
+
+@pytest.fixture(scope='session')
+def pristine(tmp_path_factory) -> tuple:
+  """(root, summary) of a `tiny` demo tree (seed 0) with only the feature sets configs/tiny.py
+  reads (egemaps, fasttext); tests break copies of it (helpers.TreeCopy), never the tree itself."""
+  root = tmp_path_factory.mktemp('pristine') / 'root'
+  summary = demo.make_tree(str(root), scale='tiny', seed=0, features='egemaps,fasttext')
+  return str(root), summary

@@ -17,8 +17,7 @@ import pytest
 
 import helpers
 
-TINY = os.path.join(helpers.REPO, 'configs', 'tiny.py')
-SCRIPTED = os.path.join(helpers.REPO, 'tests', 'scripted_main.py')
+TINY, SCRIPTED = helpers.TINY, helpers.SCRIPTED_MAIN
 # Devel scores the schedule sees (seeds 314, 315): a new best every epoch on any device, so both
 # runs keep their last epoch and exit 0 whatever the kernels' rounding.
 SCRIPT = json.dumps({'314': [0.5, 0.6, 0.7], '315': [0.5, 0.6, 0.7]})

@@ -9,73 +9,49 @@ rewraps, truncates or turns them into tracebacks.
 """
 import logging
 import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from muse_jax import config_util
 from muse_jax import train
-from muse_jax.data import demo
 from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
 import helpers  # pylint: disable=wrong-import-order
 import scripted  # pylint: disable=wrong-import-order
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETS = ('egemaps', 'fasttext')
 
-
-@pytest.fixture(scope='module')
-def pristine(tmp_path_factory):
-  """(root, train id, other train id, summary) of a tiny tree with the sets tiny.py reads."""
-  root = str(tmp_path_factory.mktemp('pristine') / 'root')
-  summary = demo.make_tree(root, scale='tiny', seed=0, features=','.join(SETS))
+@pytest.fixture
+def case(pristine, tmp_path, monkeypatch):
+  """A fresh copy of the pristine tree (conftest), with helpers to break it and to run on it; its
+  video: a train video whose file does not define a set's dimension, not one of the tree's
+  quirks. Its in-process runs' schedules see scripted devel scores (tests/scripted.py): one epoch
+  beats the untrained model, which a run must to end, on any CPU."""
+  scripted.script_devel(monkeypatch)
+  root, summary = pristine
   quirky = {summary['quirks']['longer_feature_file']['id'],
             summary['quirks']['shorter_feature_file']['id']}
   first = next(iter(reader.read_partition(root)))  # its file defines a set's dimension
   train_ids = [v for v in summary['splits']['train'] if v not in quirky and v != first]
-  return root, train_ids[0], train_ids[1], summary
+  return Case(root, str(tmp_path), train_ids[0], train_ids[1], summary)
 
 
-@pytest.fixture
-def case(pristine, tmp_path, monkeypatch):
-  """A fresh copy of the pristine tree, with helpers to break it and to run on it. Its in-process
-  runs' schedules see scripted devel scores (tests/scripted.py): one epoch beats the untrained
-  model, which a run must to end, on any CPU."""
-  scripted.script_devel(monkeypatch)
-  root, vid, other, summary = pristine
-  return Case(root, str(tmp_path), vid, other, summary)
-
-
-class Case:
+class Case(helpers.TreeCopy):
   """One broken copy of the tree: paths of its files and the ways to run on it."""
 
   def __init__(self, pristine_root, tmp, vid, other, summary):
-    self.root = os.path.join(tmp, 'root')
-    shutil.copytree(pristine_root, self.root)
-    self.tmp, self.vid, self.other, self.summary = tmp, vid, other, summary
-    self.data_dir = os.path.join(tmp, 'tfds')
-    self.workdir = os.path.join(tmp, 'work')
+    super().__init__(pristine_root, tmp)
+    self.vid, self.other, self.summary = vid, other, summary
 
-  # Paths.
+  # Paths (of video `vid` by default).
   def feat(self, vid=None, name='egemaps'):
-    return layout.feature_path(self.root, name, vid or self.vid)
+    return super().feat(vid or self.vid, name)
 
   def label(self, target='arousal', vid=None):
-    return layout.label_path(self.root, target, vid or self.vid)
-
-  @property
-  def partition(self):
-    return os.path.join(self.root, layout.PARTITION_CSV)
+    return super().label(vid or self.vid, target)
 
   # Edits.
-  lines = staticmethod(helpers.read_lines)
-  write = staticmethod(helpers.write_lines)
-
   def edit_cell(self, path, line, column, value):
     """Sets the cell at 1-based `line` and `column` of a CSV to `value`."""
     lines = self.lines(path)
@@ -86,11 +62,7 @@ class Case:
 
   # Runs.
   def config(self, **overrides):
-    c = config_util.load_config('tiny')
-    c.data_root, c.data_dir, c.num_epochs = self.root, self.data_dir, 1
-    for k, v in overrides.items():
-      setattr(c, k, v)
-    return c
+    return helpers.tiny_config(self.root, self.data_dir, **{'num_epochs': 1, **overrides})
 
   def error(self, **overrides) -> str:
     """The one-line message `train_and_evaluate` stops with."""
@@ -102,26 +74,9 @@ class Case:
     return msg
 
   def cli(self, *args):
-    return subprocess.run(
-        [sys.executable, '-m', 'muse_jax.main', f'--config={REPO}/configs/tiny.py',
-         f'--workdir={self.workdir}', f'--data_root={self.root}', f'--data_dir={self.data_dir}',
-         '--config.num_epochs=1', *args],
-        capture_output=True, text=True, cwd=self.tmp, timeout=300)
-
-
-def rel(path, root):
-  return os.path.relpath(path, root)
-
-
-def assert_one_error_line(proc, *words):
-  """Exit status 2, exactly one `error:` line holding `words`, no traceback."""
-  err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  assert len(err) == 1, proc.stderr[-2000:]
-  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
-  for w in words:
-    assert w in err[0], (w, err[0])
-  return err[0]
+    return helpers.run_main(f'--workdir={self.workdir}', f'--data_root={self.root}',
+                            f'--data_dir={self.data_dir}', '--config.num_epochs=1', *args,
+                            cwd=self.tmp)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,20 +240,20 @@ def test_workdir_of_other_inputs(case):
 
 def test_cli_missing_partition(case):
   os.remove(case.partition)
-  assert_one_error_line(case.cli(), case.partition, 'not found')
+  helpers.one_error(case.cli(), case.partition, 'not found')
 
 
 def test_cli_ragged_row(case):
   lines = case.lines(case.label())
   lines[6] += ',0'
   case.write(case.label(), lines)
-  assert_one_error_line(case.cli(), f'{case.label()}: line 7 has 4 fields')
+  helpers.one_error(case.cli(), f'{case.label()}: line 7 has 4 fields')
 
 
 def test_cli_workdir_of_another_model_config(case):
   train.train_and_evaluate(case.config(), case.workdir)
-  assert_one_error_line(case.cli('--config.model.d_rnn=32'), case.workdir,
-                        'resuming with model.d_rnn=32', 'trained with model.d_rnn=16')
+  helpers.one_error(case.cli('--config.model.d_rnn=32'), case.workdir,
+                    'resuming with model.d_rnn=32', 'trained with model.d_rnn=16')
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,55 +21,32 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from muse_jax.data import build
-from muse_jax.data import demo
 from muse_jax.data import layout
 from muse_jax.data import reader
 import helpers  # pylint: disable=wrong-import-order
 import scripted  # pylint: disable=wrong-import-order
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = 'egemaps,fasttext'
 SENTINEL = '1e30'
 # Seed 314's devel score per epoch as its schedule sees it: a new best every epoch.
 SCRIPTED = {314: scripted.IMPROVING}
 
 
-@pytest.fixture(scope='module')
-def pristine(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('trust') / 'root')
-  summary = demo.make_tree(root, scale='tiny', seed=0, features=SETS)
-  return root, summary
-
-
-class Tree:
-  """A fresh copy of the pristine tree, the CLI on it, and edits that break it."""
+class Tree(helpers.TreeCopy):
+  """A fresh copy of the pristine tree (conftest), the CLI on it, and edits that break it."""
 
   def __init__(self, pristine, tmp):
     src, self.summary = pristine
-    self.tmp = str(tmp)
-    self.root = os.path.join(self.tmp, 'root')
-    shutil.copytree(src, self.root)
-    self.data_dir = os.path.join(self.tmp, 'tfds')
-    self.workdir = os.path.join(self.tmp, 'work')
+    super().__init__(src, tmp)
     self.splits = self.summary['splits']
 
   def build(self):
     build.ensure_built(self.root, self.data_dir, SETS)
-
-  def feat(self, vid, name='egemaps'):
-    return layout.feature_path(self.root, name, vid)
-
-  def label(self, vid, target='arousal'):
-    return layout.label_path(self.root, target, vid)
-
-  lines = staticmethod(helpers.read_lines)
-  write = staticmethod(helpers.write_lines)
 
   def set_row(self, path, line, value, first_col=2):
     """Every cell of 1-based `line` from column first_col on (the feature cells) := value."""
@@ -81,14 +58,12 @@ class Tree:
 
   def command(self, *args, workdir=None, scripted=True):
     """The CLI; `scripted`: through tests/scripted_main.py (SCRIPTED devel scores)."""
-    return [sys.executable, '-m', 'scripted_main' if scripted else 'muse_jax.main',
-            f'--config={REPO}/configs/tiny.py', f'--workdir={workdir or self.workdir}',
-            f'--data_root={self.root}', f'--data_dir={self.data_dir}', '--config.num_epochs=1',
-            *args]
+    return helpers.train_command(workdir or self.workdir, self.root, self.data_dir,
+                                 '--config.num_epochs=1', *args, scripted=scripted)
 
   def run(self, *args, workdir=None, scripted=True):
-    return subprocess.run(self.command(*args, workdir=workdir, scripted=scripted),
-                          capture_output=True, text=True, env=env(), cwd=self.tmp, timeout=300)
+    return helpers.run(self.command(*args, workdir=workdir, scripted=scripted), self.tmp, 300,
+                       SCRIPTED_DEVEL=json.dumps(SCRIPTED))
 
   def predictions(self, workdir=None):
     base = os.path.join(workdir or self.workdir, 'predictions')
@@ -100,17 +75,11 @@ class Tree:
     return out
 
   def results(self, workdir=None):
-    with open(os.path.join(workdir or self.workdir, 'results.json'), encoding='utf-8') as f:
-      return json.load(f)
+    return helpers.read_json(os.path.join(workdir or self.workdir, 'results.json'))
 
 
 def env():
-  e = dict(os.environ)
-  e.pop('XLA_FLAGS', None)  # one CPU device, as a plain user run
-  e['SCRIPTED_DEVEL'] = json.dumps(SCRIPTED)
-  e['PYTHONPATH'] = os.pathsep.join(filter(None, [os.path.join(REPO, 'tests'),
-                                                  e.get('PYTHONPATH')]))
-  return e
+  return helpers.child_env(SCRIPTED_DEVEL=json.dumps(SCRIPTED))
 
 
 @pytest.fixture
@@ -220,7 +189,7 @@ def test_semicolon_separated_csv_is_one_line(tree):
 
 
 def test_partition_without_devel_videos_is_one_line(tree):
-  path = os.path.join(tree.root, layout.PARTITION_CSV)
+  path = tree.partition
   tree.write(path, [l.replace(',devel', ',train') for l in tree.lines(path)])
   one_error(tree.run(), f'{path}: the devel partition has no videos')
 
@@ -293,9 +262,9 @@ def test_command_line_and_path_mistakes(tree):
   proc = tree.run('--config.foo=1')
   one_error(proc, "unknown config field 'foo'")
   cmd = tree.command()
-  cmd[3] = f'--config={REPO}/configs/no_such.py'
+  cmd[3] = f'--config={helpers.REPO}/configs/no_such.py'
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=tree.tmp, timeout=120)
-  one_error(proc, f'{REPO}/configs/no_such.py: config file not found', 'tiny')
+  one_error(proc, f'{helpers.REPO}/configs/no_such.py: config file not found', 'tiny')
   afile = os.path.join(tree.tmp, 'afile')
   open(afile, 'w', encoding='utf-8').close()
   one_error(tree.run(workdir=afile), f'{afile}: --workdir is a file')

@@ -8,7 +8,6 @@ code under test. Runs are tiny and their devel scores scripted (tests/scripted_m
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -18,26 +17,17 @@ import pytest
 from muse_jax import compare
 from muse_jax.data import demo
 from muse_jax.data import layout
-from muse_jax.errors import MuseError
 import helpers  # pylint: disable=wrong-import-order
 
-REPO = helpers.REPO
-SCRIPTED = os.path.join(REPO, 'tests', 'scripted_main.py')
-TINY = os.path.join(REPO, 'configs', 'tiny.py')
 SAMPLES = 400
-
-
-def _env():
-  return helpers.child_env(SCRIPTED_DEVEL=json.dumps({'314': [0.5, 0.6], '315': [0.4, 0.7]}))
+# Devel scores the schedules see, per seed.
+SCRIPT = json.dumps({'314': [0.5, 0.6], '315': [0.4, 0.7]})
 
 
 def _train(tree, data_dir, workdir, *flags):
-  proc = subprocess.run([sys.executable, SCRIPTED, f'--config={TINY}', f'--workdir={workdir}',
-                         f'--data_root={tree}', f'--data_dir={data_dir}', '--config.num_epochs=2',
-                         f'--config.bootstrap_samples={SAMPLES}'] + list(flags),
-                        capture_output=True, text=True, env=_env(), timeout=600)
-  assert proc.returncode == 0 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-  return proc
+  return helpers.passed(helpers.run(helpers.train_command(
+      workdir, tree, data_dir, '--config.num_epochs=2', f'--config.bootstrap_samples={SAMPLES}',
+      *flags, scripted=True), SCRIPTED_DEVEL=SCRIPT))
 
 
 _json = helpers.read_json
@@ -144,10 +134,8 @@ def test_every_partition_ccc_carries_its_video_bootstrap_interval(runs):
 
 
 def test_bootstrap_is_off_with_zero_samples_and_config_fields_are_checked(runs, tmp_path):
-  proc = subprocess.run([sys.executable, '-m', 'muse_jax.main', f'--config={TINY}',
-                         f'--workdir={tmp_path / "w"}', f'--data_root={runs["tree"]}',
-                         '--config.bootstrap_samples=-1'], capture_output=True, text=True,
-                        env=_env(), timeout=300)
+  proc = helpers.run(helpers.command(f'--workdir={tmp_path / "w"}', f'--data_root={runs["tree"]}',
+                                     '--config.bootstrap_samples=-1'), timeout=300)
   assert proc.returncode == 2 and 'bootstrap_samples must be an integer >= 0' in proc.stderr
   # evaluate may change it (it only changes what is reported): 0 turns the intervals off.
   w = str(tmp_path / 'b')
@@ -161,14 +149,13 @@ def test_bootstrap_is_off_with_zero_samples_and_config_fields_are_checked(runs, 
 
 def _evaluate(workdir, *flags):
   """--mode=evaluate of a copied run with the config it was trained with (configs/workdir.py)."""
-  helpers.ok(helpers.run([sys.executable, '-m', 'muse_jax.main',
-                          f'--config=configs/workdir.py:{workdir}', f'--workdir={workdir}',
-                          '--mode=evaluate', *flags], REPO))
+  helpers.ok(helpers.run(helpers.command(f'--workdir={workdir}', '--mode=evaluate', *flags,
+                                         config=f'configs/workdir.py:{workdir}'), helpers.REPO))
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, '-m', 'muse_jax.compare'] + [str(a) for a in args],
-                        capture_output=True, text=True, env=_env(), timeout=300)
+  return helpers.run([sys.executable, '-m', 'muse_jax.compare'] + [str(a) for a in args],
+                     timeout=300)
 
 
 def test_compare_cli_paired_difference_matches_a_numpy_reference(runs, tmp_path):

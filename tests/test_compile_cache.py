@@ -12,24 +12,20 @@ import json
 import os
 import subprocess
 
+import helpers  # pylint: disable=wrong-import-order
 import scripted  # pylint: disable=wrong-import-order
-from test_reliability import command  # pylint: disable=wrong-import-order
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(workdir, tree, data_dir, cache, **extra_env):
-  env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_') and k != 'XLA_FLAGS'}
-  env.update(SCRIPTED_DEVEL=json.dumps({314: scripted.IMPROVING}),
-             PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, 'tests'),
-                                                      env.get('PYTHONPATH')])), **extra_env)
+  env = {k: v for k, v in helpers.child_env().items() if not k.startswith('JAX_')}
+  env.update(SCRIPTED_DEVEL=json.dumps({314: scripted.IMPROVING}), **extra_env)
   proc = subprocess.run(
-      command(workdir, tree, data_dir, '--config.num_epochs=1', '--config.targets=valence',
-              f'--config.compilation_cache_dir={cache}', scripted=True),
+      helpers.train_command(workdir, tree, data_dir, '--config.num_epochs=1',
+                            '--config.targets=valence', f'--config.compilation_cache_dir={cache}',
+                            scripted=True),
       capture_output=True, text=True, env=env, cwd=os.path.dirname(workdir), timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:
-    return proc, json.load(f)
+  return proc, helpers.read_json(os.path.join(workdir, 'results.json'))
 
 
 def _entries(folder):

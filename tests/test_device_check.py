@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
+import helpers  # pylint: disable=wrong-import-order
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = helpers.REPO
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -21,10 +20,8 @@ from muse_jax.data import video as video_lib
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
+import helpers  # pylint: disable=wrong-import-order
 from helpers import tiny_config  # pylint: disable=wrong-import-order
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # ------------------------------------------------------------------------------------------------
 # Early fusion
@@ -147,7 +144,7 @@ def test_runs_without_this_versions_predictions_json_are_refused(pipeline, tmp_p
 def test_late_fusion_evaluate_restores_the_same_model(pipeline):
   out, runs = pipeline
   late = runs[2]
-  config = config_util.load_config(os.path.join(REPO, 'configs', 'late_fusion.py'))
+  config = config_util.load_config(os.path.join(helpers.REPO, 'configs', 'late_fusion.py'))
   config.data_root, config.data_dir = _data(out)
   config.targets, config.fusion_runs = ('valence',), ','.join(r.workdir for r in runs[:2])
   again = modes.evaluate(config, late.workdir)
@@ -225,10 +222,9 @@ def test_predictions_align_by_timestamp_and_may_end_early_only_without_labels(tm
 
 def test_reproduce_cli_resumes_and_writes_the_table(pipeline, tiny_tree):
   out, runs = pipeline
-  proc = subprocess.run(
-      [sys.executable, '-m', 'muse_jax.reproduce', f'--out={out}', f'--root={tiny_tree}',
-       '--config=tiny', '--features=egemaps,fasttext', '--early_fusion=', '--targets=valence'],
-      capture_output=True, text=True, cwd=REPO, timeout=300)
+  cmd = [sys.executable, '-m', 'muse_jax.reproduce', f'--out={out}', f'--root={tiny_tree}',
+         '--config=tiny', '--features=egemaps,fasttext', '--early_fusion=', '--targets=valence']
+  proc = helpers.run(cmd, helpers.REPO, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stderr.count('finished, skipped') == 3  # nothing retrained
   with open(os.path.join(out, 'results.md')) as f:
@@ -257,9 +253,6 @@ def test_reproduce_cli_resumes_and_writes_the_table(pipeline, tiny_tree):
   assert c['seeds'] == {}  # the first-level run trained one seed: no seed-level view
   assert text in proc.stdout + '\n'
   # Finished runs wrote the best seed's predictions: another eval_seed is refused, not mixed in.
-  proc = subprocess.run(
-      [sys.executable, '-m', 'muse_jax.reproduce', f'--out={out}', f'--root={tiny_tree}',
-       '--config=tiny', '--features=egemaps,fasttext', '--early_fusion=', '--targets=valence',
-       '--eval_seed=ensemble'], capture_output=True, text=True, cwd=REPO, timeout=300)
+  proc = helpers.run(cmd + ['--eval_seed=ensemble'], helpers.REPO, timeout=300)
   assert proc.returncode == 2 and 'started with another config (differs in eval_seed)' in (
       proc.stderr), proc.stderr[-2000:]

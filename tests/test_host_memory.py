@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+import helpers  # pylint: disable=wrong-import-order
+
 _PROBE = r'''
 import json, math, resource, sys, time
 import jax, jax.numpy as jnp
@@ -33,8 +35,7 @@ print(json.dumps({'applied': applied, 'faults': faults, 'temp_pages': 2 * x.nbyt
 def _probe(enable: bool) -> dict:
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)
-  env['PYTHONPATH'] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__)))] + [p for p in [env.get('PYTHONPATH')] if p])
+  env['PYTHONPATH'] = os.pathsep.join([helpers.REPO] + [p for p in [env.get('PYTHONPATH')] if p])
   out = subprocess.run([sys.executable, '-c', _PROBE, '1' if enable else '0'], env=env,
                        capture_output=True, text=True, timeout=300, check=True)
   r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -65,16 +66,15 @@ def test_large_buffers_are_reused_instead_of_faulted_in_every_call():
 def test_cli_trains_the_same_with_and_without_buffer_reuse(tiny_tree, tmp_path):
   """The command applies it (log line) before JAX starts; synchronous dispatch and the heap
   change where buffers live, not a single number of the run."""
-  from test_reliability import run  # pylint: disable=import-outside-toplevel
   data_dir = str(tmp_path / 'tfds')
   runs = {}
   for reuse in (True, False):
     workdir = str(tmp_path / f'reuse_{reuse}')
-    proc = run(workdir, tiny_tree, data_dir, '--config.num_epochs=2',
-               f'--config.reuse_cpu_buffers={reuse}', scripted=True)  # exit 0 on any CPU
+    proc = helpers.run(helpers.train_command(workdir, tiny_tree, data_dir, '--config.num_epochs=2',
+                                             f'--config.reuse_cpu_buffers={reuse}', scripted=True),
+                       str(tmp_path), SCRIPTED_DEVEL=json.dumps({314: [0.7, 0.8]}))  # exit 0
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ('large CPU buffers are kept in the heap' in proc.stderr) == reuse, proc.stderr[-3000:]
-    with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:
-      runs[reuse] = json.load(f)
+    runs[reuse] = helpers.read_json(os.path.join(workdir, 'results.json'))
   assert runs[True]['devel'] == runs[False]['devel']
   assert runs[True]['test'] == runs[False]['test']

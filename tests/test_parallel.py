@@ -7,7 +7,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import types
 
 import jax
@@ -29,10 +28,9 @@ from muse_jax import train
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
+import helpers  # pylint: disable=wrong-import-order
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 import scripted  # pylint: disable=wrong-import-order
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _synthetic_windows(n=13, t=48, d=10, seed=0):
@@ -134,29 +132,40 @@ def test_train_step_on_8_devices_equals_1_device():
 TOL = 2e-3
 
 
-def test_short_run_same_devel_ccc_on_1_and_8_devices(tiny_tree, tmp_path, monkeypatch):
-  scripted.script_devel(monkeypatch)
-  data_dir = str(tmp_path / 'tfds')
-  r1 = train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=1, num_devices=1),
-                                str(tmp_path / 'one'))
-  r8 = train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=1, num_devices=8),
-                                str(tmp_path / 'eight'))
+@pytest.fixture(scope='module')
+def one_epoch(tiny_tree, tmp_path_factory):
+  """configs/tiny.py for one epoch in this process (seed 314), on 1 device and on the session's
+  8: {'data_dir': its build, 1: results, 8: results}; the tests below compare other programs to
+  these runs."""
+  out = {'data_dir': str(tmp_path_factory.mktemp('tfds'))}
+  with pytest.MonkeyPatch.context() as mp:
+    scripted.script_devel(mp)
+    for n in (1, 8):
+      out[n] = train.train_and_evaluate(
+          tiny_config(tiny_tree, out['data_dir'], num_epochs=1, num_devices=n),
+          str(tmp_path_factory.mktemp(f'devices{n}')))
+  return out
+
+
+def test_short_run_same_devel_ccc_on_1_and_8_devices(one_epoch):
+  r1, r8 = one_epoch[1], one_epoch[8]
   for t in ('arousal', 'valence'):
     assert r8['devel'][t]['ccc'] == pytest.approx(r1['devel'][t]['ccc'], abs=TOL)
   # The epoch moved the model far more than TOL: a sharding bug could not hide in the tolerance.
   assert abs(r1['devel']['mean_ccc'] - r1['initial_devel_ccc']) > 10 * TOL
 
 
-def test_seeds_side_by_side_equal_separate_runs(tiny_tree, tmp_path, monkeypatch):
+def test_seeds_side_by_side_equal_separate_runs(tiny_tree, tmp_path, monkeypatch, one_epoch):
   """Seeds in one program (looped, the CPU default) train as separate runs would; vmapped seeds
-  train as looped ones (test_accelerator_path_trains_like_the_cpu_defaults), so as separate runs."""
+  train as looped ones (test_accelerator_path_trains_like_the_cpu_defaults), so as separate runs.
+  Seed 314 alone is one_epoch's run on 1 device (tiny.py's seed; data_seed -1: the seed's)."""
   scripted.script_devel(monkeypatch)
-  data_dir = str(tmp_path / 'tfds')
+  data_dir = one_epoch['data_dir']
   both = train.train_and_evaluate(
       tiny_config(tiny_tree, data_dir, num_epochs=1, num_seeds=2, num_devices=1, seed_loop='map'),
       str(tmp_path / 'map'))
   for i, seed in enumerate((314, 315)):
-    alone = train.train_and_evaluate(
+    alone = one_epoch[1] if seed == 314 else train.train_and_evaluate(
         tiny_config(tiny_tree, data_dir, num_epochs=1, seed=seed, data_seed=314, num_devices=1),
         str(tmp_path / f'seed{seed}'))
     got = both['seeds'][i]
@@ -175,22 +184,18 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_together_like_one(tiny_tree, tmp_path, monkeypatch):
-  scripted.script_devel(monkeypatch)
-  data_dir = str(tmp_path / 'tfds')
-  single = train.train_and_evaluate(tiny_config(tiny_tree, data_dir, num_epochs=1),
-                                    str(tmp_path / 'single'))
+def test_two_processes_train_together_like_one(tiny_tree, tmp_path, one_epoch):
+  """Two processes of 2 CPU devices each train as one process does (one_epoch's run on the
+  session's 8 devices), within TOL."""
+  data_dir, single = one_epoch['data_dir'], one_epoch[8]
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             SCRIPTED_DEVEL=json.dumps({314: scripted.IMPROVING}),
-             PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, 'tests'),
-                                                      os.environ.get('PYTHONPATH')])))
+  env = helpers.child_env(XLA_FLAGS='--xla_force_host_platform_device_count=2',
+                          SCRIPTED_DEVEL=json.dumps({314: scripted.IMPROVING}))
   procs = [subprocess.Popen(
-      [sys.executable, '-m', 'scripted_main', f'--config={REPO}/configs/tiny.py',
-       f'--workdir={tmp_path}/multi', f'--data_root={tiny_tree}', f'--data_dir={data_dir}',
-       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}',
-       '--config.num_epochs=1'], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for i in range(2)]
+      helpers.train_command(f'{tmp_path}/multi', tiny_tree, data_dir,
+                            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                            f'--process_id={i}', '--config.num_epochs=1', scripted=True),
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
   multi = json.load(open(tmp_path / 'multi' / 'results.json'))
@@ -230,13 +235,16 @@ def test_micro_batches_give_the_whole_batch_gradient():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
+# Devel scores the schedules see, per seed: a new best every epoch (exit 0 on any CPU).
+ACCELERATOR_SCRIPT = {314: [0.7, 0.8], 315: [0.55, 0.6]}
+
+
 def test_accelerator_path_trains_like_the_cpu_defaults(tiny_tree, tmp_path):
   """What 'auto' picks on GPU/TPU (unblocked attention, vmapped seeds, asynchronous dispatch),
   with the plain attention and with jax.nn.dot_product_attention, forced on CPU through the
   command: the same run as the CPU defaults (blocked attention, seeds one after the other,
   synchronous dispatch) within TOL. Predictions of seed 314 are written (eval_seed 0): which seed
   is best may differ by a rounding between the programs when the two score alike."""
-  from test_reliability import run  # pylint: disable=import-outside-toplevel
   data_dir = str(tmp_path / 'tfds')
   common = ('--config.num_epochs=2', '--config.num_seeds=2', '--config.eval_seed=0')
   runs = {}
@@ -244,7 +252,9 @@ def test_accelerator_path_trains_like_the_cpu_defaults(tiny_tree, tmp_path):
       f'--config.attention={attention}', '--config.seed_loop=vmap',
       '--config.reuse_cpu_buffers=False')) for attention in ('plain', 'dot_product'))):
     workdir = str(tmp_path / name)
-    proc = run(workdir, tiny_tree, data_dir, *common, *args, scripted=True)
+    proc = helpers.run(helpers.train_command(workdir, tiny_tree, data_dir, *common, *args,
+                                             scripted=True),
+                       str(tmp_path), SCRIPTED_DEVEL=json.dumps(ACCELERATOR_SCRIPT))
     assert proc.returncode == 0, proc.stderr[-3000:]
     picked = re.search(r'seeds \[314, 315\] \((.*?)\), (\w+) attention', proc.stderr)
     assert picked, proc.stderr[-3000:]

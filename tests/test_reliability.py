@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -23,10 +22,10 @@ from muse_jax import train
 from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
+import helpers  # pylint: disable=wrong-import-order
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 import scripted  # pylint: disable=wrong-import-order
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Exercises every piece of host state a resume must restore: two seeds side by side, dropout
 # (keys folded with the step), plateau lr cuts and a seed that early-stops before the end. When
 # those happen is scripted (tests/scripted_main.py), not left to float-level training dynamics:
@@ -46,15 +45,7 @@ EPOCH_LINE = re.compile(r'\] epoch +([1-9]\d*) ')  # trained epochs (0: the untr
 
 
 def env():
-  e = dict(os.environ)
-  e.pop('XLA_FLAGS', None)  # one CPU device, as a plain user run
-  e.update(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-           SCRIPTED_DEVEL=json.dumps(SCRIPTED),
-           PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, 'tests'),
-                                                    os.environ.get('PYTHONPATH')])))
-  return e
+  return helpers.child_env(SCRIPTED_DEVEL=json.dumps(SCRIPTED))
 
 
 def command(workdir, tree, data_dir, *args, scripted=None):
@@ -62,15 +53,12 @@ def command(workdir, tree, data_dir, *args, scripted=None):
   the schedule scripted: SCRIPTED)."""
   if scripted is None:
     scripted = args[:len(HARD)] == tuple(HARD)
-  main = 'scripted_main' if scripted else 'muse_jax.main'
-  return [sys.executable, '-m', main, f'--config={REPO}/configs/tiny.py',
-          f'--workdir={workdir}', f'--data_root={tree}', f'--data_dir={data_dir}', *args]
+  return helpers.train_command(workdir, tree, data_dir, *args, scripted=scripted)
 
 
 def run(workdir, tree, data_dir, *args, scripted=None):
-  return subprocess.run(command(workdir, tree, data_dir, *args, scripted=scripted),
-                        capture_output=True, text=True, env=env(), cwd=os.path.dirname(workdir),
-                        timeout=600)
+  return helpers.run(command(workdir, tree, data_dir, *args, scripted=scripted),
+                     os.path.dirname(workdir), SCRIPTED_DEVEL=json.dumps(SCRIPTED))
 
 
 def run_and_kill(workdir, tree, data_dir, after_epochs, *args):
@@ -129,7 +117,7 @@ def uninterrupted(tiny_tree, data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('a') / 'work')
   proc = run(workdir, tiny_tree, data_dir, *HARD)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.load(open(os.path.join(workdir, 'results.json'), encoding='utf-8'))
+  results = helpers.read_json(os.path.join(workdir, 'results.json'))
   assert results['epochs_run'] == 10  # seed 315 keeps the run going to the end
   assert results['seed'] == 'ensemble' and results['ensemble']['best_epochs'] == [3, 10]
   stopped = [int(e) for e in re.findall(r'\] epoch +(\d+) seed 314 .*\(stopped', proc.stderr)]

@@ -6,7 +6,9 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import helpers  # pylint: disable=wrong-import-order
+
+REPO = helpers.REPO
 
 
 def accel(tmp_path, driver=None, override=None):

@@ -25,11 +25,10 @@ from muse_jax.data import layout
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
+import helpers  # pylint: disable=wrong-import-order
 from helpers import tiny_config  # pylint: disable=wrong-import-order
 from helpers import write_lines  # pylint: disable=wrong-import-order
 import scripted  # pylint: disable=wrong-import-order
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -118,8 +117,7 @@ def test_library_calls_leave_the_process_alone(tiny_tree, tmp_path):
   """train_and_evaluate from a notebook: no mallopt, no dispatch or compilation-cache change;
   runtime.configure applies them once, and a second, different setting is refused aloud."""
   code = f"""
-import json, sys
-sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+import json
 import jax
 from muse_jax import runtime, schedule, train
 from muse_jax.runtime import host_memory
@@ -137,7 +135,9 @@ print(json.dumps(runtime.configure(c)))
 c.compilation_cache_dir = {str(tmp_path / 'cache_b')!r}
 print(json.dumps(runtime.configure(c)))
 """
-  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  # One CPU device, as in a notebook; no compilation cache given.
+  env = {k: v for k, v in helpers.child_env().items()
+         if k != 'JAX_COMPILATION_CACHE_DIR' and not k.startswith('JAX_PERSISTENT_CACHE')}
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
                         cwd=str(tmp_path))
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -309,14 +309,9 @@ def test_unknown_feature_set_names_the_available_ones(tiny_tree, tmp_path):
     ('--config.no_such_field=1', 'no_such_field'),
 ])
 def test_cli_errors_are_one_line(tiny_tree, tmp_path, arg, message):
-  proc = subprocess.run(
-      [sys.executable, '-m', 'muse_jax.main', f'--config={REPO}/configs/tiny.py',
-       f'--workdir={tmp_path}/w', f'--data_root={tiny_tree}', f'--data_dir={tmp_path}/tfds', arg],
-      capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
-  assert proc.returncode == 2
-  err = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-  assert len(err) == 1 and message in err[0], proc.stderr
-  assert 'Traceback' not in proc.stderr
+  helpers.one_error(helpers.run_main(f'--workdir={tmp_path}/w', f'--data_root={tiny_tree}',
+                                     f'--data_dir={tmp_path}/tfds', arg, cwd=str(tmp_path),
+                                     timeout=120), message)
 
 
 def test_inputs_spilled_to_disk_train_identically(tiny_tree, tmp_path, monkeypatch):

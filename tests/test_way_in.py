@@ -23,9 +23,7 @@ from muse_jax.data import layout
 from muse_jax.errors import MuseError
 import helpers  # pylint: disable=wrong-import-order
 
-REPO = helpers.REPO
-SCRIPTED = os.path.join(REPO, 'tests', 'scripted_main.py')
-TINY = os.path.join(REPO, 'configs', 'tiny.py')
+SCRIPTED, TINY = helpers.SCRIPTED_MAIN, helpers.TINY
 # Devel scores the schedule sees, per seed (tiny.py trains seed 314): above any untrained CCC.
 SCRIPT = json.dumps({'314': [0.5, 0.6]})
 
