@@ -26,7 +26,7 @@ setup(
     'matplotlib>=3.8',
   ],
   extras_require={
-    'test': ['pytest>=8.0', 'pytest-xdist>=3.5'],
+    'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'ruff>=0.15'],
     'search': ['optuna>=4.0'],
     'features': [
       'opensmile>=2.5',

@@ -7,14 +7,16 @@ tests of the real accelerator drop the variable in their own child, test_acceler
 persistent compilation cache of this checkout, so the many tiny training runs compile each
 program once without sharing compiled code with another clone or user.
 """
+
 import os
 
 os.environ['JAX_PLATFORMS'] = 'cpu'
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+).strip()
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Inside the checkout (ignored by git; `pytest --cache-clear` empties it with pytest's own cache).
@@ -26,8 +28,8 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 # own cache (muse_jax.runtime.compile_cache: a JAX_COMPILATION_CACHE_DIR that is set wins).
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
 
-from muse_jax import runtime  # pylint: disable=wrong-import-position
-from muse_jax.data import demo  # pylint: disable=wrong-import-position
+from muse_jax import runtime
+from muse_jax.data import demo
 
 # As the entry points do (train_and_evaluate itself leaves the process alone): the compilation
 # cache set above is kept, large CPU buffers are reused across steps.

@@ -12,6 +12,7 @@ files, not tensorstore's array chunks. Example: MUSE_FAULT='{"errno": "ENOSPC", 
 "/checkpoints/2.orbax-checkpoint-tmp", "at": "write"}'. With SCRIPTED_DEVEL set, the command
 runs through tests/scripted_main.py.
 """
+
 import builtins
 import errno
 import io
@@ -75,5 +76,8 @@ def _faulty_os_open(path, flags, *args, **kwargs):
 
 builtins.open = io.open = _faulty_open
 os.open = _faulty_os_open
-runpy.run_module('scripted_main' if 'SCRIPTED_DEVEL' in os.environ else 'muse_jax.main',
-                 run_name='__main__', alter_sys=True)
+runpy.run_module(
+  'scripted_main' if 'SCRIPTED_DEVEL' in os.environ else 'muse_jax.main',
+  run_name='__main__',
+  alter_sys=True,
+)

@@ -1,4 +1,5 @@
 """Helpers shared by the test modules (fixtures live in conftest.py)."""
+
 import json
 import os
 import shutil
@@ -75,9 +76,11 @@ def child_env(**extra) -> dict:
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)
   if jax.config.jax_compilation_cache_dir:
-    env.update(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+    env.update(
+      JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+    )
   tests = os.path.join(REPO, 'tests')
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [tests, env.get('PYTHONPATH')]))
   env.update(extra)
@@ -93,14 +96,20 @@ def command(*args, module='muse_jax.main', config=TINY) -> list:
 
 def train_command(workdir, tree, data_dir, *args, scripted=False) -> list:
   """`command` on a workdir, a tree and its tfds data_dir; `scripted`: through scripted_main."""
-  return command(f'--workdir={workdir}', f'--data_root={tree}', f'--data_dir={data_dir}', *args,
-                 module='scripted_main' if scripted else 'muse_jax.main')
+  return command(
+    f'--workdir={workdir}',
+    f'--data_root={tree}',
+    f'--data_dir={data_dir}',
+    *args,
+    module='scripted_main' if scripted else 'muse_jax.main',
+  )
 
 
 def run(cmd, cwd=None, timeout=600, **extra_env):
   """`cmd` in a child process with `child_env(**extra_env)`; the CompletedProcess."""
-  return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                        env=child_env(**extra_env))
+  return subprocess.run(
+    cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=child_env(**extra_env)
+  )
 
 
 def run_main(*args, cwd, module='muse_jax.main', timeout=300, **extra_env):

@@ -7,6 +7,7 @@ at float precision with the CPU's kernels. A test about anything else (inputs, l
 devices) scripts the score `SeedTracker.update` sees; parameters, dropout, optimiser, checkpoints
 and the reported metrics stay the real ones.
 """
+
 from muse_jax import schedule
 
 # A new best every epoch (the last value repeats after 20), above any untrained model's real

@@ -7,6 +7,7 @@ that move at float precision with the CPU's kernels. Tests of the host state a r
 reported metrics are the real ones. SCRIPTED_DEVEL='{"314": [0.1, 0.2], ...}' (JSON: seed ->
 score per epoch, the last value repeated).
 """
+
 import json
 import os
 import runpy

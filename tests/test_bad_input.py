@@ -7,6 +7,7 @@ releases have are policies with a log line instead. `tests/test_dataset.py` chec
 messages at the reader level; here we check that nothing between the reader and the user
 rewraps, truncates or turns them into tracebacks.
 """
+
 import logging
 import os
 
@@ -18,8 +19,9 @@ from muse_jax import train
 from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
-import helpers  # pylint: disable=wrong-import-order
-import scripted  # pylint: disable=wrong-import-order
+
+import helpers
+import scripted
 
 
 @pytest.fixture
@@ -30,8 +32,10 @@ def case(pristine, tmp_path, monkeypatch):
   beats the untrained model, which a run must to end, on any CPU."""
   scripted.script_devel(monkeypatch)
   root, summary = pristine
-  quirky = {summary['quirks']['longer_feature_file']['id'],
-            summary['quirks']['shorter_feature_file']['id']}
+  quirky = {
+    summary['quirks']['longer_feature_file']['id'],
+    summary['quirks']['shorter_feature_file']['id'],
+  }
   first = next(iter(reader.read_partition(root)))  # its file defines a set's dimension
   train_ids = [v for v in summary['splits']['train'] if v not in quirky and v != first]
   return Case(root, str(tmp_path), train_ids[0], train_ids[1], summary)
@@ -74,9 +78,14 @@ class Case(helpers.TreeCopy):
     return msg
 
   def cli(self, *args):
-    return helpers.run_main(f'--workdir={self.workdir}', f'--data_root={self.root}',
-                            f'--data_dir={self.data_dir}', '--config.num_epochs=1', *args,
-                            cwd=self.tmp)
+    return helpers.run_main(
+      f'--workdir={self.workdir}',
+      f'--data_root={self.root}',
+      f'--data_dir={self.data_dir}',
+      '--config.num_epochs=1',
+      *args,
+      cwd=self.tmp,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,7 +95,9 @@ class Case(helpers.TreeCopy):
 def test_missing_partition_csv(case):
   os.remove(case.partition)
   msg = case.error()
-  assert case.partition in msg and 'not found' in msg and 'looks like a MuSe 2020 release root' in msg
+  assert (
+    case.partition in msg and 'not found' in msg and 'looks like a MuSe 2020 release root' in msg
+  )
 
 
 def test_unknown_partition_name(case):
@@ -151,8 +162,10 @@ def test_non_finite_cells_with_nan_policy_error(case):
   timestamp = case.lines(case.feat())[5].split(',')[0]
   msg = case.error(nan_policy='error')
   header = case.lines(case.feat())[0].split(',')
-  assert msg.startswith(f'{case.feat()}: line 6, column 5 ({header[4]!r}), video {case.vid} '
-                        f'(train), timestamp {timestamp}: NaN or Inf (config.nan_policy is error)')
+  assert msg.startswith(
+    f'{case.feat()}: line 6, column 5 ({header[4]!r}), video {case.vid} '
+    f'(train), timestamp {timestamp}: NaN or Inf (config.nan_policy is error)'
+  )
   assert '--config.nan_policy=zero' in msg
 
 
@@ -190,7 +203,10 @@ def test_dimension_differs_between_videos(case):
 def test_empty_feature_folder_named_by_the_config(case):
   os.makedirs(os.path.join(case.root, layout.KINDS['muse2020'].feature_dir, 'vggish'))
   msg = case.error(feature_sets=('egemaps', 'vggish'))
-  assert os.path.join(layout.KINDS['muse2020'].feature_dir, 'vggish') in msg and 'feature folder is empty' in msg
+  assert (
+    os.path.join(layout.KINDS['muse2020'].feature_dir, 'vggish') in msg
+    and 'feature folder is empty' in msg
+  )
 
 
 def test_wrong_label_columns(case):
@@ -213,22 +229,28 @@ def test_workdir_of_another_model_config(case):
   config = case.config()
   config.model.d_rnn = 32
   msg = case.error(model=config.model)
-  assert msg == (f'{case.workdir}: resuming with model.d_rnn=32, but this workdir was trained with '
-                 'model.d_rnn=16; model.d_rnn cannot change in a run in progress: rerun with the '
-                 'config it was started with (its config.json), or use a new --workdir')
+  assert msg == (
+    f'{case.workdir}: resuming with model.d_rnn=32, but this workdir was trained with '
+    'model.d_rnn=16; model.d_rnn cannot change in a run in progress: rerun with the '
+    'config it was started with (its config.json), or use a new --workdir'
+  )
   # A workdir without config.json (an older version's) is still checked by the checkpoint.
   os.remove(os.path.join(case.workdir, 'config.json'))
   msg = case.error(model=config.model)
-  assert msg == (f'{case.workdir}: its checkpoint was written for a different model config '
-                 '(model.d_rnn 16 in the checkpoint, 32 now); use another workdir or the config '
-                 'it was trained with')
+  assert msg == (
+    f'{case.workdir}: its checkpoint was written for a different model config '
+    '(model.d_rnn 16 in the checkpoint, 32 now); use another workdir or the config '
+    'it was trained with'
+  )
 
 
 def test_workdir_of_other_inputs(case):
   train.train_and_evaluate(case.config(), case.workdir)
   msg = case.error(feature_sets=('egemaps',))
-  assert msg.startswith(f'{case.workdir}: resuming with feature_sets=["egemaps"], but this workdir '
-                        'was trained with feature_sets=["egemaps", "fasttext"]')
+  assert msg.startswith(
+    f'{case.workdir}: resuming with feature_sets=["egemaps"], but this workdir '
+    'was trained with feature_sets=["egemaps", "fasttext"]'
+  )
   os.remove(os.path.join(case.workdir, 'config.json'))  # an older version's workdir
   msg = case.error(feature_sets=('egemaps',))
   assert os.path.join(case.workdir, 'norm_stats.npz') in msg and 'fresh workdir' in msg
@@ -252,8 +274,12 @@ def test_cli_ragged_row(case):
 
 def test_cli_workdir_of_another_model_config(case):
   train.train_and_evaluate(case.config(), case.workdir)
-  helpers.one_error(case.cli('--config.model.d_rnn=32'), case.workdir,
-                    'resuming with model.d_rnn=32', 'trained with model.d_rnn=16')
+  helpers.one_error(
+    case.cli('--config.model.d_rnn=32'),
+    case.workdir,
+    'resuming with model.d_rnn=32',
+    'trained with model.d_rnn=16',
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,8 +306,10 @@ def test_nan_and_inf_cells_policy(case, absl_logs):
   assert f'{case.feat()}: 2 Inf cells set to NaN' in logs
   # Counted per set, one line, not one per file (a release has hundreds of files).
   assert 'egemaps: 1 NaN cells kept as NaN (config.nan_policy decides), in 1 files' in logs, logs
-  assert (f'{case.feat()}: video {case.vid} (train): 3 cells NaN or Inf set to the train mean '
-          '(nan_policy zero)') in logs, logs
+  assert (
+    f'{case.feat()}: video {case.vid} (train): 3 cells NaN or Inf set to the train mean '
+    '(nan_policy zero)'
+  ) in logs, logs
   assert results['skipped_steps'] == 0
 
 
@@ -292,8 +320,9 @@ def test_feature_files_longer_or_slightly_shorter_than_labels_policy(case, absl_
   logs = messages(absl_logs)
   assert f'{case.feat()}: ends 3 rows before the labels; last row repeated to fill' in logs
   longer = layout.feature_path(case.root, q['feature_set'], q['id'])
-  assert any(l.startswith(f'{longer}: {q["extra_rows"]} feature rows outside the label grid')
-             for l in logs), logs
+  assert any(
+    l.startswith(f'{longer}: {q["extra_rows"]} feature rows outside the label grid') for l in logs
+  ), logs
 
 
 def test_column_without_any_usable_train_value_is_ignored_not_blown_up(tmp_path, absl_logs):
@@ -302,21 +331,39 @@ def test_column_without_any_usable_train_value_is_ignored_not_blown_up(tmp_path,
   warning naming it. Unnormalised inputs are filled with their raw train mean, not 0."""
   from muse_jax import normalization
   from muse_jax.data.video import Video
-  spec = config_util.parse(helpers.tiny_config('', str(tmp_path),
-                                               feature_sets=('egemaps', 'fasttext'),
-                                               normalize='egemaps'))
+
+  spec = config_util.parse(
+    helpers.tiny_config(
+      '', str(tmp_path), feature_sets=('egemaps', 'fasttext'), normalize='egemaps'
+    )
+  )
   rng = np.random.default_rng(0)
 
   def video(vid, x):
     n = len(x)
-    return Video(vid, np.arange(n) * 250, np.ones(n, np.int32), x.astype(np.float32),
-                 np.zeros((n, 2), np.float32), ('arousal', 'valence'), (True, True))
-  train = [video(str(i), np.c_[rng.normal(5, 2, (40, 2)), np.full((40, 1), np.nan),
-                               rng.normal(100, 1, (40, 1))]) for i in range(3)]
+    return Video(
+      vid,
+      np.arange(n) * 250,
+      np.ones(n, np.int32),
+      x.astype(np.float32),
+      np.zeros((n, 2), np.float32),
+      ('arousal', 'valence'),
+      (True, True),
+    )
+
+  train = [
+    video(
+      str(i),
+      np.c_[rng.normal(5, 2, (40, 2)), np.full((40, 1), np.nan), rng.normal(100, 1, (40, 1))],
+    )
+    for i in range(3)
+  ]
   train[1].x[:5, 2] = 1e30
   stats = normalization.compute_stats(spec, train, [3, 1])
-  assert any('1 column(s) with no usable value in the train partition (egemaps[2])' in m
-             for m in messages(absl_logs))
+  assert any(
+    '1 column(s) with no usable value in the train partition (egemaps[2])' in m
+    for m in messages(absl_logs)
+  )
   devel = video('d', np.array([[5.0, 5.0, 3.0, np.nan], [7.0, 3.0, -2.0, 100.0]]))
   normalization.normalize(spec, {'train': train, 'devel': [devel]}, stats)
   assert np.isfinite(devel.x).all() and np.abs(devel.x[:, :3]).max() < 10

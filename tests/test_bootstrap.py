@@ -1,4 +1,5 @@
 """Video bootstrap of partition CCC: an independent loop reference, coverage, invariants, edges."""
+
 import numpy as np
 import pytest
 
@@ -37,8 +38,12 @@ def _partition(seed, n_videos=12, k=None, nan_labels=True):
 def _drawn_indices(n_videos, samples, seed, rows):
   """The documented draw rule, rebuilt here: blocks of `rows` resamples from one generator."""
   rng = np.random.default_rng(seed)
-  return np.concatenate([rng.integers(0, n_videos, size=(min(rows, samples - s), n_videos))
-                         for s in range(0, samples, rows)])
+  return np.concatenate(
+    [
+      rng.integers(0, n_videos, size=(min(rows, samples - s), n_videos))
+      for s in range(0, samples, rows)
+    ]
+  )
 
 
 def _ref_resampled(ps, ys, idx, target=None):
@@ -88,8 +93,9 @@ def test_interval_matches_independent_loop_reference(monkeypatch, block_rows):
   assert out['ccc_a'] == pytest.approx(point, abs=1e-12)
   assert out['ccc_b'] == pytest.approx(metrics.ccc(y[ok], np.concatenate(ps_b)[ok]), abs=1e-12)
   assert out['diff'] == out['ccc_b'] - out['ccc_a']
-  np.testing.assert_allclose(out['diff_ci95'], np.percentile(ref_b - ref, [2.5, 97.5]),
-                             rtol=0, atol=1e-9)
+  np.testing.assert_allclose(
+    out['diff_ci95'], np.percentile(ref_b - ref, [2.5, 97.5]), rtol=0, atol=1e-9
+  )
   assert out['p_b_not_better'] == np.mean(ref_b - ref <= 0)
 
 
@@ -98,7 +104,8 @@ def test_mean_ccc_interval_matches_reference_and_partition_metrics():
   samples, seed = 150, 5
   point, low, high = bs.mean_ccc_interval(ps, ys, samples=samples, seed=seed)
   assert point == pytest.approx(
-      metrics.partition_metrics(ys, ps, ['arousal', 'valence'])['mean_ccc'], abs=1e-12)
+    metrics.partition_metrics(ys, ps, ['arousal', 'valence'])['mean_ccc'], abs=1e-12
+  )
   idx = _drawn_indices(len(ys), samples, seed, bs._BLOCK_ELEMENTS // len(ys))
   ref = (_ref_resampled(ps, ys, idx, 0) + _ref_resampled(ps, ys, idx, 1)) / 2
   np.testing.assert_allclose([low, high], np.percentile(ref, [2.5, 97.5]), rtol=0, atol=1e-9)
@@ -120,8 +127,8 @@ def test_video_bootstrap_covers_and_frame_bootstrap_does_not():
   """
   reps, n_videos, frames, samples = 300, 30, 20, 300
   sa, se, sb, su, m = 0.5, 0.3, 0.5, 0.3, 0.1
-  var_y = sa ** 2 + se ** 2
-  true = 2 * var_y / (2 * var_y + sb ** 2 + su ** 2 + m ** 2)
+  var_y = sa**2 + se**2
+  true = 2 * var_y / (2 * var_y + sb**2 + su**2 + m**2)
   rng = np.random.default_rng(0)
   y = rng.normal(0, sa, (reps, n_videos, 1)) + rng.normal(0, se, (reps, n_videos, frames))
   p = y + rng.normal(0, sb, (reps, n_videos, 1)) + rng.normal(0, su, (reps, n_videos, frames)) + m
@@ -182,8 +189,9 @@ def test_degenerate_partitions_do_not_raise():
 
   # Videos without labelled frames are dropped: the same result as without them.
   empty_y, empty_p = np.full(8, np.nan), np.ones(8)
-  assert (bs.ccc_interval(ps[:3] + [empty_p] + ps[3:], ys[:3] + [empty_y] + ys[3:], 200, 1) ==
-          bs.ccc_interval(ps, ys, 200, 1))
+  assert bs.ccc_interval(
+    ps[:3] + [empty_p] + ps[3:], ys[:3] + [empty_y] + ys[3:], 200, 1
+  ) == bs.ccc_interval(ps, ys, 200, 1)
 
   # Constant predictions: covariance 0, so CCC 0 (up to rounding of the sums).
   const = [np.full(len(y), 0.2) for y in ys]
@@ -196,8 +204,14 @@ def test_degenerate_partitions_do_not_raise():
   point, low, high = bs.ccc_interval(ys2, ys2, samples=400, seed=0)
   assert point == pytest.approx(1.0, abs=1e-12)
   counts = bs.resample_counts(2, 400, 0)
-  ref = np.array([_ref_ccc(np.concatenate([ys2[0]] * a + [ys2[1]] * b),
-                           np.concatenate([ys2[0]] * a + [ys2[1]] * b)) for a, b in counts])
+  ref = np.array(
+    [
+      _ref_ccc(
+        np.concatenate([ys2[0]] * a + [ys2[1]] * b), np.concatenate([ys2[0]] * a + [ys2[1]] * b)
+      )
+      for a, b in counts
+    ]
+  )
   assert (ref == 0.0).any() and (ref == 1.0).any()
   np.testing.assert_allclose([low, high], np.percentile(ref, [2.5, 97.5]), rtol=0, atol=1e-9)
   assert bs.ccc_from_stats(bs.video_stats(ys2[:1], ys2[:1]).sum(0)) == 0.0

@@ -15,6 +15,7 @@ score the schedule sees improves every epoch (SCRIPTED), above any untrained mod
 parameters, predictions and the scores written are the real ones. The run that must never beat
 the untrained model is the real command.
 """
+
 import json
 import os
 import re
@@ -28,8 +29,9 @@ import pytest
 from muse_jax.data import build
 from muse_jax.data import layout
 from muse_jax.data import reader
-import helpers  # pylint: disable=wrong-import-order
-import scripted  # pylint: disable=wrong-import-order
+
+import helpers
+import scripted
 
 SETS = 'egemaps,fasttext'
 SENTINEL = '1e30'
@@ -58,20 +60,31 @@ class Tree(helpers.TreeCopy):
 
   def command(self, *args, workdir=None, scripted=True):
     """The CLI; `scripted`: through tests/scripted_main.py (SCRIPTED devel scores)."""
-    return helpers.train_command(workdir or self.workdir, self.root, self.data_dir,
-                                 '--config.num_epochs=1', *args, scripted=scripted)
+    return helpers.train_command(
+      workdir or self.workdir,
+      self.root,
+      self.data_dir,
+      '--config.num_epochs=1',
+      *args,
+      scripted=scripted,
+    )
 
   def run(self, *args, workdir=None, scripted=True):
-    return helpers.run(self.command(*args, workdir=workdir, scripted=scripted), self.tmp, 300,
-                       SCRIPTED_DEVEL=json.dumps(SCRIPTED))
+    return helpers.run(
+      self.command(*args, workdir=workdir, scripted=scripted),
+      self.tmp,
+      300,
+      SCRIPTED_DEVEL=json.dumps(SCRIPTED),
+    )
 
   def predictions(self, workdir=None):
     base = os.path.join(workdir or self.workdir, 'predictions')
     out = {}
     for target in os.listdir(base):
       for name in os.listdir(os.path.join(base, target)):
-        out[f'{target}/{name[:-4]}'] = np.loadtxt(os.path.join(base, target, name),
-                                                  delimiter=',', skiprows=1)
+        out[f'{target}/{name[:-4]}'] = np.loadtxt(
+          os.path.join(base, target, name), delimiter=',', skiprows=1
+        )
     return out
 
   def results(self, workdir=None):
@@ -131,8 +144,10 @@ def test_quirks_of_real_files_end_in_trained_finite_outputs(tree):
   order = [0, 1] + list(range(len(lines[0]) - 1, 1, -1))  # feature columns reversed
   tree.write(tree.feat(vid), [','.join(r[i] for i in order) for r in lines])
   np.testing.assert_array_equal(reader.read_video(tree.root, 'egemaps', vid).x, before)
-  scaled = max((tree.label(v, 'valence') for v in tree.splits['train']),  # x50 lands beyond 5
-               key=lambda p: np.abs(np.loadtxt(p, delimiter=',', skiprows=1)).max())
+  scaled = max(
+    (tree.label(v, 'valence') for v in tree.splits['train']),  # x50 lands beyond 5
+    key=lambda p: np.abs(np.loadtxt(p, delimiter=',', skiprows=1)).max(),
+  )
   lines = [l.split(',') for l in tree.lines(scaled)]
   k = lines[0].index('value')
   for r in lines[1:]:
@@ -141,10 +156,14 @@ def test_quirks_of_real_files_end_in_trained_finite_outputs(tree):
 
   log = ok(tree.run())
   for vid_, split in ((devel, 'devel'), (test, 'test')):
-    assert f'{tree.feat(vid_)}: video {vid_} ({split}): 88 cells (of them 88 finite but over ' \
-        '1000 train std) set to the train mean (nan_policy zero)' in log
-  assert (f'egemaps: 1 column(s) constant over the train partition (egemaps:{header[col]} = 0.5);'
-          ' centred, not scaled') in log
+    assert (
+      f'{tree.feat(vid_)}: video {vid_} ({split}): 88 cells (of them 88 finite but over '
+      '1000 train std) set to the train mean (nan_policy zero)' in log
+    )
+  assert (
+    f'egemaps: 1 column(s) constant over the train partition (egemaps:{header[col]} = 0.5);'
+    ' centred, not scaled'
+  ) in log
   with np.load(os.path.join(tree.workdir, 'norm_stats.npz')) as z:
     assert z['std'][col - 2] == 1.0 and z['mean'][col - 2] == pytest.approx(0.5)
   assert f"{tree.feat(vid)}: feature columns in another order than the set's first file" in log
@@ -156,9 +175,12 @@ def test_finite_sentinel_with_nan_policy_error_names_file_line_column(tree):
   devel = tree.splits['devel'][0]
   tree.set_row(tree.feat(devel), 5, SENTINEL)
   header = tree.lines(tree.feat(devel))[0].split(',')
-  one_error(tree.run('--config.nan_policy=error'),
-            f'{tree.feat(devel)}: line 5, column 3 ({header[2]!r}), video {devel} (devel)',
-            '1e+30, over 1000 train std from the train mean', '--config.nan_policy=zero')
+  one_error(
+    tree.run('--config.nan_policy=error'),
+    f'{tree.feat(devel)}: line 5, column 3 ({header[2]!r}), video {devel} (devel)',
+    '1e+30, over 1000 train std from the train mean',
+    '--config.nan_policy=zero',
+  )
 
 
 def test_renamed_feature_column_is_one_line(tree):
@@ -167,25 +189,36 @@ def test_renamed_feature_column_is_one_line(tree):
   header = lines[0].split(',')
   old, header[10] = header[10], 'my_feature'
   tree.write(tree.feat(vid), [','.join(header)] + lines[1:])
-  one_error(tree.run(), f"{tree.feat(vid)}: column 11 is named 'my_feature'",
-            f'(it has {old!r} instead)', 'same column names')
+  one_error(
+    tree.run(),
+    f"{tree.feat(vid)}: column 11 is named 'my_feature'",
+    f'(it has {old!r} instead)',
+    'same column names',
+  )
 
 
 def test_written_pandas_index_column_is_one_line(tree):
   folder = os.path.join(tree.root, layout.KINDS['muse2020'].feature_dir, 'fasttext')
   for name in os.listdir(folder):
     lines = tree.lines(os.path.join(folder, name))
-    tree.write(os.path.join(folder, name),
-               [',' + lines[0]] + [f'{i},{l}' for i, l in enumerate(lines[1:])])
-  one_error(tree.run(), 'fasttext', 'the first column has no name',
-            'looks like a written row index', 'index=False')
+    tree.write(
+      os.path.join(folder, name), [',' + lines[0]] + [f'{i},{l}' for i, l in enumerate(lines[1:])]
+    )
+  one_error(
+    tree.run(),
+    'fasttext',
+    'the first column has no name',
+    'looks like a written row index',
+    'index=False',
+  )
 
 
 def test_semicolon_separated_csv_is_one_line(tree):
   path = tree.label(tree.splits['devel'][0], 'valence')
   tree.write(path, [l.replace(',', ';') for l in tree.lines(path)])
-  one_error(tree.run(), f'{path}: the header has no commas but 2 semicolons',
-            "the separator looks like ';'")
+  one_error(
+    tree.run(), f'{path}: the header has no commas but 2 semicolons', "the separator looks like ';'"
+  )
 
 
 def test_partition_without_devel_videos_is_one_line(tree):
@@ -202,8 +235,9 @@ def test_training_that_never_beats_the_untrained_model_is_an_error(tree):
   lines[4][lines[0].index('value')] = SENTINEL
   tree.write(devel_path, [','.join(r) for r in lines])
   proc = tree.run('--config.learning_rate=1e-30', scripted=False)  # the real schedule
-  msg = one_error(proc, 'training never beat the untrained model on devel',
-                  'no predictions were written')
+  msg = one_error(
+    proc, 'training never beat the untrained model on devel', 'no predictions were written'
+  )
   assert 'seed 314' in msg
   assert f'{devel_path}: label value 1e+30 is far off the release scale' in proc.stderr
   assert not os.path.exists(os.path.join(tree.workdir, 'predictions'))
@@ -216,9 +250,17 @@ def test_training_that_never_beats_the_untrained_model_is_an_error(tree):
 
 def test_two_runs_on_one_workdir_started_together(tree):
   tree.build()  # so that both runs below start at once
-  procs = [subprocess.Popen(tree.command('--config.num_epochs=3'), stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, env=env(), cwd=tree.tmp)
-           for _ in range(2)]
+  procs = [
+    subprocess.Popen(
+      tree.command('--config.num_epochs=3'),
+      stderr=subprocess.PIPE,
+      stdout=subprocess.DEVNULL,
+      text=True,
+      env=env(),
+      cwd=tree.tmp,
+    )
+    for _ in range(2)
+  ]
   errs = [p.communicate(timeout=300)[1] for p in procs]
   codes = sorted(p.returncode for p in procs)
   assert codes == [0, 2], errs
@@ -234,8 +276,12 @@ def test_resume_with_another_config_and_a_damaged_latest_checkpoint(tree):
   ok(tree.run('--config.num_epochs=2'))
   ckpt = os.path.join(tree.workdir, 'checkpoints')
   assert sorted(os.listdir(ckpt)) == ['1', '2']
-  msg = one_error(tree.run('--config.learning_rate=1e-4'), 'resuming with learning_rate=0.0001',
-                  'trained with learning_rate=0.005', 'cannot change in a run in progress')
+  msg = one_error(
+    tree.run('--config.learning_rate=1e-4'),
+    'resuming with learning_rate=0.0001',
+    'trained with learning_rate=0.005',
+    'cannot change in a run in progress',
+  )
   assert 'config.json' in msg
   with open(os.path.join(tree.workdir, 'config.json'), encoding='utf-8') as f:
     assert json.load(f)['learning_rate'] == 0.005  # still the truth
@@ -274,8 +320,14 @@ def test_command_line_and_path_mistakes(tree):
 def _can_mount() -> bool:
   if os.geteuid() != 0 or shutil.which('unshare') is None:
     return False
-  return subprocess.run(['unshare', '-m', 'sh', '-c', 'mount -t tmpfs -o size=1M tmpfs /mnt'],
-                        capture_output=True, check=False).returncode == 0
+  return (
+    subprocess.run(
+      ['unshare', '-m', 'sh', '-c', 'mount -t tmpfs -o size=1M tmpfs /mnt'],
+      capture_output=True,
+      check=False,
+    ).returncode
+    == 0
+  )
 
 
 needs_mount = pytest.mark.skipif(not _can_mount(), reason='needs root and mount namespaces')
@@ -284,8 +336,14 @@ needs_mount = pytest.mark.skipif(not _can_mount(), reason='needs root and mount 
 def in_namespace(tree, script, *args, workdir=None):
   """Runs the CLI after `script` (shell, in a private mount namespace: nothing leaks out)."""
   cmd = ' '.join(f"'{a}'" for a in tree.command(*args, workdir=workdir))
-  return subprocess.run(['unshare', '-m', 'sh', '-c', f'set -e; {script}; exec {cmd}'],
-                        capture_output=True, text=True, env=env(), cwd=tree.tmp, timeout=300)
+  return subprocess.run(
+    ['unshare', '-m', 'sh', '-c', f'set -e; {script}; exec {cmd}'],
+    capture_output=True,
+    text=True,
+    env=env(),
+    cwd=tree.tmp,
+    timeout=300,
+  )
 
 
 @needs_mount
@@ -293,13 +351,18 @@ def test_read_only_workdir_and_read_only_built_data_dir(tree):
   tree.build()
   ro = os.path.join(tree.tmp, 'ro')
   os.makedirs(ro)
-  one_error(in_namespace(tree, f'mount -t tmpfs tmpfs {ro}; mount -o remount,ro {ro}',
-                         workdir=os.path.join(ro, 'w')),
-            f'{ro}/w: cannot write to it (it is on a read-only file system)')
+  one_error(
+    in_namespace(
+      tree, f'mount -t tmpfs tmpfs {ro}; mount -o remount,ro {ro}', workdir=os.path.join(ro, 'w')
+    ),
+    f'{ro}/w: cannot write to it (it is on a read-only file system)',
+  )
   # An up-to-date build on a read-only mount is just read.
-  proc = in_namespace(tree, f'mount --bind {tree.data_dir} {tree.data_dir}; '
-                      f'mount -o remount,ro,bind {tree.data_dir}',
-                      workdir=os.path.join(tree.tmp, 'w2'))
+  proc = in_namespace(
+    tree,
+    f'mount --bind {tree.data_dir} {tree.data_dir}; mount -o remount,ro,bind {tree.data_dir}',
+    workdir=os.path.join(tree.tmp, 'w2'),
+  )
   ok(proc)
   assert_trained_and_finite(tree, os.path.join(tree.tmp, 'w2'))
 
@@ -321,16 +384,21 @@ def test_disk_full_keeps_the_last_good_checkpoint_then_resumes(tree):
     rm {small}/filler
     {cmd('--config.num_epochs=3')} 2>{out(3)}.err; echo $? >{out(3)}.rc
     cp -r {workdir} {tree.tmp}/kept"""
-  subprocess.run(['unshare', '-m', 'sh', '-c', script], env=env(), cwd=tree.tmp, timeout=600,
-                 check=True)
+  subprocess.run(
+    ['unshare', '-m', 'sh', '-c', script], env=env(), cwd=tree.tmp, timeout=600, check=True
+  )
   runs = []
   for i in (1, 2, 3):
     with open(f'{out(i)}.err', encoding='utf-8') as f, open(f'{out(i)}.rc', encoding='utf-8') as g:
       runs.append(subprocess.CompletedProcess([], int(g.read()), '', f.read()))
   ok(runs[0])
-  one_error(runs[1], f'{workdir}: disk full', 'the checkpoint of epoch 2',
-            'the workdir keeps the last good checkpoint (epoch 1)',
-            'free space and rerun the same command')
+  one_error(
+    runs[1],
+    f'{workdir}: disk full',
+    'the checkpoint of epoch 2',
+    'the workdir keeps the last good checkpoint (epoch 1)',
+    'free space and rerun the same command',
+  )
   assert 'resuming after epoch 1' in ok(runs[2])
   assert tree.results(os.path.join(tree.tmp, 'kept'))['epochs_run'] == 3
 
@@ -339,14 +407,21 @@ def test_disk_full_keeps_the_last_good_checkpoint_then_resumes(tree):
 def test_disk_full_during_the_build_is_one_line(tree):
   small = os.path.join(tree.tmp, 'small')
   os.makedirs(small)
-  proc = in_namespace(tree, f'mount -t tmpfs -o size=300k tmpfs {small}',
-                      f'--data_dir={small}/tfds')
+  proc = in_namespace(
+    tree, f'mount -t tmpfs -o size=300k tmpfs {small}', f'--data_dir={small}/tfds'
+  )
   one_error(proc, 'the disk is full', 'rerun the same command')
 
 
 def test_ctrl_c_is_one_line_and_the_same_command_resumes(tree):
-  proc = subprocess.Popen(tree.command('--config.num_epochs=8'), stderr=subprocess.PIPE,
-                          stdout=subprocess.DEVNULL, text=True, env=env(), cwd=tree.tmp)
+  proc = subprocess.Popen(
+    tree.command('--config.num_epochs=8'),
+    stderr=subprocess.PIPE,
+    stdout=subprocess.DEVNULL,
+    text=True,
+    env=env(),
+    cwd=tree.tmp,
+  )
   log = []
   for line in proc.stderr:
     log.append(line)
@@ -358,7 +433,8 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tree):
   text = ''.join(log) + rest
   assert 'Traceback' not in text
   assert [l for l in text.splitlines() if l.startswith('error:')] == [
-      'error: interrupted; rerun the same command to resume']
+    'error: interrupted; rerun the same command to resume'
+  ]
   # The interrupted run's lock file still names it; nobody holds the lock: taken over.
   again = ok(tree.run('--config.num_epochs=8'))
   assert f'lock of the run of pid {proc.pid} on host' in again and 'taken over' in again

@@ -5,6 +5,7 @@ Expected values are recomputed here with numpy from the runs' prediction CSVs an
 label CSVs (pandas reads them), with the resampling rule written out again, never through the
 code under test. Runs are tiny and their devel scores scripted (tests/scripted_main.py).
 """
+
 import json
 import os
 import shutil
@@ -17,7 +18,8 @@ import pytest
 from muse_jax import compare
 from muse_jax.data import demo
 from muse_jax.data import layout
-import helpers  # pylint: disable=wrong-import-order
+
+import helpers
 
 SAMPLES = 400
 # Devel scores the schedules see, per seed.
@@ -25,9 +27,20 @@ SCRIPT = json.dumps({'314': [0.5, 0.6], '315': [0.4, 0.7]})
 
 
 def _train(tree, data_dir, workdir, *flags):
-  return helpers.passed(helpers.run(helpers.train_command(
-      workdir, tree, data_dir, '--config.num_epochs=2', f'--config.bootstrap_samples={SAMPLES}',
-      *flags, scripted=True), SCRIPTED_DEVEL=SCRIPT))
+  return helpers.passed(
+    helpers.run(
+      helpers.train_command(
+        workdir,
+        tree,
+        data_dir,
+        '--config.num_epochs=2',
+        f'--config.bootstrap_samples={SAMPLES}',
+        *flags,
+        scripted=True,
+      ),
+      SCRIPTED_DEVEL=SCRIPT,
+    )
+  )
 
 
 _json = helpers.read_json
@@ -47,8 +60,9 @@ def runs(tmp_path_factory):
   for name, sets in (('a', 'egemaps'), ('b', 'egemaps,fasttext')):
     w = str(base / name)
     out[name] = w
-    out[f'{name}_stdout'] = _train(t2020, str(base / 'tfds'), w, f'--config.feature_sets={sets}',
-                                   '--config.num_seeds=2').stdout
+    out[f'{name}_stdout'] = _train(
+      t2020, str(base / 'tfds'), w, f'--config.feature_sets={sets}', '--config.num_seeds=2'
+    ).stdout
   for name, sets in (('c', 'egemaps'), ('d', 'fasttext')):
     out[name] = str(base / name)
     _train(t2021, str(base / 'tfds21'), out[name], f'--config.feature_sets={sets}')
@@ -111,9 +125,12 @@ def test_every_partition_ccc_carries_its_video_bootstrap_interval(runs):
       if len(frames) < 2:  # one labelled video: nothing to resample, no interval
         assert res[split][t]['ccc_ci95'] == [None, None]
         continue
-      boot = [_ccc(np.concatenate([frames[i][0] for i in idx]),
-                   np.concatenate([frames[i][1] for i in idx]))
-              for idx in _draws(len(frames), SAMPLES, 0)]
+      boot = [
+        _ccc(
+          np.concatenate([frames[i][0] for i in idx]), np.concatenate([frames[i][1] for i in idx])
+        )
+        for idx in _draws(len(frames), SAMPLES, 0)
+      ]
       lo, hi = _interval(boot)
       got = res[split][t]['ccc_ci95']
       assert abs(got[0] - lo) < 1e-4 and abs(got[1] - hi) < 1e-4, (split, t, got, (lo, hi))
@@ -125,8 +142,10 @@ def test_every_partition_ccc_carries_its_video_bootstrap_interval(runs):
     assert all(len(res['ensemble'][split][t]['ccc_ci95']) == 2 for t in res['targets'])
   # Printed where people read it: `devel: arousal CCC 0.6825 [0.61, 0.74]  valence ...`
   ci = res['devel']['arousal']['ccc_ci95']
-  assert (f'devel: arousal CCC {res["devel"]["arousal"]["ccc"]:.4f} [{ci[0]:.2f}, {ci[1]:.2f}]'
-          in runs['b_stdout'])
+  assert (
+    f'devel: arousal CCC {res["devel"]["arousal"]["ccc"]:.4f} [{ci[0]:.2f}, {ci[1]:.2f}]'
+    in runs['b_stdout']
+  )
   # The seeds' spread is the sample standard deviation (ddof 1), as papers report it.
   devel = [s['devel']['mean_ccc'] for s in res['seeds']]
   assert res['devel_ccc_std'] == pytest.approx(np.std(devel, ddof=1), abs=1e-12)
@@ -134,8 +153,12 @@ def test_every_partition_ccc_carries_its_video_bootstrap_interval(runs):
 
 
 def test_bootstrap_is_off_with_zero_samples_and_config_fields_are_checked(runs, tmp_path):
-  proc = helpers.run(helpers.command(f'--workdir={tmp_path / "w"}', f'--data_root={runs["tree"]}',
-                                     '--config.bootstrap_samples=-1'), timeout=300)
+  proc = helpers.run(
+    helpers.command(
+      f'--workdir={tmp_path / "w"}', f'--data_root={runs["tree"]}', '--config.bootstrap_samples=-1'
+    ),
+    timeout=300,
+  )
   assert proc.returncode == 2 and 'bootstrap_samples must be an integer >= 0' in proc.stderr
   # evaluate may change it (it only changes what is reported): 0 turns the intervals off.
   w = str(tmp_path / 'b')
@@ -144,18 +167,26 @@ def test_bootstrap_is_off_with_zero_samples_and_config_fields_are_checked(runs, 
   ev = _json(os.path.join(w, 'eval_results.json'))
   assert 'ccc_ci95' not in ev['devel']['arousal'] and 'mean_ccc_ci95' not in ev['devel']
   assert ev['devel']['arousal']['ccc'] == pytest.approx(
-      _json(os.path.join(w, 'results.json'))['devel']['arousal']['ccc'], abs=1e-6)
+    _json(os.path.join(w, 'results.json'))['devel']['arousal']['ccc'], abs=1e-6
+  )
 
 
 def _evaluate(workdir, *flags):
   """--mode=evaluate of a copied run with the config it was trained with (configs/workdir.py)."""
-  helpers.ok(helpers.run(helpers.command(f'--workdir={workdir}', '--mode=evaluate', *flags,
-                                         config=f'configs/workdir.py:{workdir}'), helpers.REPO))
+  helpers.ok(
+    helpers.run(
+      helpers.command(
+        f'--workdir={workdir}', '--mode=evaluate', *flags, config=f'configs/workdir.py:{workdir}'
+      ),
+      helpers.REPO,
+    )
+  )
 
 
 def _cli(*args):
-  return helpers.run([sys.executable, '-m', 'muse_jax.compare'] + [str(a) for a in args],
-                     timeout=300)
+  return helpers.run(
+    [sys.executable, '-m', 'muse_jax.compare'] + [str(a) for a in args], timeout=300
+  )
 
 
 def test_compare_cli_paired_difference_matches_a_numpy_reference(runs, tmp_path):
@@ -173,19 +204,23 @@ def test_compare_cli_paired_difference_matches_a_numpy_reference(runs, tmp_path)
     assert r['ccc_a'] == pytest.approx(_ccc(ya, np.concatenate([f[1] for f in fa])), abs=1e-6)
     assert r['ccc_b'] == pytest.approx(_ccc(ya, np.concatenate([f[1] for f in fb])), abs=1e-6)
     assert r['ccc_a'] == pytest.approx(
-        _json(os.path.join(runs['a'], 'results.json'))['devel'][t]['ccc'], abs=1e-5)
+      _json(os.path.join(runs['a'], 'results.json'))['devel'][t]['ccc'], abs=1e-5
+    )
     d = []
     for idx in _draws(len(fa), SAMPLES, 0):
       y = np.concatenate([fa[i][0] for i in idx])
-      d.append(_ccc(y, np.concatenate([fb[i][1] for i in idx]))
-               - _ccc(y, np.concatenate([fa[i][1] for i in idx])))
+      d.append(
+        _ccc(y, np.concatenate([fb[i][1] for i in idx]))
+        - _ccc(y, np.concatenate([fa[i][1] for i in idx]))
+      )
     lo, hi = _interval(d)
     assert r['diff_ci95'] == pytest.approx([lo, hi], abs=1e-6)
     assert r['p_b_not_better'] == pytest.approx(np.mean(np.asarray(d) <= 0))
     assert f'| {t} | {r["ccc_a"]:.4f} | {r["ccc_b"]:.4f} | {r["diff"]:+.4f} |' in proc.stdout
   # Both trained two seeds: the seed-level view, with the sample std of each run's seeds.
-  seeds_a = [s['devel']['arousal']['ccc'] for s in _json(
-      os.path.join(runs['a'], 'results.json'))['seeds']]
+  seeds_a = [
+    s['devel']['arousal']['ccc'] for s in _json(os.path.join(runs['a'], 'results.json'))['seeds']
+  ]
   assert c['seeds']['arousal']['std_a'] == pytest.approx(np.std(seeds_a, ddof=1))
   assert c['seeds']['arousal']['n_a'] == 2 and 'seeds A: mean ± std (n)' in proc.stdout
   assert 'seed 31' in c['predictions']['a'] and 'written by train' in c['predictions']['a']
@@ -198,8 +233,10 @@ def test_compare_invariants(runs, tmp_path):
   for t in ab['targets']:
     assert aa['targets'][t]['diff'] == 0.0 and aa['targets'][t]['diff_ci95'] == [0.0, 0.0]
     assert ba['targets'][t]['diff'] == -ab['targets'][t]['diff']
-    assert ba['targets'][t]['diff_ci95'] == [-ab['targets'][t]['diff_ci95'][1],
-                                             -ab['targets'][t]['diff_ci95'][0]]
+    assert ba['targets'][t]['diff_ci95'] == [
+      -ab['targets'][t]['diff_ci95'][1],
+      -ab['targets'][t]['diff_ci95'][0],
+    ]
   assert compare.compare(runs['a'], runs['b'], samples=SAMPLES) == ab  # same seed, same numbers
   other = compare.compare(runs['a'], runs['b'], samples=SAMPLES, seed=1)
   assert other['targets']['arousal']['diff_ci95'] != ab['targets']['arousal']['diff_ci95']
@@ -251,16 +288,25 @@ def test_compare_refuses_what_cannot_be_compared(runs, tmp_path):
       res.update(fields)
       with open(path, 'w', encoding='utf-8') as f:
         json.dump(res, f)
+
     return edit
 
-  one_error(_cli(runs['a'], edited('grid', results_edit(step_ms=500))),
-            'runs of different grids are not compared')
-  one_error(_cli(runs['a'], edited('targets', results_edit(targets=['trustworthiness']))),
-            'no common target to compare')
-  no_devel = edited('nodevel', lambda w: [
+  one_error(
+    _cli(runs['a'], edited('grid', results_edit(step_ms=500))),
+    'runs of different grids are not compared',
+  )
+  one_error(
+    _cli(runs['a'], edited('targets', results_edit(targets=['trustworthiness']))),
+    'no common target to compare',
+  )
+  no_devel = edited(
+    'nodevel',
+    lambda w: [
       os.remove(os.path.join(w, 'predictions', t, f'{v}.csv'))
-      for t in ('arousal', 'valence') for v in compare.compare(runs['a'], runs['b'],
-                                                               samples=1)['per_video']])
+      for t in ('arousal', 'valence')
+      for v in compare.compare(runs['a'], runs['b'], samples=1)['per_video']
+    ],
+  )
   one_error(_cli(runs['a'], no_devel), 'no common devel video with labels')
   one_error(_cli(runs['a'], tmp_path), 'not a finished muse_jax run')
-  one_error(_cli(runs['a'], runs['b'], '--split', 'train'), "argument --split: invalid choice")
+  one_error(_cli(runs['a'], runs['b'], '--split', 'train'), 'argument --split: invalid choice')

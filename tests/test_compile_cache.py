@@ -8,22 +8,34 @@ slowest test, so each trains one epoch, with the devel scores its schedule sees 
 (tests/scripted_main.py): whether one epoch beats the untrained model, which a run must to exit 0,
 is float-level luck.
 """
+
 import json
 import os
 import subprocess
 
-import helpers  # pylint: disable=wrong-import-order
-import scripted  # pylint: disable=wrong-import-order
+import helpers
+import scripted
 
 
 def _run(workdir, tree, data_dir, cache, **extra_env):
   env = {k: v for k, v in helpers.child_env().items() if not k.startswith('JAX_')}
   env.update(SCRIPTED_DEVEL=json.dumps({314: scripted.IMPROVING}), **extra_env)
   proc = subprocess.run(
-      helpers.train_command(workdir, tree, data_dir, '--config.num_epochs=1',
-                            '--config.targets=valence', f'--config.compilation_cache_dir={cache}',
-                            scripted=True),
-      capture_output=True, text=True, env=env, cwd=os.path.dirname(workdir), timeout=600)
+    helpers.train_command(
+      workdir,
+      tree,
+      data_dir,
+      '--config.num_epochs=1',
+      '--config.targets=valence',
+      f'--config.compilation_cache_dir={cache}',
+      scripted=True,
+    ),
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=os.path.dirname(workdir),
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc, helpers.read_json(os.path.join(workdir, 'results.json'))
 

@@ -1,4 +1,5 @@
 """Converter: loading torch weight files and strict mapping of torch names to Flax params."""
+
 import os
 import sys
 
@@ -7,13 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from muse_jax import convert, models
+from muse_jax import convert
+from muse_jax import models
 from muse_jax.errors import MuseError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 MODEL_NPZ = os.path.join(FIXTURES, 'model_din10_drnn8_bi_attn1_h2_out2.npz')
-MODEL_KWARGS = dict(d_rnn=8, rnn_n_layers=1, rnn_bi=True, attn_n_layers=1, n_heads=2, d_out_fc=6,
-                    n_targets=2)
+MODEL_KWARGS = dict(
+  d_rnn=8, rnn_n_layers=1, rnn_bi=True, attn_n_layers=1, n_heads=2, d_out_fc=6, n_targets=2
+)
 
 
 def _to_torch(params):
@@ -30,7 +33,7 @@ def _to_torch(params):
       sd[p + 'mha.out_proj.bias'] = layer['out_proj']['bias']
       sd[p + 'norm.weight'], sd[p + 'norm.bias'] = layer['norm']['scale'], layer['norm']['bias']
   for name, layer in params['rnn'].items():
-    for d, suffix in enumerate(('', '_reverse')[:layer['w_ih'].shape[0]]):
+    for d, suffix in enumerate(('', '_reverse')[: layer['w_ih'].shape[0]]):
       k = name[6:]
       sd[f'rnn.rnn.weight_ih_l{k}{suffix}'] = layer['w_ih'][d].T
       sd[f'rnn.rnn.weight_hh_l{k}{suffix}'] = layer['w_hh'][d].T
@@ -41,10 +44,13 @@ def _to_torch(params):
   return {k: np.asarray(v, np.float64) for k, v in sd.items()}
 
 
-@pytest.mark.parametrize('kwargs, d_in', [
+@pytest.mark.parametrize(
+  'kwargs, d_in',
+  [
     (dict(d_rnn=8, n_heads=2, rnn_n_layers=2, attn_n_layers=2, rnn_type='gru', n_targets=2), 5),
     (dict(d_rnn=6, n_heads=3, rnn_bi=False, attn_n_layers=0), 6),
-])
+  ],
+)
 def test_regressor_round_trip_through_torch_names(kwargs, d_in):
   model = models.Regressor(**kwargs)
   x, lengths = jnp.zeros((1, 2, d_in)), jnp.array([2], jnp.int32)
@@ -61,8 +67,9 @@ def test_load_npz_with_and_without_param_prefix(tmp_path):
   np.savez(plain, **sd)
   again = convert.load_torch_state_dict(str(plain))
   assert sorted(again) == sorted(sd)
-  np.testing.assert_array_equal(again['rnn.rnn.weight_hh_l0_reverse'],
-                                sd['rnn.rnn.weight_hh_l0_reverse'])
+  np.testing.assert_array_equal(
+    again['rnn.rnn.weight_hh_l0_reverse'], sd['rnn.rnn.weight_hh_l0_reverse']
+  )
 
 
 def test_load_pt_without_torch_says_so(tmp_path, monkeypatch):
@@ -81,13 +88,16 @@ def test_load_rejects_missing_and_unknown_files(tmp_path):
     convert.load_torch_state_dict(tmp_path / 'w.h5')
 
 
-@pytest.mark.parametrize('edit, kwargs, match', [
+@pytest.mark.parametrize(
+  'edit, kwargs, match',
+  [
     (lambda sd: sd.pop('fc2.bias'), {}, 'fc2.bias'),
     (lambda sd: sd.update({'attn.1.norm.weight': np.ones(8)}), {}, 'attn.1.norm.weight'),
     (lambda sd: None, dict(n_targets=1), 'fc2'),
     (lambda sd: None, dict(attn_n_layers=0), 'attn.0'),
     (lambda sd: None, dict(rnn_bi=False), 'do not fit'),
-])
+  ],
+)
 def test_regressor_conversion_is_strict(edit, kwargs, match):
   sd = convert.load_torch_state_dict(MODEL_NPZ)
   edit(sd)

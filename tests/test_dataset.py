@@ -1,4 +1,5 @@
 """Reader + tfds build on tiny generated trees: values, splits, quirks, errors, staleness."""
+
 import json
 import os
 import shutil
@@ -23,8 +24,9 @@ SETS = ('egemaps', 'fasttext', 'vggface', 'vggish')
 def tree(tmp_path_factory):
   """A tiny tree with a user-named 128-d set; egemaps holds the longer file, vggish the shorter."""
   root = str(tmp_path_factory.mktemp('ds') / 'root')
-  summary = demo.make_tree(root, scale='tiny', seed=3,
-                          features='egemaps,fasttext,vggface,vggish:128')
+  summary = demo.make_tree(
+    root, scale='tiny', seed=3, features='egemaps,fasttext,vggface,vggish:128'
+  )
   assert summary['quirks']['longer_feature_file']['feature_set'] == 'egemaps'
   assert summary['quirks']['shorter_feature_file']['feature_set'] == 'vggish'
   return root, summary
@@ -49,8 +51,11 @@ def csv_values(path):
 def test_built_dataset_equals_the_csvs(tree, built):
   root, summary = tree
   _, loaded = built
-  ids = [summary['splits']['train'][0], summary['splits']['devel'][0],
-         summary['quirks']['longer_feature_file']['id']]
+  ids = [
+    summary['splits']['train'][0],
+    summary['splits']['devel'][0],
+    summary['quirks']['longer_feature_file']['id'],
+  ]
   for name in SETS:
     videos = by_id(loaded[name])
     for vid in ids:
@@ -61,7 +66,7 @@ def test_built_dataset_equals_the_csvs(tree, built):
       n = len(ar)
       assert v.x.dtype == np.float32 and v.timestamp.dtype == np.int64
       assert v.segment_id.dtype == np.int32 and v.x.shape[0] == n
-      np.testing.assert_array_equal(v.x[:len(feats)], feats[:n, 2:].astype(np.float32))
+      np.testing.assert_array_equal(v.x[: len(feats)], feats[:n, 2:].astype(np.float32))
       np.testing.assert_array_equal(v.timestamp, ar['timestamp'].to_numpy())
       np.testing.assert_array_equal(v.segment_id, ar['segment_id'].to_numpy())
       np.testing.assert_array_equal(v.label('arousal'), ar['value'].to_numpy(np.float32))
@@ -114,16 +119,21 @@ def test_longer_feature_file_is_truncated_and_shorter_one_padded(tree, built):
   labels = pd.read_csv(layout.label_path(root, 'arousal', q['id']))
   assert len(feats) == len(labels) - q['missing_rows']
   np.testing.assert_array_equal(v.timestamp, labels['timestamp'].to_numpy())
-  np.testing.assert_array_equal(v.x[:len(feats)], feats.astype(np.float32))
-  np.testing.assert_array_equal(v.x[len(feats):],
-                                np.repeat(feats[-1:].astype(np.float32), q['missing_rows'], 0))
+  np.testing.assert_array_equal(v.x[: len(feats)], feats.astype(np.float32))
+  np.testing.assert_array_equal(
+    v.x[len(feats) :], np.repeat(feats[-1:].astype(np.float32), q['missing_rows'], 0)
+  )
 
 
 def test_user_named_feature_folder_is_discovered(tree, built):
   root, _ = tree
   _, loaded = built
   assert reader.discover_feature_sets(root) == {
-      'egemaps': 88, 'fasttext': 300, 'vggface': 512, 'vggish': 128}
+    'egemaps': 88,
+    'fasttext': 300,
+    'vggface': 512,
+    'vggish': 128,
+  }
   assert all(v.x.shape[1] == 128 for vs in loaded['vggish'].values() for v in vs)
 
 
@@ -173,13 +183,16 @@ def test_stale_build_is_rebuilt_others_untouched(tree, tmp_path):
   copy = small_copy(root, tmp_path, 'egemaps', 'fasttext')
   data_dir = str(tmp_path / 'tfds')
   build.ensure_built(copy, data_dir, ['egemaps', 'fasttext'])
-  stamp = lambda name: os.stat(os.path.join(build.builder_dir(data_dir, name),
-                                            'dataset_info.json')).st_mtime_ns
+  stamp = lambda name: (
+    os.stat(os.path.join(build.builder_dir(data_dir, name), 'dataset_info.json')).st_mtime_ns
+  )
   first = {n: stamp(n) for n in ('egemaps', 'fasttext')}
   build.ensure_built(copy, data_dir, 'egemaps,fasttext')
   assert {n: stamp(n) for n in first} == first  # up to date: nothing rebuilt
-  shutil.copytree(os.path.join(copy, layout.KINDS['muse2020'].feature_dir, 'egemaps'),
-                  os.path.join(copy, layout.KINDS['muse2020'].feature_dir, 'mine'))
+  shutil.copytree(
+    os.path.join(copy, layout.KINDS['muse2020'].feature_dir, 'egemaps'),
+    os.path.join(copy, layout.KINDS['muse2020'].feature_dir, 'mine'),
+  )
   build.ensure_built(copy, data_dir, ['egemaps', 'mine'])
   assert stamp('egemaps') == first['egemaps']  # a new folder does not rebuild others
   vid = summary['splits']['train'][1]
@@ -192,12 +205,15 @@ def test_stale_build_is_rebuilt_others_untouched(tree, tmp_path):
 
 def test_load_works_in_a_fresh_process(built):
   data_dir, loaded = built
-  code = ('import json, sys; from muse_jax.data import build; '
-          'd = build.load_feature_set(sys.argv[1], "vggish"); '
-          'print(json.dumps({s: [[v.id, v.x.shape[1]] for v in vs] '
-          'for s, vs in d.items()}))')
-  out = subprocess.run([sys.executable, '-c', code, data_dir], capture_output=True, text=True,
-                       check=True, timeout=120).stdout
+  code = (
+    'import json, sys; from muse_jax.data import build; '
+    'd = build.load_feature_set(sys.argv[1], "vggish"); '
+    'print(json.dumps({s: [[v.id, v.x.shape[1]] for v in vs] '
+    'for s, vs in d.items()}))'
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code, data_dir], capture_output=True, text=True, check=True, timeout=120
+  ).stdout
   got = json.loads(out.strip().splitlines()[-1])
   assert got == {s: [[v.id, 128] for v in vs] for s, vs in loaded['vggish'].items()}
 
@@ -220,8 +236,9 @@ def test_record_index_is_stored_and_matches_the_data(built):
           np.testing.assert_array_equal(getattr(got, k), getattr(v, k))
 
 
-def test_build_of_another_version_is_rebuilt_never_read_with_defaults(tree, built, tmp_path,
-                                                                      caplog):
+def test_build_of_another_version_is_rebuilt_never_read_with_defaults(
+  tree, built, tmp_path, caplog
+):
   """A muse_build.json without a field this version writes (here the record index) is another
   version's build: ensure_built rebuilds it like a stale one, and FeatureSet, which never
   indexes a build in memory instead, refuses it with the command that rebuilds it."""
@@ -236,13 +253,17 @@ def test_build_of_another_version_is_rebuilt_never_read_with_defaults(tree, buil
   json.dump(info, open(info_path, 'w'))
   with pytest.raises(MuseError) as e:
     build.FeatureSet(copy, 'vggish')
-  assert str(e.value) == (f'{path}: written by another version of muse_jax (no records in '
-                          f'{build.FINGERPRINT_FILE}); rebuild it: python -m muse_jax.data.build '
-                          f'--root ROOT --data_dir {copy} --features vggish')
+  assert str(e.value) == (
+    f'{path}: written by another version of muse_jax (no records in '
+    f'{build.FINGERPRINT_FILE}); rebuild it: python -m muse_jax.data.build '
+    f'--root ROOT --data_dir {copy} --features vggish'
+  )
   with caplog.at_level('WARNING'):
     build.ensure_built(root, copy, ['vggish'])
-  assert ('stale build' in caplog.text
-          and 'written by another version of muse_jax (no records)' in caplog.text)
+  assert (
+    'stale build' in caplog.text
+    and 'written by another version of muse_jax (no records)' in caplog.text
+  )
   assert build.build_info(copy, 'vggish')['records']
   again = build.load_feature_set(copy, 'vggish')
   for split, vs in loaded['vggish'].items():
@@ -259,7 +280,8 @@ def test_build_of_another_version_is_rebuilt_never_read_with_defaults(tree, buil
 
 def test_large_split_builds_without_tensorflow(tree, built, tmp_path, monkeypatch):
   """Splits over tfds' 1 GB in-memory buffer go through its bucket files (here: every split)."""
-  from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import shuffle
+
   root, _ = tree
   data_dir, loaded = built
   monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 1)
@@ -275,9 +297,17 @@ def test_large_split_builds_without_tensorflow(tree, built, tmp_path, monkeypatc
 def test_concurrent_builds_of_one_set(tree, tmp_path):
   root, _ = tree
   copy = small_copy(root, tmp_path, 'egemaps')
-  code = 'import sys; from muse_jax.data import build; build.ensure_built(*sys.argv[1:3], "egemaps")'
-  procs = [subprocess.Popen([sys.executable, '-c', code, copy, str(tmp_path / 'd')],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+  code = (
+    'import sys; from muse_jax.data import build; build.ensure_built(*sys.argv[1:3], "egemaps")'
+  )
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-c', code, copy, str(tmp_path / 'd')],
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+    )
+    for _ in range(2)
+  ]
   assert all(p.wait(timeout=120) == 0 for p in procs), [p.stderr.read()[-500:] for p in procs]
   assert build.load_feature_set(str(tmp_path / 'd'), 'egemaps')['train']
 
@@ -299,7 +329,9 @@ def test_cli(tree, tmp_path, capsys):
 def small_copy(root, dst, *sets):
   """Partition, labels and the given feature sets of `root`, copied under `dst`."""
   out = os.path.join(str(dst), 'tree')
-  for rel in ['metadata', layout.KINDS['muse2020'].label_dir] + [os.path.join(layout.KINDS['muse2020'].feature_dir, s) for s in sets]:
+  for rel in ['metadata', layout.KINDS['muse2020'].label_dir] + [
+    os.path.join(layout.KINDS['muse2020'].feature_dir, s) for s in sets
+  ]:
     shutil.copytree(os.path.join(root, rel), os.path.join(out, rel))
   return out
 
@@ -309,7 +341,7 @@ def edit_line(path, line, fn):
   with open(path) as f:
     lines = f.read().splitlines()
   cells = fn(lines[line - 1].split(','))
-  lines[line - 1:line] = [] if cells is None else [','.join(cells)]
+  lines[line - 1 : line] = [] if cells is None else [','.join(cells)]
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
 
@@ -342,53 +374,110 @@ AROUSAL = lambda r, v: layout.label_path(r, 'arousal', v)
 VALENCE = lambda r, v: layout.label_path(r, 'valence', v)
 PART = lambda r: os.path.join(r, layout.PARTITION_CSV)
 BAD_INPUTS = [
-    ('missing partition', lambda r, v, o: os.remove(PART(r)), ['partition.csv', 'not found']),
-    ('empty partition file', lambda r, v, o: _write(PART(r), ''), ['partition.csv', 'empty']),
-    ('header-only partition', lambda r, v, o: _write(PART(r), 'Id,Proposal\n'),
-     ['partition.csv', 'empty partition']),
-    ('unknown partition', lambda r, v, o: _append(PART(r), '999,validation\n'),
-     ['partition.csv', "'validation'"]),
-    ('id in two partitions', lambda r, v, o: _append(PART(r), f'{v},devel\n'),
-     ['partition.csv', 'video {v}']),
-    ('missing feature file', lambda r, v, o: os.remove(FEAT(r, v)), ['egemaps/{v}.csv']),
-    ('missing train labels', lambda r, v, o: (os.remove(AROUSAL(r, v)), os.remove(VALENCE(r, v))),
-     ['arousal/{v}.csv', 'train']),
-    ('empty feature csv', lambda r, v, o: _write(FEAT(r, v), ''), ['{v}.csv', 'empty file']),
-    ('header-only label', lambda r, v, o: _rows(VALENCE(r, v), lambda ls: ls[:1]),
-     ['valence/{v}.csv', 'header only']),
-    ('short row', lambda r, v, o: edit_line(FEAT(r, v), 5, lambda c: c[:-1]),
-     ['{v}.csv', 'line 5', 'fields']),
-    ('long row', lambda r, v, o: edit_line(FEAT(r, v), 5, lambda c: c + ['1.0']),
-     ['{v}.csv', 'line 5', 'fields']),
-    ('non-numeric cell',
-     lambda r, v, o: edit_line(FEAT(r, v), 4, lambda c: c[:2] + ['abc'] + c[3:]),
-     ['{v}.csv', 'line 4', 'column 3', "'abc'"]),
-    ('non-numeric label',
-     lambda r, v, o: edit_line(AROUSAL(r, v), 6, lambda c: [c[0], '0;5', c[2]]),
-     ['arousal/{v}.csv', 'line 6', "'0;5'"]),
-    ('duplicated timestamp', lambda r, v, o: _rows(AROUSAL(r, v), lambda ls: ls[:3] + ls[2:]),
-     ['arousal/{v}.csv', 'line 4', 'repeats']),
-    ('out-of-order timestamps', lambda r, v, o: _rows(
-        FEAT(r, v), lambda ls: ls[:2] + [ls[3], ls[2]] + ls[4:]), ['{v}.csv', 'line 4']),
-    ('fractional timestamp',
-     lambda r, v, o: edit_line(FEAT(r, v), 3, lambda c: ['250.5'] + c[1:]),
-     ['{v}.csv', 'line 3', 'whole number']),
-    ('wrong label columns', lambda r, v, o: _rows(
-        VALENCE(r, v), lambda ls: ['time,value,segment_id'] + ls[1:]),
-     ['valence/{v}.csv', 'label columns']),
-    ('label grids disagree', lambda r, v, o: _rows(VALENCE(r, v), lambda ls: ls[:-1]),
-     ['valence/{v}.csv', 'disagree']),
-    ('dimension differs', lambda r, v, o: _rows(
-        FEAT(r, o), lambda ls: [l.rsplit(',', 1)[0] for l in ls]), ['{o}.csv', '87', '88']),
-    ('gap in feature rows', lambda r, v, o: edit_line(FEAT(r, v), 10, lambda c: None),
-     ['{v}.csv', 'no feature row for label timestamp']),
-    ('much shorter feature file', lambda r, v, o: _rows(FEAT(r, v), lambda ls: ls[:-20]),
-     ['{v}.csv', 'truncated']),
-    ('disjoint timestamps', lambda r, v, o: _shift_times(FEAT(r, v), 10_000_000),
-     ['{v}.csv', 'do not overlap']),
-    ('off-grid feature row', lambda r, v, o: _rows(FEAT(r, v), lambda ls: ls[:5] + [
-        ','.join([str(int(ls[4].split(',')[0]) + 125)] + ls[4].split(',')[1:])] + ls[5:]),
-     ['{v}.csv', 'not on the label grid']),
+  ('missing partition', lambda r, v, o: os.remove(PART(r)), ['partition.csv', 'not found']),
+  ('empty partition file', lambda r, v, o: _write(PART(r), ''), ['partition.csv', 'empty']),
+  (
+    'header-only partition',
+    lambda r, v, o: _write(PART(r), 'Id,Proposal\n'),
+    ['partition.csv', 'empty partition'],
+  ),
+  (
+    'unknown partition',
+    lambda r, v, o: _append(PART(r), '999,validation\n'),
+    ['partition.csv', "'validation'"],
+  ),
+  (
+    'id in two partitions',
+    lambda r, v, o: _append(PART(r), f'{v},devel\n'),
+    ['partition.csv', 'video {v}'],
+  ),
+  ('missing feature file', lambda r, v, o: os.remove(FEAT(r, v)), ['egemaps/{v}.csv']),
+  (
+    'missing train labels',
+    lambda r, v, o: (os.remove(AROUSAL(r, v)), os.remove(VALENCE(r, v))),
+    ['arousal/{v}.csv', 'train'],
+  ),
+  ('empty feature csv', lambda r, v, o: _write(FEAT(r, v), ''), ['{v}.csv', 'empty file']),
+  (
+    'header-only label',
+    lambda r, v, o: _rows(VALENCE(r, v), lambda ls: ls[:1]),
+    ['valence/{v}.csv', 'header only'],
+  ),
+  (
+    'short row',
+    lambda r, v, o: edit_line(FEAT(r, v), 5, lambda c: c[:-1]),
+    ['{v}.csv', 'line 5', 'fields'],
+  ),
+  (
+    'long row',
+    lambda r, v, o: edit_line(FEAT(r, v), 5, lambda c: c + ['1.0']),
+    ['{v}.csv', 'line 5', 'fields'],
+  ),
+  (
+    'non-numeric cell',
+    lambda r, v, o: edit_line(FEAT(r, v), 4, lambda c: c[:2] + ['abc'] + c[3:]),
+    ['{v}.csv', 'line 4', 'column 3', "'abc'"],
+  ),
+  (
+    'non-numeric label',
+    lambda r, v, o: edit_line(AROUSAL(r, v), 6, lambda c: [c[0], '0;5', c[2]]),
+    ['arousal/{v}.csv', 'line 6', "'0;5'"],
+  ),
+  (
+    'duplicated timestamp',
+    lambda r, v, o: _rows(AROUSAL(r, v), lambda ls: ls[:3] + ls[2:]),
+    ['arousal/{v}.csv', 'line 4', 'repeats'],
+  ),
+  (
+    'out-of-order timestamps',
+    lambda r, v, o: _rows(FEAT(r, v), lambda ls: ls[:2] + [ls[3], ls[2]] + ls[4:]),
+    ['{v}.csv', 'line 4'],
+  ),
+  (
+    'fractional timestamp',
+    lambda r, v, o: edit_line(FEAT(r, v), 3, lambda c: ['250.5'] + c[1:]),
+    ['{v}.csv', 'line 3', 'whole number'],
+  ),
+  (
+    'wrong label columns',
+    lambda r, v, o: _rows(VALENCE(r, v), lambda ls: ['time,value,segment_id'] + ls[1:]),
+    ['valence/{v}.csv', 'label columns'],
+  ),
+  (
+    'label grids disagree',
+    lambda r, v, o: _rows(VALENCE(r, v), lambda ls: ls[:-1]),
+    ['valence/{v}.csv', 'disagree'],
+  ),
+  (
+    'dimension differs',
+    lambda r, v, o: _rows(FEAT(r, o), lambda ls: [l.rsplit(',', 1)[0] for l in ls]),
+    ['{o}.csv', '87', '88'],
+  ),
+  (
+    'gap in feature rows',
+    lambda r, v, o: edit_line(FEAT(r, v), 10, lambda c: None),
+    ['{v}.csv', 'no feature row for label timestamp'],
+  ),
+  (
+    'much shorter feature file',
+    lambda r, v, o: _rows(FEAT(r, v), lambda ls: ls[:-20]),
+    ['{v}.csv', 'truncated'],
+  ),
+  (
+    'disjoint timestamps',
+    lambda r, v, o: _shift_times(FEAT(r, v), 10_000_000),
+    ['{v}.csv', 'do not overlap'],
+  ),
+  (
+    'off-grid feature row',
+    lambda r, v, o: _rows(
+      FEAT(r, v),
+      lambda ls: (
+        ls[:5] + [','.join([str(int(ls[4].split(',')[0]) + 125)] + ls[4].split(',')[1:])] + ls[5:]
+      ),
+    ),
+    ['{v}.csv', 'not on the label grid'],
+  ),
 ]
 
 

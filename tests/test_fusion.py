@@ -1,4 +1,5 @@
 """Early fusion (joined, normalised feature sets), late fusion over finished runs, reproduce."""
+
 import json
 import os
 import shutil
@@ -20,8 +21,8 @@ from muse_jax.data import video as video_lib
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
-import helpers  # pylint: disable=wrong-import-order
-from helpers import tiny_config  # pylint: disable=wrong-import-order
+import helpers
+from helpers import tiny_config
 
 # ------------------------------------------------------------------------------------------------
 # Early fusion
@@ -29,8 +30,13 @@ from helpers import tiny_config  # pylint: disable=wrong-import-order
 
 def test_early_fusion_joins_sets_in_config_order_and_normalises_each_as_asked(tiny_tree, tmp_path):
   data_dir = str(tmp_path / 'tfds')
-  config = tiny_config(tiny_tree, data_dir, feature_sets=('fasttext', 'egemaps'),
-                       normalize='fasttext', add_segment_id=True)
+  config = tiny_config(
+    tiny_tree,
+    data_dir,
+    feature_sets=('fasttext', 'egemaps'),
+    normalize='fasttext',
+    add_segment_id=True,
+  )
   videos, dims = sources.load_videos(config_util.parse(config))
   assert dims == [300, 88, 1]
   raw = {v.id: v.x.copy() for vs in videos.values() for v in vs}
@@ -39,16 +45,19 @@ def test_early_fusion_joins_sets_in_config_order_and_normalises_each_as_asked(ti
   assert stats.normalized == [True, False, False]
   normalization.normalize(config_util.parse(config), videos, stats)
 
-  alone = {name: {v.id: v for vs in build.load_feature_set(data_dir, name).values() for v in vs}
-           for name in ('fasttext', 'egemaps')}
+  alone = {
+    name: {v.id: v for vs in build.load_feature_set(data_dir, name).values() for v in vs}
+    for name in ('fasttext', 'egemaps')
+  }
   for split, vs in videos.items():
     assert vs, split
     for v in vs:
       n = len(v.x)
       ft, eg = alone['fasttext'][v.id], alone['egemaps'][v.id]
       np.testing.assert_array_equal(v.timestamp, ft.timestamp[:n])
-      np.testing.assert_allclose(v.x[:, :300], (ft.x[:n] - stats.mean[:300])
-                                 / stats.std[:300], rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(
+        v.x[:, :300], (ft.x[:n] - stats.mean[:300]) / stats.std[:300], rtol=1e-5, atol=1e-5
+      )
       np.testing.assert_array_equal(v.x[:, 300:388], eg.x[:n])  # untouched
       np.testing.assert_array_equal(v.x[:, 388], ft.segment_id[:n])
       np.testing.assert_array_equal(raw[v.id][:, 300:], v.x[:, 300:])
@@ -60,8 +69,9 @@ def test_early_fusion_joins_sets_in_config_order_and_normalises_each_as_asked(ti
 
 def test_join_grid_keeps_shared_timestamps_and_names_disagreeing_sets():
   t = np.arange(10) * 250
-  at = lambda ts: video_lib.unlabelled('7', ts, np.ones(len(ts)), np.arange(len(ts))[:, None] * 1.0,
-                                       ('arousal',))
+  at = lambda ts: video_lib.unlabelled(
+    '7', ts, np.ones(len(ts)), np.arange(len(ts))[:, None] * 1.0, ('arousal',)
+  )
   joined = sources._join_grid('7', {'a': at(t), 'b': at(t[:8])})
   assert [len(v.timestamp) for v in joined.values()] == [8, 8]
   # A set starting one step earlier (MuSe 2022): its first row is left out, rows stay paired.
@@ -69,14 +79,18 @@ def test_join_grid_keeps_shared_timestamps_and_names_disagreeing_sets():
   np.testing.assert_array_equal(joined['a'].timestamp, joined['b'].timestamp)
   np.testing.assert_array_equal(joined['b'].x[:, 0], np.arange(1, 10))
   np.testing.assert_array_equal(joined['a'].x[:, 0], np.arange(9))
-  with pytest.raises(MuseError, match=r'video 7: feature sets a and b are on different grids '
-                                      r'\(timestamp 751 of b'):
+  with pytest.raises(
+    MuseError,
+    match=r'video 7: feature sets a and b are on different grids '
+    r'\(timestamp 751 of b',
+  ):
     sources._join_grid('7', {'a': at(t), 'b': at(np.r_[t[:3], t[3:] + 1])})
 
 
 def test_whole_video_windows_hold_one_video_each(tiny_tree, tmp_path):
-  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), feature_sets=('egemaps',),
-                       whole_videos=True)
+  config = tiny_config(
+    tiny_tree, str(tmp_path / 'tfds'), feature_sets=('egemaps',), whole_videos=True
+  )
   videos, _ = sources.load_videos(config_util.parse(config))
   w = ip.train_windows(config, videos['train'])
   assert sorted(w.lengths) == sorted(len(v.x) for v in videos['train'])
@@ -90,15 +104,24 @@ def test_whole_video_windows_hold_one_video_each(tiny_tree, tmp_path):
 @pytest.fixture(scope='module')
 def pipeline(tiny_tree, tmp_path_factory):
   out = str(tmp_path_factory.mktemp('reproduce'))
-  runs = reproduce.run(out, tiny_tree, config_name='tiny', features=('egemaps', 'fasttext'),
-                       early_fusion=(), targets=('valence',))
+  runs = reproduce.run(
+    out,
+    tiny_tree,
+    config_name='tiny',
+    features=('egemaps', 'fasttext'),
+    early_fusion=(),
+    targets=('valence',),
+  )
   return out, runs
 
 
 def test_late_fusion_trains_on_the_runs_and_beats_the_worse_input(pipeline):
   _, runs = pipeline
   assert [(r.kind, r.inputs) for r in runs] == [
-      ('unimodal', 'egemaps'), ('unimodal', 'fasttext'), ('late fusion', 'all runs above')]
+    ('unimodal', 'egemaps'),
+    ('unimodal', 'fasttext'),
+    ('late fusion', 'all runs above'),
+  ]
   devel = [r.results['devel']['valence']['ccc'] for r in runs]
   assert devel[2] > min(devel[:2]) + 0.05, devel
   late = runs[2].workdir
@@ -110,8 +133,9 @@ def test_late_fusion_trains_on_the_runs_and_beats_the_worse_input(pipeline):
   # What late fusion logs of each input: the choice its CSVs come from, and who wrote them.
   seed = runs[0].results['seed']
   assert fusion.written_choice(runs[0].workdir) == (
-      f'predictions of seed {seed} (eval_seed best, best epoch '
-      f'{runs[0].results["best_epoch"]}) written by train, scored in results.json')
+    f'predictions of seed {seed} (eval_seed best, best epoch '
+    f'{runs[0].results["best_epoch"]}) written by train, scored in results.json'
+  )
 
 
 def test_runs_without_this_versions_predictions_json_are_refused(pipeline, tmp_path):
@@ -128,17 +152,21 @@ def test_runs_without_this_versions_predictions_json_are_refused(pipeline, tmp_p
   for read in (fusion.written_choice, compare.Run):
     with pytest.raises(MuseError) as e:
       read(run)
-    assert str(e.value) == (f'{path}: not found, so {run} is unfinished or of another version of '
-                            'muse_jax (this one writes it with predictions/); rerun its training, '
-                            'or retrain it in a new --workdir')
+    assert str(e.value) == (
+      f'{path}: not found, so {run} is unfinished or of another version of '
+      'muse_jax (this one writes it with predictions/); rerun its training, '
+      'or retrain it in a new --workdir'
+    )
   del written['results']
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(written, f)
   for read in (fusion.written_choice, compare.Run):
     with pytest.raises(MuseError) as e:
       read(run)
-    assert str(e.value) == (f'{path}: written by another version of muse_jax (no results); '
-                            'retrain the run in a new --workdir')
+    assert str(e.value) == (
+      f'{path}: written by another version of muse_jax (no results); '
+      'retrain the run in a new --workdir'
+    )
 
 
 def test_late_fusion_evaluate_restores_the_same_model(pipeline):
@@ -150,7 +178,8 @@ def test_late_fusion_evaluate_restores_the_same_model(pipeline):
   again = modes.evaluate(config, late.workdir)
   assert again['devel'] == late.results['devel']
   # The config it was trained with, read back (configs/workdir.py): its own model fields.
-  from configs import workdir  # pylint: disable=import-outside-toplevel
+  from configs import workdir  # noqa: PLC0415
+
   again = modes.evaluate(workdir.get_config(late.workdir), late.workdir)
   assert again['devel'] == late.results['devel']
 
@@ -171,8 +200,11 @@ def test_missing_predictions_name_the_run_target_and_video(pipeline, tmp_path):
   config = config_util.load_config('late_fusion')
   config.data_root, config.data_dir = _data(out)
   config.targets, config.fusion_runs = ('valence',), f'{runs[0].workdir},{broken}'
-  with pytest.raises(MuseError, match=rf'run {broken} has no valence predictions for \w+ video '
-                                      rf'{vid}'):
+  with pytest.raises(
+    MuseError,
+    match=rf'run {broken} has no valence predictions for \w+ video '
+    rf'{vid}',
+  ):
     sources.load_videos(config_util.parse(config))
   config.targets = ('arousal',)  # the runs predict valence only
   with pytest.raises(MuseError, match='no arousal predictions'):
@@ -195,35 +227,60 @@ def test_predictions_align_by_timestamp_and_may_end_early_only_without_labels(tm
   run = tmp_path / 'r'
   os.makedirs(run / 'predictions' / 'valence')
   (run / 'config.json').write_text(json.dumps({'data_root': str(tmp_path)}))
-  (run / 'predictions.json').write_text(json.dumps({
-      'written_by': 'train', 'what': 'seed 1', 'eval_seed': 'best', 'seed': 1, 'best_epoch': 1,
-      'results': 'results.json'}))
+  (run / 'predictions.json').write_text(
+    json.dumps(
+      {
+        'written_by': 'train',
+        'what': 'seed 1',
+        'eval_seed': 'best',
+        'seed': 1,
+        'best_epoch': 1,
+        'results': 'results.json',
+      }
+    )
+  )
   t = 1000 + 250 * np.arange(6)
 
   def video(vid, labelled):
-    return Video(vid, t, np.ones(6, np.int32), np.zeros((6, 3), np.float32),
-                 np.zeros((6, 2), np.float32), ('arousal', 'valence'), (labelled, labelled))
+    return Video(
+      vid,
+      t,
+      np.ones(6, np.int32),
+      np.zeros((6, 3), np.float32),
+      np.zeros((6, 2), np.float32),
+      ('arousal', 'valence'),
+      (labelled, labelled),
+    )
 
   def predict(vid, ts):
     rows = ''.join(f'{x},{x / 1000},1\n' for x in ts)
     path = run / 'predictions' / 'valence' / f'{vid}.csv'
     path.write_text('timestamp,value,segment_id\n' + rows)
 
-  predict('1', np.r_[750, t])   # an extra row before the grid: ignored
-  predict('2', t[:4])           # unlabelled: ends 2 frames early
+  predict('1', np.r_[750, t])  # an extra row before the grid: ignored
+  predict('2', t[:4])  # unlabelled: ends 2 frames early
   grid = {'train': [video('1', True)], 'test': [video('2', False)]}
   out = fusion.load_runs([str(run)], ['valence'], str(tmp_path), grid)['run:r/valence']
   np.testing.assert_allclose(out['train'][0].x[:, 0], t / 1000)
   assert len(out['test'][0].timestamp) == 4 and out['test'][0].x.shape == (4, 1)
-  predict('1', t[:4])           # labelled: must cover the grid
+  predict('1', t[:4])  # labelled: must cover the grid
   with pytest.raises(MuseError, match=r'no prediction for timestamp 2000 of train video 1'):
     fusion.load_runs([str(run)], ['valence'], str(tmp_path), grid)
 
 
 def test_reproduce_cli_resumes_and_writes_the_table(pipeline, tiny_tree):
   out, runs = pipeline
-  cmd = [sys.executable, '-m', 'muse_jax.reproduce', f'--out={out}', f'--root={tiny_tree}',
-         '--config=tiny', '--features=egemaps,fasttext', '--early_fusion=', '--targets=valence']
+  cmd = [
+    sys.executable,
+    '-m',
+    'muse_jax.reproduce',
+    f'--out={out}',
+    f'--root={tiny_tree}',
+    '--config=tiny',
+    '--features=egemaps,fasttext',
+    '--early_fusion=',
+    '--targets=valence',
+  ]
   proc = helpers.run(cmd, helpers.REPO, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stderr.count('finished, skipped') == 3  # nothing retrained
@@ -232,12 +289,16 @@ def test_reproduce_cli_resumes_and_writes_the_table(pipeline, tiny_tree):
   assert text.splitlines()[0].startswith('| run | inputs | valence devel | valence test |')
   for r in runs:
     assert f'{r.results["devel"]["valence"]["ccc"]:.4f}' in text
-  assert 'valence devel, best seed | valence devel, seed mean ± std (seeds) | valence ensemble' in (
-      text.splitlines()[0])
+  assert (
+    'valence devel, best seed | valence devel, seed mean ± std (seeds) | valence ensemble'
+    in (text.splitlines()[0])
+  )
   late = next(r for r in runs if r.kind == 'late fusion').results  # 5 seeds
   ens = late['ensemble']
-  assert (f'± {late["devel_ccc_std"]:.4f} (5) | {ens["devel"]["valence"]["ccc"]:.4f} / '
-          f'{ens["test"]["valence"]["ccc"]:.4f} |') in text
+  assert (
+    f'± {late["devel_ccc_std"]:.4f} (5) | {ens["devel"]["valence"]["ccc"]:.4f} / '
+    f'{ens["test"]["valence"]["ccc"]:.4f} |'
+  ) in text
   assert 'Late fusion minus the best first-level run' in text
   # Each run's devel cell carries its interval; late fusion's gain carries the paired one, the
   # same figures `python -m muse_jax.compare BEST LATE` gives (it reads late-fusion runs too).
@@ -248,11 +309,14 @@ def test_reproduce_cli_resumes_and_writes_the_table(pipeline, tiny_tree):
   best = max(first, key=lambda r: r.results['devel']['valence']['ccc'])
   c = compare.compare(best.workdir, next(r for r in runs if r.kind == 'late fusion').workdir)
   v = c['targets']['valence']
-  assert (f'valence {v["diff"]:+.4f} [{v["diff_ci95"][0]:+.4f}, {v["diff_ci95"][1]:+.4f}], '
-          f'P(not better) {v["p_b_not_better"]:.3f} (vs {best.inputs})') in text
+  assert (
+    f'valence {v["diff"]:+.4f} [{v["diff_ci95"][0]:+.4f}, {v["diff_ci95"][1]:+.4f}], '
+    f'P(not better) {v["p_b_not_better"]:.3f} (vs {best.inputs})'
+  ) in text
   assert c['seeds'] == {}  # the first-level run trained one seed: no seed-level view
   assert text in proc.stdout + '\n'
   # Finished runs wrote the best seed's predictions: another eval_seed is refused, not mixed in.
   proc = helpers.run(cmd + ['--eval_seed=ensemble'], helpers.REPO, timeout=300)
   assert proc.returncode == 2 and 'started with another config (differs in eval_seed)' in (
-      proc.stderr), proc.stderr[-2000:]
+    proc.stderr
+  ), proc.stderr[-2000:]

@@ -4,6 +4,7 @@ The allocator settings are per process and must precede JAX's backend, so each c
 fresh interpreter: it calls a jitted function with ~200 MB of temporaries (two matmul results of
 96 MB each) 12 times, 0.1 s apart, and counts the minor page faults of the calls after the first.
 """
+
 import json
 import os
 import subprocess
@@ -11,9 +12,9 @@ import sys
 
 import pytest
 
-import helpers  # pylint: disable=wrong-import-order
+import helpers
 
-_PROBE = r'''
+_PROBE = r"""
 import json, math, resource, sys, time
 import jax, jax.numpy as jnp
 from muse_jax.runtime import host_memory
@@ -27,17 +28,24 @@ for _ in range(12):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   y = jax.block_until_ready(f(x, w))
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+ok = bool(abs(float(y[0]) / (math.tanh(1.024) * 1.024 * 24 * 1024) - 1) < 1e-3)
 print(json.dumps({'applied': applied, 'faults': faults, 'temp_pages': 2 * x.nbytes // 4096,
-                  'ok': bool(abs(float(y[0]) / (math.tanh(1.024) * 1.024 * 24 * 1024) - 1) < 1e-3)}))
-'''
+                  'ok': ok}))
+"""
 
 
 def _probe(enable: bool) -> dict:
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)
   env['PYTHONPATH'] = os.pathsep.join([helpers.REPO] + [p for p in [env.get('PYTHONPATH')] if p])
-  out = subprocess.run([sys.executable, '-c', _PROBE, '1' if enable else '0'], env=env,
-                       capture_output=True, text=True, timeout=300, check=True)
+  out = subprocess.run(
+    [sys.executable, '-c', _PROBE, '1' if enable else '0'],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=True,
+  )
   r = json.loads(out.stdout.strip().splitlines()[-1])
   r['share'] = sum(r['faults'][1:]) / (len(r['faults']) - 1) / r['temp_pages']
   return r
@@ -70,9 +78,18 @@ def test_cli_trains_the_same_with_and_without_buffer_reuse(tiny_tree, tmp_path):
   runs = {}
   for reuse in (True, False):
     workdir = str(tmp_path / f'reuse_{reuse}')
-    proc = helpers.run(helpers.train_command(workdir, tiny_tree, data_dir, '--config.num_epochs=2',
-                                             f'--config.reuse_cpu_buffers={reuse}', scripted=True),
-                       str(tmp_path), SCRIPTED_DEVEL=json.dumps({314: [0.7, 0.8]}))  # exit 0
+    proc = helpers.run(
+      helpers.train_command(
+        workdir,
+        tiny_tree,
+        data_dir,
+        '--config.num_epochs=2',
+        f'--config.reuse_cpu_buffers={reuse}',
+        scripted=True,
+      ),
+      str(tmp_path),
+      SCRIPTED_DEVEL=json.dumps({314: [0.7, 0.8]}),
+    )  # exit 0
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ('large CPU buffers are kept in the heap' in proc.stderr) == reuse, proc.stderr[-3000:]
     runs[reuse] = helpers.read_json(os.path.join(workdir, 'results.json'))

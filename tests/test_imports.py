@@ -12,6 +12,7 @@ one (else muse_jax.x: y is an attribute of it); a package means its __init__. Im
 also runs the __init__ of every package around it that the importer is not itself inside, so
 those count too.
 """
+
 import ast
 import os
 
@@ -64,7 +65,7 @@ def imports_of(source: str, module: str, is_package: bool, known) -> set:
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ''
       if node.level:  # relative: from the importer's package, one level up per extra dot
-        up = package.split('.')[:len(package.split('.')) - (node.level - 1)]
+        up = package.split('.')[: len(package.split('.')) - (node.level - 1)]
         base = '.'.join(up + ([base] if base else []))
       if base.split('.')[0] != PACKAGE:
         continue
@@ -162,9 +163,19 @@ def _graph():
 
 
 def test_the_parser_sees_every_form_of_import():
-  known = {'muse_jax', 'muse_jax.a', 'muse_jax.b', 'muse_jax.c', 'muse_jax.d', 'muse_jax.p',
-           'muse_jax.p.q', 'muse_jax.p.r', 'muse_jax.e'}
-  source = '\n'.join([
+  known = {
+    'muse_jax',
+    'muse_jax.a',
+    'muse_jax.b',
+    'muse_jax.c',
+    'muse_jax.d',
+    'muse_jax.p',
+    'muse_jax.p.q',
+    'muse_jax.p.r',
+    'muse_jax.e',
+  }
+  source = '\n'.join(
+    [
       'import os',
       'import muse_jax.a',
       'from muse_jax import b, __version__',
@@ -178,10 +189,20 @@ def test_the_parser_sees_every_form_of_import():
       'except ImportError:',
       '  pass',
       'from .p.r import x',
-  ])
+    ]
+  )
   got = imports_of(source, 'muse_jax.m', False, known)
-  assert got == {'muse_jax.a', 'muse_jax.b', 'muse_jax', 'muse_jax.c', 'muse_jax.p',
-                 'muse_jax.p.q', 'muse_jax.d', 'muse_jax.e', 'muse_jax.p.r'}
+  assert got == {
+    'muse_jax.a',
+    'muse_jax.b',
+    'muse_jax',
+    'muse_jax.c',
+    'muse_jax.p',
+    'muse_jax.p.q',
+    'muse_jax.d',
+    'muse_jax.e',
+    'muse_jax.p.r',
+  }
   # Inside muse_jax.p, its own package is already running: no edge to it.
   assert imports_of('from muse_jax.p import r', 'muse_jax.p.q', False, known) == {'muse_jax.p.r'}
   assert imports_of('from . import r', 'muse_jax.p', True, known) == {'muse_jax.p.r'}
@@ -201,7 +222,8 @@ def test_the_graph_is_the_package(graph):
 def test_no_import_cycle(graph):
   cycles = find_cycles(graph)
   assert not cycles, 'import cycles (function-level imports count):\n' + '\n'.join(
-      f'{" -> ".join(c)}   (tangled: {", ".join(t)})' for c, t in zip(cycles, tangles(graph)))
+    f'{" -> ".join(c)}   (tangled: {", ".join(t)})' for c, t in zip(cycles, tangles(graph))
+  )
 
 
 def _in_data(name: str) -> bool:
@@ -219,7 +241,8 @@ def test_the_data_package_imports_nothing_above_it(graph):
       direct[name] = sorted(m for m in graph[name] if not _allowed(m))
     reached |= {m for m in reachable(graph, name) if not _allowed(m)}
   assert not direct and not reached, (
-      f'the data package imports above it: {direct}; and so depends on {sorted(reached)}')
+    f'the data package imports above it: {direct}; and so depends on {sorted(reached)}'
+  )
 
 
 def test_the_leaves_data_may_import_stand_alone(graph):

@@ -4,6 +4,7 @@ What holds on any tree of a layout: it is detected from the folders, its targets
 folders, its grid step is read from the data and held with the model, predictions come in its own
 column order for every video, and a model never silently reads data on another grid.
 """
+
 import json
 import os
 
@@ -21,8 +22,8 @@ from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
 
-from helpers import tiny_config  # pylint: disable=wrong-import-order
-import scripted  # pylint: disable=wrong-import-order
+from helpers import tiny_config
+import scripted
 
 NEW_LAYOUTS = [k for k in demo.LAYOUTS if k != 'muse2020']  # muse2020: the rest of the suite
 
@@ -32,8 +33,9 @@ def trees(tmp_path_factory) -> dict:
   """{layout name: demo summary} of one tiny tree per layout (egemaps only), each under its own
   release root."""
   base = tmp_path_factory.mktemp('layouts')
-  return {name: demo.make_tree(str(base / name), 'tiny', 0, 'egemaps', name)
-          for name in demo.LAYOUTS}
+  return {
+    name: demo.make_tree(str(base / name), 'tiny', 0, 'egemaps', name) for name in demo.LAYOUTS
+  }
 
 
 def _release_root(summary) -> str:
@@ -71,19 +73,30 @@ def test_a_root_with_several_tasks_asks_for_one(tmp_path):
   root = str(tmp_path / 'muse2021')
   demo.make_tree(root, 'tiny', 0, 'egemaps', 'muse2021_stress')
   demo.make_tree(root, 'tiny', 0, 'egemaps', 'muse2021_physio')
-  with pytest.raises(MuseError, match=r'holds several tasks: c3_muse_stress, c4_muse_physio; '
-                                      r'choose one with --config\.task=NAME'):
+  with pytest.raises(
+    MuseError,
+    match=r'holds several tasks: c3_muse_stress, c4_muse_physio; '
+    r'choose one with --config\.task=NAME',
+  ):
     layout.resolve(root)
   assert layout.resolve(root, 'c4_muse_physio').targets() == ('anno12_EDA',)
-  with pytest.raises(MuseError, match=r"no task 'c2_muse_sent' here; found: c3_muse_stress, "
-                                      r'c4_muse_physio'):
+  with pytest.raises(
+    MuseError,
+    match=r"no task 'c2_muse_sent' here; found: c3_muse_stress, "
+    r'c4_muse_physio',
+  ):
     layout.resolve(root, 'c2_muse_sent')
-  config = tiny_config(root, str(tmp_path / 'tfds'), targets=('valence',), feature_sets=('egemaps',))
+  config = tiny_config(
+    root, str(tmp_path / 'tfds'), targets=('valence',), feature_sets=('egemaps',)
+  )
   with pytest.raises(MuseError, match='several tasks'):
     config_util.validate_config(config)
   config.task = 'c4_muse_physio'  # the default target (valence) is not one of physio's
-  with pytest.raises(MuseError, match=r"unknown target 'valence': .*c4_muse_physio/label_segments "
-                                      r"holds label folders for anno12_EDA"):
+  with pytest.raises(
+    MuseError,
+    match=r"unknown target 'valence': .*c4_muse_physio/label_segments "
+    r'holds label folders for anno12_EDA',
+  ):
     config_util.validate_config(config)
   config.targets = ('all',)
   spec = config_util.validate_config(config)
@@ -93,14 +106,21 @@ def test_a_root_with_several_tasks_asks_for_one(tmp_path):
 
 def test_no_layout_is_one_line_naming_the_expected_ones(tmp_path):
   (tmp_path / 'metadata').mkdir()
-  with pytest.raises(MuseError, match=r'no known layout .*MuSe 2020 release root.*MuSe '
-                                      r'2021/2022 task folder.*plain layout'):
+  with pytest.raises(
+    MuseError,
+    match=r'no known layout .*MuSe 2020 release root.*MuSe '
+    r'2021/2022 task folder.*plain layout',
+  ):
     layout.resolve(str(tmp_path))
 
 
 def test_loss_weights_by_target_name(trees, tmp_path):
-  config = tiny_config(trees['muse2021_stress']['root'], str(tmp_path), targets=('all',),
-                       loss_weights='valence=2,physio-arousal=0.5')
+  config = tiny_config(
+    trees['muse2021_stress']['root'],
+    str(tmp_path),
+    targets=('all',),
+    loss_weights='valence=2,physio-arousal=0.5',
+  )
   spec = config_util.validate_config(config)
   assert spec.targets == ('arousal', 'physio-arousal', 'valence')
   assert spec.loss_weights == (1.0, 0.5, 2.0)
@@ -123,8 +143,9 @@ def test_train_evaluate_predict_on_each_layout(trees, name, tmp_path, monkeypatc
   scripted.script_devel(monkeypatch)
   s = trees[name]
   dl = demo.LAYOUTS[name]
-  config = tiny_config(_release_root(s), str(tmp_path / 'tfds'), targets=('all',),
-                       feature_sets=('egemaps',))
+  config = tiny_config(
+    _release_root(s), str(tmp_path / 'tfds'), targets=('all',), feature_sets=('egemaps',)
+  )
   workdir = str(tmp_path / 'run')
   results = train.train_and_evaluate(config, workdir)
   assert results['step_ms'] == s['step_ms'] and results['task'] == s['task']
@@ -133,7 +154,7 @@ def test_train_evaluate_predict_on_each_layout(trees, name, tmp_path, monkeypatc
   assert len(results['seeds']) == config.num_seeds
   # Predictions: the release's column order, every video of every partition, on its grid.
   want_cols = list(layout.of(s['root']).label_columns)
-  for split, ids in s['splits'].items():
+  for ids in s['splits'].values():
     for vid in ids:
       for target in s['targets']:
         p = _predictions(os.path.join(workdir, 'predictions'), target, vid)
@@ -154,16 +175,29 @@ def test_train_evaluate_predict_on_each_layout(trees, name, tmp_path, monkeypatc
 def test_a_model_refuses_data_on_another_grid(trees, tmp_path, monkeypatch):
   """A 500 ms model fed a 250 ms tree (same features, same targets) stops with one line."""
   stress = trees['muse2021_stress']
-  config = tiny_config(stress['root'], str(tmp_path / 'tfds'), targets=('arousal', 'valence'),
-                       feature_sets=('egemaps',), num_epochs=2)
+  config = tiny_config(
+    stress['root'],
+    str(tmp_path / 'tfds'),
+    targets=('arousal', 'valence'),
+    feature_sets=('egemaps',),
+    num_epochs=2,
+  )
   workdir = str(tmp_path / 'run')
   # Whether 2 epochs beat the untrained model is float-level luck: scripted (tests/scripted.py).
   scripted.script_devel(monkeypatch)
   train.train_and_evaluate(config, workdir)
-  other = tiny_config(trees['muse2021_wilder']['root'], str(tmp_path / 'tfds_250'),
-                      targets=('arousal', 'valence'), feature_sets=('egemaps',), num_epochs=2)
-  with pytest.raises(MuseError, match=r'this data is on a 250 ms grid, but the model in .* '
-                                      r'learnt on a 500 ms grid'):
+  other = tiny_config(
+    trees['muse2021_wilder']['root'],
+    str(tmp_path / 'tfds_250'),
+    targets=('arousal', 'valence'),
+    feature_sets=('egemaps',),
+    num_epochs=2,
+  )
+  with pytest.raises(
+    MuseError,
+    match=r'this data is on a 250 ms grid, but the model in .* '
+    r'learnt on a 500 ms grid',
+  ):
     modes.predict(other, workdir)
   predictor = predictor_lib.Predictor(workdir)
   assert predictor.step_ms == 500
@@ -174,14 +208,16 @@ def test_a_model_refuses_data_on_another_grid(trees, tmp_path, monkeypatch):
 
 
 def test_features_are_written_on_the_trees_own_grid(trees, tmp_path):
-  import shutil  # pylint: disable=import-outside-toplevel
+  import shutil  # noqa: PLC0415
 
-  from muse_jax.features import writer  # pylint: disable=import-outside-toplevel
+  from muse_jax.features import writer  # noqa: PLC0415
+
   root = str(tmp_path / 'c3_muse_stress')
   shutil.copytree(trees['muse2021_stress']['root'], root)
   assert writer.tree_step(root) == 500
-  path = writer.write_features(root, 'mine', 'new', np.zeros((4, 2)), ['a', 'b'],
-                               step_ms=writer.tree_step(root))
+  path = writer.write_features(
+    root, 'mine', 'new', np.zeros((4, 2)), ['a', 'b'], step_ms=writer.tree_step(root)
+  )
   assert path == os.path.join(root, 'feature_segments', 'mine', 'new.csv')
   assert pd.read_csv(path)['timestamp'].tolist() == [0, 500, 1000, 1500]
   assert writer.tree_step(str(tmp_path / 'new_tree')) == 250  # nothing to tell: MuSe-CaR's
@@ -196,10 +232,12 @@ def _plain_tree(tmp_path, label_t, feat_t, partition='1,train\n2,devel\n', targe
   (root / 'metadata' / 'partition.csv').write_text('Id,Partition\n' + partition)
   for vid in ('1', '2'):
     (root / 'features' / 'f' / f'{vid}.csv').write_text(
-        'timestamp,segment_id,x\n' + ''.join(f'{t},1,{t / 1000}\n' for t in feat_t))
+      'timestamp,segment_id,x\n' + ''.join(f'{t},1,{t / 1000}\n' for t in feat_t)
+    )
     for target in targets:
       (root / 'labels' / target / f'{vid}.csv').write_text(
-          'timestamp,segment_id,value\n' + ''.join(f'{t},1,0.5\n' for t in label_t))
+        'timestamp,segment_id,value\n' + ''.join(f'{t},1,0.5\n' for t in label_t)
+      )
   return str(root)
 
 
@@ -212,8 +250,11 @@ def test_grid_steps_gaps_and_jitter(tmp_path):
   assert stats['dropped_rows'] == 3 and stats['step_ms'] == 100
   # A label row off the grid (jitter): one line naming the file and line.
   root = _plain_tree(tmp_path / 'j', [0, 100, 200, 301, 400], range(0, 500, 100))
-  with pytest.raises(MuseError, match=r'a/1\.csv: line 5: timestamp 301 is 101 ms after the row '
-                                      r'before, not a multiple of the file\'s grid step 100 ms'):
+  with pytest.raises(
+    MuseError,
+    match=r'a/1\.csv: line 5: timestamp 301 is 101 ms after the row '
+    r'before, not a multiple of the file\'s grid step 100 ms',
+  ):
     reader.read_video(root, 'f', '1', 'train')
 
 
@@ -225,7 +266,8 @@ def test_partition_without_header_and_2020_root_holding_2021_tasks(tmp_path, tre
   (tmp_path / 'plain' / 'metadata' / 'partition.csv').write_text('vid_name,age,fold\n1,3,train\n')
   assert reader.read_partition(root) == {'1': 'train'}  # the baselines' reading: first, last
   # A 2020 release root that also holds a 2021 task folder is still the 2020 tree.
-  import shutil  # pylint: disable=import-outside-toplevel
+  import shutil  # noqa: PLC0415
+
   both = tmp_path / 'both'
   shutil.copytree(trees['muse2020']['root'], both)
   shutil.copytree(trees['muse2021_physio']['root'], both / 'c4_muse_physio')
@@ -238,13 +280,15 @@ def test_partition_without_header_and_2020_root_holding_2021_tasks(tmp_path, tre
 def test_a_target_without_usable_labels_blocks_only_runs_on_it(tmp_path):
   root = _plain_tree(tmp_path, [0, 100, 200], [0, 100, 200], targets=('a', 'b'))
   (tmp_path / 'plain' / 'labels' / 'b' / '1.csv').write_text(
-      'timestamp,segment_id,value\n0,1,\n100,1,\n200,1,\n')  # only NaN
+    'timestamp,segment_id,value\n0,1,\n100,1,\n200,1,\n'
+  )  # only NaN
   os.remove(tmp_path / 'plain' / 'labels' / 'b' / '2.csv')
   for vid in ('1', '2'):
     v = reader.read_video(root, 'f', vid, 'train')
     assert v.labelled == (True, False) and v.timestamp.tolist() == [0, 100, 200]
   (tmp_path / 'plain' / 'labels' / 'a' / '1.csv').write_text(
-      'timestamp,segment_id,value\n0,1,nan\n100,1,nan\n200,1,nan\n')
+    'timestamp,segment_id,value\n0,1,nan\n100,1,nan\n200,1,nan\n'
+  )
   with pytest.raises(MuseError, match=r'a/1\.csv: label file holds only NaN for train video 1'):
     reader.read_video(root, 'f', '1', 'train')
   assert not reader.read_video(root, 'f', '1', 'test').labelled[1]

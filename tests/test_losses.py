@@ -1,4 +1,5 @@
 """Losses: parity with the torch CCC loss, numpy references, degenerate inputs, empty rows."""
+
 import os
 
 import jax
@@ -47,8 +48,12 @@ def test_ccc_loss_matches_torch_fixture():
 def test_ccc_loss_matches_numpy_with_target_weights():
   pred, true, mask = _random_batch(0)
   for weights in (None, (0.2, 0.8)):
-    got = losses.ccc_loss(jnp.asarray(pred, jnp.float32), jnp.asarray(true, jnp.float32),
-                          jnp.asarray(mask, jnp.float32), weights)
+    got = losses.ccc_loss(
+      jnp.asarray(pred, jnp.float32),
+      jnp.asarray(true, jnp.float32),
+      jnp.asarray(mask, jnp.float32),
+      weights,
+    )
     want = _np_ccc_loss(pred, true, mask, weights or (1, 1))
     assert abs(float(got) - want) < 1e-5
 
@@ -82,8 +87,17 @@ def _degenerate(case):
 
 
 @pytest.mark.parametrize('name', ['ccc', 'mse', 'l1'])
-@pytest.mark.parametrize('case', ['constant_pred', 'constant_true', 'both_constant_equal',
-                                  'length_1', 'empty_rows', 'all_padding'])
+@pytest.mark.parametrize(
+  'case',
+  [
+    'constant_pred',
+    'constant_true',
+    'both_constant_equal',
+    'length_1',
+    'empty_rows',
+    'all_padding',
+  ],
+)
 def test_finite_loss_and_grads_on_degenerate_inputs(name, case):
   pred, true, mask = _degenerate(case)
   loss, grad = jax.value_and_grad(losses.get_loss(name))(pred, true, mask)
@@ -102,8 +116,8 @@ def test_loss_and_grads_invariant_to_appended_empty_rows(name):
   loss_fn = jax.value_and_grad(losses.get_loss(name))
   (loss, grad), (loss_p, grad_p) = loss_fn(pred, true, mask), loss_fn(*padded)
   np.testing.assert_allclose(loss_p, loss, rtol=1e-6)
-  np.testing.assert_allclose(grad_p[:len(pred)], grad, rtol=1e-5, atol=1e-8)
-  assert np.all(grad_p[len(pred):] == 0)
+  np.testing.assert_allclose(grad_p[: len(pred)], grad, rtol=1e-5, atol=1e-8)
+  assert np.all(grad_p[len(pred) :] == 0)
 
 
 def test_ccc_loss_jits_and_is_zero_for_perfect_predictions():

@@ -1,4 +1,6 @@
-"""Metrics: the challenge CCC against an independent formula, partition concatenation, edge cases."""
+"""Metrics: the challenge CCC against an independent formula, partition concatenation, edge
+cases."""
+
 import numpy as np
 import pytest
 
@@ -61,12 +63,14 @@ def test_partition_metrics_accepts_1d_arrays_for_one_target():
   preds = [y + rng.normal(size=y.shape) for y in labels]
   out = metrics.partition_metrics(labels, preds, ['valence'])
   assert out['mean_ccc'] == pytest.approx(
-      _ref_ccc(np.concatenate(labels), np.concatenate(preds)), abs=1e-12)
+    _ref_ccc(np.concatenate(labels), np.concatenate(preds)), abs=1e-12
+  )
 
 
 def test_partition_metrics_rejects_mismatched_shapes():
   with pytest.raises(MuseError, match='video 1'):
-    metrics.partition_metrics([np.zeros((3, 1)), np.zeros((4, 1))],
-                              [np.zeros((3, 1)), np.zeros((5, 1))], ['arousal'])
+    metrics.partition_metrics(
+      [np.zeros((3, 1)), np.zeros((4, 1))], [np.zeros((3, 1)), np.zeros((5, 1))], ['arousal']
+    )
   with pytest.raises(MuseError):
     metrics.partition_metrics([np.zeros((3, 2))], [np.zeros((3, 2))], ['arousal'])

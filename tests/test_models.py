@@ -1,4 +1,5 @@
 """Models: parity with the PyTorch fixtures, padding semantics, dropout, config.model checks."""
+
 import os
 
 import jax
@@ -7,7 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from muse_jax import config_util, convert, models
+from muse_jax import config_util
+from muse_jax import convert
+from muse_jax import models
 from muse_jax.errors import MuseError
 from muse_jax.ops import attention
 
@@ -20,8 +23,13 @@ def _fixture(name):
   path = os.path.join(FIXTURES, f'{name}.npz')
   z = np.load(path)
   config = list(z['config']) if 'config' in z.files else []
-  return (convert.load_torch_state_dict(path), jnp.asarray(z['input/x'], jnp.float32),
-          jnp.asarray(z['lengths'], jnp.int32), z['expected'], config)
+  return (
+    convert.load_torch_state_dict(path),
+    jnp.asarray(z['input/x'], jnp.float32),
+    jnp.asarray(z['lengths'], jnp.int32),
+    z['expected'],
+    config,
+  )
 
 
 def _valid(lengths, t):
@@ -42,13 +50,20 @@ def test_rnn_matches_torch_packed(name):
   assert np.all(np.asarray(y)[~_valid(lengths, x.shape[1])] == 0)
 
 
-@pytest.mark.parametrize('blocks', ['plain', 'dot_product', 'default', 'unblocked', 'windows',
-                                    'queries'])
+@pytest.mark.parametrize(
+  'blocks', ['plain', 'dot_product', 'default', 'unblocked', 'windows', 'queries']
+)
 def test_attention_layer_matches_torch(blocks):
   state_dict, x, lengths, expected, _ = _fixture('attention_layer_d8_h2')
   row = 2 * x.shape[1] ** 2 * 4  # one window's score bytes (2 heads)
-  block_bytes = {'plain': None, 'dot_product': None, 'default': attention.BLOCK_BYTES,
-                 'unblocked': None, 'windows': 2 * row, 'queries': row // 3}[blocks]
+  block_bytes = {
+    'plain': None,
+    'dot_product': None,
+    'default': attention.BLOCK_BYTES,
+    'unblocked': None,
+    'windows': 2 * row,
+    'queries': row // 3,
+  }[blocks]
   impl = blocks if blocks in ('plain', 'dot_product') else 'blocked'
   layer = models.AttentionLayer(8, 2, attention=impl, block_bytes=block_bytes)
   y = layer.apply({'params': convert.attention_params_from_torch(state_dict)}, x, lengths)
@@ -77,8 +92,9 @@ def test_blocked_attention_gradients_match_autodiff():
   for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5, err_msg='plain')
   for block_bytes in (None, 2 * row, 3 * row, row // 5):
-    got = loss(lambda q, k, v: attention.blocked_attention(q, k, v, lengths,
-                                                           block_bytes=block_bytes))(q, k, v)
+    got = loss(
+      lambda q, k, v: attention.blocked_attention(q, k, v, lengths, block_bytes=block_bytes)
+    )(q, k, v)
     for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5, err_msg=str(block_bytes))
 
@@ -91,16 +107,22 @@ def test_fused_attention_gradients_match_plain_and_refuse_dropout():
   q, k, v, dy = (jnp.asarray(rng.normal(size=(b, t, h, dh)), jnp.float32) for _ in range(4))
   lengths = jnp.asarray([29, 11, 1, 0, 17], jnp.int32)
   live = np.asarray(lengths) > 0
-  grad = lambda impl: jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(
-      attention.attention(q, k, v, lengths, impl) * dy * live[:, None, None, None]), (0, 1, 2)))(
-          q, k, v)
+  grad = lambda impl: jax.jit(
+    jax.value_and_grad(
+      lambda q, k, v: jnp.sum(
+        attention.attention(q, k, v, lengths, impl) * dy * live[:, None, None, None]
+      ),
+      (0, 1, 2),
+    )
+  )(q, k, v)
   for a, w in zip(jax.tree.leaves(grad('dot_product')), jax.tree.leaves(grad('plain'))):
     np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5)
   y = attention.attention(q, k, v, lengths, 'dot_product')
   assert np.all(np.isfinite(y))
   with pytest.raises(ValueError, match='no dropout'):
-    attention.attention(q, k, v, lengths, 'dot_product', dropout_rate=0.1,
-                        dropout_rng=jax.random.key(0))
+    attention.attention(
+      q, k, v, lengths, 'dot_product', dropout_rate=0.1, dropout_rng=jax.random.key(0)
+    )
 
 
 def test_blocked_attention_dropout_is_seeded():
@@ -109,22 +131,28 @@ def test_blocked_attention_dropout_is_seeded():
   q, k, v = (jnp.asarray(rng.normal(size=(b, t, h, dh)), jnp.float32) for _ in range(3))
   lengths = jnp.asarray([24, 10, 3, 0], jnp.int32)
   for block_bytes in (None, 2 * h * t * t * 4, 100):
-    run = lambda key: attention.blocked_attention(q, k, v, lengths, dropout_rate=0.5,
-                                                   dropout_rng=key, block_bytes=block_bytes)
+    run = lambda key: attention.blocked_attention(
+      q, k, v, lengths, dropout_rate=0.5, dropout_rng=key, block_bytes=block_bytes
+    )
     a, a2, c = run(jax.random.key(0)), run(jax.random.key(0)), run(jax.random.key(1))
     plain = attention.blocked_attention(q, k, v, lengths, block_bytes=block_bytes)
     assert np.all(np.isfinite(a)) and np.array_equal(a, a2)
     assert not np.allclose(a, c) and not np.allclose(a, plain)
-    g = jax.grad(lambda q: jnp.sum(attention.blocked_attention(
-        q, k, v, lengths, dropout_rate=0.5, dropout_rng=jax.random.key(0),
-        block_bytes=block_bytes)))(q)
+    g = jax.grad(
+      lambda q: jnp.sum(
+        attention.blocked_attention(
+          q, k, v, lengths, dropout_rate=0.5, dropout_rng=jax.random.key(0), block_bytes=block_bytes
+        )
+      )
+    )(q)
     assert np.all(np.isfinite(g))
 
 
 def test_regressor_matches_torch():
   state_dict, x, lengths, expected, _ = _fixture('model_din10_drnn8_bi_attn1_h2_out2')
-  kwargs = dict(d_rnn=8, rnn_n_layers=1, rnn_bi=True, attn_n_layers=1, n_heads=2, d_out_fc=6,
-                n_targets=2)
+  kwargs = dict(
+    d_rnn=8, rnn_n_layers=1, rnn_bi=True, attn_n_layers=1, n_heads=2, d_out_fc=6, n_targets=2
+  )
   params = convert.regressor_params_from_torch(state_dict, kwargs)
   y = models.Regressor(**kwargs).apply({'params': params}, x, lengths)
   assert _max_valid_diff(y, expected, lengths) < TOL
@@ -147,17 +175,32 @@ def test_bilstm_long_padded_batch_matches_numpy_reference():
   # Longer than the 200-frame training windows; batch mixes long, medium and length-1 sequences.
   rng = np.random.default_rng(0)
   d, h, lengths = 3, 4, np.array([450, 173, 1])
-  sd = {f'{k}{s}': rng.uniform(-0.5, 0.5, shape) for s in ('', '_reverse')
-        for k, shape in [('weight_ih_l0', (4 * h, d)), ('weight_hh_l0', (4 * h, h)),
-                         ('bias_ih_l0', (4 * h,)), ('bias_hh_l0', (4 * h,))]}
+  sd = {
+    f'{k}{s}': rng.uniform(-0.5, 0.5, shape)
+    for s in ('', '_reverse')
+    for k, shape in [
+      ('weight_ih_l0', (4 * h, d)),
+      ('weight_hh_l0', (4 * h, h)),
+      ('bias_ih_l0', (4 * h,)),
+      ('bias_hh_l0', (4 * h,)),
+    ]
+  }
   x = rng.normal(size=(3, 450, d))
-  y = np.asarray(models.RNN(h).apply({'params': convert.rnn_params_from_torch(sd, '')},
-                                     jnp.asarray(x, jnp.float32), jnp.asarray(lengths, jnp.int32)))
+  y = np.asarray(
+    models.RNN(h).apply(
+      {'params': convert.rnn_params_from_torch(sd, '')},
+      jnp.asarray(x, jnp.float32),
+      jnp.asarray(lengths, jnp.int32),
+    )
+  )
   for b, n in enumerate(lengths):
-    fw = _np_lstm(x[b, :n], *(sd[k] for k in ('weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0',
-                                              'bias_hh_l0')))
-    bw = _np_lstm(x[b, :n][::-1], *(sd[k + '_reverse'] for k in (
-        'weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0')))[::-1]
+    fw = _np_lstm(
+      x[b, :n], *(sd[k] for k in ('weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0'))
+    )
+    bw = _np_lstm(
+      x[b, :n][::-1],
+      *(sd[k + '_reverse'] for k in ('weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0')),
+    )[::-1]
     np.testing.assert_allclose(y[b, :n], np.concatenate([fw, bw], -1), atol=1e-5)
     assert np.all(y[b, n:] == 0)
 
@@ -191,17 +234,21 @@ def test_regressor_long_padded_batch_independent_of_batchmates():
   x_other = jnp.pad(x[order], ((0, 1), (0, 7), (0, 0)), constant_values=3.0)
   lengths_other = jnp.pad(lengths[order], (0, 1))
   params = _random_params(model, x, lengths)
-  y, y_other = jax.jit(lambda p: (model.apply(p, x, lengths),
-                                  model.apply(p, x_other, lengths_other)))(params)
+  y, y_other = jax.jit(
+    lambda p: (model.apply(p, x, lengths), model.apply(p, x_other, lengths_other))
+  )(params)
   for b, n in enumerate(lengths.tolist()):
     np.testing.assert_allclose(y[b, :n], y_other[list(order).index(b), :n], atol=1e-5)
 
 
-@pytest.mark.parametrize('make', [
+@pytest.mark.parametrize(
+  'make',
+  [
     lambda: _small_regressor(rnn_type='lstm', rnn_n_layers=2),
     lambda: _small_regressor(rnn_type='gru', attn_n_layers=2, pos_encoding=True),
     lambda: models.LateFusion(d_rnn=4, rnn_n_layers=2, n_targets=2),
-])
+  ],
+)
 def test_padding_never_leaks_into_valid_steps(make):
   model = make()
   x = _normal(0, (4, 9, 5))
@@ -215,6 +262,7 @@ def test_padding_never_leaks_into_valid_steps(make):
     def loss(p):
       y = model.apply(p, inputs, lengths)
       return jnp.sum(jnp.where(valid[..., None], y, 0.0) ** 2), y
+
     return jax.grad(loss, has_aux=True)(params)[::-1]
 
   (y, g), (y_junk, g_junk) = outputs_and_grads(x), outputs_and_grads(x_junk)
@@ -234,10 +282,17 @@ def test_dropout_only_when_not_deterministic():
 
   @jax.jit
   def run(p):
-    train = lambda m, seed: m.apply(p, x, lengths, deterministic=False,
-                                    rngs={'dropout': _key(seed)})
-    return (model.apply(p, x, lengths), train(model, 0), train(model, 1), train(model, 0),
-            no_dropout.apply(p, x, lengths), train(no_dropout, 0))
+    train = lambda m, seed: m.apply(
+      p, x, lengths, deterministic=False, rngs={'dropout': _key(seed)}
+    )
+    return (
+      model.apply(p, x, lengths),
+      train(model, 0),
+      train(model, 1),
+      train(model, 0),
+      no_dropout.apply(p, x, lengths),
+      train(no_dropout, 0),
+    )
 
   evaluated, train0, train1, train0_again, plain, plain_train = run(params)
   assert not np.allclose(train0, evaluated)
@@ -251,9 +306,12 @@ def test_rnn_dropout_acts_between_layers_only():
   rnn = models.RNN(4, n_layers=1, dropout=0.5)  # like torch: nothing to drop in one layer
   x, lengths = _normal(0, (2, 5, 3)), jnp.array([5, 3], jnp.int32)
   params = _random_params(rnn, x, lengths)
-  train, evaluated = jax.jit(lambda p: (
+  train, evaluated = jax.jit(
+    lambda p: (
       rnn.apply(p, x, lengths, deterministic=False, rngs={'dropout': _key(0)}),
-      rnn.apply(p, x, lengths)))(params)
+      rnn.apply(p, x, lengths),
+    )
+  )(params)
   np.testing.assert_array_equal(train, evaluated)
 
 
@@ -281,33 +339,55 @@ def test_sinusoidal_encoding_formula():
 
 
 def _model_cfg(**kw):
-  cfg = ml_collections.ConfigDict(dict(
-      name='regressor', d_rnn=16, rnn_type='lstm', rnn_n_layers=1, rnn_bi=True, rnn_dropout=0.0,
-      attn_n_layers=1, n_heads=4, attn_dropout=0.0, pos_encoding=False, d_out_fc=8,
-      out_dropout=0.0, out_bias=(0.0,)))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      name='regressor',
+      d_rnn=16,
+      rnn_type='lstm',
+      rnn_n_layers=1,
+      rnn_bi=True,
+      rnn_dropout=0.0,
+      attn_n_layers=1,
+      n_heads=4,
+      attn_dropout=0.0,
+      pos_encoding=False,
+      d_out_fc=8,
+      out_dropout=0.0,
+      out_bias=(0.0,),
+    )
+  )
   cfg.update(kw)
   return cfg
 
 
 def test_create_model_builds_from_config():
-  model = models.create_model(*config_util.model_fields({**dict(_model_cfg()), 'out_bias': 0.1},
-                                                        n_targets=2))
+  model = models.create_model(
+    *config_util.model_fields({**dict(_model_cfg()), 'out_bias': 0.1}, n_targets=2)
+  )
   assert isinstance(model, models.Regressor)
   assert (model.d_rnn, model.n_heads, model.n_targets, model.out_bias) == (16, 4, 2, (0.1,))
   assert model.attention == 'plain'
   assert models.create_model(*config_util.model_fields(_model_cfg(), 1), 'blocked').attention == (
-      'blocked')
-  fusion = models.create_model(*config_util.model_fields(_model_cfg(name='late_fusion'),
-                                                         n_targets=2))
+    'blocked'
+  )
+  fusion = models.create_model(
+    *config_util.model_fields(_model_cfg(name='late_fusion'), n_targets=2)
+  )
   assert isinstance(fusion, models.LateFusion) and fusion.d_rnn == 16
   x, lengths = jnp.ones((2, 4, 3)), jnp.array([4, 2])
   y = jax.eval_shape(fusion.apply, _random_params(fusion, x, lengths), x, lengths)
   assert y.shape == (2, 4, 2)
 
 
-@pytest.mark.parametrize('override, n_targets, message', [
-    (dict(name='transformer'), 1, r"model\.name='transformer' is unknown; use one of "
-                                  r"\['late_fusion', 'regressor'\]"),
+@pytest.mark.parametrize(
+  'override, n_targets, message',
+  [
+    (
+      dict(name='transformer'),
+      1,
+      r"model\.name='transformer' is unknown; use one of "
+      r"\['late_fusion', 'regressor'\]",
+    ),
     (dict(rnn_type='rnn'), 1, r"model\.rnn_type='rnn' is invalid: use one of \['gru', 'lstm'\]"),
     (dict(d_rnn=18), 1, r'model\.d_rnn=18 is not divisible by config\.model\.n_heads=4'),
     (dict(d_rnn=-16, n_heads=1), 1, r'model\.d_rnn=-16 is invalid: need an integer >= 1'),
@@ -316,10 +396,14 @@ def test_create_model_builds_from_config():
     (dict(rnn_dropout=1.0), 1, r'model\.rnn_dropout=1\.0 is invalid: need a rate in \[0, 1\)'),
     (dict(out_dropout=-0.1), 1, r'model\.out_dropout=-0\.1 is invalid: need a rate in \[0, 1\)'),
     (dict(rnn_bi='yes'), 1, r"model\.rnn_bi='yes' is invalid: need True or False"),
-    (dict(out_bias=(0.0, 0.0, 0.0)), 2,
-     r'model\.out_bias=\(0\.0, 0\.0, 0\.0\) is invalid: need 1 or 2 \(one per target\)'),
+    (
+      dict(out_bias=(0.0, 0.0, 0.0)),
+      2,
+      r'model\.out_bias=\(0\.0, 0\.0, 0\.0\) is invalid: need 1 or 2 \(one per target\)',
+    ),
     ({}, 0, r'n_targets=0 is invalid: need at least one target'),
-])
+  ],
+)
 def test_model_fields_rejects_bad_config(override, n_targets, message):
   cfg = {**dict(_model_cfg()), **override}  # a dict: ConfigDict would type-check some itself
   with pytest.raises(MuseError, match=message) as e:

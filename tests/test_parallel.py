@@ -2,6 +2,7 @@
 
 conftest.py gives this process 8 CPU devices (XLA_FLAGS, set before JAX initialises).
 """
+
 import json
 import os
 import re
@@ -28,9 +29,9 @@ from muse_jax import train
 from muse_jax.data.video import Video
 from muse_jax.errors import MuseError
 
-import helpers  # pylint: disable=wrong-import-order
-from helpers import tiny_config  # pylint: disable=wrong-import-order
-import scripted  # pylint: disable=wrong-import-order
+import helpers
+from helpers import tiny_config
+import scripted
 
 
 def _synthetic_windows(n=13, t=48, d=10, seed=0):
@@ -40,8 +41,17 @@ def _synthetic_windows(n=13, t=48, d=10, seed=0):
   for i, length in enumerate(rng.integers(1, t + 1, size=n)):
     x = rng.normal(size=(length, d)).astype(np.float32)
     y = np.cumsum(x[:, :2], axis=0).astype(np.float32) / 10
-    videos.append(Video(str(i), np.arange(length) * 250, np.ones(length, np.int32), x, y,
-                        ('arousal', 'valence'), (True, True)))
+    videos.append(
+      Video(
+        str(i),
+        np.arange(length) * 250,
+        np.ones(length, np.int32),
+        x,
+        y,
+        ('arousal', 'valence'),
+        (True, True),
+      )
+    )
   return ip.make_windows(videos, t, t)
 
 
@@ -61,6 +71,7 @@ def _one_step(mesh, batch_size=13):
     def loss_of(p):
       pred = model.apply({'params': p}, batch['x'], batch['lengths'])
       return loss_fn(pred, batch['y'], batch['mask'])
+
     return jax.vmap(jax.grad(loss_of))(params)
 
   g = jax.device_get(grads(params, batch))
@@ -88,17 +99,24 @@ def test_a_stopped_seed_is_not_trained_and_mapped_not_even_computed():
   for mapped, (new, loss, finite) in out.items():
     assert finite.all() and np.isfinite(loss[0])
     assert np.isnan(loss[1]) == mapped  # mapped: the stopped seed's step did not run
-    for a, b in zip(jax.tree.leaves((new.params, new.opt_state)),
-                    jax.tree.leaves((before.params, before.opt_state))):
+    for a, b in zip(
+      jax.tree.leaves((new.params, new.opt_state)),
+      jax.tree.leaves((before.params, before.opt_state)),
+    ):
       np.testing.assert_array_equal(a[1], b[1])  # the stopped seed: untouched
-    changed = [not np.array_equal(a[0], b[0]) for a, b in zip(jax.tree.leaves(new.params),
-                                                               jax.tree.leaves(before.params))]
+    changed = [
+      not np.array_equal(a[0], b[0])
+      for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(before.params))
+    ]
     assert all(changed)  # the active seed trained
   assert out[True][1][0] == pytest.approx(out[False][1][0], rel=1e-5)
   # Adam's first move is about +-lr where the gradient is meaningful, noise where it is at
   # rounding level (see the 8-device test): compare the meaningful moves.
-  for a, b, p in zip(jax.tree.leaves(out[True][0].params), jax.tree.leaves(out[False][0].params),
-                     jax.tree.leaves(before.params)):
+  for a, b, p in zip(
+    jax.tree.leaves(out[True][0].params),
+    jax.tree.leaves(out[False][0].params),
+    jax.tree.leaves(before.params),
+  ):
     moved = np.abs(b[0] - p[0]) > 0.5 * config.learning_rate
     np.testing.assert_allclose(a[0][moved], b[0][moved], atol=1e-5)
     assert moved.mean() > 0.5
@@ -142,8 +160,9 @@ def one_epoch(tiny_tree, tmp_path_factory):
     scripted.script_devel(mp)
     for n in (1, 8):
       out[n] = train.train_and_evaluate(
-          tiny_config(tiny_tree, out['data_dir'], num_epochs=1, num_devices=n),
-          str(tmp_path_factory.mktemp(f'devices{n}')))
+        tiny_config(tiny_tree, out['data_dir'], num_epochs=1, num_devices=n),
+        str(tmp_path_factory.mktemp(f'devices{n}')),
+      )
   return out
 
 
@@ -162,12 +181,18 @@ def test_seeds_side_by_side_equal_separate_runs(tiny_tree, tmp_path, monkeypatch
   scripted.script_devel(monkeypatch)
   data_dir = one_epoch['data_dir']
   both = train.train_and_evaluate(
-      tiny_config(tiny_tree, data_dir, num_epochs=1, num_seeds=2, num_devices=1, seed_loop='map'),
-      str(tmp_path / 'map'))
+    tiny_config(tiny_tree, data_dir, num_epochs=1, num_seeds=2, num_devices=1, seed_loop='map'),
+    str(tmp_path / 'map'),
+  )
   for i, seed in enumerate((314, 315)):
-    alone = one_epoch[1] if seed == 314 else train.train_and_evaluate(
+    alone = (
+      one_epoch[1]
+      if seed == 314
+      else train.train_and_evaluate(
         tiny_config(tiny_tree, data_dir, num_epochs=1, seed=seed, data_seed=314, num_devices=1),
-        str(tmp_path / f'seed{seed}'))
+        str(tmp_path / f'seed{seed}'),
+      )
+    )
     got = both['seeds'][i]
     assert got['seed'] == seed
     for t in ('arousal', 'valence'):
@@ -189,13 +214,29 @@ def test_two_processes_train_together_like_one(tiny_tree, tmp_path, one_epoch):
   session's 8 devices), within TOL."""
   data_dir, single = one_epoch['data_dir'], one_epoch[8]
   port = _free_port()
-  env = helpers.child_env(XLA_FLAGS='--xla_force_host_platform_device_count=2',
-                          SCRIPTED_DEVEL=json.dumps({314: scripted.IMPROVING}))
-  procs = [subprocess.Popen(
-      helpers.train_command(f'{tmp_path}/multi', tiny_tree, data_dir,
-                            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-                            f'--process_id={i}', '--config.num_epochs=1', scripted=True),
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  env = helpers.child_env(
+    XLA_FLAGS='--xla_force_host_platform_device_count=2',
+    SCRIPTED_DEVEL=json.dumps({314: scripted.IMPROVING}),
+  )
+  procs = [
+    subprocess.Popen(
+      helpers.train_command(
+        f'{tmp_path}/multi',
+        tiny_tree,
+        data_dir,
+        f'--coordinator_address=127.0.0.1:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+        '--config.num_epochs=1',
+        scripted=True,
+      ),
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
   multi = json.load(open(tmp_path / 'multi' / 'results.json'))
@@ -248,41 +289,63 @@ def test_accelerator_path_trains_like_the_cpu_defaults(tiny_tree, tmp_path):
   data_dir = str(tmp_path / 'tfds')
   common = ('--config.num_epochs=2', '--config.num_seeds=2', '--config.eval_seed=0')
   runs = {}
-  for name, args in (('cpu', ()), *((attention, (
-      f'--config.attention={attention}', '--config.seed_loop=vmap',
-      '--config.reuse_cpu_buffers=False')) for attention in ('plain', 'dot_product'))):
+  for name, args in (
+    ('cpu', ()),
+    *(
+      (
+        attention,
+        (
+          f'--config.attention={attention}',
+          '--config.seed_loop=vmap',
+          '--config.reuse_cpu_buffers=False',
+        ),
+      )
+      for attention in ('plain', 'dot_product')
+    ),
+  ):
     workdir = str(tmp_path / name)
-    proc = helpers.run(helpers.train_command(workdir, tiny_tree, data_dir, *common, *args,
-                                             scripted=True),
-                       str(tmp_path), SCRIPTED_DEVEL=json.dumps(ACCELERATOR_SCRIPT))
+    proc = helpers.run(
+      helpers.train_command(workdir, tiny_tree, data_dir, *common, *args, scripted=True),
+      str(tmp_path),
+      SCRIPTED_DEVEL=json.dumps(ACCELERATOR_SCRIPT),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     picked = re.search(r'seeds \[314, 315\] \((.*?)\), (\w+) attention', proc.stderr)
     assert picked, proc.stderr[-3000:]
     assert 'of 2 seeds' in proc.stdout and 'of their ensemble' in proc.stdout, proc.stdout
-    runs[name] = (picked.groups(), proc.stderr, json.load(open(os.path.join(workdir,
-                                                                             'results.json'))))
+    runs[name] = (
+      picked.groups(),
+      proc.stderr,
+      json.load(open(os.path.join(workdir, 'results.json'))),
+    )
   cpu_pick, cpu_log, cpu = runs['cpu']
   assert cpu_pick == ('one after the other', 'blocked')
-  assert 'large CPU buffers are kept in the heap' in cpu_log   # synchronous dispatch ...
+  assert 'large CPU buffers are kept in the heap' in cpu_log  # synchronous dispatch ...
   assert abs(cpu['devel']['mean_ccc'] - cpu['initial_devel_ccc']) > 10 * TOL  # it trained
   for attention in ('plain', 'dot_product'):
     acc_pick, acc_log, acc = runs[attention]
     assert acc_pick == ('vmapped', attention)
-    assert 'large CPU buffers are kept in the heap' not in acc_log   # ... and JAX's async default
+    assert 'large CPU buffers are kept in the heap' not in acc_log  # ... and JAX's async default
     for a, b in zip(cpu['seeds'], acc['seeds']):
       for split in ('devel', 'test'):
         for t in ('arousal', 'valence'):
           assert b[split][t]['ccc'] == pytest.approx(a[split][t]['ccc'], abs=TOL)
     for target in ('arousal', 'valence'):
       for f in sorted(os.listdir(tmp_path / 'cpu' / 'predictions' / target)):
-        got = [np.loadtxt(tmp_path / w / 'predictions' / target / f, delimiter=',', skiprows=1,
-                          usecols=1, ndmin=1) for w in ('cpu', attention)]
+        got = [
+          np.loadtxt(
+            tmp_path / w / 'predictions' / target / f, delimiter=',', skiprows=1, usecols=1, ndmin=1
+          )
+          for w in ('cpu', attention)
+        ]
         np.testing.assert_allclose(got[1], got[0], atol=5 * TOL)
 
 
 def _fake_split(rng, n_videos, seeds_preds):
-  videos = [types.SimpleNamespace(y=rng.uniform(-1, 1, (30 + 7 * i, 2)), has_labels=True)
-            for i in range(n_videos)]
+  videos = [
+    types.SimpleNamespace(y=rng.uniform(-1, 1, (30 + 7 * i, 2)), has_labels=True)
+    for i in range(n_videos)
+  ]
   return videos, seeds_preds(videos)
 
 
@@ -291,25 +354,32 @@ def test_seed_ensemble_is_the_mean_of_the_seeds_predictions():
   trained = types.SimpleNamespace(best_epoch=3, best_ccc=0.5)
   trackers, initial, seeds = [trained] * 3, [0.1] * 3, [314, 315, 316]
   targets = ['arousal', 'valence']
-  videos, preds = _fake_split(rng, 4, lambda vs: [[rng.normal(size=v.y.shape).astype(np.float32)
-                                                   for v in vs] for _ in range(3)])
+  videos, preds = _fake_split(
+    rng,
+    4,
+    lambda vs: [[rng.normal(size=v.y.shape).astype(np.float32) for v in vs] for _ in range(3)],
+  )
 
   def ensemble(preds, trackers=trackers, initial=initial):
-    return inference.score_ensemble({'devel': (preds, None)}, {'devel': videos}, targets,
-                                    trackers, seeds, initial)
+    return inference.score_ensemble(
+      {'devel': (preds, None)}, {'devel': videos}, targets, trackers, seeds, initial
+    )
 
   got = ensemble(preds)
-  want = metrics.partition_metrics([v.y for v in videos],
-                                   [(preds[0][i].astype(float) + preds[1][i] + preds[2][i]) / 3
-                                    for i in range(4)], targets)
+  want = metrics.partition_metrics(
+    [v.y for v in videos],
+    [(preds[0][i].astype(float) + preds[1][i] + preds[2][i]) / 3 for i in range(4)],
+    targets,
+  )
   assert got['seeds'] == seeds and got['best_epochs'] == [3, 3, 3]
   for t in targets:
     assert got['devel'][t] == pytest.approx(want[t], rel=1e-6)
   # What evaluate/predict write for eval_seed='ensemble' is that same mean, per video.
   mean = inference.combine(preds, schedule.pick_seeds('ensemble', trackers, initial, best=1))
   for i in range(4):
-    np.testing.assert_allclose(mean[i], (preds[0][i] + preds[1][i] + preds[2][i]) / 3,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      mean[i], (preds[0][i] + preds[1][i] + preds[2][i]) / 3, rtol=1e-5, atol=1e-6
+    )
   # Identical seeds: the ensemble is that seed, to the last bit of its predictions and metrics.
   same = [preds[0]] * 3
   single = metrics.partition_metrics([v.y for v in videos], preds[0], targets)
@@ -320,14 +390,20 @@ def test_seed_ensemble_is_the_mean_of_the_seeds_predictions():
   out = ensemble([preds[0], preds[1], preds[2]], [trained, trained, untrained], [0.1, 0.6, 0.1])
   assert out['seeds'] == [314] and out['devel'] == single
   # A member predicting NaN: no ensemble score there (it is not quietly dropped).
-  assert ensemble([preds[0], [np.full_like(p, np.nan) for p in preds[1]], preds[2]])['devel'] is None
+  assert (
+    ensemble([preds[0], [np.full_like(p, np.nan) for p in preds[1]], preds[2]])['devel'] is None
+  )
 
 
 def test_eval_seed_choices():
   trained = types.SimpleNamespace(best_epoch=3, best_ccc=0.5)
   untrained = types.SimpleNamespace(best_epoch=0, best_ccc=float('-inf'))
   assert [config_util.eval_seed(v, 3) for v in ('best', 'Ensemble', '2', 1)] == [
-      'best', 'ensemble', 2, 1]
+    'best',
+    'ensemble',
+    2,
+    1,
+  ]
   for bad in ('3', 3, 'mean', 1.0, '', -1, '-1'):  # -1: no alias of 'best' (one format)
     with pytest.raises(MuseError, match=r"config.eval_seed=.* is invalid: use 'best'"):
       config_util.eval_seed(bad, 3)
@@ -341,11 +417,18 @@ def test_eval_seed_choices():
 
 def _read_predictions(folder, raw=False) -> dict:
   if raw:
-    return {f'{t}/{n}': open(os.path.join(folder, t, n), 'rb').read()
-            for t in sorted(os.listdir(folder)) for n in sorted(os.listdir(os.path.join(folder, t)))}
-  return {f'{t}/{n}': np.loadtxt(os.path.join(folder, t, n), delimiter=',', skiprows=1, usecols=1,
-                                 ndmin=1)
-          for t in sorted(os.listdir(folder)) for n in sorted(os.listdir(os.path.join(folder, t)))}
+    return {
+      f'{t}/{n}': open(os.path.join(folder, t, n), 'rb').read()
+      for t in sorted(os.listdir(folder))
+      for n in sorted(os.listdir(os.path.join(folder, t)))
+    }
+  return {
+    f'{t}/{n}': np.loadtxt(
+      os.path.join(folder, t, n), delimiter=',', skiprows=1, usecols=1, ndmin=1
+    )
+    for t in sorted(os.listdir(folder))
+    for n in sorted(os.listdir(os.path.join(folder, t)))
+  }
 
 
 # Each seed's devel score as its schedule sees it, per epoch (tests/scripted.py): seed 314 is
@@ -361,8 +444,9 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path, monk
   mean of the members' predictions, each member at its best epoch; evaluate reproduces it all
   exactly from the checkpoint."""
   scripted.script_devel(monkeypatch, ENSEMBLE_SCRIPT)
-  config = tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_epochs=3, num_seeds=2,
-                       eval_seed='ensemble')
+  config = tiny_config(
+    tiny_tree, str(tmp_path / 'tfds'), num_epochs=3, num_seeds=2, eval_seed='ensemble'
+  )
   work = str(tmp_path / 'w')
   results = train.train_and_evaluate(config, work)
   ens = results['ensemble']
@@ -371,15 +455,19 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path, monk
   assert [(s['seed'], s['best_epoch']) for s in results['seeds']] == [(314, 2), (315, 3)]
   assert ens['seeds'] == [314, 315] and ens['best_epochs'] == [2, 3]  # two members, both kept
   for split in ('devel', 'test'):
-    assert all(np.isfinite(ens[split][t][m]) for t in ('arousal', 'valence')
-               for m in ('ccc', 'pcc', 'rmse'))
+    assert all(
+      np.isfinite(ens[split][t][m]) for t in ('arousal', 'valence') for m in ('ccc', 'pcc', 'rmse')
+    )
     cccs = [s[split]['mean_ccc'] for s in results['seeds']]
     assert results[f'{split}_ccc_mean'] == pytest.approx(np.mean(cccs), rel=1e-9, abs=1e-12)
     # ddof: see issue 29 (the seeds' spread is the sample std)
     assert results[f'{split}_ccc_std'] == pytest.approx(np.std(cccs, ddof=1), rel=1e-9, abs=1e-12)
   per_video = results['per_video']
-  devel_ids = [l.split(',')[0] for l in open(os.path.join(tiny_tree, 'metadata', 'partition.csv'))
-               if l.strip().endswith(',devel')]
+  devel_ids = [
+    l.split(',')[0]
+    for l in open(os.path.join(tiny_tree, 'metadata', 'partition.csv'))
+    if l.strip().endswith(',devel')
+  ]
   assert sorted(per_video['devel']) == sorted(set(devel_ids))
   assert all(-1 <= c[t] <= 1 for c in per_video['devel'].values() for t in ('arousal', 'valence'))
   assert os.path.exists(os.path.join(work, 'plots', 'per_video_devel_ccc.png'))
@@ -388,9 +476,14 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path, monk
   written = _read_predictions(os.path.join(work, 'predictions'))
   written_bytes = _read_predictions(os.path.join(work, 'predictions'), raw=True)
   said = lambda: json.load(open(os.path.join(work, 'predictions.json')))
-  assert said() == {'written_by': 'train', 'what': 'the ensemble of seeds 314, 315',
-                    'eval_seed': 'ensemble', 'seed': 'ensemble', 'best_epoch': 3,
-                    'results': 'results.json'}
+  assert said() == {
+    'written_by': 'train',
+    'what': 'the ensemble of seeds 314, 315',
+    'eval_seed': 'ensemble',
+    'seed': 'ensemble',
+    'best_epoch': 3,
+    'results': 'results.json',
+  }
   # Each member's own predictions (evaluate with a seed index rewrites predictions/) ...
   per_seed = []
   for seed in ens['seeds']:
@@ -399,17 +492,22 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path, monk
     per_seed.append(_read_predictions(os.path.join(work, 'predictions')))
     # predictions/ now hold that seed's, and say so (results.json still says training's choice).
     assert (said()['written_by'], said()['seed'], said()['results']) == (
-        'evaluate', seed, 'eval_results.json')
+      'evaluate',
+      seed,
+      'eval_results.json',
+    )
     assert json.load(open(os.path.join(work, 'results.json')))['seed'] == 'ensemble'
   # Two different members (else their mean would be either one of them) ...
   assert any(not np.allclose(per_seed[0][n], per_seed[1][n], atol=1e-3) for n in written)
   for name, got in written.items():  # ... averaged: the ensemble (to the CSVs' 7 digits)
-    np.testing.assert_allclose(got, np.mean([p[name] for p in per_seed], axis=0), rtol=1e-6,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      got, np.mean([p[name] for p in per_seed], axis=0), rtol=1e-6, atol=1e-6
+    )
   config.eval_seed = 'ensemble'
   again = modes.evaluate(config, work)
   assert {k: again[k] for k in ('seed', 'devel', 'test', 'ensemble', 'per_video')} == {
-      k: results[k] for k in ('seed', 'devel', 'test', 'ensemble', 'per_video')}
+    k: results[k] for k in ('seed', 'devel', 'test', 'ensemble', 'per_video')
+  }
   assert _read_predictions(os.path.join(work, 'predictions'), raw=True) == written_bytes
   out = modes.predict(config, work)
   assert out['seed'] == 'ensemble' and out['ensemble']['seeds'] == ens['seeds']
@@ -420,4 +518,3 @@ def test_eval_seed_ensemble_writes_the_mean_everywhere(tiny_tree, tmp_path, monk
   x = np.random.default_rng(0).normal(size=(40, sum(predictor.dims))).astype(np.float32)
   members = [predictor_lib.Predictor(work, seed - 314)(x) for seed in ens['seeds']]
   np.testing.assert_allclose(predictor(x), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
-

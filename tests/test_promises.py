@@ -7,6 +7,7 @@ The CLI checks share one tiny workdir trained by the command a user runs (one CP
 session's compilation cache): a first run meets a full disk at its second checkpoint, the same
 command then resumes it; later checks run evaluate/predict on it or on copies.
 """
+
 import json
 import os
 import re
@@ -22,8 +23,12 @@ from muse_jax import reproduce
 from muse_jax import sources
 from muse_jax.data import build
 from muse_jax.data import layout
-from helpers import one_error, ok, run_main  # pylint: disable=wrong-import-order
-from helpers import tiny_config, write_lines  # pylint: disable=wrong-import-order
+
+from helpers import ok
+from helpers import one_error
+from helpers import run_main
+from helpers import tiny_config
+from helpers import write_lines
 
 TARGETS = ('arousal', 'valence')
 EPOCH_LINE = re.compile(r'\] epoch +[1-9]\d* ')  # a trained epoch (0: the untrained score)
@@ -102,7 +107,8 @@ def test_main_job_table_linear_column_and_rerun(job_run):
     with open(os.path.join(out, 'runs', f'tiny_{target}', 'results.json'), encoding='utf-8') as f:
       results = json.load(f)
     assert [devel, test] == pytest.approx(
-        [results['devel'][target]['ccc'], results['test'][target]['ccc']], abs=6e-5)
+      [results['devel'][target]['ccc'], results['test'][target]['ccc']], abs=6e-5
+    )
     assert cells[3] == f'{results["best_epoch"]} / {results["epochs_run"]}'
     assert linear == pytest.approx(_ridge_devel_ccc(out, target), abs=1e-4), target
   assert len(EPOCH_LINE.findall(first)) >= 2 * len(TARGETS)
@@ -110,7 +116,8 @@ def test_main_job_table_linear_column_and_rerun(job_run):
   assert not EPOCH_LINE.findall(again)
   assert again.count('resuming after epoch') == len(TARGETS)
   assert {t: c[:4] for t, c in _table_rows(table_again).items()} == {
-      t: c[:4] for t, c in rows.items()}
+    t: c[:4] for t, c in rows.items()
+  }
   assert state_again == state
 
 
@@ -129,21 +136,23 @@ def _ridge_devel_ccc(out, target) -> float:
   assert (std > 0).all()  # no constant column (those are centred, not scaled)
   z = lambda a: (np.asarray(a, np.float64) - mean) / (std + 1e-6)
   d = x.shape[1]
-  a = np.vstack([np.hstack([z(x), np.ones((len(x), 1))]),
-                 np.hstack([np.eye(d), np.zeros((d, 1))])])
+  a = np.vstack([np.hstack([z(x), np.ones((len(x), 1))]), np.hstack([np.eye(d), np.zeros((d, 1))])])
   w = np.linalg.lstsq(a, np.concatenate([y, np.zeros(d)]), rcond=None)[0]
   devel = [v for v in videos['devel'] if v.has_labels]
   assert devel
-  return _ccc(np.concatenate([z(v.x) @ w[:-1] + w[-1] for v in devel]),
-              np.concatenate([v.y[:, 0] for v in devel]))
+  return _ccc(
+    np.concatenate([z(v.x) @ w[:-1] + w[-1] for v in devel]),
+    np.concatenate([v.y[:, 0] for v in devel]),
+  )
 
 
 # ------------------------------------------------------------------------------------------------
 # Through the CLI on one trained workdir: a run whose checkpoint of epoch 2 met a full disk, then
 # the same command again (both started from their own folder with relative paths).
 
-CHECKPOINT_2_FULL = json.dumps({'errno': 'ENOSPC', 'path': '/checkpoints/2.orbax-checkpoint-tmp',
-                                'at': 'write'})
+CHECKPOINT_2_FULL = json.dumps(
+  {'errno': 'ENOSPC', 'path': '/checkpoints/2.orbax-checkpoint-tmp', 'at': 'write'}
+)
 # Training goes through tests/scripted_main.py: the devel score its schedule sees improves every
 # epoch, so the kept epoch is the last on any CPU (whether a real one improves is float-level).
 SCRIPTED = json.dumps({314: [0.8, 0.9]})
@@ -159,8 +168,13 @@ class Trained:
     self.data_dir = os.path.join(base, 'tfds')
 
   def args(self, *more, workdir=None, data_root=None, data_dir=None):
-    return (f'--workdir={workdir or self.workdir}', f'--data_root={data_root or self.tree}',
-            f'--data_dir={data_dir or self.data_dir}', '--config.num_epochs=2', *more)
+    return (
+      f'--workdir={workdir or self.workdir}',
+      f'--data_root={data_root or self.tree}',
+      f'--data_dir={data_dir or self.data_dir}',
+      '--config.num_epochs=2',
+      *more,
+    )
 
   def json(self, name, workdir=None):
     with open(os.path.join(workdir or self.workdir, name), encoding='utf-8') as f:
@@ -173,8 +187,9 @@ def trained(tiny_tree, tmp_path_factory):
   rel = os.path.relpath(tiny_tree, base)
   assert not os.path.isabs(rel)
   args = ('--workdir=work', f'--data_root={rel}', '--data_dir=tfds', '--config.num_epochs=2')
-  fault = run_main(*args, cwd=base, module='fault_main', MUSE_FAULT=CHECKPOINT_2_FULL,
-                   SCRIPTED_DEVEL=SCRIPTED)
+  fault = run_main(
+    *args, cwd=base, module='fault_main', MUSE_FAULT=CHECKPOINT_2_FULL, SCRIPTED_DEVEL=SCRIPTED
+  )
   kept = sorted(os.listdir(os.path.join(base, 'work', 'checkpoints')))
   log = ok(run_main(*args, cwd=base, module='scripted_main', SCRIPTED_DEVEL=SCRIPTED))
   return Trained(base, os.path.abspath(os.path.join(base, rel)), fault, kept, log)
@@ -190,8 +205,9 @@ def unlabelled(trained):
     shutil.copytree(src, dst)
     ids = sorted(n[:-4] for n in os.listdir(dst))
   os.makedirs(os.path.join(root, os.path.dirname(layout.PARTITION_CSV)))
-  write_lines(os.path.join(root, layout.PARTITION_CSV),
-              ['Id,Proposal'] + [f'{i},test' for i in ids])
+  write_lines(
+    os.path.join(root, layout.PARTITION_CSV), ['Id,Proposal'] + [f'{i},test' for i in ids]
+  )
   return root, ids
 
 
@@ -216,14 +232,23 @@ def test_evaluate_through_the_cli_reproduces_training_metrics(trained, tmp_path)
       assert set(again[split][target]) == set(results[split][target])
       for name, value in results[split][target].items():
         assert again[split][target][name] == pytest.approx(value, abs=1e-5, nan_ok=True), (
-            split, target, name)
+          split,
+          target,
+          name,
+        )
   assert trained.json('predictions.json')['written_by'] == 'evaluate'
 
 
 def test_predict_through_the_cli_needs_no_labels(trained, unlabelled, tmp_path):
   root, ids = unlabelled
-  ok(run_main(*trained.args('--mode=predict', data_root=root,
-                            data_dir=os.path.join(trained.base, 'tfds_new')), cwd=str(tmp_path)))
+  ok(
+    run_main(
+      *trained.args(
+        '--mode=predict', data_root=root, data_dir=os.path.join(trained.base, 'tfds_new')
+      ),
+      cwd=str(tmp_path),
+    )
+  )
   out = os.path.join(trained.workdir, 'predict')
   assert trained.json('predict.json')['videos'] == {'train': 0, 'devel': 0, 'test': len(ids)}
   for target in TARGETS:
@@ -237,16 +262,20 @@ def test_predict_through_the_cli_needs_no_labels(trained, unlabelled, tmp_path):
       theirs = theirs.set_index('timestamp')
       common = mine[mine.timestamp.isin(theirs.index)]
       assert len(common) >= 0.9 * len(theirs), vid
-      np.testing.assert_allclose(common.value, theirs.loc[common.timestamp, 'value'], rtol=1e-4,
-                                 atol=1e-4)
+      np.testing.assert_allclose(
+        common.value, theirs.loc[common.timestamp, 'value'], rtol=1e-4, atol=1e-4
+      )
 
 
 def test_predict_refuses_to_replace_the_training_build(trained, unlabelled, tmp_path):
   root, _ = unlabelled
   before = _tree_files(trained.data_dir)
-  one_error(run_main(*trained.args('--mode=predict', data_root=root), cwd=str(tmp_path)),
-            f'{trained.data_dir}: holds the build of the training tree {trained.tree}',
-            f'predicting on {root} would replace it', 'pass another --data_dir')
+  one_error(
+    run_main(*trained.args('--mode=predict', data_root=root), cwd=str(tmp_path)),
+    f'{trained.data_dir}: holds the build of the training tree {trained.tree}',
+    f'predicting on {root} would replace it',
+    'pass another --data_dir',
+  )
   assert _tree_files(trained.data_dir) == before
 
 
@@ -255,14 +284,20 @@ def test_evaluate_refuses_another_preprocessing(trained, tmp_path):
   (data_root: a copy of the training tree, with its own data_dir)."""
   copy = str(tmp_path / 'copy')
   shutil.copytree(trained.tree, copy)
-  cases = {'normalize': ('--config.normalize=none',), 'nan_policy': ('--config.nan_policy=error',),
-           'data_root': ()}
+  cases = {
+    'normalize': ('--config.normalize=none',),
+    'nan_policy': ('--config.nan_policy=error',),
+    'data_root': (),
+  }
   before = _tree_files(trained.workdir)
   for field, more in cases.items():
     other = {'data_root': copy, 'data_dir': str(tmp_path / 'tfds')} if field == 'data_root' else {}
-    line = one_error(run_main(*trained.args('--mode=evaluate', *more, **other), cwd=str(tmp_path)),
-                     f'{trained.workdir}: evaluating with {field}=', f'trained with {field}=',
-                     f'{field} cannot change')
+    line = one_error(
+      run_main(*trained.args('--mode=evaluate', *more, **other), cwd=str(tmp_path)),
+      f'{trained.workdir}: evaluating with {field}=',
+      f'trained with {field}=',
+      f'{field} cannot change',
+    )
     assert line.count(f'{field}=') == 2, line
   assert _tree_files(trained.workdir) == before
   assert not os.path.exists(tmp_path / 'tfds')  # nothing built either
@@ -275,8 +310,13 @@ def test_evaluate_refuses_another_preprocessing(trained, tmp_path):
 
 
 def test_disk_full_at_a_checkpoint_keeps_the_last_good_one_and_the_same_command_resumes(trained):
-  one_error(trained.fault, f'{trained.workdir}/checkpoints/2', 'cannot write (the disk is full)',
-            'last good checkpoint', 'rerun the same command')
+  one_error(
+    trained.fault,
+    f'{trained.workdir}/checkpoints/2',
+    'cannot write (the disk is full)',
+    'last good checkpoint',
+    'rerun the same command',
+  )
   assert '1' in trained.fault_checkpoints and '2' not in trained.fault_checkpoints
   assert 'resuming after epoch 1' in trained.log
   assert sorted(os.listdir(os.path.join(trained.workdir, 'checkpoints'))) == ['1', '2']
@@ -294,9 +334,16 @@ def test_disk_full_writing_predictions_leaves_every_file_whole(trained, tmp_path
   work = _copy(trained, tmp_path)
   checkpoints = _tree_files(os.path.join(work, 'checkpoints'))
   fault = json.dumps({'errno': 'ENOSPC', 'path': f'{work}/predict/', 'at': 'write'})
-  one_error(run_main(*trained.args('--mode=predict', workdir=work), cwd=str(tmp_path),
-                     module='fault_main', MUSE_FAULT=fault),
-            f'{work}/predict/', 'cannot write (the disk is full)')
+  one_error(
+    run_main(
+      *trained.args('--mode=predict', workdir=work),
+      cwd=str(tmp_path),
+      module='fault_main',
+      MUSE_FAULT=fault,
+    ),
+    f'{work}/predict/',
+    'cannot write (the disk is full)',
+  )
   assert _tree_files(os.path.join(work, 'checkpoints')) == checkpoints
   assert not os.path.exists(os.path.join(work, 'predict.json'))
   for parent, _, names in os.walk(os.path.join(work, 'predict')):
@@ -307,16 +354,25 @@ def test_read_only_disk_is_one_line_naming_the_path(trained, tmp_path):
   # At the start: the workdir's write probe.
   fresh = str(tmp_path / 'fresh')
   fault = json.dumps({'errno': 'EROFS', 'path': fresh, 'at': 'open'})
-  one_error(run_main(*trained.args(workdir=fresh), cwd=str(tmp_path), module='fault_main',
-                     MUSE_FAULT=fault),
-            f'{fresh}: cannot write to it (it is on a read-only file system)')
+  one_error(
+    run_main(
+      *trained.args(workdir=fresh), cwd=str(tmp_path), module='fault_main', MUSE_FAULT=fault
+    ),
+    f'{fresh}: cannot write to it (it is on a read-only file system)',
+  )
   # Midway: the disk turned read-only before predict wrote its summary.
   work = _copy(trained, tmp_path)
   checkpoints = _tree_files(os.path.join(work, 'checkpoints'))
   fault = json.dumps({'errno': 'EROFS', 'path': f'{work}/predict.json', 'at': 'open'})
-  one_error(run_main(*trained.args('--mode=predict', workdir=work), cwd=str(tmp_path),
-                     module='fault_main', MUSE_FAULT=fault),
-            f'{work}/predict.json: cannot write (the file system is read-only)')
+  one_error(
+    run_main(
+      *trained.args('--mode=predict', workdir=work),
+      cwd=str(tmp_path),
+      module='fault_main',
+      MUSE_FAULT=fault,
+    ),
+    f'{work}/predict.json: cannot write (the file system is read-only)',
+  )
   assert _tree_files(os.path.join(work, 'checkpoints')) == checkpoints
   assert not [n for n in os.listdir(work) if n.startswith('predict.json')]
 
@@ -329,8 +385,13 @@ def test_late_fusion_reads_exactly_the_best_n_runs_by_devel_ccc(tiny_tree, tmp_p
   """Five first-level runs (4 sets + egemaps+fasttext), faked as finished with chosen devel CCCs:
   the late-fusion run reads the best N of them, in run order; a run without a finite devel CCC
   ranks last; 0 (or N >= the number of runs) reads all."""
-  devel = {'au': 0.5, 'egemaps': 0.3, 'fasttext': 0.7, 'vggface': float('nan'),
-           'egemaps+fasttext': 0.6}
+  devel = {
+    'au': 0.5,
+    'egemaps': 0.3,
+    'fasttext': 0.7,
+    'vggface': float('nan'),
+    'egemaps+fasttext': 0.6,
+  }
   fused = []  # each late-fusion run's fusion_runs
 
   def finished(config, workdir):
@@ -342,11 +403,14 @@ def test_late_fusion_reads_exactly_the_best_n_runs_by_devel_ccc(tiny_tree, tmp_p
 
   monkeypatch.setattr(reproduce, 'train_once', finished)
   out = str(tmp_path / 'out')
-  for top, want in ((3, {'fasttext', 'egemaps+fasttext', 'au'}),
-                    (4, {'fasttext', 'egemaps+fasttext', 'au', 'egemaps'}),
-                    (0, set(devel)), (5, set(devel)), (9, set(devel))):
-    runs = reproduce.run(out, tiny_tree, config_name='tiny', targets=('valence',),
-                         fusion_top=top)
+  for top, want in (
+    (3, {'fasttext', 'egemaps+fasttext', 'au'}),
+    (4, {'fasttext', 'egemaps+fasttext', 'au', 'egemaps'}),
+    (0, set(devel)),
+    (5, set(devel)),
+    (9, set(devel)),
+  ):
+    runs = reproduce.run(out, tiny_tree, config_name='tiny', targets=('valence',), fusion_top=top)
     first, late = runs[:-1], runs[-1]
     assert sorted(r.inputs for r in first) == sorted(devel)
     order = [r.inputs for r in first if r.inputs in want]  # run order, not rank order
@@ -368,7 +432,7 @@ def test_only_process_0_builds_the_dataset(tiny_tree, tmp_path, monkeypatch, ind
   workdir = str(tmp_path / 'work')
   os.makedirs(workdir)
   me, events = [index], []
-  real_build = build._build  # pylint: disable=protected-access
+  real_build = build._build
 
   def recorded_build(*args, **kwargs):
     events.append(('build', me[0], args[2]))  # (root, data_dir, name, ...)

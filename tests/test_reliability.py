@@ -4,6 +4,7 @@ The kill and determinism tests run the real command (`python -m muse_jax.main`) 
 processes, as a user or a cluster scheduler would; they share the session's compilation cache
 through JAX_* environment variables, so only the first child compiles.
 """
+
 import json
 import os
 import re
@@ -22,9 +23,10 @@ from muse_jax import train
 from muse_jax.data import layout
 from muse_jax.data import reader
 from muse_jax.errors import MuseError
-import helpers  # pylint: disable=wrong-import-order
-from helpers import tiny_config  # pylint: disable=wrong-import-order
-import scripted  # pylint: disable=wrong-import-order
+
+import helpers
+from helpers import tiny_config
+import scripted
 
 # Exercises every piece of host state a resume must restore: two seeds side by side, dropout
 # (keys folded with the step), plateau lr cuts and a seed that early-stops before the end. When
@@ -32,10 +34,16 @@ import scripted  # pylint: disable=wrong-import-order
 # seed 314 improves up to epoch 3, then its lr is cut at epochs 5 and 7 and it stops after epoch
 # 8 (patience 5); seed 315 improves every epoch and runs all 10. The predictions written are the
 # seeds' ensemble, each seed at its own best epoch (3 and 10): resume must restore both.
-HARD = ['--config.num_epochs=10', '--config.learning_rate=0.03', '--config.plateau_patience=1',
-        '--config.early_stopping_patience=5', '--config.num_seeds=2',
-        '--config.model.out_dropout=0.3', '--config.model.attn_dropout=0.1',
-        '--config.eval_seed=ensemble']
+HARD = [
+  '--config.num_epochs=10',
+  '--config.learning_rate=0.03',
+  '--config.plateau_patience=1',
+  '--config.early_stopping_patience=5',
+  '--config.num_seeds=2',
+  '--config.model.out_dropout=0.3',
+  '--config.model.attn_dropout=0.1',
+  '--config.eval_seed=ensemble',
+]
 # Above any untrained model's real score: what the kept parameters must beat (inference.score_best).
 SCRIPTED = {314: [0.7, 0.8, 0.9], 315: [0.5 + 0.05 * e for e in range(1, 11)]}
 # Some exporters write FLT_MAX for a missing value: finite, so the reader keeps it, but the CCC
@@ -52,20 +60,28 @@ def command(workdir, tree, data_dir, *args, scripted=None):
   """The real CLI; with HARD (or scripted=True), through tests/scripted_main.py (devel scores of
   the schedule scripted: SCRIPTED)."""
   if scripted is None:
-    scripted = args[:len(HARD)] == tuple(HARD)
+    scripted = args[: len(HARD)] == tuple(HARD)
   return helpers.train_command(workdir, tree, data_dir, *args, scripted=scripted)
 
 
 def run(workdir, tree, data_dir, *args, scripted=None):
-  return helpers.run(command(workdir, tree, data_dir, *args, scripted=scripted),
-                     os.path.dirname(workdir), SCRIPTED_DEVEL=json.dumps(SCRIPTED))
+  return helpers.run(
+    command(workdir, tree, data_dir, *args, scripted=scripted),
+    os.path.dirname(workdir),
+    SCRIPTED_DEVEL=json.dumps(SCRIPTED),
+  )
 
 
 def run_and_kill(workdir, tree, data_dir, after_epochs, *args):
   """Starts the command and SIGKILLs it once it has logged `after_epochs` epochs."""
-  proc = subprocess.Popen(command(workdir, tree, data_dir, *args), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env=env(),
-                          cwd=os.path.dirname(workdir))
+  proc = subprocess.Popen(
+    command(workdir, tree, data_dir, *args),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env(),
+    cwd=os.path.dirname(workdir),
+  )
   seen, log = set(), []
   for line in proc.stderr:
     log.append(line)
@@ -82,8 +98,10 @@ def run_and_kill(workdir, tree, data_dir, after_epochs, *args):
 
 def outputs(workdir):
   """What a run leaves for the user: results (no timings), per-epoch log, prediction bytes."""
+
   def untimed(d):
     return {k: v for k, v in d.items() if not k.endswith('seconds')}
+
   with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:
     results = untimed(json.load(f))
   with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
@@ -133,11 +151,12 @@ def uninterrupted(tiny_tree, data_dir, tmp_path_factory):
 # kill -9, then the same command again.
 
 
-def test_kill_9_and_rerun_ends_exactly_as_uninterrupted(uninterrupted, tiny_tree, data_dir,
-                                                        tmp_path):
+def test_kill_9_and_rerun_ends_exactly_as_uninterrupted(
+  uninterrupted, tiny_tree, data_dir, tmp_path
+):
   workdir = str(tmp_path / 'work')
-  run_and_kill(workdir, tiny_tree, data_dir, 1, *HARD)   # during or right after epoch 1's save
-  run_and_kill(workdir, tiny_tree, data_dir, 4, *HARD)   # a few epochs later, resumed
+  run_and_kill(workdir, tiny_tree, data_dir, 1, *HARD)  # during or right after epoch 1's save
+  run_and_kill(workdir, tiny_tree, data_dir, 4, *HARD)  # a few epochs later, resumed
   ckpt = os.path.join(workdir, 'checkpoints')
   steps = [int(n) for n in os.listdir(ckpt) if n.isdigit()]
   assert steps and max(steps) < 10
@@ -191,9 +210,11 @@ def sentinel_tree(tiny_tree, dst):
   """A copy of the tiny tree and its shortest train video (its windows fall in few batches)."""
   root = os.path.join(str(dst), 'root')
   shutil.copytree(tiny_tree, root)
+
   def frames(vid):
     with open(layout.label_path(root, 'arousal', vid), encoding='utf-8') as f:
       return sum(1 for _ in f)
+
   vid = min((v for v, p in reader.read_partition(root).items() if p == 'train'), key=frames)
   return root, vid
 
@@ -214,13 +235,17 @@ def bad_steps(config, workdir, epochs) -> list:
   """(epoch, 1-based step) of every train batch holding a sentinel label, in training order."""
   videos, _ = sources.prepare_data(config_util.parse(config), workdir, fit_stats=False)
   w = ip.make_windows(videos['train'], config.win_len, config.hop_len)
-  return [(e, i + 1) for e in epochs
-          for i, b in enumerate(ip.train_batches(w, config.batch_size, config.seed, e))
-          if np.abs(b['y']).max() > 1e37]
+  return [
+    (e, i + 1)
+    for e in epochs
+    for i, b in enumerate(ip.train_batches(w, config.batch_size, config.seed, e))
+    if np.abs(b['y']).max() > 1e37
+  ]
 
 
-def test_nonfinite_stop_keeps_last_good_checkpoint_then_skip_goes_on(tiny_tree, tmp_path,
-                                                                     monkeypatch):
+def test_nonfinite_stop_keeps_last_good_checkpoint_then_skip_goes_on(
+  tiny_tree, tmp_path, monkeypatch
+):
   scripted.script_devel(monkeypatch)  # the in-process runs end in exit 0 on any CPU
   root, vid = sentinel_tree(tiny_tree, tmp_path)
   data_dir, workdir = str(tmp_path / 'tfds'), str(tmp_path / 'work')
@@ -247,8 +272,7 @@ def test_nonfinite_stop_keeps_last_good_checkpoint_then_skip_goes_on(tiny_tree, 
   assert results['epochs_run'] == 4 and results['skipped_steps'] == len(bad) > 0
   with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
     logged = [json.loads(l) for l in f]
-  assert [r['skipped_steps'] for r in logged] == [
-      0, 0, sum(e == 3 for e, _ in bad), len(bad)]
+  assert [r['skipped_steps'] for r in logged] == [0, 0, sum(e == 3 for e, _ in bad), len(bad)]
   assert all(np.isfinite(r['seeds'][0]['train_loss']) for r in logged)
   assert np.isfinite(results['devel']['mean_ccc'])
 
@@ -259,7 +283,10 @@ def test_nonfinite_in_first_epoch_leaves_no_checkpoint(tiny_tree, data_dir, tmp_
   with pytest.raises(MuseError) as e:
     train.train_and_evaluate(config, str(tmp_path / 'work'))
   msg = str(e.value)
-  assert re.fullmatch(r'non-finite loss or gradient at epoch 1, step \d+ of \d+, seed 314; '
-                      r'no checkpoint was written; lower learning_rate, check the inputs, or set '
-                      r'--config.nonfinite_policy=skip', msg), msg
+  assert re.fullmatch(
+    r'non-finite loss or gradient at epoch 1, step \d+ of \d+, seed 314; '
+    r'no checkpoint was written; lower learning_rate, check the inputs, or set '
+    r'--config.nonfinite_policy=skip',
+    msg,
+  ), msg
   assert not os.listdir(os.path.join(tmp_path, 'work', 'checkpoints'))

@@ -1,12 +1,13 @@
 """run.sh's setup installs the JAX plugin of the machine's accelerator (`./run.sh accel` says
 which), so a GPU slot never measures jaxlib's CPU backend by mistake."""
+
 import os
 import re
 import subprocess
 
 import pytest
 
-import helpers  # pylint: disable=wrong-import-order
+import helpers
 
 REPO = helpers.REPO
 
@@ -16,20 +17,34 @@ def accel(tmp_path, driver=None, override=None):
   fake = tmp_path / 'bin'
   fake.mkdir(exist_ok=True)
   smi = fake / 'nvidia-smi'
-  smi.write_text('#!/bin/sh\n' + (f'echo {driver}\n' if driver else  # as a missing driver does:
-                                  'echo "NVIDIA-SMI has failed because it couldn\'t communicate '
-                                  'with the NVIDIA driver."; exit 9\n'))
+  smi.write_text(
+    '#!/bin/sh\n'
+    + (
+      f'echo {driver}\n'
+      if driver
+      # as a missing driver does:
+      else 'echo "NVIDIA-SMI has failed because it couldn\'t communicate '
+      'with the NVIDIA driver."; exit 9\n'
+    )
+  )
   smi.chmod(0o755)
   env = dict(os.environ, PATH=f'{fake}{os.pathsep}{os.environ["PATH"]}')
   env.pop('MUSE_JAX_ACCEL', None)
   if override:
     env['MUSE_JAX_ACCEL'] = override
-  return subprocess.run(['bash', os.path.join(REPO, 'run.sh'), 'accel'], capture_output=True,
-                        text=True, env=env, timeout=60)
+  return subprocess.run(
+    ['bash', os.path.join(REPO, 'run.sh'), 'accel'],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=60,
+  )
 
 
-@pytest.mark.parametrize('driver, want', [('580.65.06', 'cuda13'), ('590.12', 'cuda13'),
-                                          ('550.54.15', 'cuda12'), (None, 'cpu')])
+@pytest.mark.parametrize(
+  'driver, want',
+  [('580.65.06', 'cuda13'), ('590.12', 'cuda13'), ('550.54.15', 'cuda12'), (None, 'cpu')],
+)
 def test_accelerator_from_the_driver(tmp_path, driver, want):
   if driver is None and any(re.fullmatch(r'accel\d+', n) for n in os.listdir('/dev')):
     want = 'tpu'

@@ -4,6 +4,7 @@ each member's own schedule, sweep.json/md/png, refusals before any compute, resu
 Runs are tiny, in child processes with one CPU device; the schedule's devel scores are scripted
 (tests/scripted_main.py) where a test needs a plateau cut or an early stop at a known epoch.
 """
+
 import json
 import os
 import shutil
@@ -18,7 +19,8 @@ import pytest
 from muse_jax import config_util
 from muse_jax import sweep
 from muse_jax.errors import MuseError
-import helpers  # pylint: disable=wrong-import-order
+
+import helpers
 
 REPO = helpers.REPO
 # 2 dropout rates (a member's own) x 2 head widths (shapes: a group each) x 2 seeds = 8 members.
@@ -31,10 +33,18 @@ SCRIPT = {'314': [0.5, 0.6], '315': [0.4, 0.7]}
 
 def _run(tree, data_dir, workdir, *flags, script=None, module=False):
   """2 epochs, through scripted_main (`script` or SCRIPT), or `module`: the real command."""
-  return helpers.run(helpers.train_command(workdir, tree, data_dir, '--config.num_epochs=2',
-                                           '--config.bootstrap_samples=100', *flags,
-                                           scripted=not module),
-                     SCRIPTED_DEVEL=json.dumps(script or SCRIPT))
+  return helpers.run(
+    helpers.train_command(
+      workdir,
+      tree,
+      data_dir,
+      '--config.num_epochs=2',
+      '--config.bootstrap_samples=100',
+      *flags,
+      scripted=not module,
+    ),
+    SCRIPTED_DEVEL=json.dumps(script or SCRIPT),
+  )
 
 
 _ok = helpers.passed
@@ -60,17 +70,23 @@ def test_sweep_trains_the_product_times_seeds_in_groups_by_shape(swept):
   # The dropout rate is a member's own (traced in one step); the head's width changes shapes:
   # a group each.
   assert [(g['name'], g['shared'], g['members']) for g in r['groups']] == [
-      ('g0', {'model.d_out_fc': 16}, 4), ('g1', {'model.d_out_fc': 8}, 4)]
+    ('g0', {'model.d_out_fc': 16}, 4),
+    ('g1', {'model.d_out_fc': 8}, 4),
+  ]
   for g in r['groups']:
     res = _json(os.path.join(g['workdir'], 'results.json'))
     assert [s['overrides'] for s in res['seeds']] == [
-        {'model.out_dropout': 0.0, 'seed': 314}, {'model.out_dropout': 0.0, 'seed': 315},
-        {'model.out_dropout': 0.3, 'seed': 314}, {'model.out_dropout': 0.3, 'seed': 315}]
+      {'model.out_dropout': 0.0, 'seed': 314},
+      {'model.out_dropout': 0.0, 'seed': 315},
+      {'model.out_dropout': 0.3, 'seed': 314},
+      {'model.out_dropout': 0.3, 'seed': 315},
+    ]
     # one compiled program for all four members: one 'data:' line (one run) per group
   assert swept['proc'].stderr.count('] data: ') == 2
   rows = r['rows']
-  assert [(x['setting']['model.out_dropout'], x['setting']['model.d_out_fc'], x['seed'])
-          for x in rows][:4] == [(0.0, 16, 314), (0.0, 16, 315), (0.3, 16, 314), (0.3, 16, 315)]
+  assert [
+    (x['setting']['model.out_dropout'], x['setting']['model.d_out_fc'], x['seed']) for x in rows
+  ][:4] == [(0.0, 16, 314), (0.0, 16, 315), (0.3, 16, 314), (0.3, 16, 315)]
   scores = [x['devel']['mean_ccc'] for x in rows]
   assert r['best']['row'] == int(np.argmax(scores))  # highest devel mean CCC, ties by order
   best = rows[r['best']['row']]
@@ -88,13 +104,18 @@ def test_sweep_trains_the_product_times_seeds_in_groups_by_shape(swept):
   e = r['ensemble']
   top = sorted(range(len(rows)), key=lambda i: -rows[i]['devel']['mean_ccc'])[:5]
   assert e['k'] == 5 and e['rows'] == top
-  z = {g['name']: np.load(os.path.join(g['workdir'], 'member_predictions.npz'))
-       for g in r['groups']}
+  z = {
+    g['name']: np.load(os.path.join(g['workdir'], 'member_predictions.npz')) for g in r['groups']
+  }
   for split in ('devel', 'test'):
     ids = [n.split('/')[1] for n in z['g0'].files if n.startswith(split) and n.endswith('/pred')]
     y = np.concatenate([z['g0'][f'{split}/{v}/label'] for v in ids]).astype(np.float64)
-    p = np.concatenate([np.mean([z[rows[i]['group']][f'{split}/{v}/pred'][rows[i]['member']]
-                                 for i in top], axis=0) for v in ids]).astype(np.float64)
+    p = np.concatenate(
+      [
+        np.mean([z[rows[i]['group']][f'{split}/{v}/pred'][rows[i]['member']] for i in top], axis=0)
+        for v in ids
+      ]
+    ).astype(np.float64)
     for k, t in enumerate(['arousal', 'valence']):
       ok = ~np.isnan(y[:, k])
       a, b = y[ok, k], p[ok, k]
@@ -110,8 +131,17 @@ def test_sweep_trains_the_product_times_seeds_in_groups_by_shape(swept):
 def test_a_member_equals_a_separate_run_with_its_settings(swept, tiny_tree):
   sep = str(swept['base'] / 'separate')
   # Members share the batch order (config.data_seed, default the config's seed: 314), as seeds do.
-  _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), sep, '--config.model.d_out_fc=8',
-           '--config.model.out_dropout=0.3', '--config.seed=315', '--config.data_seed=314'))
+  _ok(
+    _run(
+      tiny_tree,
+      str(swept['base'] / 'tfds'),
+      sep,
+      '--config.model.d_out_fc=8',
+      '--config.model.out_dropout=0.3',
+      '--config.seed=315',
+      '--config.data_seed=314',
+    )
+  )
   one = _json(os.path.join(sep, 'results.json'))
   g1 = _json(os.path.join(swept['W'], 'groups', 'g1', 'results.json'))
   # Dropout 0.3, seed 315 of the d_out_fc=8 group: its rate traced in the members' step, the
@@ -123,8 +153,17 @@ def test_a_member_equals_a_separate_run_with_its_settings(swept, tiny_tree):
       assert member[split][t]['ccc'] == pytest.approx(one[split][t]['ccc'], abs=1e-4)
   # A sweep of one value per axis is the plain run: same metrics and predictions.
   w1 = str(swept['base'] / 'W1')
-  _ok(_run(tiny_tree, str(swept['base'] / 'tfds'), w1, '--sweep=model.out_dropout=0.3',
-           '--config.model.d_out_fc=8', '--config.seed=315', '--config.data_seed=314'))
+  _ok(
+    _run(
+      tiny_tree,
+      str(swept['base'] / 'tfds'),
+      w1,
+      '--sweep=model.out_dropout=0.3',
+      '--config.model.d_out_fc=8',
+      '--config.seed=315',
+      '--config.data_seed=314',
+    )
+  )
   g0 = os.path.join(w1, 'groups', 'g0')
   again = _json(os.path.join(g0, 'results.json'))
   assert again['devel']['mean_ccc'] == pytest.approx(one['devel']['mean_ccc'], abs=1e-5)
@@ -135,12 +174,23 @@ def test_a_member_equals_a_separate_run_with_its_settings(swept, tiny_tree):
 def test_each_member_keeps_its_own_schedule(tiny_tree, tmp_path):
   # Seed 314's devel score falls after epoch 1: a member with plateau_patience 0 halves its rate
   # after epoch 2, one with patience 5 does not; early_stopping_patience 1 stops after epoch 2.
-  members = [{'seed': 314, 'plateau_patience': 0}, {'seed': 314, 'plateau_patience': 5},
-             {'seed': 314, 'early_stopping_patience': 1}]
+  members = [
+    {'seed': 314, 'plateau_patience': 0},
+    {'seed': 314, 'plateau_patience': 5},
+    {'seed': 314, 'early_stopping_patience': 1},
+  ]
   w = str(tmp_path / 'w')
-  proc = _ok(_run(tiny_tree, str(tmp_path / 'tfds'), w, '--config.num_epochs=4',
-                  '--config.num_seeds=3', f'--config.members={json.dumps(members)}',
-                  script={'314': [0.5, 0.4, 0.3, 0.2]}))
+  proc = _ok(
+    _run(
+      tiny_tree,
+      str(tmp_path / 'tfds'),
+      w,
+      '--config.num_epochs=4',
+      '--config.num_seeds=3',
+      f'--config.members={json.dumps(members)}',
+      script={'314': [0.5, 0.4, 0.3, 0.2]},
+    )
+  )
   assert proc.stderr.count('(stopped: best epoch 1)') == 1  # the third member, after epoch 2
   assert proc.stderr.count('epoch   4 seed 314') == 2
   with open(os.path.join(w, 'metrics.jsonl'), encoding='utf-8') as f:
@@ -155,31 +205,47 @@ def test_each_member_keeps_its_own_schedule(tiny_tree, tmp_path):
 
 def test_sweep_plan_groups_and_validates_before_any_compute():
   c = config_util.load_config('tiny')
-  axes = sweep.axes_of(c, ['learning_rate=0.002,0.005', 'feature_sets=egemaps;egemaps,fasttext',
-                           'early_stopping_patience=3'])
-  assert axes == [('learning_rate', [0.002, 0.005]),
-                  ('feature_sets', [('egemaps',), ('egemaps', 'fasttext')]),
-                  ('early_stopping_patience', [3])]
+  axes = sweep.axes_of(
+    c,
+    [
+      'learning_rate=0.002,0.005',
+      'feature_sets=egemaps;egemaps,fasttext',
+      'early_stopping_patience=3',
+    ],
+  )
+  assert axes == [
+    ('learning_rate', [0.002, 0.005]),
+    ('feature_sets', [('egemaps',), ('egemaps', 'fasttext')]),
+    ('early_stopping_patience', [3]),
+  ]
   groups = sweep.plan(c, sweep.settings_of(c, axes))
-  assert [g['shared'] for g in groups] == [{'feature_sets': ('egemaps',)},
-                                           {'feature_sets': ('egemaps', 'fasttext')}]
+  assert [g['shared'] for g in groups] == [
+    {'feature_sets': ('egemaps',)},
+    {'feature_sets': ('egemaps', 'fasttext')},
+  ]
   assert [len(g['members']) for g in groups] == [2, 2]
   spec = config_util.validate_config(groups[1]['config'])
   assert spec.seeds == (314, 314) and spec.members[1] == {
-      'learning_rate': 0.005, 'early_stopping_patience': 3, 'seed': 314}
+    'learning_rate': 0.005,
+    'early_stopping_patience': 3,
+    'seed': 314,
+  }
   assert spec.member_config(1).learning_rate == 0.005 and spec.config.learning_rate == 0.005
   # The ready example: the schedule settings share a group, the dropout is another.
   ex = config_util.load_config('sweep_valence')
   groups = sweep.plan(ex, sweep.settings_of(ex, [], config_util.load_sweep('sweep_valence')))
   assert [(g['shared'], len(g['members'])) for g in groups] == [
-      ({}, 5)]  # learning rates, a patience and a dropout rate: all a member's own
-  for spec_, msg in [(['no_such=1,2'], "--sweep no_such: unknown config field"),
-                     (['model.d_rnnn=8'], '--sweep model.d_rnnn: unknown config field'),
-                     (['num_epochs=a'], '--sweep num_epochs=a: not an integer'),
-                     (['learning_rate=x'], '--sweep learning_rate=x: not a number'),
-                     (['members=1'], '--sweep members: not a sweep axis'),
-                     (['learning_rate'], 'write --sweep=field=value1,value2'),
-                     (['learning_rate=1', 'learning_rate=2'], 'is given twice')]:
+    ({}, 5)
+  ]  # learning rates, a patience and a dropout rate: all a member's own
+  for spec_, msg in [
+    (['no_such=1,2'], '--sweep no_such: unknown config field'),
+    (['model.d_rnnn=8'], '--sweep model.d_rnnn: unknown config field'),
+    (['num_epochs=a'], '--sweep num_epochs=a: not an integer'),
+    (['learning_rate=x'], '--sweep learning_rate=x: not a number'),
+    (['members=1'], '--sweep members: not a sweep axis'),
+    (['learning_rate'], 'write --sweep=field=value1,value2'),
+    (['learning_rate=1', 'learning_rate=2'], 'is given twice'),
+  ]:
     with pytest.raises(MuseError, match=msg.replace('(', r'\(')):
       sweep.axes_of(c, spec_)
   with pytest.raises(MuseError, match=r'with num_seeds=2: each swept seed starts its own seeds'):
@@ -188,8 +254,11 @@ def test_sweep_plan_groups_and_validates_before_any_compute():
     sweep.plan(c2, sweep.settings_of(c2, sweep.axes_of(c2, ['seed=1,2'])))
   with pytest.raises(MuseError, match=r'get_sweep\(\)\[0\] sets num_seeds: not a sweep axis'):
     sweep.settings_of(c, [], [{'num_seeds': 3}])
-  with pytest.raises(MuseError, match=r'model.rnn_dropout=0.2: the RNN drops out between its '
-                                      r'layers only, and it has rnn_n_layers=1'):
+  with pytest.raises(
+    MuseError,
+    match=r'model.rnn_dropout=0.2: the RNN drops out between its '
+    r'layers only, and it has rnn_n_layers=1',
+  ):
     sweep.plan(c, sweep.settings_of(c, sweep.axes_of(c, ['model.rnn_dropout=0,0.2'])))
   assert len(sweep.plan(c, [{'learning_rate': 0.1}, {'learning_rate': 0.1}])[0]['members']) == 1
   with pytest.raises(MuseError, match=r'sweep group .*learning_rate must be > 0, got -1.0'):
@@ -199,10 +268,11 @@ def test_sweep_plan_groups_and_validates_before_any_compute():
 
 
 def test_sweep_refusals_are_one_line_and_train_nothing(tiny_tree, tmp_path):
-  for flags, msg in [(['--sweep=no_such=1,2'], 'unknown config field'),
-                     (['--sweep=learning_rate=-1,0.1'], 'learning_rate must be > 0'),
-                     (['--sweep=learning_rate=0.1', '--mode=evaluate'],
-                      '--mode=evaluate of a sweep')]:
+  for flags, msg in [
+    (['--sweep=no_such=1,2'], 'unknown config field'),
+    (['--sweep=learning_rate=-1,0.1'], 'learning_rate must be > 0'),
+    (['--sweep=learning_rate=0.1', '--mode=evaluate'], '--mode=evaluate of a sweep'),
+  ]:
     w = tmp_path / 'w'
     helpers.one_error(_run(tiny_tree, str(tmp_path / 'tfds'), str(w), *flags, module=True), msg)
     assert not os.path.exists(w / 'groups')
@@ -216,15 +286,27 @@ def test_sweep_rerun_resumes_and_the_chosen_run_evaluates(swept, tiny_tree):
   # W itself reads as the chosen member's run (its group's files linked in).
   for name in ('config.json', 'results.json', 'predictions', 'checkpoints'):
     assert os.path.realpath(os.path.join(swept['W'], name)) == os.path.realpath(
-        os.path.join(swept['report']['best']['workdir'], name))
+      os.path.join(swept['report']['best']['workdir'], name)
+    )
   # The chosen run evaluates with the config it was trained with (configs/workdir.py), through
   # W: no --workdir, so the run the config came from.
   best = swept['W']
-  _ok(helpers.run([sys.executable, '-m', 'muse_jax.main', f'--config=configs/workdir.py:{best}',
-                   '--mode=evaluate'], REPO))
+  _ok(
+    helpers.run(
+      [
+        sys.executable,
+        '-m',
+        'muse_jax.main',
+        f'--config=configs/workdir.py:{best}',
+        '--mode=evaluate',
+      ],
+      REPO,
+    )
+  )
   ev = _json(os.path.join(best, 'eval_results.json'))
-  assert ev['devel']['mean_ccc'] == pytest.approx(swept['report']['best']['devel']['mean_ccc'],
-                                                  abs=1e-6)
+  assert ev['devel']['mean_ccc'] == pytest.approx(
+    swept['report']['best']['devel']['mean_ccc'], abs=1e-6
+  )
 
 
 def test_sweep_ensemble_evaluates_predicts_and_predicts_one_recording(swept, tiny_tree, tmp_path):
@@ -236,9 +318,20 @@ def test_sweep_ensemble_evaluates_predicts_and_predicts_one_recording(swept, tin
   ens = swept['report']['ensemble']
   rows = [swept['report']['rows'][i] for i in ens['rows']]
   assert ens['k'] == 5 and len({r['group'] for r in rows}) == 2  # members of both groups
-  _ok(helpers.run([sys.executable, '-m', 'muse_jax.main', f'--config=configs/workdir.py:{w}',
-                   '--mode=evaluate', '--config.eval_seed=sweep_ensemble',
-                   '--config.bootstrap_samples=100'], REPO))
+  _ok(
+    helpers.run(
+      [
+        sys.executable,
+        '-m',
+        'muse_jax.main',
+        f'--config=configs/workdir.py:{w}',
+        '--mode=evaluate',
+        '--config.eval_seed=sweep_ensemble',
+        '--config.bootstrap_samples=100',
+      ],
+      REPO,
+    )
+  )
   ev = _json(os.path.join(w, 'eval_results.json'))
   assert ev['eval_seed'] == 'sweep_ensemble' and ev['ensemble']['k'] == 5
   for split in ('devel', 'test'):
@@ -250,32 +343,58 @@ def test_sweep_ensemble_evaluates_predicts_and_predicts_one_recording(swept, tin
     with np.load(os.path.join(w, 'groups', r['group'], 'member_predictions.npz')) as z:
       names = [n for n in z.files if n.startswith('devel/') and n.endswith('/pred')]
       member.setdefault(names[0], []).append(z[names[0]][r['member']])
-  (name, preds), = member.items()
+  ((name, preds),) = member.items()
   target = _json(os.path.join(w, 'config.json'))['targets'][0]
   expected = np.mean(np.stack(preds).astype(np.float64), axis=0)[:, 0]
-  np.testing.assert_allclose(_preds(w, target, name.split('/')[1]), expected, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(_preds(w, target, name.split('/')[1]), expected, rtol=1e-5, atol=1e-6)
   # Predict on a tree (here the same one): the same predictions, in predict/.
-  _ok(helpers.run([sys.executable, '-m', 'muse_jax.main', f'--config=configs/workdir.py:{w}',
-                   '--mode=predict', '--config.eval_seed=sweep_ensemble'], REPO))
+  _ok(
+    helpers.run(
+      [
+        sys.executable,
+        '-m',
+        'muse_jax.main',
+        f'--config=configs/workdir.py:{w}',
+        '--mode=predict',
+        '--config.eval_seed=sweep_ensemble',
+      ],
+      REPO,
+    )
+  )
   vid = name.split('/')[1]
   with open(os.path.join(w, 'predict', target, f'{vid}.csv'), encoding='utf-8') as f:
     predicted = np.array([float(l.split(',')[1]) for l in f.read().splitlines()[1:]])
   np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
   # One recording: Predictor(W, 'sweep_ensemble') is the mean of its members' Predictors.
-  from muse_jax import predictor as predictor_lib  # pylint: disable=import-outside-toplevel
+  from muse_jax import predictor as predictor_lib  # noqa: PLC0415
+
   p = predictor_lib.Predictor(w, 'sweep_ensemble')
   x = np.random.default_rng(0).normal(size=(30, sum(p.dims))).astype(np.float32)
-  each = [predictor_lib.Predictor(os.path.join(w, 'groups', r['group']), [r['member']])(x)
-          for r in rows]
+  each = [
+    predictor_lib.Predictor(os.path.join(w, 'groups', r['group']), [r['member']])(x) for r in rows
+  ]
   np.testing.assert_allclose(p(x), np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
   # Not a sweep's workdir, or one run trained with it: one line each, nothing written.
   group = os.path.join(w, 'groups', rows[0]['group'])
-  proc = helpers.run([sys.executable, '-m', 'muse_jax.main', f'--config=configs/workdir.py:{group}',
-                      '--mode=evaluate', '--config.eval_seed=sweep_ensemble'], REPO)
+  proc = helpers.run(
+    [
+      sys.executable,
+      '-m',
+      'muse_jax.main',
+      f'--config=configs/workdir.py:{group}',
+      '--mode=evaluate',
+      '--config.eval_seed=sweep_ensemble',
+    ],
+    REPO,
+  )
   assert proc.returncode == 2 and 'no sweep.json' in proc.stderr.splitlines()[-1], proc.stderr
-  proc = _run(tiny_tree, str(swept['base'] / 'tfds'), str(tmp_path / 'plain'),
-              '--config.eval_seed=sweep_ensemble', module=True)
+  proc = _run(
+    tiny_tree,
+    str(swept['base'] / 'tfds'),
+    str(tmp_path / 'plain'),
+    '--config.eval_seed=sweep_ensemble',
+    module=True,
+  )
   assert proc.returncode == 2 and "'sweep_ensemble' is the ensemble of a sweep" in proc.stderr
   assert not os.path.exists(tmp_path / 'plain' / 'checkpoints')
 
@@ -289,8 +408,10 @@ def test_shards_merged_are_the_whole_sweep(swept, tiny_tree, tmp_path):
   assert os.path.isdir(os.path.join(w, 'groups', 'g1'))
   assert not os.path.exists(os.path.join(w, 'groups', 'g0'))
   assert not os.path.exists(os.path.join(w, 'sweep.json'))
-  helpers.one_error(helpers.run([sys.executable, '-m', 'muse_jax.sweep_report', w], timeout=300),
-                    'groups g0 have not finished')
+  helpers.one_error(
+    helpers.run([sys.executable, '-m', 'muse_jax.sweep_report', w], timeout=300),
+    'groups g0 have not finished',
+  )
   _ok(_run(tiny_tree, data_dir, w, *flags, '--sweep_shard=0/2'))  # the last one writes it
   merged = _json(os.path.join(w, 'sweep.json'))
   whole = swept['report']
@@ -307,8 +428,9 @@ def test_shards_merged_are_the_whole_sweep(swept, tiny_tree, tmp_path):
 
 def test_random_search_draws_from_ranges_and_lists():
   c = config_util.load_config('tiny')
-  axes = sweep.axes_of(c, ['learning_rate=1e-4:1e-2', 'model.out_dropout=0,0.3',
-                           'plateau_patience=1:4'])
+  axes = sweep.axes_of(
+    c, ['learning_rate=1e-4:1e-2', 'model.out_dropout=0,0.3', 'plateau_patience=1:4']
+  )
   assert axes[0] == ('learning_rate', {'range': [1e-4, 1e-2], 'scale': 'log', 'integer': False})
   assert axes[2][1] == {'range': [1, 4], 'scale': 'lin', 'integer': True}
   drawn = sweep.settings_of(c, axes, search=sweep.search_of('random:200'))
@@ -321,9 +443,11 @@ def test_random_search_draws_from_ranges_and_lists():
   assert {d['plateau_patience'] for d in drawn} == {1, 2, 3, 4}
   groups = sweep.plan(c, drawn[:6])
   assert len(groups) == 1 and len(groups[0]['members']) == 6  # every field a member's own
-  for bad, msg in [(['learning_rate=1e-2:1e-4'], 'a range is lo:hi with lo < hi'),
-                   (['learning_rate=0:1e-2:log'], 'a range is lo:hi'),
-                   (['num_epochs=a:b'], 'a range is lo:hi')]:
+  for bad, msg in [
+    (['learning_rate=1e-2:1e-4'], 'a range is lo:hi with lo < hi'),
+    (['learning_rate=0:1e-2:log'], 'a range is lo:hi'),
+    (['num_epochs=a:b'], 'a range is lo:hi'),
+  ]:
     with pytest.raises(MuseError, match=msg):
       sweep.axes_of(c, bad)
   with pytest.raises(MuseError, match=r'needs --sweep_search=random:N'):
@@ -350,8 +474,10 @@ def test_members_own_loss_weights_equal_separate_runs(tiny_tree, tmp_path):
   w = str(tmp_path / 'w')
   _ok(_run(tiny_tree, data_dir, w, '--sweep=loss_weights=;arousal=3'))
   g = _json(os.path.join(w, 'groups', 'g0', 'results.json'))
-  assert [s['overrides'] for s in g['seeds']] == [{'loss_weights': '', 'seed': 314},
-                                                  {'loss_weights': 'arousal=3', 'seed': 314}]
+  assert [s['overrides'] for s in g['seeds']] == [
+    {'loss_weights': '', 'seed': 314},
+    {'loss_weights': 'arousal=3', 'seed': 314},
+  ]
   sep = str(tmp_path / 'sep')
   _ok(_run(tiny_tree, data_dir, sep, '--config.loss_weights=arousal=3'))
   one = _json(os.path.join(sep, 'results.json'))
@@ -370,14 +496,24 @@ def test_kill_9_mid_sweep_and_rerun_ends_as_uninterrupted(swept, tiny_tree, tmp_
   the uninterrupted sweep's, to the bit."""
   w = str(tmp_path / 'W')
   data_dir = str(swept['base'] / 'tfds')
-  head = helpers.train_command(w, tiny_tree, data_dir, '--config.num_epochs=2',
-                               '--config.bootstrap_samples=100', *FLAGS, scripted=True)
+  head = helpers.train_command(
+    w,
+    tiny_tree,
+    data_dir,
+    '--config.num_epochs=2',
+    '--config.bootstrap_samples=100',
+    *FLAGS,
+    scripted=True,
+  )
   env = helpers.child_env(SCRIPTED_DEVEL=json.dumps(SCRIPT))
   child = subprocess.Popen(head, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt = os.path.join(w, 'groups', 'g1', 'checkpoints')
   deadline = time.time() + 300
-  while child.poll() is None and time.time() < deadline and not (
-      os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))):
+  while (
+    child.poll() is None
+    and time.time() < deadline
+    and not (os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt)))
+  ):
     time.sleep(0.05)
   child.send_signal(signal.SIGKILL)
   child.wait()
@@ -395,34 +531,49 @@ def test_kill_9_mid_sweep_and_rerun_ends_as_uninterrupted(swept, tiny_tree, tmp_
 def test_members_sharded_over_devices_train_as_replicated(tiny_tree, tmp_path, monkeypatch):
   """On the session's 8 simulated devices: 4 members with their own learning rates, sharded 2
   per device pair (member_devices=2: a 2 x 4 mesh) or replicated on all 8, train the same."""
-  from muse_jax import train  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  import scripted  # pylint: disable=import-outside-toplevel
+  import jax  # noqa: PLC0415
+
+  from muse_jax import train  # noqa: PLC0415
+
+  import scripted  # noqa: PLC0415
+
   scripted.script_devel(monkeypatch)
   assert jax.device_count() == 8
-  members = json.dumps([{'seed': 314, 'learning_rate': lr} for lr in (0.002, 0.005)]
-                       + [{'seed': 315, 'learning_rate': lr} for lr in (0.002, 0.005)])
+  members = json.dumps(
+    [{'seed': 314, 'learning_rate': lr} for lr in (0.002, 0.005)]
+    + [{'seed': 315, 'learning_rate': lr} for lr in (0.002, 0.005)]
+  )
   out = {}
   for md in (1, 2):
-    c = helpers.tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_epochs=1, num_seeds=4,
-                            members=members, member_devices=md, seed_loop='vmap',
-                            bootstrap_samples=0)
+    c = helpers.tiny_config(
+      tiny_tree,
+      str(tmp_path / 'tfds'),
+      num_epochs=1,
+      num_seeds=4,
+      members=members,
+      member_devices=md,
+      seed_loop='vmap',
+      bootstrap_samples=0,
+    )
     out[md] = train.train_and_evaluate(c, str(tmp_path / f'md{md}'))
   for a, b in zip(out[1]['seeds'], out[2]['seeds']):
     for split in ('devel', 'test'):
       assert a[split]['mean_ccc'] == pytest.approx(b[split]['mean_ccc'], abs=1e-5)
   assert [s['overrides'] for s in out[2]['seeds']] == json.loads(members)
-  from muse_jax import sharding  # pylint: disable=import-outside-toplevel
+  from muse_jax import sharding  # noqa: PLC0415
+
   mesh = sharding.make_mesh(0, 2)
   assert dict(mesh.shape) == {'member': 2, 'data': 4} and sharding.data_devices(mesh) == 4
   placed = sharding.place_members({'w': np.zeros((4, 3)), 'step': np.zeros(())}, mesh, 4)
   assert placed['w'].sharding.spec == jax.sharding.PartitionSpec('member')
-  assert len(placed['w'].addressable_shards) == 8 and placed['w'].addressable_shards[0].data.shape == (
-      2, 3)  # each device: 2 of the 4 members
+  assert len(placed['w'].addressable_shards) == 8 and placed['w'].addressable_shards[
+    0
+  ].data.shape == (2, 3)  # each device: 2 of the 4 members
   assert placed['step'].sharding.spec == jax.sharding.PartitionSpec()
   with pytest.raises(MuseError, match='member_devices must be an integer >= 1 dividing num_seeds'):
-    c = helpers.tiny_config(tiny_tree, str(tmp_path / 'tfds'), num_seeds=4, members=members,
-                            member_devices=3)
+    c = helpers.tiny_config(
+      tiny_tree, str(tmp_path / 'tfds'), num_seeds=4, members=members, member_devices=3
+    )
     config_util.validate_config(c)
 
 
@@ -435,8 +586,9 @@ def test_optuna_proposes_batches_that_train_as_sweeps(tiny_tree, tmp_path):
   proc = _ok(_run(tiny_tree, str(tmp_path / 'tfds'), w, *flags))
   r = _json(os.path.join(w, 'sweep.json'))
   assert [g['name'] for g in r['groups']] == ['b0_g0', 'b1_g0'] and r['members'] == 4
-  study = optuna.load_study(study_name='muse_jax_sweep',
-                            storage=f'sqlite:///{os.path.join(w, "optuna.db")}')
+  study = optuna.load_study(
+    study_name='muse_jax_sweep', storage=f'sqlite:///{os.path.join(w, "optuna.db")}'
+  )
   done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
   assert len(done) == 4
   by_lr = {round(x['setting']['learning_rate'], 12): x['devel']['mean_ccc'] for x in r['rows']}
@@ -444,24 +596,41 @@ def test_optuna_proposes_batches_that_train_as_sweeps(tiny_tree, tmp_path):
     assert t.value == pytest.approx(by_lr[round(t.params['learning_rate'], 12)])
     assert 1e-3 <= t.params['learning_rate'] <= 1e-2
   again = _ok(_run(tiny_tree, str(tmp_path / 'tfds'), w, *flags))
-  assert ' loss ' not in again.stderr and len(optuna.load_study(
-      study_name='muse_jax_sweep', storage=f'sqlite:///{os.path.join(w, "optuna.db")}').trials) == 4
+  assert (
+    ' loss ' not in again.stderr
+    and len(
+      optuna.load_study(
+        study_name='muse_jax_sweep', storage=f'sqlite:///{os.path.join(w, "optuna.db")}'
+      ).trials
+    )
+    == 4
+  )
   assert _json(os.path.join(w, 'sweep.json'))['rows'] == r['rows']
   del proc
 
 
 @pytest.mark.parametrize('layout_name', ['muse2022_stress', 'plain'])
 def test_sweep_on_other_layouts(layout_name, tmp_path):
-  from muse_jax.data import demo  # pylint: disable=import-outside-toplevel
-  from muse_jax.data import layout  # pylint: disable=import-outside-toplevel
+  from muse_jax.data import demo  # noqa: PLC0415
+  from muse_jax.data import layout  # noqa: PLC0415
+
   out = str(tmp_path / 'tree')
   demo.make_tree(out, scale='tiny', features='egemaps,fasttext', layout_name=layout_name)
   root = layout.resolve(out).root
   w = str(tmp_path / 'W')
   targets = ','.join(layout.resolve(out).targets())
-  _ok(_run(root, str(tmp_path / 'tfds'), w, '--sweep=learning_rate=0.002,0.005',
-           f'--config.targets={targets}', '--config.num_epochs=1',
-           '--config.eval_seed=sweep_ensemble', script={'314': [0.5]}))
+  _ok(
+    _run(
+      root,
+      str(tmp_path / 'tfds'),
+      w,
+      '--sweep=learning_rate=0.002,0.005',
+      f'--config.targets={targets}',
+      '--config.num_epochs=1',
+      '--config.eval_seed=sweep_ensemble',
+      script={'314': [0.5]},
+    )
+  )
   r = _json(os.path.join(w, 'sweep.json'))
   assert r['members'] == 2 and len(r['groups']) == 1 and r['best']['devel'] is not None
   # Trained with eval_seed sweep_ensemble: W's predictions are its ensemble's, scored as the
@@ -469,4 +638,5 @@ def test_sweep_on_other_layouts(layout_name, tmp_path):
   assert _json(os.path.join(w, 'predictions.json'))['eval_seed'] == 'sweep_ensemble'
   assert _json(os.path.join(w, 'groups', 'g0', 'predictions.json'))['eval_seed'] == 'best'
   assert _json(os.path.join(w, 'eval_results.json'))['devel']['mean_ccc'] == pytest.approx(
-      r['ensemble']['devel']['mean_ccc'], abs=1e-5)
+    r['ensemble']['devel']['mean_ccc'], abs=1e-5
+  )

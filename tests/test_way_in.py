@@ -6,6 +6,7 @@ scores are scripted (tests/scripted_main.py) so that what is asserted never depe
 trajectory. The demo tree a run without a data root writes is pre-placed as the `tiny` one (the
 writing itself is tested on its own, `test_tree_in_*`).
 """
+
 import json
 import logging
 import os
@@ -21,7 +22,8 @@ from muse_jax.data import build
 from muse_jax.data import demo
 from muse_jax.data import layout
 from muse_jax.errors import MuseError
-import helpers  # pylint: disable=wrong-import-order
+
+import helpers
 
 SCRIPTED, TINY = helpers.SCRIPTED_MAIN, helpers.TINY
 # Devel scores the schedule sees, per seed (tiny.py trains seed 314): above any untrained CCC.
@@ -71,8 +73,18 @@ def test_design_card_command_trains_on_the_demo_tree_into_runs(tiny_tree, tmp_pa
 
 def test_evaluate_and_predict_of_a_new_workdir_without_data_root_are_one_line(tmp_path):
   for mode in ('evaluate', 'predict'):
-    proc = run([sys.executable, '-m', 'muse_jax.main', f'--config={TINY}', f'--mode={mode}',
-                f'--workdir={tmp_path / "none"}'], tmp_path, MUSE_OUT=str(tmp_path / 'out'))
+    proc = run(
+      [
+        sys.executable,
+        '-m',
+        'muse_jax.main',
+        f'--config={TINY}',
+        f'--mode={mode}',
+        f'--workdir={tmp_path / "none"}',
+      ],
+      tmp_path,
+      MUSE_OUT=str(tmp_path / 'out'),
+    )
     one_error(proc, 'checkpoint')
     assert not os.path.exists(tmp_path / 'out')  # no demo tree written for nothing to score
 
@@ -110,42 +122,90 @@ def test_tree_in_refuses_a_foreign_folder_in_its_place(tmp_path):
 # 2. Paths and arguments as people type them.
 
 
-@pytest.mark.parametrize('cmd', [
+@pytest.mark.parametrize(
+  'cmd',
+  [
     ['-m', 'muse_jax.main', f'--config={TINY}', '--workdir=W', 'extra'],
     ['-m', 'muse_jax.job', '--out=O', 'extra'],
     ['-m', 'muse_jax.reproduce', '--out=O', 'extra'],
     ['-m', 'muse_jax.data.demo', '--out=O', 'extra'],
     ['-m', 'muse_jax.data.build', '--root=R', '--data_dir=D', 'extra'],
     ['-m', 'muse_jax.features', 'sample', '--out=O', 'extra'],
-], ids=['main', 'job', 'reproduce', 'demo', 'build', 'features'])
+  ],
+  ids=['main', 'job', 'reproduce', 'demo', 'build', 'features'],
+)
 def test_stray_argument_is_one_error_line(cmd, tmp_path):
   proc = run([sys.executable] + cmd, tmp_path)
-  one_error(proc, "'extra'" if 'muse_jax.main' in cmd or 'muse_jax.job' in cmd
-            or 'muse_jax.reproduce' in cmd else 'extra')
+  one_error(
+    proc,
+    "'extra'"
+    if 'muse_jax.main' in cmd or 'muse_jax.job' in cmd or 'muse_jax.reproduce' in cmd
+    else 'extra',
+  )
   assert os.listdir(tmp_path) == []  # refused before anything was written
 
 
 def test_argparse_usage_errors_are_one_line(tmp_path):
-  one_error(run([sys.executable, '-m', 'muse_jax.data.build', '--data_dir=D'], tmp_path),
-            'the following arguments are required: --root')
-  one_error(run([sys.executable, '-m', 'muse_jax.data.demo', '--out=O', '--scale=huge'],
-                tmp_path), "argument --scale: invalid choice: 'huge'")
+  one_error(
+    run([sys.executable, '-m', 'muse_jax.data.build', '--data_dir=D'], tmp_path),
+    'the following arguments are required: --root',
+  )
+  one_error(
+    run([sys.executable, '-m', 'muse_jax.data.demo', '--out=O', '--scale=huge'], tmp_path),
+    "argument --scale: invalid choice: 'huge'",
+  )
 
 
 def test_tilde_is_expanded_in_every_path_flag_and_field(tmp_path):
   home = tmp_path / 'home'
   home.mkdir()
   # The data CLIs: demo --out, build --root/--data_dir.
-  ok(run([sys.executable, '-m', 'muse_jax.data.demo', '--out=~/tree', '--scale=tiny',
-          '--features=egemaps,fasttext'], tmp_path, HOME=str(home)))
+  ok(
+    run(
+      [
+        sys.executable,
+        '-m',
+        'muse_jax.data.demo',
+        '--out=~/tree',
+        '--scale=tiny',
+        '--features=egemaps,fasttext',
+      ],
+      tmp_path,
+      HOME=str(home),
+    )
+  )
   assert os.path.isfile(home / 'tree' / 'metadata' / 'partition.csv')
-  ok(run([sys.executable, '-m', 'muse_jax.data.build', '--root=~/tree', '--data_dir=~/tfds',
-          '--features=egemaps'], tmp_path, HOME=str(home)))
+  ok(
+    run(
+      [
+        sys.executable,
+        '-m',
+        'muse_jax.data.build',
+        '--root=~/tree',
+        '--data_dir=~/tfds',
+        '--features=egemaps',
+      ],
+      tmp_path,
+      HOME=str(home),
+    )
+  )
   assert os.path.isdir(home / 'tfds' / 'muse_car' / 'egemaps')
   # main: --workdir, --data_root, --data_dir flags; the config's fusion_runs and cache folder.
-  proc = ok(run([sys.executable, SCRIPTED, f'--config={TINY}', '--config.num_epochs=1',
-                 '--workdir=~/w', '--data_root=~/tree', '--data_dir=~/tfds2'], tmp_path,
-                HOME=str(home)))
+  proc = ok(
+    run(
+      [
+        sys.executable,
+        SCRIPTED,
+        f'--config={TINY}',
+        '--config.num_epochs=1',
+        '--workdir=~/w',
+        '--data_root=~/tree',
+        '--data_dir=~/tfds2',
+      ],
+      tmp_path,
+      HOME=str(home),
+    )
+  )
   saved = read_json(home / 'w' / 'config.json')
   assert saved['data_root'] == str(home / 'tree') and saved['data_dir'] == str(home / 'tfds2')
   assert os.path.isdir(home / 'tfds2' / 'muse_car' / 'fasttext')
@@ -158,26 +218,37 @@ def test_tilde_is_expanded_in_every_path_flag_and_field(tmp_path):
   assert spec.fusion_runs == (os.path.join(home_now, 'w'),)
   assert spec.data_dir == os.path.join(home_now, 'tfds')
   assert spec.data_root == os.path.join(home_now, 'tree')  # no tree there: kept as given
-  code = ('import os, jax; from muse_jax.runtime import compile_cache; '
-          "print(compile_cache.enable('~/cc'))")
+  code = (
+    'import os, jax; from muse_jax.runtime import compile_cache; '
+    "print(compile_cache.enable('~/cc'))"
+  )
   env_cc = dict(HOME=str(home))
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                        cwd=tmp_path, env={k: v for k, v in helpers.child_env(**env_cc).items()
-                                           if k != 'JAX_COMPILATION_CACHE_DIR'}, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, '-c', code],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    env={k: v for k, v in helpers.child_env(**env_cc).items() if k != 'JAX_COMPILATION_CACHE_DIR'},
+    timeout=120,
+  )
   assert proc.stdout.strip() == str(home / 'cc') and os.path.isdir(home / 'cc'), proc.stderr
 
 
 def test_tilde_in_the_feature_and_job_commands(tmp_path):
   home = tmp_path / 'home'
   home.mkdir()
-  proc = run([sys.executable, '-m', 'muse_jax.features', 'sample', '--out=~/s', '--seconds=2'],
-             tmp_path, HOME=str(home))
+  proc = run(
+    [sys.executable, '-m', 'muse_jax.features', 'sample', '--out=~/s', '--seconds=2'],
+    tmp_path,
+    HOME=str(home),
+  )
   ok(proc)
   assert os.path.isfile(home / 's' / 'sample.wav')
   # The job and reproduce take ~ in --out (they stop at once here: an unknown scale).
   for module in ('muse_jax.job', 'muse_jax.reproduce'):
-    proc = run([sys.executable, '-m', module, '--out=~/o', '--scale=huge'], tmp_path,
-               HOME=str(home))
+    proc = run(
+      [sys.executable, '-m', module, '--out=~/o', '--scale=huge'], tmp_path, HOME=str(home)
+    )
     one_error(proc, "unknown scale 'huge'")
     assert not os.path.exists(tmp_path / '~')
 
@@ -196,7 +267,7 @@ def release(tmp_path_factory):
 
 
 def test_2020_root_means_c1_muse_wild_and_says_which_tasks_it_holds(release, monkeypatch):
-  layout._TOLD.discard(release)  # pylint: disable=protected-access
+  layout._TOLD.discard(release)
   said = []  # the log line itself, whatever absl's verbosity another test left in this process
   monkeypatch.setattr(layout.logging, 'info', lambda msg, *args: said.append(msg % args))
   lay = layout.resolve(release)
@@ -209,18 +280,22 @@ def test_2020_root_means_c1_muse_wild_and_says_which_tasks_it_holds(release, mon
   assert (trust.kind, trust.task) == ('muse2020_task', 'c3_muse_trust')
   assert trust.partition_path == os.path.join(release, 'metadata', 'partition.csv')
   assert trust.label_folder('trustworthiness') == os.path.join(
-      release, 'c3_muse_trust', 'label_segments', 'trustworthiness')
+    release, 'c3_muse_trust', 'label_segments', 'trustworthiness'
+  )
   assert trust.feature_folder('egemaps') == os.path.join(
-      release, 'c3_muse_trust', 'feature_segments', 'label_aligned', 'egemaps')
+    release, 'c3_muse_trust', 'feature_segments', 'label_aligned', 'egemaps'
+  )
   assert trust.label_columns == ('timestamp', 'value', 'segment_id')
   # Builds of the two tasks never share a folder.
   assert layout.task_data_dir('/d', lay) == '/d'
   assert layout.task_data_dir('/d', trust) == '/d/c3_muse_trust'
-  with pytest.raises(MuseError, match="no task 'c2_muse_topic' here; found: c1_muse_wild, "
-                                      'c3_muse_trust'):
+  with pytest.raises(
+    MuseError, match="no task 'c2_muse_topic' here; found: c1_muse_wild, c3_muse_trust"
+  ):
     layout.resolve(release, 'c2_muse_topic')
-  with pytest.raises(MuseError, match='c1_muse_wild folder of a MuSe 2020 release; point '
-                                      '--data_root at its parent'):
+  with pytest.raises(
+    MuseError, match='c1_muse_wild folder of a MuSe 2020 release; point --data_root at its parent'
+  ):
     layout.resolve(os.path.join(release, 'c1_muse_wild'))
 
 
@@ -234,15 +309,32 @@ def test_a_2020_root_with_only_c3_muse_trust_resolves_to_it(tmp_path):
 
 def test_c3_muse_trust_trains_builds_and_evaluates_through_the_cli(release, tmp_path):
   data_dir, workdir = tmp_path / 'tfds', tmp_path / 'w'
-  proc = ok(run([sys.executable, '-m', 'muse_jax.data.build', f'--root={release}',
-                 '--task=c3_muse_trust', f'--data_dir={data_dir}', '--features=egemaps'],
-                tmp_path))
+  proc = ok(
+    run(
+      [
+        sys.executable,
+        '-m',
+        'muse_jax.data.build',
+        f'--root={release}',
+        '--task=c3_muse_trust',
+        f'--data_dir={data_dir}',
+        '--features=egemaps',
+      ],
+      tmp_path,
+    )
+  )
   assert 'targets arousal,trustworthiness,valence' in proc.stdout
   assert os.path.isdir(data_dir / 'c3_muse_trust' / 'muse_car' / 'egemaps')
   assert not os.path.exists(data_dir / 'muse_car')  # c1_muse_wild's place stays free
-  cmd = [sys.executable, SCRIPTED, f'--config={TINY}', '--config.num_epochs=2',
-         f'--workdir={workdir}', '--config.task=c3_muse_trust',
-         '--config.targets=trustworthiness']
+  cmd = [
+    sys.executable,
+    SCRIPTED,
+    f'--config={TINY}',
+    '--config.num_epochs=2',
+    f'--workdir={workdir}',
+    '--config.task=c3_muse_trust',
+    '--config.targets=trustworthiness',
+  ]
   ok(run(cmd + [f'--data_root={release}', f'--data_dir={data_dir}'], tmp_path))
   results = read_json(workdir / 'results.json')
   assert results['task'] == 'c3_muse_trust' and results['targets'] == ['trustworthiness']
@@ -273,7 +365,8 @@ def test_build_is_offline(tiny_tree, tmp_path, monkeypatch, caplog):
 
   # As if tfds' bucket were on (a tfds version or setting that probes it): the build must still
   # not ask (try_download_gcs=False).
-  from tensorflow_datasets.core.utils import gcs_utils  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.core.utils import gcs_utils  # noqa: PLC0415
+
   monkeypatch.setattr(gcs_utils, '_is_gcs_disabled', False)
   monkeypatch.setattr(socket, 'create_connection', refuse)
   monkeypatch.setattr(socket, 'getaddrinfo', refuse)
@@ -290,6 +383,9 @@ def test_config_given_as_two_words_or_under_home(tmp_path):
   home.mkdir()
   shutil.copy(TINY, home / 'my.py')
   for flags in (['--config', TINY], ['--config=~/my.py']):
-    proc = run([sys.executable, '-m', 'muse_jax.main', *flags, '--workdir=W', 'extra'], tmp_path,
-               HOME=str(home))
+    proc = run(
+      [sys.executable, '-m', 'muse_jax.main', *flags, '--workdir=W', 'extra'],
+      tmp_path,
+      HOME=str(home),
+    )
     one_error(proc, "unexpected argument 'extra'")  # the config loaded: the stray word is next
