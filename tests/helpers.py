@@ -69,12 +69,19 @@ class TreeCopy:
 
 
 def child_env(**extra) -> dict:
-  """A child's environment: one CPU device as a plain user run (no simulated devices), the
-  session's compilation cache with every program in it, as conftest has it for the session (a
-  child then compiles a program once for the whole suite, not once per run), tests/ importable
-  (runner modules such as tests/scripted_main.py, tests/fault_main.py), plus `extra`."""
+  """A child's environment: one CPU device as a plain user run (no simulated devices; the
+  session's other XLA flags, see conftest), the session's compilation cache with every program in
+  it, as conftest has it for the session (a child then compiles a program once for the whole
+  suite, not once per run), tests/ importable (runner modules such as tests/scripted_main.py,
+  tests/fault_main.py), plus `extra`."""
   env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
+  flags = [
+    f
+    for f in env.pop('XLA_FLAGS', '').split()
+    if not f.startswith('--xla_force_host_platform_device_count')
+  ]
+  if flags:
+    env['XLA_FLAGS'] = ' '.join(flags)
   if jax.config.jax_compilation_cache_dir:
     env.update(
       JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,

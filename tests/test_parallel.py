@@ -214,10 +214,8 @@ def test_two_processes_train_together_like_one(tiny_tree, tmp_path, one_epoch):
   session's 8 devices), within TOL."""
   data_dir, single = one_epoch['data_dir'], one_epoch[8]
   port = _free_port()
-  env = helpers.child_env(
-    XLA_FLAGS='--xla_force_host_platform_device_count=2',
-    SCRIPTED_DEVEL=json.dumps({314: scripted.IMPROVING}),
-  )
+  env = helpers.child_env(SCRIPTED_DEVEL=json.dumps({314: scripted.IMPROVING}))
+  env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count=2'
   procs = [
     subprocess.Popen(
       helpers.train_command(
