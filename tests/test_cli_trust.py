@@ -77,6 +77,17 @@ class Tree(helpers.TreeCopy):
       SCRIPTED_DEVEL=json.dumps(SCRIPTED),
     )
 
+  def start(self, *args):
+    """The CLI in the background, its log (stderr) piped."""
+    return subprocess.Popen(
+      self.command(*args),
+      stderr=subprocess.PIPE,
+      stdout=subprocess.DEVNULL,
+      text=True,
+      env=env(),
+      cwd=self.tmp,
+    )
+
   def predictions(self, workdir=None):
     base = os.path.join(workdir or self.workdir, 'predictions')
     out = {}
@@ -250,17 +261,7 @@ def test_training_that_never_beats_the_untrained_model_is_an_error(tree):
 
 def test_two_runs_on_one_workdir_started_together(tree):
   tree.build()  # so that both runs below start at once
-  procs = [
-    subprocess.Popen(
-      tree.command('--config.num_epochs=3'),
-      stderr=subprocess.PIPE,
-      stdout=subprocess.DEVNULL,
-      text=True,
-      env=env(),
-      cwd=tree.tmp,
-    )
-    for _ in range(2)
-  ]
+  procs = [tree.start('--config.num_epochs=3') for _ in range(2)]
   errs = [p.communicate(timeout=300)[1] for p in procs]
   codes = sorted(p.returncode for p in procs)
   assert codes == [0, 2], errs
@@ -414,14 +415,7 @@ def test_disk_full_during_the_build_is_one_line(tree):
 
 
 def test_ctrl_c_is_one_line_and_the_same_command_resumes(tree):
-  proc = subprocess.Popen(
-    tree.command('--config.num_epochs=8'),
-    stderr=subprocess.PIPE,
-    stdout=subprocess.DEVNULL,
-    text=True,
-    env=env(),
-    cwd=tree.tmp,
-  )
+  proc = tree.start('--config.num_epochs=8')
   log = []
   for line in proc.stderr:
     log.append(line)

@@ -148,25 +148,26 @@ def test_runs_without_this_versions_predictions_json_are_refused(pipeline, tmp_p
   path = os.path.join(run, 'predictions.json')
   with open(path, encoding='utf-8') as f:
     written = json.load(f)
+
+  def refused(message):  # by late fusion and by compare alike
+    for read in (fusion.written_choice, compare.Run):
+      with pytest.raises(MuseError) as e:
+        read(run)
+      assert str(e.value) == message
+
   os.remove(path)
-  for read in (fusion.written_choice, compare.Run):
-    with pytest.raises(MuseError) as e:
-      read(run)
-    assert str(e.value) == (
-      f'{path}: not found, so {run} is unfinished or of another version of '
-      'muse_jax (this one writes it with predictions/); rerun its training, '
-      'or retrain it in a new --workdir'
-    )
+  refused(
+    f'{path}: not found, so {run} is unfinished or of another version of '
+    'muse_jax (this one writes it with predictions/); rerun its training, '
+    'or retrain it in a new --workdir'
+  )
   del written['results']
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(written, f)
-  for read in (fusion.written_choice, compare.Run):
-    with pytest.raises(MuseError) as e:
-      read(run)
-    assert str(e.value) == (
-      f'{path}: written by another version of muse_jax (no results); '
-      'retrain the run in a new --workdir'
-    )
+  refused(
+    f'{path}: written by another version of muse_jax (no results); '
+    'retrain the run in a new --workdir'
+  )
 
 
 def test_late_fusion_evaluate_restores_the_same_model(pipeline):

@@ -330,21 +330,30 @@ def _copy(trained, tmp_path) -> str:
   return work
 
 
-def test_disk_full_writing_predictions_leaves_every_file_whole(trained, tmp_path):
+def _faulty(trained, tmp_path, workdir, fault, *args):
+  """The command on `workdir` (the trained one's args) meeting `fault` (tests/fault_main.py)."""
+  return run_main(
+    *trained.args(*args, workdir=workdir),
+    cwd=str(tmp_path),
+    module='fault_main',
+    MUSE_FAULT=json.dumps(fault),
+  )
+
+
+def _predict_meeting(trained, tmp_path, errno, where, at) -> tuple:
+  """--mode=predict on a copy of the trained workdir, its file `where` (under the copy) meeting
+  a disk fault; the copy's checkpoints stay as they were. (The copy, the process.)"""
   work = _copy(trained, tmp_path)
   checkpoints = _tree_files(os.path.join(work, 'checkpoints'))
-  fault = json.dumps({'errno': 'ENOSPC', 'path': f'{work}/predict/', 'at': 'write'})
-  one_error(
-    run_main(
-      *trained.args('--mode=predict', workdir=work),
-      cwd=str(tmp_path),
-      module='fault_main',
-      MUSE_FAULT=fault,
-    ),
-    f'{work}/predict/',
-    'cannot write (the disk is full)',
-  )
+  fault = {'errno': errno, 'path': f'{work}/{where}', 'at': at}
+  proc = _faulty(trained, tmp_path, work, fault, '--mode=predict')
   assert _tree_files(os.path.join(work, 'checkpoints')) == checkpoints
+  return work, proc
+
+
+def test_disk_full_writing_predictions_leaves_every_file_whole(trained, tmp_path):
+  work, proc = _predict_meeting(trained, tmp_path, 'ENOSPC', 'predict/', 'write')
+  one_error(proc, f'{work}/predict/', 'cannot write (the disk is full)')
   assert not os.path.exists(os.path.join(work, 'predict.json'))
   for parent, _, names in os.walk(os.path.join(work, 'predict')):
     assert not names, (parent, names)  # none written half (nor under a temporary name)
@@ -353,27 +362,14 @@ def test_disk_full_writing_predictions_leaves_every_file_whole(trained, tmp_path
 def test_read_only_disk_is_one_line_naming_the_path(trained, tmp_path):
   # At the start: the workdir's write probe.
   fresh = str(tmp_path / 'fresh')
-  fault = json.dumps({'errno': 'EROFS', 'path': fresh, 'at': 'open'})
+  fault = {'errno': 'EROFS', 'path': fresh, 'at': 'open'}
   one_error(
-    run_main(
-      *trained.args(workdir=fresh), cwd=str(tmp_path), module='fault_main', MUSE_FAULT=fault
-    ),
+    _faulty(trained, tmp_path, fresh, fault),
     f'{fresh}: cannot write to it (it is on a read-only file system)',
   )
   # Midway: the disk turned read-only before predict wrote its summary.
-  work = _copy(trained, tmp_path)
-  checkpoints = _tree_files(os.path.join(work, 'checkpoints'))
-  fault = json.dumps({'errno': 'EROFS', 'path': f'{work}/predict.json', 'at': 'open'})
-  one_error(
-    run_main(
-      *trained.args('--mode=predict', workdir=work),
-      cwd=str(tmp_path),
-      module='fault_main',
-      MUSE_FAULT=fault,
-    ),
-    f'{work}/predict.json: cannot write (the file system is read-only)',
-  )
-  assert _tree_files(os.path.join(work, 'checkpoints')) == checkpoints
+  work, proc = _predict_meeting(trained, tmp_path, 'EROFS', 'predict.json', 'open')
+  one_error(proc, f'{work}/predict.json: cannot write (the file system is read-only)')
   assert not [n for n in os.listdir(work) if n.startswith('predict.json')]
 
 

@@ -47,6 +47,11 @@ def _run(tree, data_dir, workdir, *flags, script=None, module=False):
   )
 
 
+def _with_its_config(workdir, *flags):
+  """The command on `workdir` with the config it was trained with (configs/workdir.py)."""
+  return helpers.run(helpers.command(*flags, config=f'configs/workdir.py:{workdir}'), REPO)
+
+
 _ok = helpers.passed
 _json = helpers.read_json
 
@@ -129,19 +134,10 @@ def test_sweep_trains_the_product_times_seeds_in_groups_by_shape(swept):
 
 
 def test_a_member_equals_a_separate_run_with_its_settings(swept, tiny_tree):
-  sep = str(swept['base'] / 'separate')
+  sep, data_dir = str(swept['base'] / 'separate'), str(swept['base'] / 'tfds')
   # Members share the batch order (config.data_seed, default the config's seed: 314), as seeds do.
-  _ok(
-    _run(
-      tiny_tree,
-      str(swept['base'] / 'tfds'),
-      sep,
-      '--config.model.d_out_fc=8',
-      '--config.model.out_dropout=0.3',
-      '--config.seed=315',
-      '--config.data_seed=314',
-    )
-  )
+  member_of_g1 = ('--config.model.d_out_fc=8', '--config.seed=315', '--config.data_seed=314')
+  _ok(_run(tiny_tree, data_dir, sep, '--config.model.out_dropout=0.3', *member_of_g1))
   one = _json(os.path.join(sep, 'results.json'))
   g1 = _json(os.path.join(swept['W'], 'groups', 'g1', 'results.json'))
   # Dropout 0.3, seed 315 of the d_out_fc=8 group: its rate traced in the members' step, the
@@ -153,17 +149,7 @@ def test_a_member_equals_a_separate_run_with_its_settings(swept, tiny_tree):
       assert member[split][t]['ccc'] == pytest.approx(one[split][t]['ccc'], abs=1e-4)
   # A sweep of one value per axis is the plain run: same metrics and predictions.
   w1 = str(swept['base'] / 'W1')
-  _ok(
-    _run(
-      tiny_tree,
-      str(swept['base'] / 'tfds'),
-      w1,
-      '--sweep=model.out_dropout=0.3',
-      '--config.model.d_out_fc=8',
-      '--config.seed=315',
-      '--config.data_seed=314',
-    )
-  )
+  _ok(_run(tiny_tree, data_dir, w1, '--sweep=model.out_dropout=0.3', *member_of_g1))
   g0 = os.path.join(w1, 'groups', 'g0')
   again = _json(os.path.join(g0, 'results.json'))
   assert again['devel']['mean_ccc'] == pytest.approx(one['devel']['mean_ccc'], abs=1e-5)
@@ -291,18 +277,7 @@ def test_sweep_rerun_resumes_and_the_chosen_run_evaluates(swept, tiny_tree):
   # The chosen run evaluates with the config it was trained with (configs/workdir.py), through
   # W: no --workdir, so the run the config came from.
   best = swept['W']
-  _ok(
-    helpers.run(
-      [
-        sys.executable,
-        '-m',
-        'muse_jax.main',
-        f'--config=configs/workdir.py:{best}',
-        '--mode=evaluate',
-      ],
-      REPO,
-    )
-  )
+  _ok(_with_its_config(best, '--mode=evaluate'))
   ev = _json(os.path.join(best, 'eval_results.json'))
   assert ev['devel']['mean_ccc'] == pytest.approx(
     swept['report']['best']['devel']['mean_ccc'], abs=1e-6
@@ -319,17 +294,8 @@ def test_sweep_ensemble_evaluates_predicts_and_predicts_one_recording(swept, tin
   rows = [swept['report']['rows'][i] for i in ens['rows']]
   assert ens['k'] == 5 and len({r['group'] for r in rows}) == 2  # members of both groups
   _ok(
-    helpers.run(
-      [
-        sys.executable,
-        '-m',
-        'muse_jax.main',
-        f'--config=configs/workdir.py:{w}',
-        '--mode=evaluate',
-        '--config.eval_seed=sweep_ensemble',
-        '--config.bootstrap_samples=100',
-      ],
-      REPO,
+    _with_its_config(
+      w, '--mode=evaluate', '--config.eval_seed=sweep_ensemble', '--config.bootstrap_samples=100'
     )
   )
   ev = _json(os.path.join(w, 'eval_results.json'))
@@ -348,19 +314,7 @@ def test_sweep_ensemble_evaluates_predicts_and_predicts_one_recording(swept, tin
   expected = np.mean(np.stack(preds).astype(np.float64), axis=0)[:, 0]
   np.testing.assert_allclose(_preds(w, target, name.split('/')[1]), expected, rtol=1e-5, atol=1e-6)
   # Predict on a tree (here the same one): the same predictions, in predict/.
-  _ok(
-    helpers.run(
-      [
-        sys.executable,
-        '-m',
-        'muse_jax.main',
-        f'--config=configs/workdir.py:{w}',
-        '--mode=predict',
-        '--config.eval_seed=sweep_ensemble',
-      ],
-      REPO,
-    )
-  )
+  _ok(_with_its_config(w, '--mode=predict', '--config.eval_seed=sweep_ensemble'))
   vid = name.split('/')[1]
   with open(os.path.join(w, 'predict', target, f'{vid}.csv'), encoding='utf-8') as f:
     predicted = np.array([float(l.split(',')[1]) for l in f.read().splitlines()[1:]])
@@ -376,17 +330,7 @@ def test_sweep_ensemble_evaluates_predicts_and_predicts_one_recording(swept, tin
   np.testing.assert_allclose(p(x), np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
   # Not a sweep's workdir, or one run trained with it: one line each, nothing written.
   group = os.path.join(w, 'groups', rows[0]['group'])
-  proc = helpers.run(
-    [
-      sys.executable,
-      '-m',
-      'muse_jax.main',
-      f'--config=configs/workdir.py:{group}',
-      '--mode=evaluate',
-      '--config.eval_seed=sweep_ensemble',
-    ],
-    REPO,
-  )
+  proc = _with_its_config(group, '--mode=evaluate', '--config.eval_seed=sweep_ensemble')
   assert proc.returncode == 2 and 'no sweep.json' in proc.stderr.splitlines()[-1], proc.stderr
   proc = _run(
     tiny_tree,

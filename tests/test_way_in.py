@@ -156,55 +156,25 @@ def test_argparse_usage_errors_are_one_line(tmp_path):
   )
 
 
+def _at_home(home, cwd, *args):
+  """`python ARGS` in `cwd` with HOME=`home`: ~ means `home`."""
+  return run([sys.executable, *args], cwd, HOME=str(home))
+
+
 def test_tilde_is_expanded_in_every_path_flag_and_field(tmp_path):
   home = tmp_path / 'home'
   home.mkdir()
   # The data CLIs: demo --out, build --root/--data_dir.
-  ok(
-    run(
-      [
-        sys.executable,
-        '-m',
-        'muse_jax.data.demo',
-        '--out=~/tree',
-        '--scale=tiny',
-        '--features=egemaps,fasttext',
-      ],
-      tmp_path,
-      HOME=str(home),
-    )
-  )
+  demo_args = ('--out=~/tree', '--scale=tiny', '--features=egemaps,fasttext')
+  ok(_at_home(home, tmp_path, '-m', 'muse_jax.data.demo', *demo_args))
   assert os.path.isfile(home / 'tree' / 'metadata' / 'partition.csv')
-  ok(
-    run(
-      [
-        sys.executable,
-        '-m',
-        'muse_jax.data.build',
-        '--root=~/tree',
-        '--data_dir=~/tfds',
-        '--features=egemaps',
-      ],
-      tmp_path,
-      HOME=str(home),
-    )
-  )
+  build_args = ('--root=~/tree', '--data_dir=~/tfds', '--features=egemaps')
+  ok(_at_home(home, tmp_path, '-m', 'muse_jax.data.build', *build_args))
   assert os.path.isdir(home / 'tfds' / 'muse_car' / 'egemaps')
   # main: --workdir, --data_root, --data_dir flags; the config's fusion_runs and cache folder.
+  main_args = ('--workdir=~/w', '--data_root=~/tree', '--data_dir=~/tfds2')
   proc = ok(
-    run(
-      [
-        sys.executable,
-        SCRIPTED,
-        f'--config={TINY}',
-        '--config.num_epochs=1',
-        '--workdir=~/w',
-        '--data_root=~/tree',
-        '--data_dir=~/tfds2',
-      ],
-      tmp_path,
-      HOME=str(home),
-    )
+    _at_home(home, tmp_path, SCRIPTED, f'--config={TINY}', '--config.num_epochs=1', *main_args)
   )
   saved = read_json(home / 'w' / 'config.json')
   assert saved['data_root'] == str(home / 'tree') and saved['data_dir'] == str(home / 'tfds2')
@@ -237,19 +207,13 @@ def test_tilde_is_expanded_in_every_path_flag_and_field(tmp_path):
 def test_tilde_in_the_feature_and_job_commands(tmp_path):
   home = tmp_path / 'home'
   home.mkdir()
-  proc = run(
-    [sys.executable, '-m', 'muse_jax.features', 'sample', '--out=~/s', '--seconds=2'],
-    tmp_path,
-    HOME=str(home),
-  )
-  ok(proc)
+  ok(_at_home(home, tmp_path, '-m', 'muse_jax.features', 'sample', '--out=~/s', '--seconds=2'))
   assert os.path.isfile(home / 's' / 'sample.wav')
   # The job and reproduce take ~ in --out (they stop at once here: an unknown scale).
   for module in ('muse_jax.job', 'muse_jax.reproduce'):
-    proc = run(
-      [sys.executable, '-m', module, '--out=~/o', '--scale=huge'], tmp_path, HOME=str(home)
+    one_error(
+      _at_home(home, tmp_path, '-m', module, '--out=~/o', '--scale=huge'), "unknown scale 'huge'"
     )
-    one_error(proc, "unknown scale 'huge'")
     assert not os.path.exists(tmp_path / '~')
 
 
