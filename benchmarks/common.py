@@ -114,3 +114,14 @@ def run_json(cmd, env=None) -> dict:
   if out.returncode:
     raise RuntimeError(f'{cmd[:3]} failed:\n{out.stderr[-3000:]}')
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def jax_epoch_command(root: str) -> list:
+  """The command of benchmarks/jax_epoch.py (muse_jax's epoch timing) on a tree's build."""
+  return [
+    sys.executable,
+    os.path.join(os.path.dirname(__file__), 'jax_epoch.py'),
+    root,
+    '--data_dir',
+    data_dir(root),
+  ]

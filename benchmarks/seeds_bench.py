@@ -11,19 +11,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import common
 
 
 def run(root, a, seeds, seed):
-  cmd = [
-    sys.executable,
-    os.path.join(os.path.dirname(__file__), 'jax_epoch.py'),
-    root,
-    '--data_dir',
-    common.data_dir(root),
+  cmd = common.jax_epoch_command(root) + [
     f'--features={a.features}',
     f'--target={a.target}',
     f'--epochs={a.epochs}',

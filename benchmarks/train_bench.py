@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
 import common
@@ -28,13 +27,7 @@ def jax_run(root, a, **kw):
     features=a.features, target=a.target, epochs=a.epochs, win=200, hop=100, batch=1024, seeds=1
   )
   args.update(kw)
-  cmd = [
-    sys.executable,
-    os.path.join(os.path.dirname(__file__), 'jax_epoch.py'),
-    root,
-    '--data_dir',
-    common.data_dir(root),
-  ] + [f'--{k}={v}' for k, v in args.items()]
+  cmd = common.jax_epoch_command(root) + [f'--{k}={v}' for k, v in args.items()]
   return common.run_json(cmd)
 
 
